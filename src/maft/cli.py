@@ -1,0 +1,125 @@
+"""The ``maft`` command line."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="maft: multiagent finetuning of language models.", no_args_is_help=True, add_completion=False)
+tiny_app = typer.Typer(help="The embedded default model: pretrain it, check it.", no_args_is_help=True)
+app.add_typer(tiny_app, name="tiny")
+console = Console()
+
+
+def _parse_options(options: list[str]) -> dict[str, object]:
+    """``key=value`` pairs; values are parsed as JSON when they can be (numbers, lists), else kept as text."""
+    parsed: dict[str, object] = {}
+    for item in options:
+        if "=" not in item:
+            raise typer.BadParameter(f"--option expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            parsed[key] = json.loads(value)
+        except json.JSONDecodeError:
+            parsed[key] = value
+    return parsed
+
+
+@app.command()
+def evaluate(
+    task: Annotated[str, typer.Option(help="task name (arithmetic, gsm8k, math, jsonl)")] = "arithmetic",
+    samples: Annotated[int, typer.Option(min=1, help="samples per problem; majority-of-k is reported for k > 1")] = 1,
+    n: Annotated[int, typer.Option(min=1, help="number of held-out test problems")] = 300,
+    model: Annotated[Optional[str], typer.Option(help="HF model id or path (default: the embedded tiny model)")] = None,
+    option: Annotated[list[str], typer.Option(help="task option key=value, e.g. path=data.jsonl or levels=[1,2]")] = [],
+    temperature: Annotated[float, typer.Option(min=0, help="0 means greedy")] = 1.0,
+    top_p: Annotated[float, typer.Option(min=0, max=1)] = 0.9,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 256,
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    seed: int = 0,
+    device: str = "auto",
+    out: Annotated[Optional[Path], typer.Option(help="write the result (with every response) as JSON here")] = None,
+) -> None:
+    """Evaluate one model on a task's test problems: single-sample and majority-of-k accuracy."""
+    from maft.engines import Sampling
+    from maft.engines.hf import HFEngine
+    from maft.evaluate import evaluate as run_evaluation
+    from maft.tasks import get_task
+
+    try:
+        the_task = get_task(task, **_parse_options(option))
+        sampling = Sampling(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
+        problems = the_task.splits(n_train=0, n_test=n, seed=seed).test
+    except (ValueError, FileNotFoundError) as e:
+        raise typer.BadParameter(str(e)) from e
+    start = time.perf_counter()
+    engine = HFEngine(model, device=device, batch_size=batch_size)
+    result = run_evaluation(engine, the_task, problems, samples=samples, sampling=sampling, seed=seed, progress=True)
+    seconds = time.perf_counter() - start
+    table = Table(title=f"{task}: {n} test problems, {samples} sample(s) each, T={temperature}, top_p={top_p}")
+    table.add_column("metric")
+    table.add_column("accuracy % ± SE", justify="right")
+    table.add_row("single sample", str(result.single))
+    if samples > 1:
+        table.add_row(f"majority of {samples}", str(result.majority))
+        table.add_row(f"pass@{samples}", str(result.pass_at_k))
+    table.add_row("abstentions", f"{100 * result.abstention_rate:.1f}%")
+    console.print(table)
+    console.print(f"model {engine.model_name} | {result.generated_tokens} tokens generated in {seconds:.1f} s")
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(result.model_dump_json(indent=2))
+        console.print(f"wrote {out}")
+
+
+@tiny_app.command("train")
+def tiny_train(
+    out: Annotated[Path, typer.Option(help="where to save the checkpoint")],
+    steps: Annotated[int, typer.Option(min=1)] = 7000,
+    seed: int = 0,
+    save_every: Annotated[Optional[int], typer.Option(help="also save step-N checkpoints")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="recipe config JSON/YAML (overrides the defaults)")] = None,
+) -> None:
+    """Pretrain the tiny model from scratch with maft's recipe."""
+    import yaml
+
+    from maft.tiny.recipe import RecipeConfig, pretrain
+
+    base = yaml.safe_load(config.read_text()) if config else {}
+    cfg = RecipeConfig(**{**base, "steps": steps, "seed": seed, "save_every": save_every})
+    start = time.perf_counter()
+    pretrain(cfg, out)
+    console.print(f"saved {out} after {steps} steps in {time.perf_counter() - start:.0f} s")
+
+
+@tiny_app.command("check")
+def tiny_check(
+    model: Annotated[Optional[str], typer.Option(help="checkpoint (default: the embedded one)")] = None,
+    n: Annotated[int, typer.Option(min=1)] = 300,
+    seed: int = 0,
+) -> None:
+    """Sampled, greedy, majority-of-3 and round-2 debate accuracy on held-out arithmetic problems."""
+    from maft.engines.hf import HFEngine
+    from maft.tasks import get_task
+    from maft.tiny.check import check
+
+    task = get_task("arithmetic")
+    start = time.perf_counter()
+    result = check(HFEngine(model), task, task.splits(0, n, seed=seed).test, seed=seed, progress=True)
+    table = Table(title=f"tiny model on {n} held-out arithmetic problems")
+    table.add_column("metric")
+    table.add_column("accuracy % ± SE", justify="right")
+    for name in ["single", "greedy", "majority_of_3", "debate_round2_agent", "debate_round2_majority"]:
+        table.add_row(name.replace("_", " "), str(getattr(result, name)))
+    console.print(table)
+    console.print(f"abstentions {100 * result.abstention_rate:.1f}% | {time.perf_counter() - start:.1f} s")
+
+
+if __name__ == "__main__":
+    app()

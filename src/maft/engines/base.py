@@ -1,0 +1,52 @@
+"""The engine interface: requests (a conversation, an agent's adapter, sampling settings) in, texts out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+Message = dict[str, str]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling settings; ``temperature=0`` means greedy decoding."""
+
+    temperature: float = 1.0
+    top_p: float = 0.9
+    max_new_tokens: int = 256
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+@dataclass(frozen=True)
+class Request:
+    """One generation: continue ``messages`` as the assistant, with ``adapter`` (None: the base model)."""
+
+    messages: Sequence[Message]
+    adapter: str | None = None
+    sampling: Sampling = field(default_factory=Sampling)
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class Engine(Protocol):
+    """Anything that turns requests into generations, in order."""
+
+    def generate(self, requests: Sequence[Request], *, seed: int = 0, progress: bool = False) -> list[Generation]: ...

@@ -1,0 +1,146 @@
+"""Generation with transformers + PEFT: one base model in memory, one LoRA adapter per agent role.
+
+All requests of a call are batched: grouped by sampling settings, sorted by prompt length, left-padded,
+and requests for different adapters share a batch through PEFT's mixed-adapter inference
+(``adapter_names``; ``None`` is the base model).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from rich.progress import Progress
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as hf_logging
+
+from maft.engines.base import Generation, Request, Sampling
+
+BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
+
+
+def cpu_threads() -> int:
+    """Cores this process may use (respects affinity masks and container limits)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+class HFEngine:
+    """A Hugging Face causal LM with a chat template, plus named PEFT adapters."""
+
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        batch_size: int = 64,
+        threads: int | None = None,
+    ) -> None:
+        from maft.tiny import default_checkpoint
+
+        hf_logging.disable_progress_bar()
+        self.model_name = str(model if model is not None else default_checkpoint())
+        self.device = resolve_device(device)
+        if self.device.type == "cpu":
+            torch.set_num_threads(threads or cpu_threads())
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_name)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        if self.tokenizer.chat_template is None:
+            raise ValueError(f"{self.model_name} has no chat template; maft drives models through apply_chat_template")
+        torch_dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+        self.model = AutoModelForCausalLM.from_pretrained(self.model_name, dtype=torch_dtype).to(self.device).eval()
+        self.batch_size = batch_size
+        self.adapters: dict[str, str] = {}
+        self.generated_tokens = 0
+
+    # -- adapters ---------------------------------------------------------------------------------
+    def load_adapter(self, name: str, path: str | Path) -> None:
+        """Load a PEFT adapter saved at ``path`` under ``name`` (replacing one of the same name)."""
+        from peft import PeftModel
+
+        if name == BASE:
+            raise ValueError(f"{BASE!r} is reserved for the base model")
+        if not (Path(path) / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"no PEFT adapter at {path} (adapter_config.json missing)")
+        if isinstance(self.model, PeftModel):
+            if name in self.model.peft_config:
+                self.model.delete_adapter(name)
+            self.model.load_adapter(str(path), adapter_name=name)
+        else:
+            self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name)
+        self.model.eval()
+        self.adapters[name] = str(path)
+
+    # -- generation -------------------------------------------------------------------------------
+    def prompt_ids(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        text = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def generate(self, requests: Sequence[Request], *, seed: int = 0, progress: bool = False) -> list[Generation]:
+        """Generate for all ``requests`` (in order). The same requests and seed give the same texts."""
+        for r in requests:
+            if r.adapter is not None and r.adapter not in self.adapters:
+                raise KeyError(f"unknown adapter {r.adapter!r}; loaded: {sorted(self.adapters) or 'none'}")
+        prompts = [self.prompt_ids(r.messages) for r in requests]
+        groups: dict[Sampling, list[int]] = defaultdict(list)
+        for i, r in enumerate(requests):
+            groups[r.sampling].append(i)
+        batches: list[tuple[Sampling, list[int]]] = []
+        for sampling, idx in groups.items():
+            idx.sort(key=lambda i: len(prompts[i]), reverse=True)  # longest first: memory errors show early
+            batches += [(sampling, idx[s : s + self.batch_size]) for s in range(0, len(idx), self.batch_size)]
+        out: list[Generation | None] = [None] * len(requests)
+        with Progress(transient=True, disable=not progress) as bar:
+            task = bar.add_task("generate", total=len(requests))
+            for b, (sampling, idx) in enumerate(batches):
+                torch.manual_seed(seed * 1_000_003 + b)
+                texts, counts = self._generate_batch([prompts[i] for i in idx], [requests[i].adapter for i in idx], sampling)
+                for i, text, n in zip(idx, texts, counts):
+                    out[i] = Generation(text=text, prompt_tokens=len(prompts[i]), completion_tokens=n)
+                bar.update(task, advance=len(idx))
+        return out  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def _generate_batch(
+        self, prompts: list[list[int]], adapters: list[str | None], sampling: Sampling
+    ) -> tuple[list[str], list[int]]:
+        tok = self.tokenizer
+        enc = tok.pad({"input_ids": prompts}, padding=True, return_tensors="pt").to(self.device)
+        kwargs: dict = dict(
+            max_new_tokens=sampling.max_new_tokens,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+        if sampling.greedy:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        else:
+            kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
+        if self.adapters:
+            kwargs["adapter_names"] = [a if a is not None else BASE for a in adapters]
+        output = self.model.generate(**enc, **kwargs)
+        new = output[:, enc["input_ids"].shape[1] :]
+        counts = []
+        for row in new:
+            stops = (row == tok.eos_token_id).nonzero()
+            counts.append(int(stops[0]) + 1 if len(stops) else int((row != tok.pad_token_id).sum()))
+        self.generated_tokens += sum(counts)
+        texts = tok.batch_decode(new, skip_special_tokens=True)
+        return [t.strip() for t in texts], counts

@@ -1,0 +1,155 @@
+"""Synthetic conversations that teach the tiny model to behave like a sampled LLM in a debate.
+
+The data simulates a society of agents on arithmetic problems, in the exact message formats maft
+produces (``maft.prompts`` and the arithmetic task's prompt):
+
+* **Round 1.** An agent writes the chain ``b*c=.., e*f=.., a+..=.., ..+d=.., ..-..=..`` and
+  ``\\boxed{result}``. Each step *slips* with probability ``slip_rate``: the last digit of its
+  result is replaced by a uniformly random other digit, and later steps carry the wrong value on.
+  Slips are independent across samples, so wrong answers rarely agree and a majority of several
+  samples is right more often than one sample (unlike systematic errors).
+* **Rounds m > 1 (critic).** The agent sees its own previous answer and the other agents' answers
+  (as the ``answers`` digest, or their full solutions for ``concat``). If every answer agrees it
+  confirms its previous solution; otherwise it recomputes more carefully (``critic_slip_rate``).
+  So seeing other agents' answers helps, as debate does for real LLMs.
+* **Summaries.** The ``model`` summarizer request is answered with the answers digest.
+
+``slip_rate`` is what the model learns as probability mass; sampling with top_p=0.9 removes about
+0.1 of that mass from the tail, so the observed per-step slip rate is roughly (slip_rate - 0.1) / 0.9.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from maft import prompts
+from maft.tasks.arithmetic import Expression, arithmetic_prompt
+
+Kind = Literal["round1", "debate", "debate_concat", "summarize"]
+KINDS: tuple[Kind, ...] = ("round1", "debate", "debate_concat", "summarize")
+
+
+class SynthConfig(BaseModel):
+    """How the synthetic society behaves, and the mix of conversation kinds."""
+
+    slip_rate: float = Field(0.2, ge=0, le=1, description="per-step slip probability in round 1")
+    critic_slip_rate: float = Field(0.16, ge=0, le=1, description="per-step slip probability when recomputing in a debate round")
+    mix: dict[str, float] = Field(
+        default_factory=lambda: {"round1": 0.55, "debate": 0.33, "debate_concat": 0.05, "summarize": 0.07},
+        description="share of conversations of each kind (debate kinds must total at least 0.25)",
+    )
+    others_weights: list[float] = Field(
+        default_factory=lambda: [0.2, 0.5, 0.15, 0.15],
+        description="probability of 1, 2, 3, 4 other agents in a debate",
+    )
+    max_concat_others: int = Field(2, ge=1, description="at most this many full solutions in a concat message")
+    p_third_round: float = Field(0.1, ge=0, le=1, description="share of debates that train a round-3 answer")
+
+    def model_post_init(self, _: object) -> None:
+        unknown = set(self.mix) - set(KINDS)
+        if unknown:
+            raise ValueError(f"unknown conversation kinds in mix: {sorted(unknown)}; known: {KINDS}")
+        if sum(self.mix.values()) <= 0:
+            raise ValueError("mix must have a positive total")
+
+
+@dataclass(frozen=True)
+class Example:
+    """A conversation whose last assistant message is the training target."""
+
+    kind: Kind
+    messages: list[dict[str, str]]  # ends with the assistant target
+    correct: bool  # whether the target's answer is the true value (for analysis only)
+
+
+def _slip(value: int, rng: random.Random) -> int:
+    """``value`` with its last digit replaced by a different random digit."""
+    sign = -1 if value < 0 else 1
+    magnitude = abs(value)
+    last = magnitude % 10
+    new_last = rng.choice([d for d in range(10) if d != last])
+    return sign * (magnitude - last + new_last)
+
+
+def solve(expr: Expression, rng: random.Random, slip_rate: float) -> tuple[str, int]:
+    """A chain-of-thought solution with independent per-step slips; returns (text, final answer)."""
+    steps: list[str] = []
+
+    def step(x: int, op: str, y: int) -> int:
+        exact = x * y if op == "*" else x + y if op == "+" else x - y
+        result = _slip(exact, rng) if rng.random() < slip_rate else exact
+        steps.append(f"{x}{op}{y}={result}")
+        return result
+
+    p1 = step(expr.b, "*", expr.c)
+    p2 = step(expr.e, "*", expr.f)
+    s1 = step(expr.a, "+", p1)
+    s2 = step(s1, "+", expr.d)
+    result = step(s2, "-", p2)
+    return f"{', '.join(steps)}. The answer is \\boxed{{{result}}}.", result
+
+
+class Society:
+    """Simulates agents debating one problem, producing each agent's conversation."""
+
+    def __init__(self, cfg: SynthConfig, rng: random.Random) -> None:
+        self.cfg, self.rng = cfg, rng
+
+    def debate(self, expr: Expression, n_agents: int, rounds: int, concat: bool) -> list[list[dict[str, str]]]:
+        """Every agent's full conversation after ``rounds`` rounds (the last message is an answer)."""
+        question = arithmetic_prompt(expr.text)
+        convs, answers = [], []
+        for _ in range(n_agents):
+            text, answer = solve(expr, self.rng, self.cfg.slip_rate)
+            convs.append([{"role": "user", "content": question}, {"role": "assistant", "content": text}])
+            answers.append(answer)
+        for _ in range(rounds - 1):
+            texts = [c[-1]["content"] for c in convs]
+            new_answers = []
+            for n in range(n_agents):
+                others = [i for i in range(n_agents) if i != n]
+                if concat:
+                    message = prompts.critic_message(responses=[texts[i] for i in others])
+                else:
+                    message = prompts.critic_message(summary=prompts.answers_digest([str(answers[i]) for i in others]))
+                if all(a == answers[n] for a in answers):
+                    text, answer = texts[n], answers[n]  # everyone agrees: confirm
+                else:
+                    text, answer = solve(expr, self.rng, self.cfg.critic_slip_rate)  # disagreement: recheck
+                convs[n] = convs[n] + [{"role": "user", "content": message}, {"role": "assistant", "content": text}]
+                new_answers.append(answer)
+            answers = new_answers
+        return convs
+
+    def example(self, kind: Kind) -> Example:
+        expr = Expression.sample(self.rng)
+        if kind == "round1":
+            conv = self.debate(expr, n_agents=1, rounds=1, concat=False)[0]
+            return Example(kind, conv, _answer_of(conv) == expr.value)
+        if kind == "summarize":
+            n = self._n_others(concat=False)
+            texts = [solve(expr, self.rng, self.cfg.slip_rate) for _ in range(n)]
+            request = prompts.summarizer_request([t for t, _ in texts])
+            digest = prompts.answers_digest([str(a) for _, a in texts])
+            return Example(kind, [{"role": "user", "content": request}, {"role": "assistant", "content": digest}], True)
+        concat = kind == "debate_concat"
+        rounds = 3 if self.rng.random() < self.cfg.p_third_round else 2
+        conv = self.debate(expr, n_agents=self._n_others(concat) + 1, rounds=rounds, concat=concat)[0]
+        return Example(kind, conv, _answer_of(conv) == expr.value)
+
+    def _n_others(self, concat: bool) -> int:
+        weights = self.cfg.others_weights[: self.cfg.max_concat_others] if concat else self.cfg.others_weights
+        return self.rng.choices(range(1, len(weights) + 1), weights=weights)[0]
+
+    def kind(self) -> Kind:
+        kinds = list(self.cfg.mix)
+        return self.rng.choices(kinds, weights=[self.cfg.mix[k] for k in kinds])[0]
+
+
+def _answer_of(conv: list[dict[str, str]]) -> int:
+    text = conv[-1]["content"]
+    return int(text[text.rindex("{") + 1 : text.rindex("}")])

@@ -1,0 +1,40 @@
+"""Majority vote over equivalence classes of answers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Vote:
+    """The outcome of a vote. ``answer`` is None when every answer abstained (no label)."""
+
+    answer: str | None
+    count: int  # size of the winning class
+    voters: int  # answers that did not abstain
+    classes: list[list[int]]  # indices of the answers in each equivalence class, in order of first appearance
+
+    @property
+    def unanimous(self) -> bool:
+        return self.voters > 0 and self.count == self.voters
+
+
+def majority_vote(answers: Sequence[str | None], equivalent: Callable[[str, str], bool]) -> Vote:
+    """Plurality vote: answers are grouped by ``equivalent`` (each joins the first class whose first
+    member it equals); abstentions (None) never vote. Tie rule: among the largest classes, the one
+    whose first member came first wins, and its first member is the reported answer."""
+    classes: list[list[int]] = []
+    for i, a in enumerate(answers):
+        if a is None:
+            continue
+        for members in classes:
+            if equivalent(answers[members[0]], a):  # type: ignore[arg-type]
+                members.append(i)
+                break
+        else:
+            classes.append([i])
+    if not classes:
+        return Vote(answer=None, count=0, voters=0, classes=[])
+    best = max(classes, key=len)  # max() keeps the first of equal-sized classes
+    return Vote(answer=answers[best[0]], count=len(best), voters=sum(map(len, classes)), classes=classes)
