@@ -1,0 +1,67 @@
+"""Tasks and their registry.
+
+>>> from maft.tasks import get_task
+>>> task = get_task("math", path="math.jsonl", levels=[1, 2, 3])
+>>> splits = task.splits(n_train=500, n_test=500, seed=0)
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from maft.tasks.arithmetic import ArithmeticTask
+from maft.tasks.base import GraderKind, Problem, Splits, Task
+from maft.tasks.gsm8k import GSM8KTask
+from maft.tasks.jsonl import JsonlTask
+from maft.tasks.loading import DatasetUnavailableError
+from maft.tasks.math import MathTask
+
+__all__ = [
+    "TASKS",
+    "ArithmeticTask",
+    "DatasetUnavailableError",
+    "GSM8KTask",
+    "GraderKind",
+    "JsonlTask",
+    "MathTask",
+    "Problem",
+    "Splits",
+    "Task",
+    "get_task",
+    "register_task",
+    "task_names",
+]
+
+T = TypeVar("T", bound=type[Task])
+
+#: Task name -> Task class.
+TASKS: dict[str, type[Task]] = {}
+
+
+def register_task(cls: T) -> T:
+    """Register a Task class under its ``name`` (usable as a class decorator)."""
+    name = getattr(cls, "name", None)
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{cls.__name__} has no task name (set the class attribute name)")
+    if name in TASKS and TASKS[name] is not cls:
+        raise ValueError(f"task {name!r} is already registered ({TASKS[name].__qualname__})")
+    TASKS[name] = cls
+    return cls
+
+
+def task_names() -> list[str]:
+    """The registered task names, sorted."""
+    return sorted(TASKS)
+
+
+def get_task(name: str, **options: Any) -> Task:
+    """A new instance of the task ``name``, constructed with ``options`` (e.g. ``path=``)."""
+    try:
+        cls = TASKS[name]
+    except KeyError:
+        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(task_names())}") from None
+    return cls(**options)
+
+
+for _cls in (ArithmeticTask, GSM8KTask, MathTask, JsonlTask):
+    register_task(_cls)

@@ -1,0 +1,163 @@
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from maft import grading
+from maft.grading import equivalent, extract_answer, last_boxed, normalize, to_number
+
+
+# --- extraction -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (r"So the answer is \boxed{\frac{1}{2}}.", r"\frac{1}{2}"),
+        (r"\boxed{\frac{\sqrt{3}}{2}}", r"\frac{\sqrt{3}}{2}"),
+        (r"First \boxed{3}, no wait: \boxed{4}", "4"),
+        (r"The set is $\boxed{\{1, 2\}}$.", r"\{1, 2\}"),
+        (r"The answer is \boxed 5.", "5"),
+        (r"\fbox{7}", "7"),
+        (r"\boxed{ 12. }", "12"),
+        ("He pays 3 + 4 = 7 dollars.\n#### 1,234\nDone", "1,234"),
+        ("so it costs $1,234.50 and then -3 more", "-3"),
+        ("Total: 1,234,567 apples", "1234567"),
+        ("It is 0.75 of it", "0.75"),
+    ],
+)
+def test_extract_answer(text, expected):
+    assert extract_answer(text) == expected
+
+
+def test_abstention_is_none():
+    assert extract_answer("I do not know.") is None
+    assert extract_answer("") is None
+    assert extract_answer(r"\boxed{}") is None
+
+
+def test_truncated_box_falls_back_to_an_earlier_complete_one():
+    assert last_boxed(r"\boxed{2} and then \boxed{\frac{1}{") == "2"
+    assert extract_answer(r"we get 41, so \boxed{x+") == "41"
+
+
+# --- normalisation and numbers -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        (r"\text{5 cm}", "5cm"),
+        (r"\$1,000", "1000"),
+        (r"45^\circ", "45"),
+        (r"10\%", "10"),
+        (r"\left( 1, 2 \right)", "(1,2)"),
+        ("x = 3", "3"),
+        (r"\dfrac{1}{2}.", r"\frac{1}{2}"),
+        ("1,2", "1,2"),
+    ],
+)
+def test_normalize(raw, expected):
+    assert normalize(raw, "math") == expected
+
+
+def test_to_number():
+    assert to_number("3/4") == 0.75
+    assert to_number(r"\frac{3}{4}") == 0.75
+    assert to_number(r"-\frac{1}{2}") == -0.5
+    assert to_number(r"\frac12") == 0.5
+    assert to_number("1/0") is None
+    assert to_number("abc") is None
+
+
+# --- equivalence ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["numeric", "math", "choice"])
+def test_none_never_equals_anything(kind):
+    assert not equivalent(None, None, kind)
+    assert not equivalent(None, "3", kind)
+    assert not equivalent("3", None, kind)
+
+
+def test_numeric():
+    assert equivalent("18", "18.0", "numeric")
+    assert equivalent("1,234", "1234", "numeric")
+    assert equivalent("0.75", "3/4", "numeric")
+    assert equivalent(r"\frac{3}{4}", "0.75", "numeric")
+    assert equivalent("$70,000", "70000", "numeric")
+    assert equivalent("1000000", "1000000.0001", "numeric")  # within 1e-6 relative
+    assert not equivalent("1000", "1001", "numeric")
+    assert not equivalent("0.3333", "1/3", "numeric")
+    assert equivalent("ten", "ten", "numeric")  # not numbers: string equality
+    assert not equivalent("ten", "10", "numeric")
+    assert not equivalent("", "", "numeric")
+
+
+def test_choice():
+    assert equivalent("(B)", "b", "choice")
+    assert equivalent("B.", r"\text{(B)}", "choice")
+    assert equivalent("(C) 42", "C", "choice")
+    assert not equivalent("A", "B", "choice")
+    assert not equivalent("Bob", "B", "choice")
+
+
+def test_unknown_kind():
+    with pytest.raises(ValueError, match="grader kind"):
+        equivalent("1", "2", "fuzzy")
+
+
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        (r"\frac{1}{2}", "0.5"),
+        (r"\sqrt{8}", r"2\sqrt{2}"),
+        (r"3\pi", r"3 \pi"),
+        (r"\pi \cdot 3", r"3\pi"),
+        ("(1,2]", "(1, 2]"),
+        ("x^2+2x+1", "(x+1)^2"),
+        (r"\{1, 2\}", "2, 1"),
+        ("x = 3", "3"),
+        (r"\dfrac{7}{12}", r"\frac{7}{12}"),
+    ],
+)
+def test_math_equivalent(a, b):
+    assert equivalent(a, b, "math")
+    assert equivalent(b, a, "math")
+
+
+@pytest.mark.parametrize(
+    "a, b",
+    [(r"\sqrt{2}", "1.41"), (r"3\pi", r"\pi"), ("[1,2)", "(1,2)"), ("x+1", "x-1"), ("2", "3")],
+)
+def test_math_not_equivalent(a, b):
+    assert not equivalent(a, b, "math")
+
+
+def test_math_check_works_off_the_main_thread():
+    results = []
+    thread = threading.Thread(target=lambda: results.append(equivalent(r"\sqrt{12}", r"2\sqrt{3}", "math")))
+    thread.start()
+    thread.join(timeout=60)
+    assert results == [True]
+
+    pairs = [(r"\sqrt{50}", r"5\sqrt{2}"), (r"\frac{2}{\sqrt{2}}", r"\sqrt{2}"), (r"2\pi", r"\pi")]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        verdicts = list(pool.map(lambda p: equivalent(*p, "math"), pairs))
+    assert verdicts == [True, True, False]
+
+
+def test_math_timeout_returns_false_and_recovers(monkeypatch):
+    equivalent(r"\sqrt{27}", r"3\sqrt{3}", "math")  # make sure the worker is up
+    monkeypatch.setattr(grading, "MATH_VERIFY_TIMEOUT", 1.0)
+    start = time.monotonic()
+    result = []
+    # sympy tries to evaluate 9^(9^(9^9)): it never finishes, so only the hard timeout ends it.
+    thread = threading.Thread(target=lambda: result.append(equivalent(r"9^{9^{9^{9}}}", "1", "math")))
+    thread.start()
+    thread.join(timeout=30)
+    assert result == [False]
+    assert 0.9 < time.monotonic() - start < 15  # it was the timeout that ended it
+    # The killed worker is replaced.
+    assert equivalent(r"\sqrt{32}", r"4\sqrt{2}", "math")
