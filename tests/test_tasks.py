@@ -169,6 +169,9 @@ def test_math_levels_and_answers():
 def test_math_subjects():
     algebra = MathTask(path=MATH, levels=None, subjects=["Algebra"]).problems()["all"]
     assert len(algebra) == 4
+    assert MathTask(path=MATH, levels=3, subjects="algebra").problems()["all"] == [
+        p for p in algebra if p.meta["level"] == 3
+    ]
     counting = MathTask(path=MATH, levels=None, subjects=["counting_and_probability"]).problems()["all"]
     assert {p.meta["type"] for p in counting} == {"Counting & Probability"}
     with pytest.raises(ValueError, match="unknown subjects"):

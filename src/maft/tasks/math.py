@@ -52,10 +52,12 @@ class MathTask(DatasetTask):
     def __init__(
         self,
         path: str | None = None,
-        levels: Iterable[int] | None = DEFAULT_LEVELS,
-        subjects: Iterable[str] | None = None,
+        levels: Iterable[int] | int | None = DEFAULT_LEVELS,
+        subjects: Iterable[str] | str | None = None,
     ) -> None:
         super().__init__(path)
+        levels = [levels] if isinstance(levels, int) else levels
+        subjects = [subjects] if isinstance(subjects, str) else subjects
         self.levels = None if levels is None else frozenset(int(level) for level in levels)
         self.subjects = None if subjects is None else frozenset(subject_key(s) for s in subjects)
         if self.levels is not None and not self.levels:
