@@ -50,13 +50,13 @@ def evaluate(
     from maft.engines import Sampling
     from maft.engines.hf import HFEngine
     from maft.evaluate import evaluate as run_evaluation
-    from maft.tasks import get_task
+    from maft.tasks import DatasetUnavailableError, get_task
 
     try:
         the_task = get_task(task, **_parse_options(option))
         sampling = Sampling(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
         problems = the_task.splits(n_train=0, n_test=n, seed=seed).test
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, DatasetUnavailableError) as e:
         raise typer.BadParameter(str(e)) from e
     start = time.perf_counter()
     engine = HFEngine(model, device=device, batch_size=batch_size)

@@ -31,6 +31,7 @@ from maft.tasks.arithmetic import Expression, arithmetic_prompt
 
 Kind = Literal["round1", "debate", "debate_concat", "summarize"]
 KINDS: tuple[Kind, ...] = ("round1", "debate", "debate_concat", "summarize")
+MIN_DEBATE_SHARE = 0.25  # with less, the critic round made the feasibility model worse
 
 
 class SynthConfig(BaseModel):
@@ -53,8 +54,12 @@ class SynthConfig(BaseModel):
         unknown = set(self.mix) - set(KINDS)
         if unknown:
             raise ValueError(f"unknown conversation kinds in mix: {sorted(unknown)}; known: {KINDS}")
-        if sum(self.mix.values()) <= 0:
+        total = sum(self.mix.values())
+        if total <= 0:
             raise ValueError("mix must have a positive total")
+        debate = (self.mix.get("debate", 0) + self.mix.get("debate_concat", 0)) / total
+        if debate < MIN_DEBATE_SHARE:
+            raise ValueError(f"debate conversations are {debate:.0%} of the mix; at least {MIN_DEBATE_SHARE:.0%} is needed")
 
 
 @dataclass(frozen=True)

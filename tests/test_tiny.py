@@ -1,0 +1,77 @@
+import json
+import random
+
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+from maft.engines import Request, Sampling
+from maft.tasks.arithmetic import Expression, arithmetic_prompt
+from maft.tiny import default_checkpoint
+from maft.tiny.synth import Society, SynthConfig, solve
+
+
+def test_recipe_saves_a_loadable_chat_model(recipe_checkpoint):
+    model = AutoModelForCausalLM.from_pretrained(recipe_checkpoint)
+    tok = AutoTokenizer.from_pretrained(recipe_checkpoint)
+    assert isinstance(model, LlamaForCausalLM)
+    assert (recipe_checkpoint / "model.safetensors").is_file()
+    recipe = json.loads((recipe_checkpoint / "maft_recipe.json").read_text())
+    assert recipe["recipe"]["steps"] == 6 and recipe["stats"]["params"] == model.num_parameters()
+    text = tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False)
+    assert text == "<|bos|><|user|>\nhi<|end|>\n<|assistant|>\n"
+    # digits are one token each, whatever the number
+    pieces = tok.convert_ids_to_tokens(tok("12345+678", add_special_tokens=False)["input_ids"])
+    assert [p for p in pieces if p.strip("Ġ").isdigit()] == list("12345678")
+    assert tok.decode(tok("x=-569, \\boxed{7}")["input_ids"]) == "x=-569, \\boxed{7}"
+
+
+def test_slips_change_a_last_digit_and_propagate():
+    expr = Expression(27, 16, 8, 1, 25, 29)
+    clean, answer = solve(expr, random.Random(0), slip_rate=0.0)
+    assert clean == "16*8=128, 25*29=725, 27+128=155, 155+1=156, 156-725=-569. The answer is \\boxed{-569}."
+    assert answer == expr.value
+    rng = random.Random(1)
+    answers = [solve(expr, rng, slip_rate=1.0)[1] for _ in range(200)]
+    assert sum(a != expr.value for a in answers) > 190  # slips can cancel by chance, rarely
+    assert len(set(answers)) > 20  # slips are diverse: wrong answers rarely agree
+
+
+def test_round1_slip_rate_matches_config():
+    rng = random.Random(0)
+    expr = Expression(3, 4, 5, 6, 7, 8)
+    wrong = sum(solve(expr, rng, 0.1)[1] != expr.value for _ in range(4000)) / 4000
+    assert abs(wrong - (1 - 0.9**5)) < 0.03
+
+
+def test_critic_confirms_when_all_agree_and_rechecks_otherwise():
+    society = Society(SynthConfig(slip_rate=0.0, critic_slip_rate=1.0), random.Random(0))
+    expr = Expression(1, 2, 3, 4, 5, 6)
+    convs = society.debate(expr, n_agents=3, rounds=2, concat=False)
+    for conv in convs:  # round 1 all correct, so every critic confirms its own solution verbatim
+        assert conv[3]["content"] == conv[1]["content"]
+        assert "The other agents' answers are: 5, 5." in conv[2]["content"]
+    society = Society(SynthConfig(slip_rate=1.0, critic_slip_rate=0.0), random.Random(0))
+    convs = society.debate(expr, n_agents=3, rounds=2, concat=True)
+    for conv in convs:  # round 1 wrong and disagreeing: critics recompute (cleanly here)
+        assert conv[3]["content"].endswith("\\boxed{5}.") and "One agent solution:" in conv[2]["content"]
+        assert conv[0]["content"] == arithmetic_prompt(expr.text)
+
+
+def test_mix_needs_a_quarter_debates():
+    with pytest.raises(ValueError, match="at least 25%"):
+        SynthConfig(mix={"round1": 0.8, "debate": 0.2})
+    with pytest.raises(ValueError, match="unknown conversation kinds"):
+        SynthConfig(mix={"round1": 0.5, "debates": 0.5})
+
+
+@pytest.mark.slow
+def test_shipped_checkpoint_answers_in_format(engine, arithmetic):
+    assert engine.model_name == str(default_checkpoint())
+    problems = arithmetic.splits(0, 40, seed=7).test
+    greedy = Sampling(temperature=0, max_new_tokens=160)
+    gens = engine.generate([Request([{"role": "user", "content": arithmetic.prompt(p)}], sampling=greedy) for p in problems])
+    answers = [arithmetic.extract(g.text) for g in gens]
+    assert all(g.text.endswith("}.") and "\\boxed{" in g.text for g in gens)
+    assert all(a is not None for a in answers)
+    correct = sum(arithmetic.is_correct(a, p) for a, p in zip(answers, problems))
+    assert correct >= 24, f"greedy solved only {correct}/40"
