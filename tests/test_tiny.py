@@ -49,11 +49,11 @@ def test_critic_confirms_when_all_agree_and_rechecks_otherwise():
     convs = society.debate(expr, n_agents=3, rounds=2, concat=False)
     for conv in convs:  # round 1 all correct, so every critic confirms its own solution verbatim
         assert conv[3]["content"] == conv[1]["content"]
-        assert "The other agents' answers are: 5, 5." in conv[2]["content"]
+        assert f"The other agents' answers are: {expr.value}, {expr.value}." in conv[2]["content"]
     society = Society(SynthConfig(slip_rate=1.0, critic_slip_rate=0.0), random.Random(0))
     convs = society.debate(expr, n_agents=3, rounds=2, concat=True)
     for conv in convs:  # round 1 wrong and disagreeing: critics recompute (cleanly here)
-        assert conv[3]["content"].endswith("\\boxed{5}.") and "One agent solution:" in conv[2]["content"]
+        assert conv[3]["content"].endswith(f"\\boxed{{{expr.value}}}.") and "One agent solution:" in conv[2]["content"]
         assert conv[0]["content"] == arithmetic_prompt(expr.text)
 
 
@@ -75,3 +75,18 @@ def test_shipped_checkpoint_answers_in_format(engine, arithmetic):
     assert all(a is not None for a in answers)
     correct = sum(arithmetic.is_correct(a, p) for a, p in zip(answers, problems))
     assert correct >= 24, f"greedy solved only {correct}/40"
+
+
+def test_cli_tiny_train_with_config_file(tmp_path):
+    from typer.testing import CliRunner
+
+    from maft.cli import app
+
+    cfg = tmp_path / "recipe.yaml"
+    cfg.write_text("batch_size: 2\ntokenizer_corpus: 200\nwarmup_steps: 1\n"
+                   "model: {hidden_size: 16, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 32}\n")
+    res = CliRunner().invoke(app, ["tiny", "train", "--out", str(tmp_path / "m"), "--steps", "2", "--config", str(cfg)])
+    assert res.exit_code == 0, res.output
+    saved = json.loads((tmp_path / "m" / "maft_recipe.json").read_text())["recipe"]
+    assert saved["steps"] == 2 and saved["model"]["hidden_size"] == 16
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "m").config.num_hidden_layers == 1

@@ -36,7 +36,7 @@ class ModelShape(BaseModel):
 class RecipeConfig(BaseModel):
     """Everything that determines the pretrained checkpoint."""
 
-    steps: int = Field(12000, ge=1)
+    steps: int = Field(7000, ge=1)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(2e-3, gt=0)
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine decays to lr * min_lr_ratio")
