@@ -90,3 +90,17 @@ def test_cli_tiny_train_with_config_file(tmp_path):
     saved = json.loads((tmp_path / "m" / "maft_recipe.json").read_text())["recipe"]
     assert saved["steps"] == 2 and saved["model"]["hidden_size"] == 16
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "m").config.num_hidden_layers == 1
+
+
+def test_recipe_continues_from_a_checkpoint(recipe_checkpoint, tmp_path):
+    from maft.tiny.recipe import RecipeConfig, pretrain
+
+    out = pretrain(RecipeConfig(steps=2, batch_size=2, warmup_steps=1, init_from=str(recipe_checkpoint)), tmp_path / "c",
+                   progress=False)
+    before = AutoModelForCausalLM.from_pretrained(recipe_checkpoint)
+    after = AutoModelForCausalLM.from_pretrained(out)
+    assert after.config.hidden_size == before.config.hidden_size == 32  # the shape came from the checkpoint
+    assert AutoTokenizer.from_pretrained(out).get_vocab() == AutoTokenizer.from_pretrained(recipe_checkpoint).get_vocab()
+    assert any((a != b).any() for a, b in zip(after.parameters(), before.parameters()))  # and it trained
+    stats = json.loads((out / "maft_recipe.json").read_text())["stats"]
+    assert stats["continued_from"]["recipe"]["steps"] == 6

@@ -85,14 +85,21 @@ def tiny_train(
     seed: int = 0,
     save_every: Annotated[Optional[int], typer.Option(help="also save step-N checkpoints")] = None,
     config: Annotated[Optional[Path], typer.Option(help="recipe config JSON/YAML (overrides the defaults)")] = None,
+    init_from: Annotated[Optional[Path], typer.Option(help="continue training this checkpoint")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="peak learning rate (default: the recipe's)")] = None,
 ) -> None:
-    """Pretrain the tiny model from scratch with maft's recipe."""
+    """Pretrain the tiny model with maft's recipe (from scratch, or continuing a checkpoint)."""
     import yaml
 
     from maft.tiny.recipe import RecipeConfig, pretrain
 
     base = yaml.safe_load(config.read_text()) if config else {}
-    cfg = RecipeConfig(**{**base, "steps": steps, "seed": seed, "save_every": save_every})
+    overrides = {"steps": steps, "seed": seed, "save_every": save_every}
+    if init_from:
+        overrides["init_from"] = str(init_from)
+    if lr:
+        overrides["lr"] = lr
+    cfg = RecipeConfig(**{**base, **overrides})
     start = time.perf_counter()
     pretrain(cfg, out)
     console.print(f"saved {out} after {steps} steps in {time.perf_counter() - start:.0f} s")

@@ -18,7 +18,14 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel, Field
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
 from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
 
 from maft.tiny.synth import Society, SynthConfig
@@ -48,6 +55,7 @@ class RecipeConfig(BaseModel):
     tokenizer_corpus: int = Field(4000, description="conversations the BPE is trained on")
     threads: int | None = Field(None, description="torch threads (default: all cores)")
     save_every: int | None = Field(None, description="also save a checkpoint every this many steps")
+    init_from: str | None = Field(None, description="continue from this checkpoint (its tokenizer and weights)")
     model: ModelShape = Field(default_factory=ModelShape)
     synth: SynthConfig = Field(default_factory=SynthConfig)
 
@@ -132,14 +140,19 @@ def pretrain(cfg: RecipeConfig, out_dir: str | Path, progress: bool = True) -> P
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "train_log.jsonl").unlink(missing_ok=True)
 
-    corpus = []
-    for _ in range(cfg.tokenizer_corpus):
-        messages = society.example(society.kind()).messages
-        corpus.append("\n".join(m["content"] for m in messages))
-    tok = train_tokenizer(corpus, vocab_size=cfg.vocab_size)
-    assert all(t in tok.get_vocab() for t in SPECIAL_TOKENS)
-
-    model = build_model(cfg, tok)
+    if cfg.init_from:
+        tok = AutoTokenizer.from_pretrained(cfg.init_from)
+        model = AutoModelForCausalLM.from_pretrained(cfg.init_from, dtype=torch.float32)
+    else:
+        corpus = []
+        for _ in range(cfg.tokenizer_corpus):
+            messages = society.example(society.kind()).messages
+            corpus.append("\n".join(m["content"] for m in messages))
+        tok = train_tokenizer(corpus, vocab_size=cfg.vocab_size)
+        model = build_model(cfg, tok)
+    missing = [t for t in SPECIAL_TOKENS if t not in tok.get_vocab()]
+    if missing:
+        raise ValueError(f"tokenizer lacks maft's special tokens {missing}")
     model.train()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
@@ -179,5 +192,8 @@ def pretrain(cfg: RecipeConfig, out_dir: str | Path, progress: bool = True) -> P
                                 {"step": step, "params": n_params, "log": log})
     stats = {"params": n_params, "seconds": round(time.perf_counter() - start, 1), "final_loss": round(ema or math.nan, 5),
              "examples": cfg.steps * cfg.batch_size, "torch": torch.__version__, "log": log}
+    previous = Path(cfg.init_from or "") / "maft_recipe.json"
+    if cfg.init_from and previous.is_file():
+        stats["continued_from"] = json.loads(previous.read_text())
     save_checkpoint(model, tok, out_dir, cfg, stats)
     return out_dir
