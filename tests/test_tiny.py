@@ -57,6 +57,27 @@ def test_critic_confirms_when_all_agree_and_rechecks_otherwise():
         assert conv[0]["content"] == arithmetic_prompt(expr.text)
 
 
+def test_synthetic_society_rewards_majority_and_debate():
+    """The data the model imitates: a majority of 3 beats one agent, and round 2 beats round 1."""
+    from maft.voting import majority_vote
+
+    society = Society(SynthConfig(), random.Random(0))
+    single = majority = round2 = 0
+    n = 1500
+    for _ in range(n):
+        expr = Expression.sample(society.rng)
+        convs = society.debate(expr, n_agents=3, rounds=2, concat=False)
+        first = [int(c[1]["content"].split("{")[-1].rstrip("}.")) for c in convs]
+        second = [int(c[3]["content"].split("{")[-1].rstrip("}.")) for c in convs]
+        single += sum(a == expr.value for a in first) / 3
+        majority += majority_vote(first, lambda x, y: x == y).answer == expr.value
+        round2 += sum(a == expr.value for a in second) / 3
+    single, majority, round2 = single / n, majority / n, round2 / n
+    assert abs(single - 0.8**5) < 0.03
+    assert majority > single + 0.05
+    assert round2 > single + 0.05
+
+
 def test_mix_needs_a_quarter_debates():
     with pytest.raises(ValueError, match="at least 25%"):
         SynthConfig(mix={"round1": 0.8, "debate": 0.2})
