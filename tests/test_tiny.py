@@ -25,15 +25,45 @@ def test_recipe_saves_a_loadable_chat_model(recipe_checkpoint):
     assert tok.decode(tok("x=-569, \\boxed{7}")["input_ids"]) == "x=-569, \\boxed{7}"
 
 
-def test_slips_change_a_last_digit_and_propagate():
+def test_solution_formats():
+    expr = Expression(27, 16, 8, 1, 25, 29)  # 156 - 725 < 0
+    head = "16*8=128, 25*29=725, 27+128=155, 155+1=156, "
+    forms = {
+        "places": "156-725=-(725-156): 725-100=625, 625-50=575, 575-6=569",
+        "flip": "156-725=-(725-156)=-569",
+        "direct": "156-725=-569",
+    }
+    for form, last in forms.items():
+        text, answer = solve(expr, random.Random(0), slip_rate=0.0, subtraction=form)
+        assert text == head + last + ". The answer is \\boxed{-569}." and answer == expr.value
+    text, answer = solve(Expression(27, 16, 8, 1, 5, 9), random.Random(0), slip_rate=0.0)
+    assert text.endswith("156-45: 156-40=116, 116-5=111. The answer is \\boxed{111}.") and answer == 111
+    text, _ = solve(Expression(0, 0, 0, 0, 20, 20), random.Random(0), slip_rate=0.0)  # one place: one step
+    assert text.endswith("0-400=-(400-0)=-400. The answer is \\boxed{-400}.")
+
+
+@pytest.mark.parametrize("form", ["places", "flip", "direct"])
+def test_slips_are_diverse_and_propagate(form):
     expr = Expression(27, 16, 8, 1, 25, 29)
-    clean, answer = solve(expr, random.Random(0), slip_rate=0.0)
-    assert clean == "16*8=128, 25*29=725, 27+128=155, 155+1=156, 156-725=-569. The answer is \\boxed{-569}."
-    assert answer == expr.value
     rng = random.Random(1)
-    answers = [solve(expr, rng, slip_rate=1.0)[1] for _ in range(200)]
-    assert sum(a != expr.value for a in answers) > 190  # slips can cancel by chance, rarely
+    answers = [solve(expr, rng, slip_rate=1.0, subtraction=form)[1] for _ in range(200)]
+    assert sum(a != expr.value for a in answers) > 180  # slips can cancel by chance, rarely
     assert len(set(answers)) > 20  # slips are diverse: wrong answers rarely agree
+    for _ in range(100):  # whatever slipped, later steps use the values written before them
+        text, answer = solve(Expression.sample(rng), rng, slip_rate=0.5, subtraction=form)
+        assert text.endswith(f"\\boxed{{{answer}}}.")
+        mul1, mul2, add1, add2, sub = text.split(". The answer")[0].split(", ", 4)
+        p1, p2 = int(mul1.split("=")[1]), int(mul2.split("=")[1])
+        assert int(add1.split("=")[0].split("+")[1]) == p1
+        s1 = int(add1.split("=")[1])
+        assert int(add2.split("+")[0]) == s1
+        s2 = int(add2.split("=")[1])
+        assert sub.startswith(f"{s2}-{p2}")
+        pieces = sub.split(": ")[1].split(", ") if ": " in sub else []
+        for before, after in zip(pieces, pieces[1:]):
+            assert after.split("-")[0] == before.split("=")[1]
+        last = int((pieces[-1] if pieces else sub).split("=")[-1])
+        assert answer == (-abs(last) if "(" in sub else last)
 
 
 def test_round1_slip_rate_matches_config():
@@ -102,12 +132,13 @@ def test_cli_tiny_train_with_config_file(tmp_path):
     from maft.cli import app
 
     cfg = tmp_path / "recipe.yaml"
-    cfg.write_text("batch_size: 2\ntokenizer_corpus: 200\nwarmup_steps: 1\n"
+    cfg.write_text("steps: 2\nseed: 3\nbatch_size: 2\ntokenizer_corpus: 200\nwarmup_steps: 1\nsynth: {subtraction: direct}\n"
                    "model: {hidden_size: 16, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 32}\n")
-    res = CliRunner().invoke(app, ["tiny", "train", "--out", str(tmp_path / "m"), "--steps", "2", "--config", str(cfg)])
+    res = CliRunner().invoke(app, ["tiny", "train", "--out", str(tmp_path / "m"), "--config", str(cfg), "--lr", "0.01"])
     assert res.exit_code == 0, res.output
     saved = json.loads((tmp_path / "m" / "maft_recipe.json").read_text())["recipe"]
-    assert saved["steps"] == 2 and saved["model"]["hidden_size"] == 16
+    assert saved["steps"] == 2 and saved["seed"] == 3 and saved["lr"] == 0.01  # the file's values, the flag's lr
+    assert saved["model"]["hidden_size"] == 16 and saved["synth"]["subtraction"] == "direct"
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "m").config.num_hidden_layers == 1
 
 

@@ -81,8 +81,8 @@ def evaluate(
 @tiny_app.command("train")
 def tiny_train(
     out: Annotated[Path, typer.Option(help="where to save the checkpoint")],
-    steps: Annotated[int, typer.Option(min=1)] = 7000,
-    seed: int = 0,
+    steps: Annotated[Optional[int], typer.Option(min=1, help="training steps (default: the config's, else 7000)")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="data and init seed (default: the config's, else 0)")] = None,
     save_every: Annotated[Optional[int], typer.Option(help="also save step-N checkpoints")] = None,
     config: Annotated[Optional[Path], typer.Option(help="recipe config JSON/YAML (overrides the defaults)")] = None,
     init_from: Annotated[Optional[Path], typer.Option(help="continue training this checkpoint")] = None,
@@ -94,15 +94,12 @@ def tiny_train(
     from maft.tiny.recipe import RecipeConfig, pretrain
 
     base = yaml.safe_load(config.read_text()) if config else {}
-    overrides = {"steps": steps, "seed": seed, "save_every": save_every}
-    if init_from:
-        overrides["init_from"] = str(init_from)
-    if lr:
-        overrides["lr"] = lr
-    cfg = RecipeConfig(**{**base, **overrides})
+    given = {"steps": steps, "seed": seed, "save_every": save_every, "lr": lr,
+             "init_from": str(init_from) if init_from else None}
+    cfg = RecipeConfig(**{**base, **{k: v for k, v in given.items() if v is not None}})
     start = time.perf_counter()
     pretrain(cfg, out)
-    console.print(f"saved {out} after {steps} steps in {time.perf_counter() - start:.0f} s")
+    console.print(f"saved {out} after {cfg.steps} steps in {time.perf_counter() - start:.0f} s")
 
 
 @tiny_app.command("check")

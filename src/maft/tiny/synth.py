@@ -4,10 +4,13 @@ The data simulates a society of agents on arithmetic problems, in the exact mess
 produces (``maft.prompts`` and the arithmetic task's prompt):
 
 * **Round 1.** An agent writes the chain ``b*c=.., e*f=.., a+..=.., ..+d=.., ..-..=..`` and
-  ``\\boxed{result}``. Each step *slips* with probability ``slip_rate``: the last digit of its
-  result is replaced by a uniformly random other digit, and later steps carry the wrong value on.
-  Slips are independent across samples, so wrong answers rarely agree and a majority of several
-  samples is right more often than one sample (unlike systematic errors).
+  ``\\boxed{result}``. The final subtraction ``x-y`` is
+  written by place value (``subtraction="places"``, the default): ``960-437: 960-400=560, 560-30=530,
+  530-7=523``, and when the result is negative the larger number is taken apart instead:
+  ``156-725=-(725-156): 725-100=625, 625-50=575, 575-6=569``, answer -569. Each sub-step changes a
+  digit or two, which a tiny model learns; a 3-digit subtraction in one step (``subtraction="direct"``,
+  ``156-725=-569``) was the first checkpoint's main error (6% right when the result is negative, 65%
+  otherwise). ``"flip"`` writes ``x-y=-(y-x)=-r`` in one step.
 * **Rounds m > 1 (critic).** The agent sees its own previous answer and the other agents' answers
   (as the ``answers`` digest, or their full solutions for ``concat``). If every answer agrees it
   confirms its previous solution; otherwise it recomputes more carefully (``critic_slip_rate``).
@@ -23,6 +26,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from typing import Literal
+
+SubtractionForm = Literal["direct", "flip", "places"]
 
 from pydantic import BaseModel, Field
 
@@ -46,6 +51,10 @@ class SynthConfig(BaseModel):
     others_weights: list[float] = Field(
         default_factory=lambda: [0.2, 0.5, 0.15, 0.15],
         description="probability of 1, 2, 3, 4 other agents in a debate",
+    )
+    subtraction: SubtractionForm = Field(
+        "places", description="how the final x-y is written: in one step (direct), x-y=-(y-x)=-r when negative (flip), "
+        "or flipped when negative and taken apart by place value (places)"
     )
     max_concat_others: int = Field(2, ge=1, description="at most this many full solutions in a concat message")
     p_third_round: float = Field(0.1, ge=0, le=1, description="share of debates that train a round-3 answer")
@@ -80,21 +89,53 @@ def _slip(value: int, rng: random.Random) -> int:
     return sign * (magnitude - last + new_last)
 
 
-def solve(expr: Expression, rng: random.Random, slip_rate: float) -> tuple[str, int]:
-    """A chain-of-thought solution with independent per-step slips; returns (text, final answer)."""
+def _places(y: int) -> list[int]:
+    """The nonzero place values of ``y >= 0``, largest first: 437 -> [400, 30, 7]."""
+    return [int(d) * 10**i for i, d in reversed(list(enumerate(reversed(str(y))))) if d != "0"]
+
+
+def solve(
+    expr: Expression, rng: random.Random, slip_rate: float, subtraction: SubtractionForm = "places"
+) -> tuple[str, int]:
+    """A chain-of-thought solution with independent per-step slips; returns (text, final answer).
+
+    The five logical steps (two products, two sums, the difference) slip independently; a slip in a
+    place-value subtraction hits one of its sub-steps, and the later sub-steps carry the wrong value on.
+    """
     steps: list[str] = []
 
     def step(x: int, op: str, y: int) -> int:
-        exact = x * y if op == "*" else x + y if op == "+" else x - y
+        exact = x * y if op == "*" else x + y
         result = _slip(exact, rng) if rng.random() < slip_rate else exact
         steps.append(f"{x}{op}{y}={result}")
         return result
+
+    def subtract(x: int, y: int) -> int:
+        slipped = rng.random() < slip_rate
+        flip = x < y and subtraction != "direct"
+        big, small = (y, x) if flip else (x, y)
+        head = f"{x}-{y}=-({y}-{x})" if flip else f"{x}-{y}"
+        parts = _places(small) if subtraction == "places" else []
+        if len(parts) < 2:  # one step
+            exact = big - small
+            result = _slip(exact, rng) if slipped else exact
+            steps.append(f"{head}={'-' if flip else ''}{result}")
+            return -result if flip else result
+        where = rng.randrange(len(parts)) if slipped else -1
+        value, sub = big, []
+        for i, part in enumerate(parts):
+            new = value - part
+            new = _slip(new, rng) if i == where else new
+            sub.append(f"{value}-{part}={new}")
+            value = new
+        steps.append(f"{head}: {', '.join(sub)}")
+        return -value if flip else value
 
     p1 = step(expr.b, "*", expr.c)
     p2 = step(expr.e, "*", expr.f)
     s1 = step(expr.a, "+", p1)
     s2 = step(s1, "+", expr.d)
-    result = step(s2, "-", p2)
+    result = subtract(s2, p2)
     return f"{', '.join(steps)}. The answer is \\boxed{{{result}}}.", result
 
 
@@ -109,7 +150,7 @@ class Society:
         question = arithmetic_prompt(expr.text)
         convs, answers = [], []
         for _ in range(n_agents):
-            text, answer = solve(expr, self.rng, self.cfg.slip_rate)
+            text, answer = solve(expr, self.rng, self.cfg.slip_rate, self.cfg.subtraction)
             convs.append([{"role": "user", "content": question}, {"role": "assistant", "content": text}])
             answers.append(answer)
         for _ in range(rounds - 1):
@@ -124,7 +165,7 @@ class Society:
                 if all(a == answers[n] for a in answers):
                     text, answer = texts[n], answers[n]  # everyone agrees: confirm
                 else:
-                    text, answer = solve(expr, self.rng, self.cfg.critic_slip_rate)  # disagreement: recheck
+                    text, answer = solve(expr, self.rng, self.cfg.critic_slip_rate, self.cfg.subtraction)  # disagreement: recheck
                 convs[n] = convs[n] + [{"role": "user", "content": message}, {"role": "assistant", "content": text}]
                 new_answers.append(answer)
             answers = new_answers
@@ -137,7 +178,7 @@ class Society:
             return Example(kind, conv, _answer_of(conv) == expr.value)
         if kind == "summarize":
             n = self._n_others(concat=False)
-            texts = [solve(expr, self.rng, self.cfg.slip_rate) for _ in range(n)]
+            texts = [solve(expr, self.rng, self.cfg.slip_rate, self.cfg.subtraction) for _ in range(n)]
             request = prompts.summarizer_request([t for t, _ in texts])
             digest = prompts.answers_digest([str(a) for _, a in texts])
             return Example(kind, [{"role": "user", "content": request}, {"role": "assistant", "content": digest}], True)
