@@ -4,9 +4,9 @@ The data simulates a society of agents on arithmetic problems, in the exact mess
 produces (``maft.prompts`` and the arithmetic task's prompt):
 
 * **Round 1.** An agent writes the chain ``b*c=.., e*f=.., a+..=.., ..+d=.., ..-..=..`` and
-  ``\\boxed{result}``. The final subtraction ``x-y`` is
-  written by place value (``subtraction="places"``, the default): ``960-437: 960-400=560, 560-30=530,
-  530-7=523``, and when the result is negative the larger number is taken apart instead:
+  ``\\boxed{result}``. The final subtraction ``x-y`` is written by place value
+  (``subtraction="places"``, the default): ``960-437: 960-400=560, 560-30=530, 530-7=523``, and when
+  the result is negative the larger number is taken apart instead:
   ``156-725=-(725-156): 725-100=625, 625-50=575, 575-6=569``, answer -569. Each sub-step changes a
   digit or two, which a tiny model learns; a 3-digit subtraction in one step (``subtraction="direct"``,
   ``156-725=-569``) was the first checkpoint's main error (6% right when the result is negative, 65%
@@ -27,13 +27,12 @@ import random
 from dataclasses import dataclass
 from typing import Literal
 
-SubtractionForm = Literal["direct", "flip", "places"]
-
 from pydantic import BaseModel, Field
 
 from maft import prompts
 from maft.tasks.arithmetic import Expression, arithmetic_prompt
 
+SubtractionForm = Literal["direct", "flip", "places"]
 Kind = Literal["round1", "debate", "debate_concat", "summarize"]
 KINDS: tuple[Kind, ...] = ("round1", "debate", "debate_concat", "summarize")
 MIN_DEBATE_SHARE = 0.25  # with less, the critic round made the feasibility model worse
