@@ -78,6 +78,52 @@ def evaluate(
         console.print(f"wrote {out}")
 
 
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def run(
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="run config YAML (default: the embedded default run)")] = None,
+    set_: Annotated[list[str], typer.Option("--set", "-s", help="override a config value, e.g. --set debate.agents=5")] = [],
+    iterations: Annotated[Optional[int], typer.Option(min=0, help="shorthand for --set iterations=N")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="run directory (default: runs/<date>-<time>)")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="continue the run in this directory; finished stages are kept")] = None,
+    quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
+) -> None:
+    """Multiagent finetuning: debate -> vote -> per-agent data -> finetune 2N agents, for L iterations."""
+    from maft.config import ConfigError, load_config
+    from maft.society import Society
+    from maft.store import RunDirError, RunStore
+    from maft.summary import iteration_table, title
+
+    overrides = [*set_, *([f"iterations={iterations}"] if iterations is not None else [])]
+    try:
+        if resume is not None:
+            if out is not None and out != resume:
+                _fail("give either --out (a new run) or --resume (an existing run), not both")
+            given = load_config(config, overrides) if (config or overrides) else None
+            store = RunStore.open(resume, given)
+        else:
+            cfg = load_config(config, overrides)
+            from maft.society import prepare
+
+            prepare(cfg)  # bad task options or sizes fail here, before a run directory or model exists
+            store = RunStore.create(out or Path("runs") / time.strftime("%Y%m%d-%H%M%S"), cfg)
+        society = Society(store, console=console, progress=not quiet)
+    except (ConfigError, RunDirError, ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    console.print(f"run directory [bold]{store.root}[/bold] (config hash {store.config.hash()})")
+    start = time.perf_counter()
+    metrics = society.run()
+    console.print(iteration_table(metrics, title=title(store.config)))
+    console.print(
+        f"{time.perf_counter() - start:.0f} s this invocation; "
+        f"wrote {store.root / 'metrics.json'} and {store.root / 'summary.md'}"
+    )
+
+
 @tiny_app.command("train")
 def tiny_train(
     out: Annotated[Path, typer.Option(help="where to save the checkpoint")],

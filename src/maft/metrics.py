@@ -1,11 +1,16 @@
-"""Accuracy with standard error."""
+"""Accuracy with standard error, and the metrics of a debate on held-out problems."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from maft.debate import Turn
+    from maft.tasks import Problem, Task
 
 
 class Accuracy(BaseModel):
@@ -27,3 +32,62 @@ def accuracy(scores: Sequence[float]) -> Accuracy:
     mean = sum(scores) / n
     var = sum((s - mean) ** 2 for s in scores) / n
     return Accuracy(mean=mean, se=math.sqrt(var / n), n=n)
+
+
+class DebateMetrics(BaseModel):
+    """How a debate did on held-out problems (graded against the gold answers)."""
+
+    problems: int
+    majority: Accuracy  # the final round's majority vote: the society's answer
+    round_agent: list[Accuracy]  # per round: mean accuracy of one agent
+    round_majority: list[Accuracy]  # per round: majority vote of that round
+    agent_round: list[list[Accuracy]]  # [agent][round]
+    unanimous: float  # final round: all agents gave equivalent answers
+    pairwise_agreement: float  # final round: fraction of agent pairs with equivalent answers
+    abstention_rate: float
+    generated_tokens: int
+
+
+def debate_metrics(turns: Sequence[Turn], task: Task, problems: Sequence[Problem]) -> DebateMetrics:
+    """Per-round, per-agent and majority accuracy with standard errors, and agreement, of a debate."""
+    from maft.voting import majority_vote
+
+    gold = {p.id: p for p in problems}
+    rounds = max(t.round for t in turns)
+    agents = max(t.agent for t in turns) + 1
+    grid: dict[str, dict[tuple[int, int], Turn]] = {}
+    for t in turns:
+        grid.setdefault(t.problem_id, {})[(t.agent, t.round)] = t
+    ids = [p.id for p in problems]
+
+    def round_scores(m: int) -> tuple[list[float], list[float]]:
+        agent, majority = [], []
+        for pid in ids:
+            row = [grid[pid][(n, m)] for n in range(agents)]
+            agent.append(sum(t.correct for t in row) / agents)
+            vote = majority_vote([t.answer for t in row], task.equivalent)
+            majority.append(float(task.is_correct(vote.answer, gold[pid])))
+        return agent, majority
+
+    per_round = [round_scores(m) for m in range(1, rounds + 1)]
+    unanimous, pairs = [], []
+    for pid in ids:
+        answers = [grid[pid][(n, rounds)].answer for n in range(agents)]
+        same = [
+            task.equivalent(answers[a], answers[b]) if answers[a] is not None and answers[b] is not None else False
+            for a in range(agents)
+            for b in range(a + 1, agents)
+        ]
+        pairs.append(sum(same) / len(same) if same else 1.0)
+        unanimous.append(float(all(same)))
+    return DebateMetrics(
+        problems=len(ids),
+        majority=accuracy(per_round[-1][1]),
+        round_agent=[accuracy(a) for a, _ in per_round],
+        round_majority=[accuracy(v) for _, v in per_round],
+        agent_round=[[accuracy([float(grid[pid][(n, m)].correct) for pid in ids]) for m in range(1, rounds + 1)] for n in range(agents)],
+        unanimous=sum(unanimous) / len(unanimous),
+        pairwise_agreement=sum(pairs) / len(pairs),
+        abstention_rate=sum(t.answer is None for t in turns) / len(turns),
+        generated_tokens=sum(t.completion_tokens for t in turns),
+    )

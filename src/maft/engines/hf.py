@@ -68,7 +68,8 @@ class HFEngine:
         torch_dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
         self.model = AutoModelForCausalLM.from_pretrained(self.model_name, dtype=torch_dtype).to(self.device).eval()
         self.batch_size = batch_size
-        self.adapters: dict[str, str] = {}
+        self.adapters: dict[str, str] = {}  # name -> path, PEFT adapters on the shared base model
+        self.full_models: dict[str, torch.nn.Module] = {}  # name -> a fully finetuned model of its own
         self.generated_tokens = 0
 
     # -- adapters ---------------------------------------------------------------------------------
@@ -87,7 +88,22 @@ class HFEngine:
         else:
             self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name)
         self.model.eval()
+        self.full_models.pop(name, None)
         self.adapters[name] = str(path)
+
+    def load_agent(self, name: str, path: str | Path) -> None:
+        """Load an agent saved by training: a PEFT adapter, or a full checkpoint (full finetuning)."""
+        if (Path(path) / "adapter_config.json").is_file():
+            self.load_adapter(name, path)
+        elif (Path(path) / "config.json").is_file():
+            self.adapters.pop(name, None)
+            self.full_models[name] = AutoModelForCausalLM.from_pretrained(str(path), dtype=self.model.dtype).to(self.device).eval()
+        else:
+            raise FileNotFoundError(f"no adapter or checkpoint at {path}")
+
+    @property
+    def agents(self) -> list[str]:
+        return sorted([*self.adapters, *self.full_models])
 
     # -- generation -------------------------------------------------------------------------------
     def prompt_ids(self, messages: Sequence[dict[str, str]]) -> list[int]:
@@ -97,22 +113,24 @@ class HFEngine:
     def generate(self, requests: Sequence[Request], *, seed: int = 0, progress: bool = False) -> list[Generation]:
         """Generate for all ``requests`` (in order). The same requests and seed give the same texts."""
         for r in requests:
-            if r.adapter is not None and r.adapter not in self.adapters:
-                raise KeyError(f"unknown adapter {r.adapter!r}; loaded: {sorted(self.adapters) or 'none'}")
+            if r.adapter is not None and r.adapter not in self.adapters and r.adapter not in self.full_models:
+                raise KeyError(f"unknown adapter {r.adapter!r}; loaded: {self.agents or 'none'}")
         prompts = [self.prompt_ids(r.messages) for r in requests]
-        groups: dict[Sampling, list[int]] = defaultdict(list)
+        # adapters share the base model's batches; a fully finetuned agent is a model of its own
+        groups: dict[tuple[Sampling, str | None], list[int]] = defaultdict(list)
         for i, r in enumerate(requests):
-            groups[r.sampling].append(i)
-        batches: list[tuple[Sampling, list[int]]] = []
-        for sampling, idx in groups.items():
+            groups[(r.sampling, r.adapter if r.adapter in self.full_models else None)].append(i)
+        batches: list[tuple[Sampling, str | None, list[int]]] = []
+        for (sampling, full), idx in groups.items():
             idx.sort(key=lambda i: len(prompts[i]), reverse=True)  # longest first: memory errors show early
-            batches += [(sampling, idx[s : s + self.batch_size]) for s in range(0, len(idx), self.batch_size)]
+            batches += [(sampling, full, idx[s : s + self.batch_size]) for s in range(0, len(idx), self.batch_size)]
         out: list[Generation | None] = [None] * len(requests)
         with Progress(transient=True, disable=not progress) as bar:
             task = bar.add_task("generate", total=len(requests))
-            for b, (sampling, idx) in enumerate(batches):
+            for b, (sampling, full, idx) in enumerate(batches):
                 torch.manual_seed(seed * 1_000_003 + b)
-                texts, counts = self._generate_batch([prompts[i] for i in idx], [requests[i].adapter for i in idx], sampling)
+                adapters = [requests[i].adapter for i in idx] if full is None else None
+                texts, counts = self._generate_batch([prompts[i] for i in idx], adapters, sampling, full)
                 for i, text, n in zip(idx, texts, counts):
                     out[i] = Generation(text=text, prompt_tokens=len(prompts[i]), completion_tokens=n)
                 bar.update(task, advance=len(idx))
@@ -120,7 +138,7 @@ class HFEngine:
 
     @torch.inference_mode()
     def _generate_batch(
-        self, prompts: list[list[int]], adapters: list[str | None], sampling: Sampling
+        self, prompts: list[list[int]], adapters: list[str | None] | None, sampling: Sampling, full: str | None = None
     ) -> tuple[list[str], list[int]]:
         tok = self.tokenizer
         enc = tok.pad({"input_ids": prompts}, padding=True, return_tensors="pt").to(self.device)
@@ -133,9 +151,10 @@ class HFEngine:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         else:
             kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
-        if self.adapters:
-            kwargs["adapter_names"] = [a if a is not None else BASE for a in adapters]
-        output = self.model.generate(**enc, **kwargs)
+        model = self.full_models[full] if full is not None else self.model
+        if full is None and self.adapters:
+            kwargs["adapter_names"] = [a if a is not None else BASE for a in adapters or []]
+        output = model.generate(**enc, **kwargs)
         new = output[:, enc["input_ids"].shape[1] :]
         counts = []
         for row in new:

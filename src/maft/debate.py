@@ -1,0 +1,154 @@
+"""Multiagent debate: N agents x M rounds over all problems, one engine call per round.
+
+Round 1: agent n answers the task prompt alone (as generation agent n). Round m > 1: agent n's
+conversation continues with a critic message showing the other agents' round m-1 responses (their
+answers, the raw responses, or a summary of them by the base model) and agent n answers again (as
+critic agent n). Every response becomes one :class:`Turn` record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+from pydantic import BaseModel
+
+from maft import prompts
+from maft.engines import Engine, Message, Request, Sampling
+from maft.tasks import Problem, Task
+
+Summarizer = Literal["answers", "concat", "model"]
+
+#: (agent, round) -> the adapter that answers (None: the base model).
+AdapterFor = Callable[[int, int], "str | None"]
+
+
+def base_model(agent: int, round: int) -> str | None:
+    return None
+
+
+class Turn(BaseModel):
+    """One agent's response in one round of the debate on one problem."""
+
+    problem_id: str
+    agent: int
+    round: int  # 1-based
+    adapter: str | None
+    messages: list[Message]  # the conversation the agent was given (ends with a user message)
+    response: str
+    answer: str | None  # extracted; None is an abstention
+    correct: bool  # graded against the gold answer: for evaluation only, never for training data
+    completion_tokens: int
+
+
+def _others(turns: Sequence[Turn], agent: int) -> list[Turn]:
+    return [t for t in turns if t.agent != agent]
+
+
+def debate(
+    engine: Engine,
+    task: Task,
+    problems: Sequence[Problem],
+    *,
+    agents: int = 3,
+    rounds: int = 2,
+    summarizer: Summarizer = "answers",
+    sampling: Sampling = Sampling(),
+    adapter_for: AdapterFor = base_model,
+    seed: int = 0,
+    progress: bool = False,
+) -> list[Turn]:
+    """Run the debate; returns every turn, ordered by round, then problem, then agent."""
+    if agents < 1 or rounds < 1:
+        raise ValueError(f"a debate needs agents >= 1 and rounds >= 1, got {agents} x {rounds}")
+    conversations: list[list[list[Message]]] = [
+        [[{"role": "user", "content": task.prompt(p)}] for _ in range(agents)] for p in problems
+    ]
+    turns: list[Turn] = []
+    previous: list[list[Turn]] = []  # [problem][agent] turns of round m-1
+    for m in range(1, rounds + 1):
+        if m > 1:
+            summaries = _summaries(engine, previous, agents, summarizer, sampling, seed * 1000 + 2 * m, progress)
+            for i in range(len(problems)):
+                for n in range(agents):
+                    own = previous[i][n]
+                    if summarizer == "concat":
+                        message = prompts.critic_message(
+                            responses=[t.response for t in _others(previous[i], n)], answer_format=task.answer_format
+                        )
+                    else:
+                        message = prompts.critic_message(summary=summaries[i][n], answer_format=task.answer_format)
+                    conversations[i][n] = [
+                        *conversations[i][n],
+                        {"role": "assistant", "content": own.response},
+                        {"role": "user", "content": message},
+                    ]
+        requests = [
+            Request(messages=conversations[i][n], adapter=adapter_for(n, m), sampling=sampling)
+            for i in range(len(problems))
+            for n in range(agents)
+        ]
+        generations = engine.generate(requests, seed=seed * 1000 + 2 * m + 1, progress=progress)
+        current: list[list[Turn]] = []
+        for i, p in enumerate(problems):
+            row = []
+            for n in range(agents):
+                g = generations[i * agents + n]
+                answer = task.extract(g.text)
+                row.append(
+                    Turn(
+                        problem_id=p.id,
+                        agent=n,
+                        round=m,
+                        adapter=requests[i * agents + n].adapter,
+                        messages=list(conversations[i][n]),
+                        response=g.text,
+                        answer=answer,
+                        correct=task.is_correct(answer, p),
+                        completion_tokens=g.completion_tokens,
+                    )
+                )
+            current.append(row)
+            turns += row
+        previous = current
+    return turns
+
+
+def _summaries(
+    engine: Engine,
+    previous: list[list[Turn]],
+    agents: int,
+    summarizer: Summarizer,
+    sampling: Sampling,
+    seed: int,
+    progress: bool,
+) -> list[list[str]]:
+    """[problem][agent] -> what agent n is shown of the others' round m-1 responses ("" for concat)."""
+    if summarizer == "concat":
+        return [["" for _ in range(agents)] for _ in previous]
+    if summarizer == "answers":
+        return [[prompts.answers_digest([t.answer for t in _others(row, n)]) for n in range(agents)] for row in previous]
+    # model: the base model summarizes the others' responses, one request per (problem, agent), one engine call
+    requests = [
+        Request(
+            messages=[{"role": "user", "content": prompts.summarizer_request([t.response for t in _others(row, n)])}],
+            adapter=None,
+            sampling=sampling,
+        )
+        for row in previous
+        for n in range(agents)
+    ]
+    texts = [g.text for g in engine.generate(requests, seed=seed, progress=progress)]
+    return [texts[i * agents : (i + 1) * agents] for i in range(len(previous))]
+
+
+def rounds_of(turns: Sequence[Turn]) -> int:
+    return max((t.round for t in turns), default=0)
+
+
+def by_problem(turns: Sequence[Turn]) -> dict[str, dict[tuple[int, int], Turn]]:
+    """problem id -> {(agent, round): turn}."""
+    out: dict[str, dict[tuple[int, int], Turn]] = {}
+    for t in turns:
+        out.setdefault(t.problem_id, {})[(t.agent, t.round)] = t
+    return out

@@ -1,0 +1,262 @@
+"""The multiagent finetuning loop, stage by stage, resumable (SPEC section 3).
+
+Iteration 0 is the base model's debate on the test problems. Iteration l >= 1:
+
+    debate_train   the agents of iteration l-1 debate the training problems
+    votes          majority vote of the final round -> one label per problem
+    data           D^G_n and D^C_n for every agent n, from its own responses only
+    train/<role>   each of the 2N roles (gen_n, critic_n) finetuned on its own data, independently
+    debate_test    the new agents debate the held-out problems (generation agents answer round 1,
+                   critic agents later rounds)
+    metrics        accuracy with standard error, per agent and round, agreement, data sizes
+
+Each stage's outputs land in ``<run>/iter_<l>/`` before the stage is recorded in the manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from pydantic import BaseModel
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from maft.config import RunConfig
+from maft.debate import Turn, base_model, debate
+from maft.engines import Sampling
+from maft.finetune_data import AgentData, Example, build_agent_data
+from maft.metrics import Accuracy, DebateMetrics, accuracy, debate_metrics
+from maft.store import RunStore, atomic_dir, read_jsonl, write_json, write_jsonl
+from maft.tasks import Splits, Task, get_task
+from maft.voting import ProblemVote, vote_final_round
+
+
+def roles(agents: int) -> list[str]:
+    """The 2N agent roles: gen_0..gen_{N-1}, critic_0..critic_{N-1}."""
+    return [f"gen_{n}" for n in range(agents)] + [f"critic_{n}" for n in range(agents)]
+
+
+def role_for(agent: int, round: int) -> str:
+    """Generation agent n answers round 1; critic agent n answers every later round."""
+    return f"gen_{agent}" if round == 1 else f"critic_{agent}"
+
+
+class TrainStats(BaseModel):
+    """What iteration l learned from: the training debate's labels and each role's data and loss."""
+
+    problems: int
+    labelled: int  # problems whose final round had at least one answer
+    unanimous: float
+    label_precision: Accuracy  # labels equal to the gold answer, over labelled problems (diagnostic only)
+    data: dict[str, dict[str, int]]  # per agent: generation / critic / critic_minus / critic_plus_*
+    losses: dict[str, float | None]  # per role
+
+
+class IterationMetrics(BaseModel):
+    iteration: int
+    test: DebateMetrics
+    train: TrainStats | None = None  # None for iteration 0 (the base model)
+    seconds: dict[str, float]  # per stage
+
+
+def prepare(config: RunConfig) -> tuple[Task, Splits]:
+    """The task and its splits: everything that can fail on bad input, checked before any model loads."""
+    task = get_task(config.task.name, **config.task.options)
+    splits = task.splits(config.task.n_train, config.task.n_test, seed=config.seed)
+    if len(splits.test) < config.task.n_test or (config.iterations and len(splits.train) < config.task.n_train):
+        raise ValueError(
+            f"task {config.task.name!r} has {len(splits.train)} train / {len(splits.test)} test problems, "
+            f"fewer than task.n_train={config.task.n_train} / task.n_test={config.task.n_test}"
+        )
+    return task, splits
+
+
+class Society:
+    """Runs (or resumes) the loop for the run in ``store``."""
+
+    def __init__(self, store: RunStore, *, console: Console | None = None, progress: bool = True) -> None:
+        self.store = store
+        self.config = store.config
+        self.console = console or Console()
+        self.progress = progress
+        self.task, self.splits = prepare(self.config)
+        self._engine = None
+        self.agent_sources: dict[str, str] = {}  # role -> path of the agent the engine holds
+
+    # -- helpers ----------------------------------------------------------------------------------
+    @property
+    def engine(self):
+        if self._engine is None:
+            from maft.engines.hf import HFEngine
+
+            m = self.config.model
+            self._engine = HFEngine(m.name, device=m.device, dtype=m.dtype, batch_size=m.batch_size)
+        return self._engine
+
+    @property
+    def base_model(self) -> str:
+        from maft.tiny import default_checkpoint
+
+        return self.config.model.name or str(default_checkpoint())
+
+    def _stage(self, name: str, work: Callable[[], dict | None]) -> None:
+        if self.store.done(name):
+            self.console.print(f"[dim]{name}: finished earlier ({self.store.seconds(name):.1f} s), kept[/dim]")
+            return
+        self.console.print(f"[bold]{name}[/bold] ...")
+        start = time.perf_counter()
+        info = work() or {}
+        seconds = time.perf_counter() - start
+        self.store.finish(name, seconds, **info)
+        self.console.print(f"{name}: done in {seconds:.1f} s")
+
+    def _sampling(self) -> Sampling:
+        d = self.config.debate
+        return Sampling(temperature=d.temperature, top_p=d.top_p, max_new_tokens=d.max_new_tokens)
+
+    def _use_agents(self, iteration: int):
+        """Load iteration ``iteration``'s agents into the engine; returns who answers each (agent, round)."""
+        if iteration == 0:
+            return base_model
+        for role in roles(self.config.debate.agents):
+            path = self.store.iter_dir(iteration) / "agents" / role
+            if self.agent_sources.get(role) != str(path):
+                self.engine.load_agent(role, path)
+                self.agent_sources[role] = str(path)
+        return lambda agent, round: role_for(agent, round)
+
+    def _debate(self, iteration: int, split: str) -> list[Turn]:
+        d = self.config.debate
+        problems = self.splits.test if split == "test" else self.splits.train
+        # the test debate uses one seed for every iteration (common random numbers across iterations)
+        seed = self.config.seed * 1000 + (0 if split == "test" else 1 + iteration)
+        return debate(
+            self.engine,
+            self.task,
+            problems,
+            agents=d.agents,
+            rounds=d.rounds,
+            summarizer=d.summarizer,
+            sampling=self._sampling(),
+            adapter_for=self._use_agents(iteration if split == "test" else iteration - 1),
+            seed=seed,
+            progress=self.progress,
+        )
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def run(self) -> list[IterationMetrics]:
+        cfg = self.config
+        it0 = self.store.iter_dir(0)
+        self._stage("iter_0/debate_test", lambda: self._write_debate(it0 / "debate_test.jsonl", self._debate(0, "test")))
+        self._stage("iter_0/metrics", lambda: self._write_metrics(0))
+        for l in range(1, cfg.iterations + 1):
+            d = self.store.iter_dir(l)
+            self._stage(f"iter_{l}/debate_train", lambda: self._write_debate(d / "debate_train.jsonl", self._debate(l, "train")))
+            self._stage(f"iter_{l}/votes", lambda: self._votes(l))
+            self._stage(f"iter_{l}/data", lambda: self._data(l))
+            for role in roles(cfg.debate.agents):
+                self._stage(f"iter_{l}/train/{role}", lambda: self._train(l, role))
+            self._stage(f"iter_{l}/debate_test", lambda: self._write_debate(d / "debate_test.jsonl", self._debate(l, "test")))
+            self._stage(f"iter_{l}/metrics", lambda: self._write_metrics(l))
+        metrics = [self.load_metrics(l) for l in range(cfg.iterations + 1)]
+        write_json(self.store.root / "metrics.json", [m.model_dump(mode="json") for m in metrics])
+        from maft.summary import summary_markdown
+
+        (self.store.root / "summary.md").write_text(summary_markdown(cfg, metrics, self.store.manifest))
+        return metrics
+
+    # -- stages -----------------------------------------------------------------------------------
+    def _write_debate(self, path: Path, turns: list[Turn]) -> dict:
+        write_jsonl(path, turns)
+        return {"generated_tokens": sum(t.completion_tokens for t in turns)}
+
+    def _votes(self, l: int) -> dict:
+        d = self.store.iter_dir(l)
+        turns = read_jsonl(d / "debate_train.jsonl", Turn)
+        votes = vote_final_round(turns, self.task, self.splits.train)
+        write_jsonl(d / "votes.jsonl", votes)
+        return {"labelled": sum(v.label is not None for v in votes)}
+
+    def _data(self, l: int) -> dict:
+        d = self.store.iter_dir(l)
+        turns = read_jsonl(d / "debate_train.jsonl", Turn)
+        votes = read_jsonl(d / "votes.jsonl", ProblemVote)
+        data = build_agent_data(
+            turns,
+            votes,
+            self.task,
+            agents=self.config.debate.agents,
+            critic_plus_fraction=self.config.data.critic_plus_fraction,
+            seed=self.config.seed * 1000 + l,
+        )
+        with atomic_dir(d / "data") as tmp:
+            for a in data:
+                write_jsonl(tmp / f"gen_{a.agent}.jsonl", a.generation)
+                write_jsonl(tmp / f"critic_{a.agent}.jsonl", a.critic)
+            write_json(tmp / "counts.json", {f"agent_{a.agent}": a.counts() for a in data})
+        for a in data:
+            self.console.print(f"  agent {a.agent}: " + ", ".join(f"{k} {v}" for k, v in a.counts().items()))
+        return {"counts": {f"agent_{a.agent}": a.counts() for a in data}}
+
+    def _train(self, l: int, role: str) -> dict:
+        from maft.training import finetune
+
+        cfg = self.config
+        d = self.store.iter_dir(l)
+        examples = read_jsonl(d / "data" / f"{role}.jsonl", Example)
+        init = self.store.iter_dir(l - 1) / "agents" / role if cfg.train.init == "previous" and l > 1 else None
+        with Progress(
+            TextColumn(f"  train {role}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=self.console, transient=True, disable=not self.progress,
+        ) as bar:
+            task = bar.add_task(role, total=None)
+            with atomic_dir(d / "agents" / role) as tmp:
+                result = finetune(
+                    self.base_model,
+                    examples,
+                    tmp,
+                    cfg.train,
+                    init_from=init,
+                    seed=cfg.seed * 1000 + l,
+                    device=cfg.model.device,
+                    on_step=lambda done, total: bar.update(task, completed=done, total=total),
+                )
+                write_json(tmp / "maft_train.json", result.model_dump(mode="json"))
+        loss = f"{result.train_loss:.4f}" if result.train_loss is not None else "-"
+        self.console.print(f"  {role}: {result.examples} examples, {result.steps} steps, loss {loss}")
+        return {"examples": result.examples, "steps": result.steps, "train_loss": result.train_loss}
+
+    def _write_metrics(self, l: int) -> None:
+        d = self.store.iter_dir(l)
+        test = debate_metrics(read_jsonl(d / "debate_test.jsonl", Turn), self.task, self.splits.test)
+        train = None
+        if l > 0:
+            votes = read_jsonl(d / "votes.jsonl", ProblemVote)
+            labelled = [v for v in votes if v.label is not None]
+            counts = json.loads((d / "data" / "counts.json").read_text())
+            losses = {
+                role: json.loads((d / "agents" / role / "maft_train.json").read_text())["train_loss"]
+                for role in roles(self.config.debate.agents)
+            }
+            train = TrainStats(
+                problems=len(votes),
+                labelled=len(labelled),
+                unanimous=sum(v.unanimous for v in votes) / len(votes),
+                label_precision=accuracy([float(v.correct) for v in labelled]) if labelled else Accuracy(mean=0, se=0, n=0),
+                data=counts,
+                losses=losses,
+            )
+        stages = self.store.manifest["stages"]
+        seconds = {k.split("/", 1)[1]: v["seconds"] for k, v in stages.items() if k.startswith(f"iter_{l}/")}
+        metrics = IterationMetrics(iteration=l, test=test, train=train, seconds=seconds)
+        write_json(d / "metrics.json", metrics.model_dump(mode="json"))
+
+    def load_metrics(self, l: int) -> IterationMetrics:
+        m = IterationMetrics.model_validate_json((self.store.iter_dir(l) / "metrics.json").read_text())
+        # the metrics stage's own time is known only after it is recorded
+        stages = self.store.manifest["stages"]
+        m.seconds = {k.split("/", 1)[1]: v["seconds"] for k, v in stages.items() if k.startswith(f"iter_{l}/")}
+        return m

@@ -1,0 +1,148 @@
+"""The run directory: atomic writes, and a manifest of finished stages keyed by the config hash.
+
+A stage's outputs are written under temporary names and renamed into place; only then is the stage
+recorded in ``manifest.json`` (itself replaced atomically). A crash at any point therefore leaves
+either a finished stage (kept on resume) or no trace of it (redone on resume).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+from maft.config import RunConfig, config_diff
+
+M = TypeVar("M", bound=BaseModel)
+TMP = ".tmp-"
+
+
+class RunDirError(RuntimeError):
+    """The run directory cannot be used as asked (exists, config changed, not a run)."""
+
+
+def _fsync_replace(tmp: Path, final: Path) -> None:
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (temporary file + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(TMP + path.name)
+    tmp.write_text(text)
+    _fsync_replace(tmp, path)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def write_jsonl(path: Path, records: Iterable[BaseModel | dict]) -> None:
+    lines = (r.model_dump_json() if isinstance(r, BaseModel) else json.dumps(r) for r in records)
+    write_text(path, "".join(line + "\n" for line in lines))
+
+
+def read_jsonl(path: Path, model: type[M]) -> list[M]:
+    with open(path) as f:
+        return [model.model_validate_json(line) for line in f if line.strip()]
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path) -> Iterator[Path]:
+    """Yield a temporary directory that becomes ``path`` when the block succeeds (replacing it)."""
+    tmp = path.with_name(TMP + path.name)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+
+
+class RunStore:
+    """``runs/<name>/``: config.yaml, manifest.json, and one folder per iteration."""
+
+    def __init__(self, root: Path, config: RunConfig) -> None:
+        self.root = root
+        self.config = config
+        self.manifest_path = root / "manifest.json"
+        self.manifest: dict[str, Any] = {"config_hash": config.hash(), "stages": {}}
+
+    # -- opening ----------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, root: Path, config: RunConfig) -> RunStore:
+        """A new run in ``root``, which must not hold a run already."""
+        if (root / "manifest.json").exists():
+            raise RunDirError(f"{root} already holds a run; continue it with `maft run --resume {root}`, or pick another --out")
+        if root.exists() and any(root.iterdir()):
+            raise RunDirError(f"{root} exists and is not empty; pick another --out")
+        root.mkdir(parents=True, exist_ok=True)
+        store = cls(root, config)
+        write_text(root / "config.yaml", config.to_yaml())
+        store._save_manifest()
+        return store
+
+    @classmethod
+    def open(cls, root: Path, config: RunConfig | None = None) -> RunStore:
+        """An existing run. ``config`` (if given) must equal the run's own: resuming never changes a run."""
+        if not (root / "manifest.json").is_file():
+            raise RunDirError(f"{root} is not a maft run directory (no manifest.json)")
+        saved = RunConfig.model_validate(_load_yaml(root / "config.yaml"))
+        manifest = json.loads((root / "manifest.json").read_text())
+        if manifest.get("config_hash") != saved.hash():
+            raise RunDirError(f"{root}/config.yaml was edited after the run started (its hash no longer matches the manifest)")
+        if config is not None and config.hash() != saved.hash():
+            changes = "\n  ".join(config_diff(saved, config))
+            raise RunDirError(
+                f"refusing to resume {root} with a different config; the run was started with other values:\n  {changes}\n"
+                "Start a new run (another --out) to use the new values."
+            )
+        store = cls(root, saved)
+        store.manifest = manifest
+        store._clean_temporaries()
+        return store
+
+    def _clean_temporaries(self) -> None:
+        for tmp in self.root.rglob(TMP + "*"):
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
+
+    # -- stages -----------------------------------------------------------------------------------
+    def done(self, stage: str) -> bool:
+        return stage in self.manifest["stages"]
+
+    def finish(self, stage: str, seconds: float, **info: Any) -> None:
+        """Record ``stage`` as finished (after its outputs are in place)."""
+        self.manifest["stages"][stage] = {"seconds": round(seconds, 3), "finished_at": time.time(), **info}
+        self._save_manifest()
+
+    def seconds(self, stage: str) -> float | None:
+        entry = self.manifest["stages"].get(stage)
+        return entry["seconds"] if entry else None
+
+    def _save_manifest(self) -> None:
+        write_json(self.manifest_path, self.manifest)
+
+    # -- paths ------------------------------------------------------------------------------------
+    def iter_dir(self, iteration: int) -> Path:
+        return self.root / f"iter_{iteration}"
+
+
+def _load_yaml(path: Path) -> Any:
+    import yaml
+
+    return yaml.safe_load(path.read_text())
