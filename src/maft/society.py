@@ -64,6 +64,9 @@ class IterationMetrics(BaseModel):
 
 def prepare(config: RunConfig) -> tuple[Task, Splits]:
     """The task and its splits: everything that can fail on bad input, checked before any model loads."""
+    name = config.model.name
+    if name and name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().exists():
+        raise FileNotFoundError(f"model.name {name!r} is a path that does not exist")
     task = get_task(config.task.name, **config.task.options)
     splits = task.splits(config.task.n_train, config.task.n_test, seed=config.seed)
     if len(splits.test) < config.task.n_test or (config.iterations and len(splits.train) < config.task.n_train):
@@ -198,7 +201,11 @@ class Society:
                 write_jsonl(tmp / f"critic_{a.agent}.jsonl", a.critic)
             write_json(tmp / "counts.json", {f"agent_{a.agent}": a.counts() for a in data})
         for a in data:
-            self.console.print(f"  agent {a.agent}: " + ", ".join(f"{k} {v}" for k, v in a.counts().items()))
+            c = a.counts()
+            self.console.print(
+                f"  agent {a.agent}: D^G {c['generation']} | D^C {c['critic']} = D^C- {c['critic_minus']} "
+                f"+ {c['critic_plus_used']} of D^C+ {c['critic_plus_total']}"
+            )
         return {"counts": {f"agent_{a.agent}": a.counts() for a in data}}
 
     def _train(self, l: int, role: str) -> dict:
@@ -220,7 +227,7 @@ class Society:
                     tmp,
                     cfg.train,
                     init_from=init,
-                    seed=cfg.seed * 1000 + l,
+                    seed=cfg.seed * 100_003 + l * 1009 + roles(cfg.debate.agents).index(role),  # own LoRA init per role
                     device=cfg.model.device,
                     on_step=lambda done, total: bar.update(task, completed=done, total=total),
                 )

@@ -1,0 +1,124 @@
+"""End to end: one iteration of multiagent finetuning through the real tiny model and real LoRA training."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from safetensors.torch import load_file
+
+from maft.config import load_config
+from maft.debate import Turn
+from maft.finetune_data import Example
+from maft.society import IterationMetrics, Society, roles
+from maft.store import RunStore, read_jsonl
+from maft.voting import ProblemVote
+
+pytestmark = pytest.mark.slow
+
+OVERRIDES = [
+    "iterations=1",
+    "debate.agents=2",
+    "debate.rounds=2",
+    "task.n_train=12",
+    "task.n_test=8",
+    "train.epochs=1",
+    "train.batch_size=4",
+]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run") / "r"
+    store = RunStore.create(root, load_config(None, OVERRIDES))
+    metrics = Society(store, progress=False).run()
+    return root, store, metrics
+
+
+def test_run_directory_holds_every_stage_output(finished_run):
+    root, store, _ = finished_run
+    expected = [
+        "config.yaml", "manifest.json", "metrics.json", "summary.md",
+        "iter_0/debate_test.jsonl", "iter_0/metrics.json",
+        "iter_1/debate_train.jsonl", "iter_1/votes.jsonl", "iter_1/data/counts.json",
+        "iter_1/debate_test.jsonl", "iter_1/metrics.json",
+    ]
+    expected += [f"iter_1/data/{r}.jsonl" for r in roles(2)]
+    expected += [f"iter_1/agents/{r}/{f}" for r in roles(2) for f in ("adapter_config.json", "adapter_model.safetensors", "maft_train.json")]
+    assert [p for p in expected if not (root / p).is_file()] == []
+    assert not list(root.rglob(".tmp-*")) and not list(root.rglob(".trainer-*"))
+    stages = store.manifest["stages"]
+    assert list(stages) == [
+        "iter_0/debate_test", "iter_0/metrics", "iter_1/debate_train", "iter_1/votes", "iter_1/data",
+        *[f"iter_1/train/{r}" for r in roles(2)], "iter_1/debate_test", "iter_1/metrics",
+    ]
+
+
+def test_debate_transcripts_follow_the_protocol(finished_run):
+    root, _, _ = finished_run
+    train = read_jsonl(root / "iter_1/debate_train.jsonl", Turn)
+    assert len(train) == 12 * 2 * 2
+    assert {t.adapter for t in train} == {None}  # iteration 1's data comes from the base model
+    for t in train:
+        if t.round == 1:
+            assert [m["role"] for m in t.messages] == ["user"]
+        else:
+            assert [m["role"] for m in t.messages] == ["user", "assistant", "user"]
+            own = next(u for u in train if u.problem_id == t.problem_id and u.agent == t.agent and u.round == 1)
+            other = next(u for u in train if u.problem_id == t.problem_id and u.agent != t.agent and u.round == 1)
+            assert t.messages[1]["content"] == own.response
+            shown = other.answer if other.answer is not None else "no answer"
+            assert f"The other agents' answers are: {shown}." in t.messages[2]["content"]
+    test = read_jsonl(root / "iter_1/debate_test.jsonl", Turn)
+    assert {(t.agent, t.round, t.adapter) for t in test} == {
+        (0, 1, "gen_0"), (1, 1, "gen_1"), (0, 2, "critic_0"), (1, 2, "critic_1"),
+    }
+
+
+def test_each_role_is_trained_on_its_own_data_and_the_adapters_differ(finished_run):
+    root, _, _ = finished_run
+    counts = json.loads((root / "iter_1/data/counts.json").read_text())
+    weights = {}
+    for role in roles(2):
+        examples = read_jsonl(root / f"iter_1/data/{role}.jsonl", Example)
+        agent = int(role.split("_")[1])
+        assert all(e.agent == agent for e in examples)
+        kind = "generation" if role.startswith("gen") else "critic"
+        assert len(examples) == counts[f"agent_{agent}"][kind]
+        info = json.loads((root / f"iter_1/agents/{role}/maft_train.json").read_text())
+        assert info["examples"] == len(examples) and info["init"] == "base"
+        weights[role] = load_file(str(root / f"iter_1/agents/{role}/adapter_model.safetensors"))
+    assert all(counts[f"agent_{n}"]["generation"] > 0 for n in range(2))
+    for a, b in [("gen_0", "gen_1"), ("gen_0", "critic_0"), ("critic_0", "critic_1")]:
+        assert weights[a].keys() == weights[b].keys()
+        assert any(not weights[a][k].equal(weights[b][k]) for k in weights[a]), f"{a} and {b} are the same adapter"
+    # trained: LoRA B matrices start at zero and moved
+    assert any(v.abs().sum() > 0 for k, v in weights["gen_0"].items() if "lora_B" in k)
+
+
+def test_metrics_match_the_transcripts(finished_run, arithmetic):
+    root, _, metrics = finished_run
+    assert [m.iteration for m in metrics] == [0, 1]
+    saved = [IterationMetrics.model_validate(m) for m in json.loads((root / "metrics.json").read_text())]
+    assert saved[1].test == metrics[1].test
+    for m in metrics:
+        turns = read_jsonl(root / f"iter_{m.iteration}/debate_test.jsonl", Turn)
+        final = [t for t in turns if t.round == 2]
+        assert m.test.problems == 8
+        assert m.test.round_agent[1].mean == pytest.approx(sum(t.correct for t in final) / len(final))
+        assert len(m.test.agent_round) == 2 and len(m.test.agent_round[0]) == 2
+    votes = read_jsonl(root / "iter_1/votes.jsonl", ProblemVote)
+    labelled = [v for v in votes if v.label is not None]
+    train = metrics[1].train
+    assert train.problems == 12 and train.labelled == len(labelled)
+    assert train.label_precision.mean == pytest.approx(sum(v.correct for v in labelled) / len(labelled))
+    assert set(train.losses) == set(roles(2))
+    assert "| 1 |" in (root / "summary.md").read_text()
+
+
+def test_a_finished_run_resumes_without_redoing_anything(finished_run):
+    root, store, metrics = finished_run
+    before = json.loads((root / "manifest.json").read_text())
+    again = Society(RunStore.open(root, store.config), progress=False).run()
+    assert json.loads((root / "manifest.json").read_text()) == before
+    assert [m.test for m in again] == [m.test for m in metrics]
