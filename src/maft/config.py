@@ -154,7 +154,7 @@ def config_diff(old: RunConfig, new: RunConfig) -> list[str]:
     def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         out: dict[str, Any] = {}
         for k, v in d.items():
-            if isinstance(v, dict) and v:
+            if isinstance(v, dict):  # an empty section contributes no keys
                 out.update(flat(v, f"{prefix}{k}."))
             else:
                 out[f"{prefix}{k}"] = v

@@ -6,13 +6,15 @@ For agent n and a problem with majority label y (the final round's vote):
 - critic data D^C_n: (the conversation up to the final-round prompt, agent n's final-round response)
   when the final answer equals y, split by agent n's round-1 answer into
   D^C-_n (round 1 was not y: the debate corrected it) and D^C+_n (round 1 was already y).
-  D^C_n = all of D^C-_n + a seeded random fraction w of D^C+_n (``round(w * |D^C+_n|)`` examples).
+  D^C_n = all of D^C-_n + a seeded random fraction w of D^C+_n (``floor(w * |D^C+_n| + 0.5)`` examples,
+  halves rounded up).
 
 Only agent n's own responses enter its datasets, and the gold answer is never looked at.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from typing import Literal
@@ -96,7 +98,7 @@ def build_agent_data(
             if final > 1 and task.equivalent(last.answer, label):
                 (plus if first_agrees else minus).append(_example(last, "critic+" if first_agrees else "critic-"))
         rng = random.Random(f"{seed}:critic+:{n}")
-        chosen = rng.sample(plus, round(critic_plus_fraction * len(plus)))
+        chosen = rng.sample(plus, math.floor(critic_plus_fraction * len(plus) + 0.5))
         chosen_ids = {id(e) for e in chosen}
         critic = minus + [e for e in plus if id(e) in chosen_ids]  # keep problem order within each set
         out.append(AgentData(agent=n, generation=generation, critic=critic, critic_minus=len(minus), critic_plus=len(plus)))

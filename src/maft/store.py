@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from maft.config import RunConfig, config_diff
 
@@ -99,7 +99,12 @@ class RunStore:
         """An existing run. ``config`` (if given) must equal the run's own: resuming never changes a run."""
         if not (root / "manifest.json").is_file():
             raise RunDirError(f"{root} is not a maft run directory (no manifest.json)")
-        saved = RunConfig.model_validate(_load_yaml(root / "config.yaml"))
+        if not (root / "config.yaml").is_file():
+            raise RunDirError(f"{root} has a manifest but no config.yaml; it cannot be resumed")
+        try:
+            saved = RunConfig.model_validate(_load_yaml(root / "config.yaml"))
+        except ValidationError as e:
+            raise RunDirError(f"{root}/config.yaml is not a valid run config (edited by hand?):\n{e}") from None
         manifest = json.loads((root / "manifest.json").read_text())
         if manifest.get("config_hash") != saved.hash():
             raise RunDirError(f"{root}/config.yaml was edited after the run started (its hash no longer matches the manifest)")

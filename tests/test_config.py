@@ -1,0 +1,238 @@
+"""RunConfig: defaults, YAML files, dotted overrides, validation errors, hashing and diffs."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from maft.config import ConfigError, RunConfig, apply_overrides, config_diff, load_config, parse_override
+
+
+def test_defaults_validate():
+    config = RunConfig()
+    assert config.seed == 0 and config.iterations == 2
+    assert config.model.name is None and config.task.name == "arithmetic" and config.task.options == {}
+    assert (config.debate.agents, config.debate.rounds, config.debate.summarizer) == (3, 2, "answers")
+    assert config.data.critic_plus_fraction == 0.5
+    assert config.train.method == "lora"
+    assert load_config() == config
+    # the YAML dump of the defaults loads back to the same config
+    assert RunConfig.model_validate(yaml.safe_load(config.to_yaml())) == config
+
+
+def test_yaml_file(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        "seed: 7\n"
+        "iterations: 3\n"
+        "model:\n  name: some/model\n  dtype: bfloat16\n"
+        "task:\n  name: jsonl\n  options:\n    path: data.jsonl\n  n_train: 10\n"
+        "debate:\n  agents: 4\n  rounds: 3\n  summarizer: concat\n"
+        "train:\n  learning_rate: 1.0e-4\n  lora_target_modules: [q_proj, v_proj]\n"
+    )
+    config = load_config(path)
+    assert config.seed == 7 and config.iterations == 3
+    assert config.model.name == "some/model" and config.model.dtype == "bfloat16"
+    assert config.task.name == "jsonl" and config.task.options == {"path": "data.jsonl"} and config.task.n_train == 10
+    assert config.task.n_test == 300  # untouched keys keep their defaults
+    assert (config.debate.agents, config.debate.rounds, config.debate.summarizer) == (4, 3, "concat")
+    assert config.train.learning_rate == 1e-4 and config.train.lora_target_modules == ["q_proj", "v_proj"]
+
+
+def test_empty_yaml_file_is_the_defaults(tmp_path):
+    path = tmp_path / "empty.yaml"
+    path.write_text("")
+    assert load_config(path) == RunConfig()
+
+
+def test_overrides_are_parsed_as_yaml_values(tmp_path):
+    config = load_config(
+        None,
+        [
+            "debate.agents=5",
+            "task.options={path: x.jsonl}",
+            "model.name=null",
+            "debate.temperature=0",
+            "train.lora_target_modules=[q_proj, k_proj]",
+            "train.bf16=true",
+            "train.learning_rate=1e-4",
+            "model.device=cuda:0",
+        ],
+    )
+    assert config.debate.agents == 5 and isinstance(config.debate.agents, int)
+    assert config.task.options == {"path": "x.jsonl"}
+    assert config.model.name is None
+    assert config.debate.temperature == 0.0
+    assert config.train.lora_target_modules == ["q_proj", "k_proj"]
+    assert config.train.bf16 is True
+    assert config.train.learning_rate == 1e-4
+    assert config.model.device == "cuda:0"
+
+
+def test_parse_override():
+    assert parse_override("debate.agents=5") == (["debate", "agents"], 5)
+    assert parse_override("task.options={path: x.jsonl}") == (["task", "options"], {"path": "x.jsonl"})
+    assert parse_override(" seed = 3") == (["seed"], 3)
+    assert parse_override("model.name=a=b") == (["model", "name"], "a=b")  # only the first "=" splits
+    assert parse_override("model.name=") == (["model", "name"], "")
+    with pytest.raises(ConfigError, match="not key=value"):
+        parse_override("debate.agents")
+    with pytest.raises(ConfigError, match="empty key"):
+        parse_override("=5")
+
+
+def test_overrides_win_over_the_file(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("debate:\n  agents: 4\n  rounds: 3\n")
+    config = load_config(path, ["debate.agents=6"])
+    assert config.debate.agents == 6 and config.debate.rounds == 3
+
+
+def test_apply_overrides_sets_nested_keys_in_place():
+    data = {"debate": {"agents": 3}}
+    out = apply_overrides(data, ["debate.rounds=4", "train.lora_r=16"])
+    assert out is data
+    assert data == {"debate": {"agents": 3, "rounds": 4}, "train": {"lora_r": 16}}
+
+
+def test_override_through_a_non_section_is_rejected():
+    with pytest.raises(ConfigError, match="'seed' is not a section"):
+        load_config(None, ["seed=1", "seed.x=2"])
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [("debate.agentz=5", "debate.agentz"), ("trian.epochs=1", "trian"), ("model.nme=x", "model.nme"), ("seeed=1", "seeed")],
+)
+def test_unknown_keys_are_rejected_naming_the_key(override, key):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert f"  {key}: Extra inputs are not permitted" in str(info.value)
+
+
+def test_unknown_key_in_a_file_names_the_key_and_the_file(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text("debate:\n  agentz: 4\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert "debate.agentz" in message and str(path) in message
+
+
+@pytest.mark.parametrize(
+    ("override", "field", "msg"),
+    [
+        ("debate.agents=0", "debate.agents", "greater than or equal to 1"),
+        ("debate.top_p=1.5", "debate.top_p", "less than or equal to 1"),
+        ("debate.top_p=0", "debate.top_p", "greater than 0"),
+        ("data.critic_plus_fraction=1.1", "data.critic_plus_fraction", "less than or equal to 1"),
+        ("train.learning_rate=0", "train.learning_rate", "greater than 0"),
+        ("iterations=-1", "iterations", "greater than or equal to 0"),
+        ("debate.summarizer=vote", "debate.summarizer", "'answers', 'concat' or 'model'"),
+        ("seed=abc", "seed", "valid integer"),
+    ],
+)
+def test_out_of_range_values_are_rejected_naming_the_field(override, field, msg):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    line = next(line for line in str(info.value).splitlines() if line.strip().startswith(field + ":"))
+    assert msg in line
+
+
+def test_several_errors_are_all_reported():
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["debate.agents=0", "debate.top_p=1.5", "debate.agentz=1"])
+    message = str(info.value)
+    assert "debate.agents:" in message and "debate.top_p:" in message and "debate.agentz:" in message
+
+
+def test_debate_rounds_need_two_agents():
+    with pytest.raises(ConfigError, match="at least 2 agents"):
+        load_config(None, ["debate.agents=1"])
+    # a single agent is fine without debate rounds, or without training iterations
+    assert load_config(None, ["debate.agents=1", "debate.rounds=1"]).debate.agents == 1
+    assert load_config(None, ["debate.agents=1", "iterations=0"]).iterations == 0
+
+
+def test_config_error_is_a_value_error():
+    assert issubclass(ConfigError, ValueError)
+
+
+@pytest.mark.parametrize("text", ["- a\n- b\n", "just a string\n", "42\n"])
+def test_non_mapping_yaml_is_rejected(tmp_path, text):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_config(path)
+
+
+def test_section_that_is_not_a_mapping_is_rejected(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("debate: 5\n")
+    with pytest.raises(ConfigError, match="debate"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="'debate' is not a section"):
+        load_config(path, ["debate.agents=4"])
+
+
+def test_missing_file_is_rejected(tmp_path):
+    path = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError, match="does not exist") as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path)  # a directory is not a config file
+
+
+def test_hash_is_stable_across_equal_configs(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("seed: 0\ndebate:\n  agents: 3\n")
+    h = RunConfig().hash()
+    assert len(h) == 16 and int(h, 16) >= 0
+    assert load_config().hash() == h
+    assert load_config(path).hash() == h
+    assert load_config(None, ["debate.agents=3", "debate.temperature=1"]).hash() == h
+    assert RunConfig.model_validate(yaml.safe_load(RunConfig().to_yaml())).hash() == h
+    assert RunConfig().hash() == RunConfig().hash()
+
+
+def test_hash_ignores_the_order_of_option_keys():
+    a = load_config(None, ["task.options={path: x.jsonl, levels: [1, 2]}"])
+    b = load_config(None, ["task.options={levels: [1, 2], path: x.jsonl}"])
+    assert list(a.task.options) != list(b.task.options) and a == b
+    assert a.hash() == b.hash()
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["seed=1", "debate.agents=4", "debate.top_p=0.95", "task.options={path: x.jsonl}", "train.bf16=true", "model.name=m"],
+)
+def test_hash_changes_with_any_value(override):
+    assert load_config(None, [override]).hash() != RunConfig().hash()
+
+
+def test_config_diff_lists_exactly_the_changed_keys():
+    old = RunConfig()
+    new = load_config(None, ["debate.agents=5", "train.learning_rate=1e-4", "model.name=m", "seed=0"])
+    assert config_diff(old, new) == [
+        "debate.agents: 3 -> 5",
+        "model.name: None -> 'm'",
+        "train.learning_rate: 0.002 -> 0.0001",
+    ]
+    assert config_diff(new, old) == [
+        "debate.agents: 5 -> 3",
+        "model.name: 'm' -> None",
+        "train.learning_rate: 0.0001 -> 0.002",
+    ]
+    assert config_diff(old, RunConfig()) == []
+
+
+def test_config_diff_inside_nested_options():
+    old = load_config(None, ["task.options={path: a.jsonl, levels: [1, 2]}"])
+    new = load_config(None, ["task.options={path: b.jsonl, levels: [1, 2]}"])
+    assert config_diff(old, new) == ["task.options.path: 'a.jsonl' -> 'b.jsonl'"]
+
+
+def test_config_diff_from_empty_options_names_only_the_new_key():
+    new = load_config(None, ["task.options={path: x.jsonl}"])
+    assert config_diff(RunConfig(), new) == ["task.options.path: None -> 'x.jsonl'"]
