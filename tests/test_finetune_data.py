@@ -162,7 +162,7 @@ def test_w_half_adds_a_rounded_sample_of_critic_plus(arithmetic, debate):
         assert sampled == [p for p in plus if p in sampled]  # problem order is kept
         assert {e.kind for e in d.critic[len(minus):]} <= {"critic+"}
     assert [d.counts()["critic_plus_used"] for d in data] == [2, 2, 1]
-    assert [len(d.critic) for d in data] == [4, 2, 2]
+    assert [len(d.critic) for d in data] == [4, 2, 3]
 
 
 def test_w_half_is_deterministic_for_a_seed(arithmetic, debate):
