@@ -236,3 +236,14 @@ def test_config_diff_inside_nested_options():
 def test_config_diff_from_empty_options_names_only_the_new_key():
     new = load_config(None, ["task.options={path: x.jsonl}"])
     assert config_diff(RunConfig(), new) == ["task.options.path: None -> 'x.jsonl'"]
+
+
+def test_shipped_configs_validate_and_default_yaml_is_the_default():
+    from pathlib import Path
+
+    configs = Path(__file__).parents[1] / "configs"
+    runs = [p for p in configs.glob("*.yaml") if not p.name.startswith("tiny-")]
+    assert {p.name for p in runs} >= {"default.yaml", "mistral-gsm8k.yaml"}
+    for path in runs:
+        load_config(path)
+    assert load_config(configs / "default.yaml") == RunConfig()

@@ -89,3 +89,18 @@ def test_model_without_chat_template_is_refused(recipe_checkpoint, tmp_path):
     (copy / "chat_template.jinja").unlink(missing_ok=True)
     with pytest.raises(ValueError, match="no chat template"):
         HFEngine(copy)
+
+
+def test_merged_agent_generates_what_the_unmerged_adapter_does(adapters, arithmetic):
+    merged, unmerged = HFEngine(merge_adapters=True), HFEngine(merge_adapters=False)
+    for engine in (merged, unmerged):
+        engine.load_agent("gen_0", adapters["gen_0"])
+    assert "gen_0" in merged.full_models and "gen_0" not in merged.adapters
+    assert "gen_0" in unmerged.adapters and not unmerged.full_models
+    problems = arithmetic.splits(0, 6, seed=4).test
+    requests = [ask(arithmetic, p, adapter) for p in problems for adapter in [None, "gen_0"]]
+    assert [g.text for g in merged.generate(requests)] == [g.text for g in unmerged.generate(requests)]
+
+
+def test_small_models_merge_adapters_by_default(engine):
+    assert engine.num_parameters < 1_000_000 and engine.merge_adapters

@@ -122,3 +122,27 @@ def test_a_finished_run_resumes_without_redoing_anything(finished_run):
     again = Society(RunStore.open(root, store.config), progress=False).run()
     assert json.loads((root / "manifest.json").read_text()) == before
     assert [m.test for m in again] == [m.test for m in metrics]
+
+
+def test_ray_scheduler_trains_every_role_in_ray_workers(tmp_path):
+    """The 2N jobs of an iteration as Ray tasks on a real local Ray cluster."""
+    ray = pytest.importorskip("ray")
+    import os
+
+    overrides = [*OVERRIDES, "task.n_train=8", "task.n_test=4", "train.scheduler=ray", "train.cpus_per_job=1"]
+    store = RunStore.create(tmp_path / "r", load_config(None, overrides))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        metrics = Society(store, progress=False).run()
+    finally:
+        ray.shutdown()
+    assert [m.iteration for m in metrics] == [0, 1]
+    counts = json.loads((store.root / "iter_1/data/counts.json").read_text())
+    for role in roles(2):
+        assert store.done(f"iter_1/train/{role}")
+        info = json.loads((store.root / f"iter_1/agents/{role}/maft_train.json").read_text())
+        kind = "generation" if role.startswith("gen") else "critic"
+        assert info["examples"] == counts[f"agent_{role[-1]}"][kind]
+        assert info["pid"] not in (0, os.getpid())  # trained in a Ray worker process
+        assert (store.root / f"iter_1/agents/{role}/adapter_model.safetensors").is_file()
+    assert not list(store.root.rglob(".tmp-*"))

@@ -27,6 +27,9 @@ class ModelConfig(Strict):
     device: str = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     batch_size: int = Field(64, ge=1, description="generation batch size")
+    merge_adapters: bool | None = Field(
+        None, description="serve each agent as a merged copy of the model (None: when it has < 200M parameters)"
+    )
 
 
 class TaskConfig(Strict):
@@ -73,6 +76,12 @@ class TrainConfig(Strict):
     lora_dropout: float = Field(0.0, ge=0, lt=1)
     lora_target_modules: list[str] | str = "all-linear"
     bf16: bool = False
+    scheduler: Literal["local", "ray"] = Field(
+        "local", description="run the 2N finetuning jobs one by one here (local) or in parallel on Ray (ray)"
+    )
+    ray_address: str | None = Field(None, description="Ray cluster address (None: start Ray on this machine)")
+    gpus_per_job: float = Field(0, ge=0, description="GPUs each finetuning job asks Ray for (1 on a GPU cluster)")
+    cpus_per_job: float = Field(1, gt=0, description="CPUs each finetuning job asks Ray for (and torch threads)")
 
 
 class RunConfig(Strict):

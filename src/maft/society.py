@@ -27,9 +27,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from maft.config import RunConfig
 from maft.debate import Turn, base_model, debate
 from maft.engines import Sampling
-from maft.finetune_data import AgentData, Example, build_agent_data
+from maft.finetune_data import build_agent_data
 from maft.metrics import Accuracy, DebateMetrics, accuracy, debate_metrics
-from maft.store import RunStore, atomic_dir, read_jsonl, write_json, write_jsonl
+from maft.store import RunStore, atomic_dir, publish_dir, read_jsonl, temporary_dir, write_json, write_jsonl
+from maft.training import TrainResult
 from maft.tasks import Splits, Task, get_task
 from maft.voting import ProblemVote, vote_final_round
 
@@ -96,7 +97,9 @@ class Society:
             from maft.engines.hf import HFEngine
 
             m = self.config.model
-            self._engine = HFEngine(m.name, device=m.device, dtype=m.dtype, batch_size=m.batch_size)
+            self._engine = HFEngine(
+                m.name, device=m.device, dtype=m.dtype, batch_size=m.batch_size, merge_adapters=m.merge_adapters
+            )
         return self._engine
 
     @property
@@ -160,8 +163,7 @@ class Society:
             self._stage(f"iter_{l}/debate_train", lambda: self._write_debate(d / "debate_train.jsonl", self._debate(l, "train")))
             self._stage(f"iter_{l}/votes", lambda: self._votes(l))
             self._stage(f"iter_{l}/data", lambda: self._data(l))
-            for role in roles(cfg.debate.agents):
-                self._stage(f"iter_{l}/train/{role}", lambda: self._train(l, role))
+            self._train(l)
             self._stage(f"iter_{l}/debate_test", lambda: self._write_debate(d / "debate_test.jsonl", self._debate(l, "test")))
             self._stage(f"iter_{l}/metrics", lambda: self._write_metrics(l))
         metrics = [self.load_metrics(l) for l in range(cfg.iterations + 1)]
@@ -208,33 +210,62 @@ class Society:
             )
         return {"counts": {f"agent_{a.agent}": a.counts() for a in data}}
 
-    def _train(self, l: int, role: str) -> dict:
-        from maft.training import finetune
+    def _train(self, l: int) -> None:
+        """Finetune every role of iteration ``l`` not finished yet; each is a stage of its own."""
+        from maft.scheduler import TrainJob, run_local, run_ray
 
         cfg = self.config
         d = self.store.iter_dir(l)
-        examples = read_jsonl(d / "data" / f"{role}.jsonl", Example)
-        init = self.store.iter_dir(l - 1) / "agents" / role if cfg.train.init == "previous" and l > 1 else None
+        all_roles = roles(cfg.debate.agents)
+        jobs = []
+        for i, role in enumerate(all_roles):
+            stage = f"iter_{l}/train/{role}"
+            if self.store.done(stage):
+                self.console.print(f"[dim]{stage}: finished earlier ({self.store.seconds(stage):.1f} s), kept[/dim]")
+                continue
+            previous = self.store.iter_dir(l - 1) / "agents" / role
+            jobs.append(
+                TrainJob(
+                    role=role,
+                    base_model=self.base_model,
+                    data=d / "data" / f"{role}.jsonl",
+                    out_dir=temporary_dir(d / "agents" / role),
+                    init_from=previous if cfg.train.init == "previous" and l > 1 else None,
+                    seed=cfg.seed * 100_003 + l * 1009 + i,  # each role its own LoRA init
+                    device=cfg.model.device,
+                    config=cfg.train,
+                )
+            )
+        if not jobs:
+            return
+
+        def done(job: TrainJob, result: TrainResult) -> None:
+            write_json(job.out_dir / "maft_train.json", result.model_dump(mode="json"))
+            publish_dir(job.out_dir, d / "agents" / job.role)
+            loss = f"{result.train_loss:.4f}" if result.train_loss is not None else "-"
+            self.store.finish(
+                f"iter_{l}/train/{job.role}", result.seconds,
+                examples=result.examples, steps=result.steps, train_loss=result.train_loss,
+            )
+            self.console.print(
+                f"iter_{l}/train/{job.role}: {result.examples} examples, {result.steps} steps, "
+                f"loss {loss}, done in {result.seconds:.1f} s"
+            )
+
+        if cfg.train.scheduler == "ray":
+            self.console.print(f"[bold]iter_{l}/train[/bold]: {len(jobs)} finetuning jobs on Ray ...")
+            run_ray(jobs, done, cfg.train)
+            return
         with Progress(
-            TextColumn(f"  train {role}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             console=self.console, transient=True, disable=not self.progress,
         ) as bar:
-            task = bar.add_task(role, total=None)
-            with atomic_dir(d / "agents" / role) as tmp:
-                result = finetune(
-                    self.base_model,
-                    examples,
-                    tmp,
-                    cfg.train,
-                    init_from=init,
-                    seed=cfg.seed * 100_003 + l * 1009 + roles(cfg.debate.agents).index(role),  # own LoRA init per role
-                    device=cfg.model.device,
-                    on_step=lambda done, total: bar.update(task, completed=done, total=total),
-                )
-                write_json(tmp / "maft_train.json", result.model_dump(mode="json"))
-        loss = f"{result.train_loss:.4f}" if result.train_loss is not None else "-"
-        self.console.print(f"  {role}: {result.examples} examples, {result.steps} steps, loss {loss}")
-        return {"examples": result.examples, "steps": result.steps, "train_loss": result.train_loss}
+
+            def on_step(job: TrainJob):
+                task = bar.add_task(f"train {job.role}", total=None)
+                return lambda steps, total: bar.update(task, completed=steps, total=total)
+
+            run_local(jobs, done, on_step)
 
     def _write_metrics(self, l: int) -> None:
         d = self.store.iter_dir(l)

@@ -56,19 +56,30 @@ def read_jsonl(path: Path, model: type[M]) -> list[M]:
         return [model.model_validate_json(line) for line in f if line.strip()]
 
 
-@contextlib.contextmanager
-def atomic_dir(path: Path) -> Iterator[Path]:
-    """Yield a temporary directory that becomes ``path`` when the block succeeds (replacing it)."""
+def temporary_dir(path: Path) -> Path:
+    """A fresh, empty temporary directory next to ``path`` (see :func:`publish_dir`)."""
     tmp = path.with_name(TMP + path.name)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    return tmp
+
+
+def publish_dir(tmp: Path, path: Path) -> None:
+    """Move a finished temporary directory into place as ``path`` (replacing it)."""
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path) -> Iterator[Path]:
+    """Yield a temporary directory that becomes ``path`` when the block succeeds (replacing it)."""
+    tmp = temporary_dir(path)
     try:
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
+    publish_dir(tmp, path)
 
 
 class RunStore:

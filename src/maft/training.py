@@ -9,7 +9,9 @@ agent exists in the next debate and stays what it was.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import socket
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -31,6 +33,8 @@ class TrainResult(BaseModel):
     seconds: float
     method: str
     init: str  # "base" or the path trained further
+    host: str = ""  # where it ran (a Ray worker's node and process, or this one)
+    pid: int = 0
 
 
 def is_adapter(path: Path) -> bool:
@@ -105,7 +109,10 @@ def finetune(
         model.save_pretrained(str(out_dir))
         if cfg.method == "full":
             tokenizer.save_pretrained(str(out_dir))
-        return TrainResult(examples=0, steps=0, train_loss=None, seconds=time.perf_counter() - start, method=cfg.method, init=init)
+        return TrainResult(
+            examples=0, steps=0, train_loss=None, seconds=time.perf_counter() - start, method=cfg.method, init=init,
+            host=socket.gethostname(), pid=os.getpid(),
+        )
 
     class Progress(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
@@ -151,4 +158,6 @@ def finetune(
         seconds=time.perf_counter() - start,
         method=cfg.method,
         init=init,
+        host=socket.gethostname(),
+        pid=os.getpid(),
     )

@@ -1,0 +1,79 @@
+"""Run an iteration's 2N finetuning jobs: one after another in this process, or spread over Ray.
+
+Each job reads its role's data file and trains into its own directory; the caller is told as each job
+finishes (``on_done``), so a crash loses only the jobs still running. With Ray, every job is a task
+that asks for ``gpus_per_job`` GPUs and ``cpus_per_job`` CPUs, so the jobs of an iteration run in
+parallel across the GPUs (and nodes) of a cluster; the run directory must be on a filesystem that
+every node sees.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from maft.config import TrainConfig
+from maft.training import StepCallback, TrainResult
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """One role's finetune: its data, where it starts from, and where it writes."""
+
+    role: str
+    base_model: str
+    data: Path  # prompt-completion JSONL (finetune_data.Example records)
+    out_dir: Path
+    init_from: Path | None
+    seed: int
+    device: str
+    config: TrainConfig
+
+
+OnDone = Callable[[TrainJob, TrainResult], None]
+
+
+def run_job(job: TrainJob, on_step: StepCallback | None = None, threads: int | None = None) -> TrainResult:
+    """Train one role (in whatever process this is called)."""
+    from maft.finetune_data import Example
+    from maft.store import read_jsonl
+    from maft.training import finetune
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    return finetune(
+        job.base_model,
+        read_jsonl(job.data, Example),
+        job.out_dir,
+        job.config,
+        init_from=job.init_from,
+        seed=job.seed,
+        device=job.device,
+        on_step=on_step,
+    )
+
+
+def run_local(jobs: Sequence[TrainJob], on_done: OnDone, on_step: Callable[[TrainJob], StepCallback] | None = None) -> None:
+    for job in jobs:
+        on_done(job, run_job(job, on_step(job) if on_step else None))
+
+
+def run_ray(jobs: Sequence[TrainJob], on_done: OnDone, config: TrainConfig) -> None:
+    """Submit every job to Ray at once; report each as it finishes."""
+    try:
+        import ray
+    except ImportError:
+        raise RuntimeError("train.scheduler=ray needs Ray: pip install 'maft[ray]'") from None
+    if not ray.is_initialized():
+        ray.init(address=config.ray_address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    threads = max(1, int(config.cpus_per_job))
+    task = ray.remote(num_gpus=config.gpus_per_job, num_cpus=config.cpus_per_job)(run_job)
+    pending = {task.remote(job, None, threads): job for job in jobs}
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        for ref in done:
+            job = pending.pop(ref)
+            on_done(job, ray.get(ref))

@@ -1,0 +1,95 @@
+"""One role's finetuning through real TRL SFT: LoRA (fresh or continued), full weights, and no data."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+
+import pytest
+from safetensors.torch import load_file
+
+from maft.config import TrainConfig
+from maft.engines import Request, Sampling
+from maft.engines.hf import HFEngine
+from maft.finetune_data import Example
+from maft.tasks.arithmetic import Expression
+from maft.tiny import default_checkpoint
+from maft.tiny.synth import solve
+from maft.training import finetune
+
+pytestmark = pytest.mark.slow
+FAST = TrainConfig(epochs=1, batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def examples(arithmetic):
+    rng = random.Random(0)
+    out = []
+    for p in arithmetic.splits(16, 1, seed=9).train:
+        text, _ = solve(Expression(*map(int, re.findall(r"\d+", p.question))), rng, 0.0, "places")
+        out.append(Example(prompt=[{"role": "user", "content": arithmetic.prompt(p)}],
+                           completion=[{"role": "assistant", "content": text}],
+                           problem_id=p.id, agent=0, kind="generation"))
+    return out
+
+
+def lora_b(path):
+    return {k: v for k, v in load_file(str(path / "adapter_model.safetensors")).items() if "lora_B" in k}
+
+
+@pytest.fixture(scope="module")
+def trained(examples, tmp_path_factory):
+    out = tmp_path_factory.mktemp("lora") / "gen_0"
+    return out, finetune(str(default_checkpoint()), examples, out, FAST, seed=1)
+
+
+def test_lora_training_saves_a_trained_adapter(trained):
+    out, result = trained
+    assert json.loads((out / "adapter_config.json").read_text())["peft_type"] == "LORA"
+    assert result.examples == 16 and result.steps == 2 and result.init == "base"
+    assert result.train_loss is not None and 0 < result.train_loss < 5
+    assert any(v.abs().sum() > 0 for v in lora_b(out).values())  # B starts at zero; training moved it
+
+
+def test_training_continues_from_a_previous_adapter(trained, examples, tmp_path):
+    previous, _ = trained
+    result = finetune(str(default_checkpoint()), examples[:8], tmp_path / "next", FAST, init_from=previous, seed=2)
+    assert result.init == str(previous) and result.steps == 1
+    before, after = lora_b(previous), lora_b(tmp_path / "next")
+    assert before.keys() == after.keys()
+    assert any(not before[k].equal(after[k]) for k in before)
+
+
+def test_no_examples_keeps_the_starting_weights(tmp_path, arithmetic):
+    result = finetune(str(default_checkpoint()), [], tmp_path / "empty", FAST)
+    assert result.examples == 0 and result.steps == 0 and result.train_loss is None
+    assert all(v.abs().sum() == 0 for v in lora_b(tmp_path / "empty").values())
+    engine = HFEngine(merge_adapters=False)
+    engine.load_agent("gen_0", tmp_path / "empty")
+    problems = arithmetic.splits(0, 4, seed=2).test
+    greedy = Sampling(temperature=0, max_new_tokens=96)
+    ask = [Request([{"role": "user", "content": arithmetic.prompt(p)}], sampling=greedy) for p in problems]
+    as_agent = [Request(r.messages, adapter="gen_0", sampling=greedy) for r in ask]
+    assert [g.text for g in engine.generate(ask)] == [g.text for g in engine.generate(as_agent)]
+
+
+def test_lora_cannot_continue_from_a_full_checkpoint(examples, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no adapter_config.json"):
+        finetune(str(default_checkpoint()), examples, tmp_path / "x", FAST, init_from=default_checkpoint())
+
+
+def test_full_finetuning_saves_a_checkpoint_the_engine_serves(examples, tmp_path, arithmetic):
+    out = tmp_path / "critic_0"
+    result = finetune(str(default_checkpoint()), examples, out, FAST.model_copy(update={"method": "full"}), seed=1)
+    assert result.method == "full" and result.steps == 2
+    assert (out / "config.json").is_file() and (out / "tokenizer.json").is_file()
+    base = load_file(str(default_checkpoint() / "model.safetensors"))
+    tuned = load_file(str(out / "model.safetensors"))
+    assert any(not base[k].equal(tuned[k]) for k in base if k in tuned)
+    engine = HFEngine()
+    engine.load_agent("critic_0", out)
+    assert "critic_0" in engine.full_models
+    problem = arithmetic.splits(0, 1, seed=2).test[0]
+    reply = engine.generate([Request([{"role": "user", "content": arithmetic.prompt(problem)}], adapter="critic_0")])
+    assert reply[0].completion_tokens > 0
