@@ -88,7 +88,7 @@ class RunConfig(Strict):
     """A multiagent finetuning run. ``iterations`` is L; iteration 0 is the base model's debate."""
 
     seed: int = 0
-    iterations: int = Field(2, ge=0)
+    iterations: int = Field(3, ge=0)
     model: ModelConfig = Field(default_factory=ModelConfig)
     task: TaskConfig = Field(default_factory=TaskConfig)
     debate: DebateConfig = Field(default_factory=DebateConfig)

@@ -29,7 +29,7 @@ from maft.debate import Turn, base_model, debate
 from maft.engines import Sampling
 from maft.finetune_data import build_agent_data
 from maft.metrics import Accuracy, DebateMetrics, accuracy, debate_metrics
-from maft.store import RunStore, atomic_dir, publish_dir, read_jsonl, temporary_dir, write_json, write_jsonl
+from maft.store import RunStore, atomic_dir, publish_dir, read_jsonl, temporary_dir, write_json, write_jsonl, write_text
 from maft.training import TrainResult
 from maft.tasks import Splits, Task, get_task
 from maft.voting import ProblemVote, vote_final_round
@@ -170,7 +170,7 @@ class Society:
         write_json(self.store.root / "metrics.json", [m.model_dump(mode="json") for m in metrics])
         from maft.summary import summary_markdown
 
-        (self.store.root / "summary.md").write_text(summary_markdown(cfg, metrics, self.store.manifest))
+        write_text(self.store.root / "summary.md", summary_markdown(cfg, metrics, self.store.manifest))
         return metrics
 
     # -- stages -----------------------------------------------------------------------------------
