@@ -10,7 +10,7 @@ from maft.config import ConfigError, RunConfig, apply_overrides, config_diff, lo
 
 def test_defaults_validate():
     config = RunConfig()
-    assert config.seed == 0 and config.iterations == 2
+    assert config.seed == 0 and config.iterations == 3
     assert config.model.name is None and config.task.name == "arithmetic" and config.task.options == {}
     assert (config.debate.agents, config.debate.rounds, config.debate.summarizer) == (3, 2, "answers")
     assert config.data.critic_plus_fraction == 0.5
