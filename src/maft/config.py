@@ -26,7 +26,7 @@ class ModelConfig(Strict):
     name: str | None = Field(None, description="HF model id or path; None: the embedded tiny model")
     device: str = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    batch_size: int = Field(64, ge=1, description="generation batch size")
+    batch_size: int = Field(128, ge=1, description="generation batch size (lower it for large models)")
     merge_adapters: bool | None = Field(
         None, description="serve each agent as a merged copy of the model (None: when it has < 200M parameters)"
     )
