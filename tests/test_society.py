@@ -146,3 +146,13 @@ def test_ray_scheduler_trains_every_role_in_ray_workers(tmp_path):
         assert info["pid"] not in (0, os.getpid())  # trained in a Ray worker process
         assert (store.root / f"iter_1/agents/{role}/adapter_model.safetensors").is_file()
     assert not list(store.root.rglob(".tmp-*"))
+
+
+def test_init_base_starts_every_iteration_from_the_base_model(tmp_path):
+    overrides = [*OVERRIDES, "iterations=2", "task.n_train=6", "task.n_test=2", "train.init=base"]
+    store = RunStore.create(tmp_path / "r", load_config(None, overrides))
+    Society(store, progress=False).run()
+    for role in roles(2):
+        info = json.loads((store.root / f"iter_2/agents/{role}/maft_train.json").read_text())
+        assert info["init"] == "base"
+    assert {t.adapter for t in read_jsonl(store.root / "iter_2/debate_train.jsonl", Turn)} == set(roles(2))
