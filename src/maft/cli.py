@@ -116,7 +116,14 @@ def run(
         _fail(str(e))
     console.print(f"run directory [bold]{store.root}[/bold] (config hash {store.config.hash()})")
     start = time.perf_counter()
-    metrics = society.run()
+    try:
+        metrics = society.run()
+    except KeyboardInterrupt:
+        console.print(f"[yellow]interrupted[/yellow]; finished stages are kept: maft run --resume {store.root}")
+        raise typer.Exit(code=130) from None
+    except Exception:
+        console.print(f"[red]the run stopped[/red]; finished stages are kept: fix the cause, then maft run --resume {store.root}")
+        raise
     console.print(iteration_table(metrics, title=title(store.config)))
     console.print(
         f"{time.perf_counter() - start:.0f} s this invocation; "

@@ -56,9 +56,11 @@ def debate(
     sampling: Sampling = Sampling(),
     adapter_for: AdapterFor = base_model,
     seed: int = 0,
-    progress: bool = False,
+    progress: bool | str = False,
 ) -> list[Turn]:
-    """Run the debate; returns every turn, ordered by round, then problem, then agent."""
+    """Run the debate; returns every turn, ordered by round, then problem, then agent.
+
+    ``progress``: True, or a label (e.g. the stage's name), shows a progress bar per engine call."""
     if agents < 1 or rounds < 1:
         raise ValueError(f"a debate needs agents >= 1 and rounds >= 1, got {agents} x {rounds}")
     conversations: list[list[list[Message]]] = [
@@ -68,7 +70,9 @@ def debate(
     previous: list[list[Turn]] = []  # [problem][agent] turns of round m-1
     for m in range(1, rounds + 1):
         if m > 1:
-            summaries = _summaries(engine, previous, agents, summarizer, sampling, seed * 1000 + 2 * m, progress)
+            summaries = _summaries(
+                engine, previous, agents, summarizer, sampling, seed * 1000 + 2 * m, _label(progress, f"summaries {m - 1}")
+            )
             for i in range(len(problems)):
                 for n in range(agents):
                     own = previous[i][n]
@@ -88,7 +92,9 @@ def debate(
             for i in range(len(problems))
             for n in range(agents)
         ]
-        generations = engine.generate(requests, seed=seed * 1000 + 2 * m + 1, progress=progress)
+        generations = engine.generate(
+            requests, seed=seed * 1000 + 2 * m + 1, progress=_label(progress, f"round {m}/{rounds}")
+        )
         current: list[list[Turn]] = []
         for i, p in enumerate(problems):
             row = []
@@ -114,6 +120,12 @@ def debate(
     return turns
 
 
+def _label(progress: bool | str, what: str) -> bool | str:
+    if not progress:
+        return False
+    return f"{progress} {what}" if isinstance(progress, str) else what
+
+
 def _summaries(
     engine: Engine,
     previous: list[list[Turn]],
@@ -121,7 +133,7 @@ def _summaries(
     summarizer: Summarizer,
     sampling: Sampling,
     seed: int,
-    progress: bool,
+    progress: bool | str,
 ) -> list[list[str]]:
     """[problem][agent] -> what agent n is shown of the others' round m-1 responses ("" for concat)."""
     if summarizer == "concat":

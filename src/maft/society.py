@@ -149,7 +149,7 @@ class Society:
             sampling=self._sampling(),
             adapter_for=self._use_agents(iteration if split == "test" else iteration - 1),
             seed=seed,
-            progress=self.progress,
+            progress=f"iter_{iteration}/debate_{split}" if self.progress else False,
         )
 
     # -- the loop ---------------------------------------------------------------------------------

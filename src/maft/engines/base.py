@@ -49,4 +49,8 @@ class Generation:
 class Engine(Protocol):
     """Anything that turns requests into generations, in order."""
 
-    def generate(self, requests: Sequence[Request], *, seed: int = 0, progress: bool = False) -> list[Generation]: ...
+    def generate(
+        self, requests: Sequence[Request], *, seed: int = 0, progress: bool | str = False
+    ) -> list[Generation]:
+        """Texts for ``requests``, in order; ``progress`` (True, or a label for the bar) shows a progress bar."""
+        ...

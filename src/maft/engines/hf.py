@@ -132,7 +132,9 @@ class HFEngine:
         text = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def generate(self, requests: Sequence[Request], *, seed: int = 0, progress: bool = False) -> list[Generation]:
+    def generate(
+        self, requests: Sequence[Request], *, seed: int = 0, progress: bool | str = False
+    ) -> list[Generation]:
         """Generate for all ``requests`` (in order). The same requests and seed give the same texts."""
         for r in requests:
             if r.adapter is not None and r.adapter not in self.adapters and r.adapter not in self.full_models:
@@ -148,7 +150,7 @@ class HFEngine:
             batches += [(sampling, full, idx[s : s + self.batch_size]) for s in range(0, len(idx), self.batch_size)]
         out: list[Generation | None] = [None] * len(requests)
         with Progress(transient=True, disable=not progress) as bar:
-            task = bar.add_task("generate", total=len(requests))
+            task = bar.add_task(progress if isinstance(progress, str) else "generate", total=len(requests))
             for b, (sampling, full, idx) in enumerate(batches):
                 torch.manual_seed(seed * 1_000_003 + b)
                 adapters = [requests[i].adapter for i in idx] if full is None else None
