@@ -14,6 +14,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
+FIXTURES = Path(__file__).parent / "fixtures"
 SMALL = ["--set", "debate.agents=2", "--set", "task.n_train=10", "--set", "task.n_test=6",
          "--set", "train.epochs=1", "--set", "train.batch_size=4", "--iterations", "2"]
 
@@ -81,6 +82,8 @@ def test_resume_refuses_a_changed_config_and_new_run_refuses_an_existing_dir(tmp
         (["--set", "task.name=nope"], "unknown task 'nope'"),
         (["--set", "task.name=jsonl", "--set", "task.options.path=/no/such.jsonl"], "/no/such.jsonl"),
         (["--set", "model.name=/no/such/model"], "/no/such/model"),
+        (["--set", "task.name=jsonl", "--set", f"task.options.path={FIXTURES / 'custom.jsonl'}", "--set", "task.n_train=100"],
+         "only 6 exist"),
     ],
 )
 def test_bad_input_is_refused_before_any_run_directory_exists(tmp_path, args, message):

@@ -38,7 +38,7 @@ def finished_run(tmp_path_factory):
 def test_run_directory_holds_every_stage_output(finished_run):
     root, store, _ = finished_run
     expected = [
-        "config.yaml", "manifest.json", "metrics.json", "summary.md",
+        "config.yaml", "manifest.json", "versions.json", "metrics.json", "summary.md",
         "iter_0/debate_test.jsonl", "iter_0/metrics.json",
         "iter_1/debate_train.jsonl", "iter_1/votes.jsonl", "iter_1/data/counts.json",
         "iter_1/debate_test.jsonl", "iter_1/metrics.json",
@@ -47,6 +47,8 @@ def test_run_directory_holds_every_stage_output(finished_run):
     expected += [f"iter_1/agents/{r}/{f}" for r in roles(2) for f in ("adapter_config.json", "adapter_model.safetensors", "maft_train.json")]
     assert [p for p in expected if not (root / p).is_file()] == []
     assert not list(root.rglob(".tmp-*")) and not list(root.rglob(".trainer-*"))
+    import torch
+    assert json.loads((root / "versions.json").read_text())["torch"] == torch.__version__
     stages = store.manifest["stages"]
     assert list(stages) == [
         "iter_0/debate_test", "iter_0/metrics", "iter_1/debate_train", "iter_1/votes", "iter_1/data",

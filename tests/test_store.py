@@ -23,7 +23,7 @@ def test_create_writes_config_and_manifest(tmp_path, config):
     root = tmp_path / "runs" / "a"  # parents are created
     store = RunStore.create(root, config)
     assert store.root == root and store.config == config
-    assert sorted(p.name for p in root.iterdir()) == ["config.yaml", "manifest.json"]
+    assert sorted(p.name for p in root.iterdir()) == ["config.yaml", "manifest.json", "versions.json"]
     assert (root / "config.yaml").read_text() == config.to_yaml()
     assert RunConfig.model_validate(yaml.safe_load((root / "config.yaml").read_text())) == config
     assert json.loads((root / "manifest.json").read_text()) == {"config_hash": config.hash(), "stages": {}}
@@ -186,6 +186,7 @@ def test_open_removes_leftover_temporaries(tmp_path, config):
         "iter_0/adapter_1/w.bin",
         "iter_0/turns.jsonl",
         "manifest.json",
+        "versions.json",
     ]
 
 

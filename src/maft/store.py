@@ -102,6 +102,7 @@ class RunStore:
         root.mkdir(parents=True, exist_ok=True)
         store = cls(root, config)
         write_text(root / "config.yaml", config.to_yaml())
+        write_json(root / "versions.json", versions())
         store._save_manifest()
         return store
 
@@ -156,6 +157,27 @@ class RunStore:
     # -- paths ------------------------------------------------------------------------------------
     def iter_dir(self, iteration: int) -> Path:
         return self.root / f"iter_{iteration}"
+
+
+def versions() -> dict[str, str | None]:
+    """Python, the libraries that shape results, and maft's git revision (when run from a checkout)."""
+    import platform
+    import subprocess
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for package in ("maft", "torch", "transformers", "peft", "trl", "datasets", "math-verify"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = None
+    try:
+        out["maft_git_revision"] = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        ).stdout.strip() or None
+    except (OSError, subprocess.TimeoutExpired):
+        out["maft_git_revision"] = None
+    return out
 
 
 def _load_yaml(path: Path) -> Any:
