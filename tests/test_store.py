@@ -23,7 +23,7 @@ def test_create_writes_config_and_manifest(tmp_path, config):
     root = tmp_path / "runs" / "a"  # parents are created
     store = RunStore.create(root, config)
     assert store.root == root and store.config == config
-    assert sorted(p.name for p in root.iterdir()) == ["config.yaml", "manifest.json", "versions.json"]
+    assert sorted(p.name for p in root.iterdir()) == [".lock", "config.yaml", "manifest.json", "versions.json"]
     assert (root / "config.yaml").read_text() == config.to_yaml()
     assert RunConfig.model_validate(yaml.safe_load((root / "config.yaml").read_text())) == config
     assert json.loads((root / "manifest.json").read_text()) == {"config_hash": config.hash(), "stages": {}}
@@ -180,6 +180,7 @@ def test_open_removes_leftover_temporaries(tmp_path, config):
     RunStore.open(tmp_path, config)
     remaining = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
     assert remaining == [
+        ".lock",
         "config.yaml",
         "iter_0",
         "iter_0/adapter_1",
@@ -253,3 +254,29 @@ def test_jsonl_dicts_empty_files_and_blank_lines(tmp_path):
     path.write_text('\n{"problem_id": "p", "label": null, "count": 0, "voters": 0, "agents": 2, '
                     '"classes": [], "correct": false}\n\n')
     assert [v.label for v in read_jsonl(path, ProblemVote)] == [None]
+
+
+def test_a_run_in_use_by_another_process_is_refused(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from maft import store as store_module
+
+    root = tmp_path / "run"
+    RunStore.create(root, RunConfig())
+    store_module._LOCKS.pop(root.resolve()).close()  # as if this process had exited
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time; from pathlib import Path; from maft.store import RunStore; "
+         f"RunStore.open(Path({str(root)!r})); print('locked', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunDirError, match="another maft process is using"):
+            RunStore.open(root)
+    finally:
+        holder.kill()
+        holder.wait()
+    time.sleep(0.1)
+    RunStore.open(root)  # free again once the other process is gone

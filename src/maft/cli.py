@@ -103,8 +103,13 @@ def run(
         if resume is not None:
             if out is not None and out != resume:
                 _fail("give either --out (a new run) or --resume (an existing run), not both")
-            given = load_config(config, overrides) if (config or overrides) else None
+            given = None
+            if config or overrides:  # overrides apply on top of the run's own config
+                base = None if config else RunStore.saved_config(resume)
+                given = load_config(config, overrides, base=base)
             store = RunStore.open(resume, given)
+            for change in store.changed:
+                console.print(f"[yellow]changed on resume:[/yellow] {change}")
         else:
             cfg = load_config(config, overrides)
             from maft.society import prepare

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class Strict(BaseModel):
@@ -67,7 +67,7 @@ class TrainConfig(Strict):
     epochs: float = Field(2.0, gt=0)
     batch_size: int = Field(16, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
-    lr_scheduler: str = "constant"
+    lr_scheduler: str = Field("constant", description="a transformers scheduler: constant, linear, cosine, ...")
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
     max_length: int = Field(1024, ge=16)
@@ -80,8 +80,32 @@ class TrainConfig(Strict):
         "local", description="run the 2N finetuning jobs one by one here (local) or in parallel on Ray (ray)"
     )
     ray_address: str | None = Field(None, description="Ray cluster address (None: start Ray on this machine)")
-    gpus_per_job: float = Field(0, ge=0, description="GPUs each finetuning job asks Ray for (1 on a GPU cluster)")
+    gpus_per_job: float | None = Field(
+        None, ge=0, description="GPUs each finetuning job asks Ray for (None: 1 when CUDA is available, else 0)"
+    )
     cpus_per_job: float = Field(1, gt=0, description="CPUs each finetuning job asks Ray for (and torch threads)")
+
+    @field_validator("lr_scheduler")
+    @classmethod
+    def _known_scheduler(cls, name: str) -> str:
+        return _check_scheduler(name)
+
+
+def _check_scheduler(name: str) -> str:
+    from transformers.trainer_utils import SchedulerType
+
+    known = [s.value for s in SchedulerType]
+    if name not in known:
+        raise ValueError(f"unknown learning-rate scheduler {name!r}; one of {', '.join(known)}")
+    return name
+
+
+#: Settings that say how to run, not what to compute: left out of the config hash, so a resumed run may
+#: change them (e.g. a smaller batch after running out of memory, or Ray instead of local training).
+EXECUTION_KEYS = {
+    "model": {"device", "batch_size", "merge_adapters"},
+    "train": {"scheduler", "ray_address", "gpus_per_job", "cpus_per_job"},
+}
 
 
 class RunConfig(Strict):
@@ -102,8 +126,12 @@ class RunConfig(Strict):
         return self
 
     def hash(self) -> str:
-        """A stable hash of everything that changes results (names the run; guards resume)."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        """A stable hash of what the run computes (guards resume); execution settings are left out."""
+        data = self.model_dump(mode="json")
+        for section, keys in EXECUTION_KEYS.items():
+            for key in keys:
+                data[section].pop(key, None)
+        blob = json.dumps(data, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def to_yaml(self) -> str:
@@ -138,9 +166,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load_config(path: Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """The run config from a YAML file (optional) plus ``key=value`` overrides, fully validated."""
-    data: dict[str, Any] = {}
+def load_config(path: Path | None = None, overrides: list[str] | None = None, base: RunConfig | None = None) -> RunConfig:
+    """The run config from a YAML file (or ``base``, or the defaults) plus ``key=value`` overrides, validated."""
+    data: dict[str, Any] = base.model_dump(mode="json") if base is not None else {}
     if path is not None:
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")

@@ -3,8 +3,8 @@
 Each job reads its role's data file and trains into its own directory; the caller is told as each job
 finishes (``on_done``), so a crash loses only the jobs still running. With Ray, every job is a task
 that asks for ``gpus_per_job`` GPUs and ``cpus_per_job`` CPUs, so the jobs of an iteration run in
-parallel across the GPUs (and nodes) of a cluster; the run directory must be on a filesystem that
-every node sees.
+parallel across the GPUs (and nodes) of a cluster. The run directory (an absolute path) and the base
+model must be reachable from every node, and the driver's generation engine keeps the GPU it holds.
 """
 
 from __future__ import annotations
@@ -70,7 +70,12 @@ def run_ray(jobs: Sequence[TrainJob], on_done: OnDone, config: TrainConfig) -> N
     if not ray.is_initialized():
         ray.init(address=config.ray_address, include_dashboard=False, log_to_driver=False, configure_logging=False)
     threads = max(1, int(config.cpus_per_job))
-    task = ray.remote(num_gpus=config.gpus_per_job, num_cpus=config.cpus_per_job)(run_job)
+    gpus = config.gpus_per_job
+    if gpus is None:
+        import torch
+
+        gpus = 1 if torch.cuda.is_available() else 0
+    task = ray.remote(num_gpus=gpus, num_cpus=config.cpus_per_job)(run_job)
     pending = {task.remote(job, None, threads): job for job in jobs}
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)

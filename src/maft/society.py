@@ -29,7 +29,7 @@ from maft.debate import Turn, base_model, debate
 from maft.engines import Sampling
 from maft.finetune_data import build_agent_data
 from maft.metrics import Accuracy, DebateMetrics, accuracy, debate_metrics
-from maft.store import RunStore, atomic_dir, publish_dir, read_jsonl, temporary_dir, write_json, write_jsonl, write_text
+from maft.store import RunDirError, RunStore, atomic_dir, publish_dir, read_jsonl, temporary_dir, write_json, write_jsonl, write_text
 from maft.training import TrainResult
 from maft.tasks import Splits, Task, get_task
 from maft.voting import ProblemVote, vote_final_round
@@ -87,8 +87,23 @@ class Society:
         self.console = console or Console()
         self.progress = progress
         self.task, self.splits = prepare(self.config)
+        self._check_problems()
         self._engine = None
         self.agent_sources: dict[str, str] = {}  # role -> path of the agent the engine holds
+
+    def _check_problems(self) -> None:
+        """Resuming must see the same problems (a task file edited after a crash would mix two sets)."""
+        import hashlib
+
+        blob = json.dumps([[p.id, p.question, p.answer] for p in [*self.splits.train, *self.splits.test]])
+        digest = hashlib.sha256(blob.encode()).hexdigest()[:16]
+        recorded = self.store.manifest.setdefault("problems_hash", digest)
+        if recorded != digest:
+            raise RunDirError(
+                f"the problems of {self.config.task.name!r} changed since {self.store.root} started "
+                "(was a task file edited?); start a new run"
+            )
+        self.store.save_manifest()
 
     # -- helpers ----------------------------------------------------------------------------------
     @property
@@ -240,6 +255,11 @@ class Society:
             return
 
         def done(job: TrainJob, result: TrainResult) -> None:
+            if not any((job.out_dir / f).is_file() for f in ("adapter_config.json", "config.json")):
+                raise RuntimeError(
+                    f"finetuning {job.role} reported success but left no adapter or checkpoint in {job.out_dir}"
+                    " (with Ray on several nodes, the run directory must be on a shared filesystem)"
+                )
             write_json(job.out_dir / "maft_train.json", result.model_dump(mode="json"))
             publish_dir(job.out_dir, d / "agents" / job.role)
             loss = f"{result.train_loss:.4f}" if result.train_loss is not None else "-"

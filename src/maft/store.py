@@ -82,14 +82,34 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     publish_dir(tmp, path)
 
 
+#: Run directories this process has locked (run dir -> open lock file).
+_LOCKS: dict[Path, Any] = {}
+
+
 class RunStore:
     """``runs/<name>/``: config.yaml, manifest.json, and one folder per iteration."""
 
     def __init__(self, root: Path, config: RunConfig) -> None:
-        self.root = root
+        self.root = root.resolve()  # absolute: Ray workers and resumed runs may start elsewhere
         self.config = config
-        self.manifest_path = root / "manifest.json"
+        self.manifest_path = self.root / "manifest.json"
         self.manifest: dict[str, Any] = {"config_hash": config.hash(), "stages": {}}
+        self.changed: list[str] = []  # execution settings changed on resume
+
+    def _acquire(self) -> None:
+        """One process per run directory: a second ``maft run`` on it would clobber the first's work.
+        The lock is held until this process exits (reopening the run in the same process is fine)."""
+        import fcntl
+
+        if self.root in _LOCKS:
+            return
+        lock = open(self.root / ".lock", "w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise RunDirError(f"another maft process is using {self.root}; wait for it or stop it first") from None
+        _LOCKS[self.root] = lock
 
     # -- opening ----------------------------------------------------------------------------------
     @classmethod
@@ -101,33 +121,48 @@ class RunStore:
             raise RunDirError(f"{root} exists and is not empty; pick another --out")
         root.mkdir(parents=True, exist_ok=True)
         store = cls(root, config)
+        store._acquire()
         write_text(root / "config.yaml", config.to_yaml())
         write_json(root / "versions.json", versions())
-        store._save_manifest()
+        store.save_manifest()
         return store
 
     @classmethod
-    def open(cls, root: Path, config: RunConfig | None = None) -> RunStore:
-        """An existing run. ``config`` (if given) must equal the run's own: resuming never changes a run."""
+    def saved_config(cls, root: Path) -> RunConfig:
+        """The config a run in ``root`` was started with."""
         if not (root / "manifest.json").is_file():
             raise RunDirError(f"{root} is not a maft run directory (no manifest.json)")
         if not (root / "config.yaml").is_file():
             raise RunDirError(f"{root} has a manifest but no config.yaml; it cannot be resumed")
         try:
-            saved = RunConfig.model_validate(_load_yaml(root / "config.yaml"))
+            return RunConfig.model_validate(_load_yaml(root / "config.yaml"))
         except ValidationError as e:
             raise RunDirError(f"{root}/config.yaml is not a valid run config (edited by hand?):\n{e}") from None
+
+    @classmethod
+    def open(cls, root: Path, config: RunConfig | None = None) -> RunStore:
+        """An existing run. ``config`` (if given) must compute the same as the run's own: resuming never
+        changes results. Execution settings (``config.EXECUTION_KEYS``, e.g. the batch size) may change;
+        the new values are saved to config.yaml and listed in ``store.changed``."""
+        saved = cls.saved_config(root)
         manifest = json.loads((root / "manifest.json").read_text())
         if manifest.get("config_hash") != saved.hash():
-            raise RunDirError(f"{root}/config.yaml was edited after the run started (its hash no longer matches the manifest)")
+            raise RunDirError(
+                f"{root}/config.yaml no longer matches the run's manifest: it was edited after the run started, "
+                "or this maft version has other config defaults than the one that started it"
+            )
         if config is not None and config.hash() != saved.hash():
             changes = "\n  ".join(config_diff(saved, config))
             raise RunDirError(
                 f"refusing to resume {root} with a different config; the run was started with other values:\n  {changes}\n"
                 "Start a new run (another --out) to use the new values."
             )
-        store = cls(root, saved)
+        store = cls(root, config if config is not None else saved)
+        store._acquire()
         store.manifest = manifest
+        store.changed = config_diff(saved, store.config)
+        if store.changed:
+            write_text(store.root / "config.yaml", store.config.to_yaml())
         store._clean_temporaries()
         return store
 
@@ -145,13 +180,13 @@ class RunStore:
     def finish(self, stage: str, seconds: float, **info: Any) -> None:
         """Record ``stage`` as finished (after its outputs are in place)."""
         self.manifest["stages"][stage] = {"seconds": round(seconds, 3), "finished_at": time.time(), **info}
-        self._save_manifest()
+        self.save_manifest()
 
     def seconds(self, stage: str) -> float | None:
         entry = self.manifest["stages"].get(stage)
         return entry["seconds"] if entry else None
 
-    def _save_manifest(self) -> None:
+    def save_manifest(self) -> None:
         write_json(self.manifest_path, self.manifest)
 
     # -- paths ------------------------------------------------------------------------------------

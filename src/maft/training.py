@@ -120,7 +120,7 @@ def finetune(
                 on_step(state.global_step, state.max_steps)
 
     use_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
-    scratch = out_dir.parent / f".trainer-{out_dir.name}"
+    scratch = out_dir / ".trainer"  # the trainer's own output (nothing is saved there); removed below
     args = SFTConfig(
         output_dir=str(scratch),
         num_train_epochs=cfg.epochs,

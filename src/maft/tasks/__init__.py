@@ -60,7 +60,13 @@ def get_task(name: str, **options: Any) -> Task:
         cls = TASKS[name]
     except KeyError:
         raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(task_names())}") from None
-    return cls(**options)
+    try:
+        return cls(**options)
+    except TypeError as e:
+        import inspect
+
+        accepted = [n for n in inspect.signature(cls.__init__).parameters if n != "self"]
+        raise ValueError(f"task {name!r}: bad options {sorted(options)} ({e}); it accepts: {', '.join(accepted) or 'none'}") from None
 
 
 for _cls in (ArithmeticTask, GSM8KTask, MathTask, JsonlTask):
