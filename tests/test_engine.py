@@ -104,3 +104,17 @@ def test_merged_agent_generates_what_the_unmerged_adapter_does(adapters, arithme
 
 def test_small_models_merge_adapters_by_default(engine):
     assert engine.num_parameters < 1_000_000 and engine.merge_adapters
+
+
+def test_reloading_an_agent_under_its_name_replaces_it(adapters, arithmetic):
+    """Each iteration loads the new agents under the same role names; nothing of the old one may stay."""
+    problems = arithmetic.splits(0, 4, seed=6).test
+    requests = [ask(arithmetic, p, "gen_0") for p in problems]
+    for merge in (False, True):
+        fresh = HFEngine(merge_adapters=merge)
+        fresh.load_agent("gen_0", adapters["critic_0"])
+        reused = HFEngine(merge_adapters=merge)
+        reused.load_agent("gen_0", adapters["gen_0"])
+        first = [g.text for g in reused.generate(requests)]
+        reused.load_agent("gen_0", adapters["critic_0"])
+        assert [g.text for g in reused.generate(requests)] == [g.text for g in fresh.generate(requests)] != first
