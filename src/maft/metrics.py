@@ -50,14 +50,13 @@ class DebateMetrics(BaseModel):
 
 def debate_metrics(turns: Sequence[Turn], task: Task, problems: Sequence[Problem]) -> DebateMetrics:
     """Per-round, per-agent and majority accuracy with standard errors, and agreement, of a debate."""
+    from maft.debate import by_problem
     from maft.voting import majority_vote
 
     gold = {p.id: p for p in problems}
     rounds = max(t.round for t in turns)
     agents = max(t.agent for t in turns) + 1
-    grid: dict[str, dict[tuple[int, int], Turn]] = {}
-    for t in turns:
-        grid.setdefault(t.problem_id, {})[(t.agent, t.round)] = t
+    grid = by_problem(turns)
     ids = [p.id for p in problems]
 
     def round_scores(m: int) -> tuple[list[float], list[float]]:

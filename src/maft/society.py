@@ -123,9 +123,15 @@ class Society:
 
         return self.config.model.name or str(default_checkpoint())
 
+    def _kept(self, name: str) -> bool:
+        """Whether stage ``name`` finished earlier (then it is kept, and said so)."""
+        if not self.store.done(name):
+            return False
+        self.console.print(f"[dim]{name}: finished earlier ({self.store.seconds(name):.1f} s), kept[/dim]")
+        return True
+
     def _stage(self, name: str, work: Callable[[], dict | None]) -> None:
-        if self.store.done(name):
-            self.console.print(f"[dim]{name}: finished earlier ({self.store.seconds(name):.1f} s), kept[/dim]")
+        if self._kept(name):
             return
         self.console.print(f"[bold]{name}[/bold] ...")
         start = time.perf_counter()
@@ -212,18 +218,18 @@ class Society:
             critic_plus_fraction=self.config.data.critic_plus_fraction,
             seed=self.config.seed * 1000 + l,
         )
+        counts = {f"agent_{a.agent}": a.counts() for a in data}
         with atomic_dir(d / "data") as tmp:
             for a in data:
                 write_jsonl(tmp / f"gen_{a.agent}.jsonl", a.generation)
                 write_jsonl(tmp / f"critic_{a.agent}.jsonl", a.critic)
-            write_json(tmp / "counts.json", {f"agent_{a.agent}": a.counts() for a in data})
-        for a in data:
-            c = a.counts()
+            write_json(tmp / "counts.json", counts)
+        for agent, c in counts.items():
             self.console.print(
-                f"  agent {a.agent}: D^G {c['generation']} | D^C {c['critic']} = D^C- {c['critic_minus']} "
+                f"  {agent.replace('_', ' ')}: D^G {c['generation']} | D^C {c['critic']} = D^C- {c['critic_minus']} "
                 f"+ {c['critic_plus_used']} of D^C+ {c['critic_plus_total']}"
             )
-        return {"counts": {f"agent_{a.agent}": a.counts() for a in data}}
+        return {"counts": counts}
 
     def _train(self, l: int) -> None:
         """Finetune every role of iteration ``l`` not finished yet; each is a stage of its own."""
@@ -234,9 +240,7 @@ class Society:
         all_roles = roles(cfg.debate.agents)
         jobs = []
         for i, role in enumerate(all_roles):
-            stage = f"iter_{l}/train/{role}"
-            if self.store.done(stage):
-                self.console.print(f"[dim]{stage}: finished earlier ({self.store.seconds(stage):.1f} s), kept[/dim]")
+            if self._kept(f"iter_{l}/train/{role}"):
                 continue
             previous = self.store.iter_dir(l - 1) / "agents" / role
             jobs.append(
@@ -307,14 +311,15 @@ class Society:
                 data=counts,
                 losses=losses,
             )
-        stages = self.store.manifest["stages"]
-        seconds = {k.split("/", 1)[1]: v["seconds"] for k, v in stages.items() if k.startswith(f"iter_{l}/")}
-        metrics = IterationMetrics(iteration=l, test=test, train=train, seconds=seconds)
+        metrics = IterationMetrics(iteration=l, test=test, train=train, seconds=self._stage_seconds(l))
         write_json(d / "metrics.json", metrics.model_dump(mode="json"))
+
+    def _stage_seconds(self, l: int) -> dict[str, float]:
+        """Iteration ``l``'s finished stages and their times, from the manifest."""
+        stages = self.store.manifest["stages"]
+        return {k.split("/", 1)[1]: v["seconds"] for k, v in stages.items() if k.startswith(f"iter_{l}/")}
 
     def load_metrics(self, l: int) -> IterationMetrics:
         m = IterationMetrics.model_validate_json((self.store.iter_dir(l) / "metrics.json").read_text())
-        # the metrics stage's own time is known only after it is recorded
-        stages = self.store.manifest["stages"]
-        m.seconds = {k.split("/", 1)[1]: v["seconds"] for k, v in stages.items() if k.startswith(f"iter_{l}/")}
+        m.seconds = self._stage_seconds(l)  # the metrics stage's own time is known only after it is recorded
         return m
