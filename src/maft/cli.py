@@ -45,13 +45,19 @@ def evaluate(
     seed: int = 0,
     device: str = "auto",
     out: Annotated[Optional[Path], typer.Option(help="write the result (with every response) as JSON here")] = None,
+    run: Annotated[Optional[Path], typer.Option(help="transfer: debate the task with this run's finetuned agents")] = None,
+    iteration: Annotated[list[int], typer.Option(help="with --run: iterations to evaluate (default: 0 and the last)")] = [],
 ) -> None:
-    """Evaluate one model on a task's test problems: single-sample and majority-of-k accuracy."""
+    """Evaluate one model on a task's test problems (single-sample and majority-of-k accuracy), or, with
+    --run, a finished run's agents by debate on another task (zero-shot transfer)."""
     from maft.engines import Sampling
     from maft.engines.hf import HFEngine
     from maft.evaluate import evaluate as run_evaluation
     from maft.tasks import DatasetUnavailableError, get_task
 
+    if run is not None:
+        _transfer(run, task, n, _parse_options(option), iteration, model, samples)
+        return
     try:
         the_task = get_task(task, **_parse_options(option))
         sampling = Sampling(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
@@ -78,6 +84,29 @@ def evaluate(
         console.print(f"wrote {out}")
 
 
+def _transfer(run: Path, task: str, n: int, options: dict, iterations: list[int], model: str | None, samples: int) -> None:
+    from maft.store import RunDirError
+    from maft.tasks import DatasetUnavailableError
+    from maft.transfer import transfer
+
+    if model is not None or samples != 1:
+        _fail("--run evaluates the run's own agents by debate; --model and --samples do not apply")
+    if not (run / "manifest.json").is_file():
+        _fail(f"{run} is not a maft run directory (no manifest.json)")
+    start = time.perf_counter()
+    try:
+        results = transfer(run, task, options=options, n=n, iterations=iterations or None, console=console)
+    except (ValueError, FileNotFoundError, DatasetUnavailableError, RunDirError) as e:
+        _fail(str(e))
+    table = Table(title=f"transfer: agents of {run} on {n} held-out {task} problems (debate)")
+    for h in ["iteration", "majority % ± SE", "agent round 1 %", "agent final %", "unanimous %"]:
+        table.add_column(h, justify="right")
+    for l, m in results.items():
+        table.add_row(str(l), str(m.majority), str(m.round_agent[0]), str(m.round_agent[-1]), f"{100 * m.unanimous:.1f}")
+    console.print(table)
+    console.print(f"{time.perf_counter() - start:.0f} s; wrote {run / 'transfer' / task}")
+
+
 def _fail(message: str) -> None:
     console.print(f"[red]error:[/red] {message}")
     raise typer.Exit(code=2)
@@ -87,6 +116,7 @@ def _fail(message: str) -> None:
 def run(
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="run config YAML (default: the embedded default run)")] = None,
     set_: Annotated[list[str], typer.Option("--set", "-s", help="override a config value, e.g. --set debate.agents=5")] = [],
+    method: Annotated[Optional[str], typer.Option(help="run a baseline instead of maft: single, majority, debate, star, majority_ft, single_agent_ft, gen_only, critic_only")] = None,
     iterations: Annotated[Optional[int], typer.Option(min=0, help="shorthand for --set iterations=N")] = None,
     out: Annotated[Optional[Path], typer.Option(help="run directory (default: runs/<date>-<time>)")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="continue the run in this directory; finished stages are kept")] = None,
@@ -98,7 +128,13 @@ def run(
     from maft.store import RunDirError, RunStore
     from maft.summary import iteration_table, title
 
-    overrides = [*set_, *([f"iterations={iterations}"] if iterations is not None else [])]
+    from maft.baselines import method_overrides
+
+    try:
+        preset = method_overrides(method) if method else []
+    except ValueError as e:
+        _fail(str(e))
+    overrides = [*preset, *set_, *([f"iterations={iterations}"] if iterations is not None else [])]
     try:
         if resume is not None:
             if out is not None and out != resume:
@@ -134,6 +170,48 @@ def run(
         f"{time.perf_counter() - start:.0f} s this invocation; "
         f"wrote {store.root / 'metrics.json'} and {store.root / 'summary.md'}"
     )
+
+
+@app.command()
+def compare(
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="compare YAML: methods and the run config (default: every method on the embedded default)")] = None,
+    set_: Annotated[list[str], typer.Option("--set", "-s", help="override a run config value for every method, e.g. --set iterations=1")] = [],
+    methods: Annotated[Optional[str], typer.Option(help="comma-separated methods (default: the config's, else all)")] = None,
+    out: Annotated[Path, typer.Option(help="comparison directory; run again to resume")] = Path("runs/compare"),
+    quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
+) -> None:
+    """Run maft and the baselines on the same model and problems; write the Table-1-style comparison."""
+    from maft.compare import comparison_table, compare as run_compare, load_compare_config
+    from maft.config import ConfigError
+    from maft.store import RunDirError
+
+    start = time.perf_counter()
+    try:
+        cfg = load_compare_config(config, set_, methods.split(",") if methods else None)
+        results = run_compare(cfg, out, console=console, progress=not quiet)
+    except (ConfigError, RunDirError, ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    except KeyboardInterrupt:
+        console.print(f"[yellow]interrupted[/yellow]; finished stages are kept: run the same command again to resume")
+        raise typer.Exit(code=130) from None
+    console.print(comparison_table(results, title="accuracy % ± SE on held-out problems (final-round majority)"))
+    console.print(f"{time.perf_counter() - start:.0f} s this invocation; wrote {out / 'comparison.md'}; "
+                  f"report: maft report {out}")
+
+
+@app.command()
+def report(
+    source: Annotated[Path, typer.Argument(help="a run directory or a comparison directory")],
+    out: Annotated[Optional[Path], typer.Option(help="report directory (default: <source>/report)")] = None,
+) -> None:
+    """Plots (PNG) and a static HTML page with the tables and a browser of the debate transcripts."""
+    from maft.report import write_report
+
+    try:
+        page = write_report(source, out)
+    except FileNotFoundError as e:
+        _fail(str(e))
+    console.print(f"wrote {page} (open it in a browser)")
 
 
 @tiny_app.command("train")

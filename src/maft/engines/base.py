@@ -46,6 +46,18 @@ class Generation:
     completion_tokens: int
 
 
+@dataclass(frozen=True)
+class Score:
+    """The log-likelihood of a given completion (its tokens and the end-of-turn token) under a model."""
+
+    logprob: float
+    tokens: int
+
+    @property
+    def nll_per_token(self) -> float:
+        return -self.logprob / self.tokens
+
+
 class Engine(Protocol):
     """Anything that turns requests into generations, in order."""
 
@@ -53,4 +65,15 @@ class Engine(Protocol):
         self, requests: Sequence[Request], *, seed: int = 0, progress: bool | str = False
     ) -> list[Generation]:
         """Texts for ``requests``, in order; ``progress`` (True, or a label for the bar) shows a progress bar."""
+        ...
+
+
+class Scorer(Protocol):
+    """An engine that can also score given completions (needed for likelihood-based diversity)."""
+
+    def score(
+        self, requests: Sequence[Request], completions: Sequence[str], *, progress: bool | str = False
+    ) -> list[Score]:
+        """The log-likelihood of ``completions[i]`` as the assistant's reply to ``requests[i].messages``
+        under ``requests[i].adapter`` (sampling settings are ignored)."""
         ...

@@ -18,7 +18,7 @@ from rich.progress import Progress
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
-from maft.engines.base import Generation, Request, Sampling
+from maft.engines.base import Generation, Request, Sampling, Score
 
 # peft calls a transformers property that is deprecated in transformers 5; harmless, and not the user's to fix
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -136,9 +136,7 @@ class HFEngine:
         self, requests: Sequence[Request], *, seed: int = 0, progress: bool | str = False
     ) -> list[Generation]:
         """Generate for all ``requests`` (in order). The same requests and seed give the same texts."""
-        for r in requests:
-            if r.adapter is not None and r.adapter not in self.adapters and r.adapter not in self.full_models:
-                raise KeyError(f"unknown adapter {r.adapter!r}; loaded: {self.agents or 'none'}")
+        self._check_adapters(requests)
         prompts = [self.prompt_ids(r.messages) for r in requests]
         # adapters share the base model's batches; a fully finetuned agent is a model of its own
         groups: dict[tuple[Sampling, str | None], list[int]] = defaultdict(list)
@@ -159,6 +157,63 @@ class HFEngine:
                     out[i] = Generation(text=text, prompt_tokens=len(prompts[i]), completion_tokens=n)
                 bar.update(task, advance=len(idx))
         return out  # type: ignore[return-value]
+
+    def score(
+        self, requests: Sequence[Request], completions: Sequence[str], *, progress: bool | str = False
+    ) -> list[Score]:
+        """Log-likelihood of each completion (then the end-of-sequence token) under the request's agent."""
+        if len(requests) != len(completions):
+            raise ValueError(f"{len(requests)} requests but {len(completions)} completions")
+        self._check_adapters(requests)
+        eos = self.tokenizer.eos_token_id
+        rows = []
+        for r, text in zip(requests, completions):
+            prompt = self.prompt_ids(r.messages)
+            completion = self.tokenizer(text, add_special_tokens=False)["input_ids"] + [eos]
+            rows.append((prompt, completion))
+        groups: dict[str | None, list[int]] = defaultdict(list)  # a full model of its own, or the shared base
+        for i, r in enumerate(requests):
+            groups[r.adapter if r.adapter in self.full_models else None].append(i)
+        out: list[Score | None] = [None] * len(requests)
+        with Progress(transient=True, disable=not progress) as bar:
+            task = bar.add_task(progress if isinstance(progress, str) else "score", total=len(requests))
+            for full, idx in groups.items():
+                idx.sort(key=lambda i: len(rows[i][0]) + len(rows[i][1]), reverse=True)
+                for s in range(0, len(idx), self.batch_size):
+                    batch = idx[s : s + self.batch_size]
+                    adapters = [requests[i].adapter for i in batch] if full is None else None
+                    for i, logprob in zip(batch, self._score_batch([rows[i] for i in batch], adapters, full)):
+                        out[i] = Score(logprob=logprob, tokens=len(rows[i][1]))
+                    bar.update(task, advance=len(batch))
+        return out  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def _score_batch(
+        self, rows: list[tuple[list[int], list[int]]], adapters: list[str | None] | None, full: str | None
+    ) -> list[float]:
+        """Sum of completion-token log-probabilities; sequences right-padded (positions start at 0)."""
+        width = max(len(p) + len(c) for p, c in rows)
+        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for b, (p, c) in enumerate(rows):
+            ids[b, : len(p) + len(c)] = torch.tensor(p + c)
+            mask[b, : len(p) + len(c)] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        model = self.full_models[full] if full is not None else self.model
+        kwargs = {}
+        if full is None and self.adapters:
+            kwargs["adapter_names"] = [a if a is not None else BASE for a in adapters or []]
+        logits = model(input_ids=ids, attention_mask=mask, **kwargs).logits.float()
+        logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+        out = []
+        for b, (p, c) in enumerate(rows):
+            out.append(float(logprobs[b, len(p) - 1 : len(p) + len(c) - 1].sum()))
+        return out
+
+    def _check_adapters(self, requests: Sequence[Request]) -> None:
+        for r in requests:
+            if r.adapter is not None and r.adapter not in self.adapters and r.adapter not in self.full_models:
+                raise KeyError(f"unknown adapter {r.adapter!r}; loaded: {self.agents or 'none'}")
 
     @torch.inference_mode()
     def _generate_batch(
