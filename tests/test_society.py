@@ -39,9 +39,9 @@ def test_run_directory_holds_every_stage_output(finished_run):
     root, store, _ = finished_run
     expected = [
         "config.yaml", "manifest.json", "versions.json", "metrics.json", "summary.md",
-        "iter_0/debate_test.jsonl", "iter_0/metrics.json",
+        "iter_0/debate_test.jsonl", "iter_0/diversity.json", "iter_0/metrics.json",
         "iter_1/debate_train.jsonl", "iter_1/votes.jsonl", "iter_1/data/counts.json",
-        "iter_1/debate_test.jsonl", "iter_1/metrics.json",
+        "iter_1/debate_test.jsonl", "iter_1/diversity.json", "iter_1/metrics.json",
     ]
     expected += [f"iter_1/data/{r}.jsonl" for r in roles(2)]
     expected += [f"iter_1/agents/{r}/{f}" for r in roles(2) for f in ("adapter_config.json", "adapter_model.safetensors", "maft_train.json")]
@@ -51,8 +51,8 @@ def test_run_directory_holds_every_stage_output(finished_run):
     assert json.loads((root / "versions.json").read_text())["torch"] == torch.__version__
     stages = store.manifest["stages"]
     assert list(stages) == [
-        "iter_0/debate_test", "iter_0/metrics", "iter_1/debate_train", "iter_1/votes", "iter_1/data",
-        *[f"iter_1/train/{r}" for r in roles(2)], "iter_1/debate_test", "iter_1/metrics",
+        "iter_0/debate_test", "iter_0/diversity", "iter_0/metrics", "iter_1/debate_train", "iter_1/votes", "iter_1/data",
+        *[f"iter_1/train/{r}" for r in roles(2)], "iter_1/debate_test", "iter_1/diversity", "iter_1/metrics",
     ]
 
 
@@ -116,6 +116,32 @@ def test_metrics_match_the_transcripts(finished_run, arithmetic):
     assert train.label_precision.mean == pytest.approx(sum(v.correct for v in labelled) / len(labelled))
     assert set(train.losses) == set(roles(2))
     assert "| 1 |" in (root / "summary.md").read_text()
+
+
+def test_compute_is_counted_from_the_stages(finished_run):
+    root, store, metrics = finished_run
+    stages = store.manifest["stages"]
+    for m in metrics:
+        test = read_jsonl(root / f"iter_{m.iteration}/debate_test.jsonl", Turn)
+        assert m.compute.test_generated_tokens == sum(t.completion_tokens for t in test) > 0
+        mine = {k: v for k, v in stages.items() if k.startswith(f"iter_{m.iteration}/")}
+        assert m.compute.seconds == pytest.approx(sum(v["seconds"] for v in mine.values()))
+    assert metrics[0].compute.train_examples == 0 and metrics[0].compute.train_generated_tokens == 0
+    train = read_jsonl(root / "iter_1/debate_train.jsonl", Turn)
+    assert metrics[1].compute.train_generated_tokens == sum(t.completion_tokens for t in train)
+    examples = sum(len(read_jsonl(root / f"iter_1/data/{r}.jsonl", Example)) for r in roles(2))
+    assert metrics[1].compute.train_examples == examples > 0
+
+
+def test_diversity_is_measured_on_round_1_every_iteration(finished_run):
+    _, _, metrics = finished_run
+    base, tuned = metrics[0].diversity, metrics[1].diversity
+    assert base.agents == 2 and base.problems == 8 and base.round == 1
+    # iteration 0: every agent is the base model, so the likelihoods agree exactly
+    assert base.kl == 0 and base.cross_nll == pytest.approx(base.self_nll)
+    # iteration 1: the generation agents are different finetuned models
+    assert tuned.kl != 0 and tuned.cross_nll != pytest.approx(tuned.self_nll)
+    assert 0 <= tuned.answer_agreement <= 1 and tuned.consensus == tuned.answer_agreement  # 2 agents: one pair
 
 
 def test_a_finished_run_resumes_without_redoing_anything(finished_run):

@@ -417,4 +417,5 @@ class Society:
     def load_metrics(self, l: int) -> IterationMetrics:
         m = IterationMetrics.model_validate_json((self.store.iter_dir(l) / "metrics.json").read_text())
         m.seconds = self._stage_seconds(l)  # the metrics stage's own time is known only after it is recorded
+        m.compute = self._compute(l)
         return m

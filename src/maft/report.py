@@ -1,0 +1,447 @@
+"""``maft report``: a static HTML report of a run directory or a comparison directory.
+
+    write_report(source) -> source/report/index.html
+
+The report folder holds ``index.html`` (config, tables, plots, a transcript browser), ``accuracy.png``,
+``diversity.png`` (when there are diversity measures) and ``transcripts.js`` (every held-out debate turn,
+loaded by a plain ``<script>`` so the page works from file://). No network resources.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from html import escape
+from pathlib import Path
+
+from maft.compare import MethodResult
+from maft.config import RunConfig
+from maft.debate import Turn
+from maft.metrics import Accuracy, Diversity
+from maft.society import IterationMetrics
+from maft.store import RunDirError, RunStore, read_jsonl, write_text
+from maft.summary import HEADER, _rows, title
+
+MEASURES = {  # the diversity measures plotted, and their axis labels
+    "answer_agreement": "answer agreement",
+    "consensus": "consensus",
+    "embedding_dissimilarity": "embedding dissimilarity",
+    "cross_nll": "cross NLL (nats/token)",
+    "kl": "KL (nats/token)",
+}
+TABLE_MEASURES = {**MEASURES, "self_nll": "self NLL (nats/token)"}
+SHOWN = 200  # the transcript browser renders at most this many turns at a time
+
+
+@dataclass
+class Series:
+    """One line of a plot: accuracy (and diversity) per iteration 0..L."""
+
+    label: str
+    accuracy: list[Accuracy]
+    diversity: list[Diversity | None] = field(default_factory=list)
+    flat: bool = False  # no finetuning: a horizontal line at iteration 0 with a shaded ±SE band
+    width: float = 1.8
+
+
+@dataclass
+class Report:
+    """Everything a page shows, whichever kind of directory it came from."""
+
+    heading: str
+    config: RunConfig | None
+    series: list[Series]
+    tables: str  # HTML
+    turns: list[tuple[str, int, Turn]]  # (method, iteration, turn)
+    comparison: bool
+
+
+def write_report(source: Path, out: Path | None = None) -> Path:
+    """Write the report of a run or comparison directory ``source`` to ``out`` (default ``source/report``);
+    returns the path of ``index.html``."""
+    source = Path(source)
+    if (source / "comparison.json").is_file():
+        report = _comparison(source)
+    elif (source / "metrics.json").is_file():
+        report = _run(source)
+    else:
+        what = "does not exist" if not source.exists() else "has neither comparison.json nor metrics.json"
+        raise FileNotFoundError(
+            f"{source} {what}: expected a finished run directory (with metrics.json) "
+            "or a comparison directory (with comparison.json)"
+        )
+    out = Path(out) if out is not None else source / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    plot_accuracy(report.series, out / "accuracy.png")
+    has_diversity = plot_diversity(report.series, out / "diversity.png")
+    if not has_diversity:
+        (out / "diversity.png").unlink(missing_ok=True)  # a stale plot from an earlier report
+    write_text(out / "transcripts.js", transcripts_js(report.turns))
+    write_text(out / "index.html", _page(report, has_diversity))
+    return out / "index.html"
+
+
+# -- reading ----------------------------------------------------------------------------------------
+def _config(run: Path) -> RunConfig | None:
+    try:
+        return RunStore.saved_config(run)
+    except RunDirError:
+        return None
+
+
+def _turns(run: Path, iterations: int, method: str = "") -> list[tuple[str, int, Turn]]:
+    out = []
+    for l in range(iterations):
+        path = run / f"iter_{l}" / "debate_test.jsonl"
+        if path.is_file():
+            out += [(method, l, t) for t in read_jsonl(path, Turn)]
+    return out
+
+
+def _run(run: Path) -> Report:
+    config = _config(run)
+    metrics = [IterationMetrics.model_validate(m) for m in json.loads((run / "metrics.json").read_text())]
+    if not metrics:
+        raise ValueError(f"{run}/metrics.json holds no iterations")
+    base = metrics[0].test
+    agents = config.debate.agents if config else len(base.agent_round)
+    method = config.method if config else "maft"
+    series = [
+        Series(f"{method}: final-round majority", [m.test.majority for m in metrics], [m.diversity for m in metrics], width=3),
+        Series("agent, round 1 (mean)", [m.test.round_agent[0] for m in metrics], width=1),
+        Series("single agent (base)", [base.round_agent[0]], flat=True),
+        Series(f"majority of {agents} (base)", [base.round_majority[0]], flat=True),
+        Series("debate (base)", [base.majority], flat=True),
+    ]
+    tables = _run_tables(metrics)
+    heading = f"maft run: {title(config)}" if config else f"maft run: {run.name}"
+    return Report(heading, config, series, tables, _turns(run, len(metrics)), comparison=False)
+
+
+def _comparison(root: Path) -> Report:
+    results = [MethodResult.model_validate(r) for r in json.loads((root / "comparison.json").read_text())]
+    if not results:
+        raise ValueError(f"{root}/comparison.json lists no methods")
+    configs = {r.method: _config(root / r.run_dir) for r in results}
+    config = configs.get("maft") or next((c for c in configs.values() if c is not None), None)
+    series = [
+        Series(
+            r.method + (" (gold labels)" if r.uses_gold_labels else ""),
+            r.accuracy,
+            r.diversity if any(d is not None for d in r.diversity) else [],
+            flat=not r.finetunes,
+            width=3 if r.method == "maft" else 1.8,
+        )
+        for r in results
+    ]
+    turns = [t for r in results for t in _turns(root / r.run_dir, len(r.accuracy), r.method)]
+    heading = f"maft comparison: {title(config)}" if config else f"maft comparison: {root.name}"
+    return Report(heading, config, series, _comparison_tables(results), turns, comparison=True)
+
+
+# -- plots ------------------------------------------------------------------------------------------
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=110)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _iterations(series: Sequence[Series]) -> int:
+    return max(len(s.accuracy) for s in series)
+
+
+def plot_accuracy(series: Sequence[Series], path: Path) -> None:
+    """Held-out accuracy (%) per iteration with ±1 SE; methods without finetuning as dashed lines."""
+    fig = _figure(8, 4.5)
+    ax = fig.add_subplot()
+    handles = []  # the legend in the order of ``series``
+    for i, s in enumerate(series):
+        color = f"C{i % 10}"
+        mean = [100 * a.mean for a in s.accuracy]
+        se = [100 * a.se for a in s.accuracy]
+        if s.flat:
+            handles.append(ax.axhline(mean[0], color=color, ls="--", lw=s.width, label=s.label))
+            ax.axhspan(mean[0] - se[0], mean[0] + se[0], color=color, alpha=0.12, lw=0)
+        else:
+            handles.append(ax.errorbar(range(len(mean)), mean, yerr=se, color=color, lw=s.width, marker="o",
+                                       ms=2 + s.width, capsize=3, label=s.label, zorder=3 if s.width > 2 else 2))
+    _iteration_axis(ax, _iterations(series))
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("Held-out accuracy of the final round's majority vote (±1 SE)", fontsize=10)
+    ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+    fig.savefig(path, bbox_inches="tight")
+
+
+def plot_diversity(series: Sequence[Series], path: Path) -> bool:
+    """One subplot per diversity measure vs iteration; returns False (writing nothing) without any data."""
+    def values(s: Series, key: str) -> list[tuple[int, float]]:
+        return [(l, getattr(d, key)) for l, d in enumerate(s.diversity) if d is not None and getattr(d, key) is not None]
+
+    measures = [k for k in MEASURES if any(values(s, k) for s in series)]
+    if not measures:
+        return False
+    fig = _figure(3.2 * len(measures), 3.2)
+    axes = fig.subplots(1, len(measures), squeeze=False)[0]
+    handles = {}  # series index -> a line, for one legend in the order of ``series``
+    for ax, key in zip(axes, measures):
+        for i, s in enumerate(series):
+            points = values(s, key)
+            if not points:
+                continue
+            color = f"C{i % 10}"  # the same colour as in the accuracy plot
+            if s.flat:
+                line = ax.axhline(points[0][1], color=color, ls="--", lw=s.width, label=s.label)
+            else:
+                x, y = zip(*points)
+                (line,) = ax.plot(x, y, color=color, lw=s.width, marker="o", ms=2 + s.width, label=s.label)
+            handles.setdefault(i, line)
+        _iteration_axis(ax, max(len(s.diversity) for s in series))
+        ax.set_title(MEASURES[key], fontsize=9)
+    if len(handles) > 1:
+        legend = [handles[i] for i in sorted(handles)]
+        axes[-1].legend(handles=legend, loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, bbox_inches="tight")
+    return True
+
+
+def _iteration_axis(ax, iterations: int) -> None:
+    ax.set_xticks(range(iterations))
+    ax.set_xlim(-0.25, max(iterations - 1, 0) + 0.25)
+    ax.set_xlabel("iteration")
+    ax.grid(alpha=0.3)
+
+
+# -- tables -----------------------------------------------------------------------------------------
+def _table(id: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    head = "".join(f"<th>{escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in row) + "</tr>\n" for row in rows)
+    return f'<table class="metrics" id="{id}"><thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody></table>\n'
+
+
+def _num(x: float | None, digits: int = 3) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def _diversity_rows(diversity: Sequence[Diversity | None], prefix: Sequence[str] = ()) -> list[list[str]]:
+    return [[*prefix, str(l), *(_num(getattr(d, k)) for k in TABLE_MEASURES)] for l, d in enumerate(diversity) if d]
+
+
+def _diversity_section(rows: list[list[str]], header: list[str]) -> str:
+    if not rows:
+        return "<p>No diversity measures were recorded.</p>\n"
+    return _table("diversity-table", [*header, "iter", *TABLE_MEASURES.values()], rows)
+
+
+def _run_tables(metrics: Sequence[IterationMetrics]) -> str:
+    header = [*HEADER[:-1], "gen. tokens", "train examples", HEADER[-1]]
+    rows = [
+        [*row[:-1], f"{m.compute.generated_tokens:,}", f"{m.compute.train_examples:,}", row[-1]]
+        for m, row in zip(metrics, _rows(metrics))
+    ]
+    rounds = len(metrics[0].test.round_agent)
+    agent_rows = [[m.iteration, n, *per_round] for m in metrics for n, per_round in enumerate(m.test.agent_round)]
+    return (
+        "<h2>Accuracy on held-out problems, per iteration</h2>\n" + _table("iterations", header, rows)
+        + "<p class=note>Majority: the final round's majority vote (± SE). Agent columns: one agent's mean accuracy "
+        "in that round. Label precision: the share of training labels equal to the gold answer (a diagnostic; "
+        "training never sees gold answers). D^G / D^C: generation / critic training examples.</p>\n"
+        + "<h2>Diversity of the agents' round-1 responses</h2>\n"
+        + _diversity_section(_diversity_rows([m.diversity for m in metrics]), [])
+        + "<h2>Per agent and round (held-out accuracy %)</h2>\n"
+        + _table("agents", ["iter", "agent", *(f"round {r + 1}" for r in range(rounds))], agent_rows)
+    )
+
+
+def _comparison_tables(results: Sequence[MethodResult]) -> str:
+    rows = []
+    for r in results:
+        best = max(range(len(r.accuracy)), key=lambda l: r.accuracy[l].mean)
+        rows.append([
+            r.method,
+            r.accuracy[-1],
+            f"{r.accuracy[best]} (iter {best})",
+            f"{sum(c.generated_tokens for c in r.compute):,}",
+            f"{sum(c.train_examples for c in r.compute):,}",
+            _duration(sum(c.seconds for c in r.compute)),
+            "yes" if r.uses_gold_labels else "no",
+            r.description,
+        ])
+    header = ["method", "final iter. %", "best iter. %", "gen. tokens", "train examples", "wall time", "gold labels?", "description"]
+    iterations = max(len(r.accuracy) for r in results)
+    per_iteration = [[r.method, *(str(r.accuracy[l]) if l < len(r.accuracy) else "-" for l in range(iterations))] for r in results]
+    diversity = [row for r in results for row in _diversity_rows(r.diversity, [r.method])]
+    return (
+        "<h2>Methods on the same held-out problems</h2>\n" + _table("comparison", header, rows)
+        + "<p class=note>Accuracy: the final round's majority vote on the held-out problems, % ± SE. Tokens, "
+        "examples and wall time are summed over iterations.</p>\n"
+        + "<h2>Accuracy per iteration (%)</h2>\n"
+        + _table("accuracy-table", ["method", *(f"iter {l}" for l in range(iterations))], per_iteration)
+        + "<h2>Diversity of the agents' round-1 responses</h2>\n" + _diversity_section(diversity, ["method"])
+    )
+
+
+# -- transcripts ------------------------------------------------------------------------------------
+def transcripts_js(turns: Sequence[tuple[str, int, Turn]]) -> str:
+    """``window.MAFT_TRANSCRIPTS`` (one record per turn) and ``window.MAFT_QUESTIONS`` (problem id -> question)."""
+    records, questions = [], {}
+    for method, iteration, t in turns:
+        questions.setdefault(t.problem_id, t.messages[0]["content"] if t.messages else "")
+        record = {
+            "method": method, "iteration": iteration, "problem_id": t.problem_id, "agent": t.agent,
+            "round": t.round, "answer": t.answer, "correct": t.correct, "response": t.response,
+        }
+        if t.round > 1 and t.messages:
+            record["critic"] = t.messages[-1]["content"]
+        records.append(record)
+
+    def js(obj: object) -> str:  # JSON is valid JS; "</" must not close the script element
+        return json.dumps(obj, separators=(",", ":")).replace("</", "<\\/")
+
+    return f"window.MAFT_TRANSCRIPTS = {js(records)};\nwindow.MAFT_QUESTIONS = {js(questions)};\n"
+
+
+# -- the page ---------------------------------------------------------------------------------------
+def _config_summary(config: RunConfig | None) -> str:
+    if config is None:
+        return "<p>No config.yaml found.</p>\n"
+    d, t = config.debate, config.task
+    items = {
+        "model": config.model.name or "embedded tiny model",
+        "task": t.name + (f" {t.options}" if t.options else ""),
+        "agents x rounds": f"{d.agents} x {d.rounds} ({d.summarizer} summaries)",
+        "problems": f"{t.n_train} train / {t.n_test} held-out",
+        "iterations": str(config.iterations),
+        "finetuning": f"{config.train.method}, lr {config.train.learning_rate:g}, {config.train.epochs:g} epochs",
+        "seed": str(config.seed),
+    }
+    return '<dl class="config">' + "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in items.items()) + "</dl>\n"
+
+
+def _page(report: Report, has_diversity: bool) -> str:
+    diversity = (
+        '<img src="diversity.png" alt="diversity measures per iteration">' if has_diversity
+        else "<p>No diversity data: diversity.png was not written.</p>"
+    )
+    hidden = "" if report.comparison else " hidden"
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{escape(report.heading)}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>{CSS}</style></head>
+<body>
+<h1>{escape(report.heading)}</h1>
+{_config_summary(report.config)}
+<h2>Accuracy</h2>
+<img src="accuracy.png" alt="held-out accuracy per iteration">
+<h2>Diversity</h2>
+{diversity}
+{report.tables}
+<h2>Transcripts</h2>
+<div class="filters">
+<label{hidden}>method <select id="f-method"><option value="">all</option></select></label>
+<label>iteration <select id="f-iteration"><option value="">all</option></select></label>
+<label>problem <input id="f-problem" placeholder="problem id contains"></label>
+<label>agent <select id="f-agent"><option value="">all</option></select></label>
+<label>round <select id="f-round"><option value="">all</option></select></label>
+<label>graded <select id="f-correct"><option value="">all</option><option value="correct">correct</option><option value="wrong">wrong</option></select></label>
+<span id="t-count"></span>
+</div>
+<div id="transcripts"></div>
+<script src="transcripts.js"></script>
+<script>const SHOWN = {SHOWN};
+{JS}</script>
+</body></html>
+"""
+
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; max-width: 1100px; margin: 2em auto;
+       padding: 0 1em; color: #222; line-height: 1.4; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.8em; border-bottom: 1px solid #ddd; }
+img { max-width: 100%; }
+dl.config { display: grid; grid-template-columns: max-content auto; gap: 0.2em 1em; }
+dl.config dt { font-weight: 600; } dl.config dd { margin: 0; }
+table.metrics { border-collapse: collapse; font-size: 0.9em; margin: 0.5em 0; }
+table.metrics th, table.metrics td { padding: 0.3em 0.7em; text-align: right; border-bottom: 1px solid #e5e5e5; }
+table.metrics th { background: #f0f2f5; } table.metrics td:first-child, table.metrics th:first-child { text-align: left; }
+table.metrics tbody tr:nth-child(even) { background: #fafbfc; }
+#comparison td:last-child { text-align: left; color: #555; }
+.note { color: #555; font-size: 0.85em; }
+.filters { display: flex; flex-wrap: wrap; gap: 0.6em 1.2em; align-items: center; margin: 0.5em 0 1em; }
+.filters [hidden] { display: none; }
+#t-count { color: #555; }
+.turn { border: 1px solid #ddd; border-radius: 6px; padding: 0.5em 0.8em; margin: 0.6em 0; }
+.turn .head { font-size: 0.9em; color: #444; }
+.turn pre { white-space: pre-wrap; background: #f7f7f9; padding: 0.5em; margin: 0.4em 0; font-size: 0.85em; }
+.turn summary { cursor: pointer; font-size: 0.85em; color: #555; }
+.badge { display: inline-block; padding: 0 0.5em; border-radius: 1em; font-size: 0.85em; font-weight: 600; }
+.badge.ok { background: #d9f2dd; color: #17652a; } .badge.bad { background: #fbe0e0; color: #9b1c1c; }
+.tag { background: #e8eefc; color: #234; border-radius: 4px; padding: 0 0.4em; }
+"""
+
+JS = """
+(function () {
+  const data = window.MAFT_TRANSCRIPTS || [], questions = window.MAFT_QUESTIONS || {};
+  const $ = (id) => document.getElementById(id);
+  const keys = { method: "f-method", iteration: "f-iteration", agent: "f-agent", round: "f-round" };
+  for (const [key, id] of Object.entries(keys)) {
+    const values = [...new Set(data.map((t) => t[key]))];
+    if (key !== "method") values.sort((a, b) => a - b);
+    for (const v of values) {
+      const option = document.createElement("option");
+      option.value = option.textContent = String(v);
+      $(id).appendChild(option);
+    }
+  }
+  function el(tag, cls, text) {
+    const e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text !== undefined) e.textContent = text;
+    return e;
+  }
+  function details(summary, text) {
+    const d = el("details");
+    d.appendChild(el("summary", "", summary));
+    d.appendChild(el("pre", "", text));
+    return d;
+  }
+  function render() {
+    const want = {};
+    for (const [key, id] of Object.entries(keys)) want[key] = $(id).value;
+    const problem = $("f-problem").value.trim(), correct = $("f-correct").value;
+    const matches = data.filter((t) =>
+      Object.keys(want).every((k) => want[k] === "" || String(t[k]) === want[k]) &&
+      (problem === "" || t.problem_id.includes(problem)) &&
+      (correct === "" || t.correct === (correct === "correct")));
+    $("t-count").textContent = `${matches.length} of ${data.length} turns` +
+      (matches.length > SHOWN ? `, showing first ${SHOWN}` : "");
+    const box = $("transcripts");
+    box.replaceChildren();
+    for (const t of matches.slice(0, SHOWN)) {
+      const turn = el("div", "turn"), head = el("div", "head");
+      if (t.method) { head.appendChild(el("span", "tag", t.method)); head.append(" "); }
+      head.append(`iteration ${t.iteration} · problem ${t.problem_id} · agent ${t.agent} · round ${t.round} · answer `);
+      head.appendChild(el("span", t.correct ? "badge ok" : "badge bad",
+        (t.correct ? "✓ " : "✗ ") + (t.answer === null ? "(no answer)" : t.answer)));
+      turn.appendChild(head);
+      turn.appendChild(details("question", questions[t.problem_id] || ""));
+      if (t.critic !== undefined) turn.appendChild(details("what the critic saw", t.critic));
+      turn.appendChild(el("pre", "response", t.response));
+      box.appendChild(turn);
+    }
+  }
+  for (const id of [...Object.values(keys), "f-correct"]) $(id).addEventListener("change", render);
+  $("f-problem").addEventListener("input", render);
+  render();
+})();
+"""
