@@ -96,3 +96,35 @@ def test_bad_input_is_refused_before_any_run_directory_exists(tmp_path, args, me
     assert result.returncode == 2, result.stdout + result.stderr
     assert message in result.stdout
     assert not root.exists()
+
+
+def test_compare_then_report_from_the_command_line(tmp_path):
+    out = tmp_path / "cmp"
+    small = ["--set", "task.n_test=6", "--set", "diversity.likelihood=false"]
+    result = maft("compare", "--methods", "single,majority", "--out", str(out), "--quiet", *small)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "majority vote over N independent samples" in result.stdout and "report: maft report" in result.stdout
+    lines = (out / "comparison.md").read_text().splitlines()
+    main = [line.split(" | ") for line in lines if line.startswith(("| single |", "| majority |")) and line.count("|") == 9]
+    assert [row[0] for row in main] == ["| single", "| majority"]
+    assert all(row[5] == "0" for row in main)  # no training examples without finetuning
+    result = maft("report", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (out / "report" / "index.html").is_file() and (out / "report" / "accuracy.png").is_file()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "--method", "nope"], "unknown method 'nope'"),
+        (["compare", "--methods", "maft,nope"], "unknown method(s) nope"),
+        (["compare", "--set", "debate.agents=0"], "debate.agents"),
+        (["evaluate", "--run", "no/such/run", "--task", "gsm8k"], "not a maft run directory"),
+        (["report", "no/such/run"], "does not exist"),
+    ],
+)
+def test_bad_input_to_the_other_commands_is_refused(tmp_path, args, message):
+    result = maft(*args, cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert message in result.stdout
+    assert not (tmp_path / "runs").exists()

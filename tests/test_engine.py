@@ -118,3 +118,50 @@ def test_reloading_an_agent_under_its_name_replaces_it(adapters, arithmetic):
         first = [g.text for g in reused.generate(requests)]
         reused.load_agent("gen_0", adapters["critic_0"])
         assert [g.text for g in reused.generate(requests)] == [g.text for g in fresh.generate(requests)] != first
+
+
+def _manual_logprob(model, engine, messages, completion):
+    """Sum of the completion tokens' log-probabilities from one unpadded forward pass."""
+    prompt = engine.prompt_ids(messages)
+    target = engine.tokenizer(completion, add_special_tokens=False)["input_ids"] + [engine.tokenizer.eos_token_id]
+    ids = torch.tensor([prompt + target])
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), dim=-1)
+    return float(sum(logprobs[len(prompt) - 1 + j, t] for j, t in enumerate(target))), len(target)
+
+
+def test_score_equals_an_unpadded_forward_pass_and_ignores_batching(engine, arithmetic):
+    problems = arithmetic.splits(0, 5, seed=8).test
+    requests = [ask(arithmetic, p) for p in problems]
+    texts = [g.text for g in engine.generate(requests, seed=2)]
+    completions = [texts[0], texts[1][:7], "\\boxed{12}", texts[3], texts[4] + " and more words here"]
+    batched = engine.score(requests, completions)
+    for r, c, s in zip(requests, completions, batched):
+        logprob, tokens = _manual_logprob(engine.model, engine, r.messages, c)
+        assert s.tokens == tokens and s.logprob == pytest.approx(logprob, abs=1e-3)
+        assert engine.score([r], [c])[0].logprob == pytest.approx(s.logprob, abs=1e-3)
+    assert all(s.logprob < 0 and s.nll_per_token > 0 for s in batched)
+    # the model's own sample is more likely than the same sample with extra words appended, per token
+    assert batched[4].nll_per_token > batched[0].nll_per_token
+    with pytest.raises(ValueError, match="2 requests but 1 completions"):
+        engine.score(requests[:2], completions[:1])
+
+
+def test_score_uses_each_requests_agent_merged_or_not(adapters, arithmetic):
+    from peft import PeftModel
+
+    base = AutoModelForCausalLM.from_pretrained(default_checkpoint()).eval()
+    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(default_checkpoint()), str(adapters["gen_0"])).eval()
+    problems = arithmetic.splits(0, 3, seed=9).test
+    requests = [ask(arithmetic, p, a) for p in problems for a in (None, "gen_0")]
+    completion = "Let me compute. \\boxed{5}"
+    for merge in (False, True):
+        engine = HFEngine(merge_adapters=merge, batch_size=4)
+        engine.load_agent("gen_0", adapters["gen_0"])
+        scores = engine.score(requests, [completion] * len(requests))  # one mixed batch: base and agent
+        for r, s in zip(requests, scores):
+            expected, _ = _manual_logprob(tuned if r.adapter else base, engine, r.messages, completion)
+            assert s.logprob == pytest.approx(expected, abs=1e-3), (merge, r.adapter)
+        assert scores[0].logprob != pytest.approx(scores[1].logprob, abs=1e-3)  # the agent really differs
+    with pytest.raises(KeyError, match="unknown adapter"):
+        engine.score([ask(arithmetic, problems[0], "critic_7")], ["x"])

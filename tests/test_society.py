@@ -144,6 +144,32 @@ def test_diversity_is_measured_on_round_1_every_iteration(finished_run):
     assert 0 <= tuned.answer_agreement <= 1 and tuned.consensus == tuned.answer_agreement  # 2 agents: one pair
 
 
+def test_transfer_debates_another_task_with_the_finetuned_agents(finished_run):
+    from pathlib import Path
+
+    from maft.metrics import DebateMetrics
+    from maft.transfer import transfer
+
+    root, _, _ = finished_run
+    gsm8k = {"path": str(Path(__file__).parent / "fixtures" / "gsm8k_dir")}
+    results = transfer(root, "gsm8k", options=gsm8k, n=3, progress=False)
+    assert list(results) == [0, 1]  # the base model for reference, and the last iteration
+    for l, adapters in [(0, {None}), (1, {"gen_0", "gen_1", "critic_0", "critic_1"})]:
+        d = root / "transfer" / "gsm8k" / f"iter_{l}"
+        turns = read_jsonl(d / "debate_test.jsonl", Turn)
+        assert {t.adapter for t in turns} == adapters and len(turns) == 3 * 2 * 2
+        assert "ducks" in " ".join(t.messages[0]["content"] for t in turns)  # gsm8k questions, not arithmetic
+        assert DebateMetrics.model_validate_json((d / "metrics.json").read_text()) == results[l]
+        assert results[l].problems == 3
+    mtime = (root / "transfer/gsm8k/iter_1/debate_test.jsonl").stat().st_mtime_ns
+    assert transfer(root, "gsm8k", options=gsm8k, n=3, iterations=[1], progress=False) == {1: results[1]}
+    assert (root / "transfer/gsm8k/iter_1/debate_test.jsonl").stat().st_mtime_ns == mtime  # kept, not redone
+    with pytest.raises(ValueError, match="not finished"):
+        transfer(root, "gsm8k", options=gsm8k, n=3, iterations=[2])
+    with pytest.raises(ValueError, match="50 test problems asked, only 5 exist"):
+        transfer(root, "gsm8k", options=gsm8k, n=50)
+
+
 def test_a_finished_run_resumes_without_redoing_anything(finished_run):
     root, store, metrics = finished_run
     before = json.loads((root / "manifest.json").read_text())

