@@ -103,7 +103,7 @@ def test_compare_then_report_from_the_command_line(tmp_path):
     small = ["--set", "task.n_test=6", "--set", "diversity.likelihood=false"]
     result = maft("compare", "--methods", "single,majority", "--out", str(out), "--quiet", *small)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "majority vote over N independent samples" in result.stdout and "report: maft report" in result.stdout
+    assert "majority vote over N independent samples" in result.stdout and "the report" in result.stdout
     lines = (out / "comparison.md").read_text().splitlines()
     main = [line.split(" | ") for line in lines if line.startswith(("| single |", "| majority |")) and line.count("|") == 9]
     assert [row[0] for row in main] == ["| single", "| majority"]

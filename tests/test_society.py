@@ -138,9 +138,9 @@ def test_diversity_is_measured_on_round_1_every_iteration(finished_run):
     base, tuned = metrics[0].diversity, metrics[1].diversity
     assert base.agents == 2 and base.problems == 8 and base.round == 1
     # iteration 0: every agent is the base model, so the likelihoods agree exactly
-    assert base.kl == 0 and base.cross_nll == pytest.approx(base.self_nll)
+    assert base.kl == pytest.approx(0, abs=1e-6) and base.cross_nll == pytest.approx(base.self_nll)
     # iteration 1: the generation agents are different finetuned models
-    assert tuned.kl != 0 and tuned.cross_nll != pytest.approx(tuned.self_nll)
+    assert abs(tuned.kl) > 1e-6 and tuned.cross_nll != pytest.approx(tuned.self_nll)
     assert 0 <= tuned.answer_agreement <= 1 and tuned.consensus == tuned.answer_agreement  # 2 agents: one pair
 
 
@@ -148,22 +148,30 @@ def test_transfer_debates_another_task_with_the_finetuned_agents(finished_run):
     from pathlib import Path
 
     from maft.metrics import DebateMetrics
-    from maft.transfer import transfer
+    from maft.transfer import transfer, transfer_dir
 
     root, _, _ = finished_run
     gsm8k = {"path": str(Path(__file__).parent / "fixtures" / "gsm8k_dir")}
     results = transfer(root, "gsm8k", options=gsm8k, n=3, progress=False)
     assert list(results) == [0, 1]  # the base model for reference, and the last iteration
     for l, adapters in [(0, {None}), (1, {"gen_0", "gen_1", "critic_0", "critic_1"})]:
-        d = root / "transfer" / "gsm8k" / f"iter_{l}"
+        d = transfer_dir(root, "gsm8k", gsm8k) / f"iter_{l}"
         turns = read_jsonl(d / "debate_test.jsonl", Turn)
         assert {t.adapter for t in turns} == adapters and len(turns) == 3 * 2 * 2
         assert "ducks" in " ".join(t.messages[0]["content"] for t in turns)  # gsm8k questions, not arithmetic
         assert DebateMetrics.model_validate_json((d / "metrics.json").read_text()) == results[l]
         assert results[l].problems == 3
-    mtime = (root / "transfer/gsm8k/iter_1/debate_test.jsonl").stat().st_mtime_ns
+    mtime = (transfer_dir(root, "gsm8k", gsm8k) / "iter_1/debate_test.jsonl").stat().st_mtime_ns
     assert transfer(root, "gsm8k", options=gsm8k, n=3, iterations=[1], progress=False) == {1: results[1]}
-    assert (root / "transfer/gsm8k/iter_1/debate_test.jsonl").stat().st_mtime_ns == mtime  # kept, not redone
+    assert (transfer_dir(root, "gsm8k", gsm8k) / "iter_1/debate_test.jsonl").stat().st_mtime_ns == mtime  # kept
+    # other task options are another transfer: never mistaken for a finished one
+    transfer(root, "arithmetic", options={"high": 12}, n=3, iterations=[1], progress=False)
+    transfer(root, "arithmetic", options={"high": 20}, n=3, iterations=[1], progress=False)
+    small, large = (transfer_dir(root, "arithmetic", {"high": h}) for h in (12, 20))
+    assert small != large and sorted(p.name for p in (root / "transfer").iterdir()) == sorted([small.name, large.name, transfer_dir(root, "gsm8k", gsm8k).name])
+    questions = [{t.messages[0]["content"] for t in read_jsonl(d / "iter_1/debate_test.jsonl", Turn)} for d in (small, large)]
+    assert questions[0] != questions[1]
+    assert json.loads((small / "iter_1/spec.json").read_text())["options"] == {"high": 12}
     with pytest.raises(ValueError, match="not finished"):
         transfer(root, "gsm8k", options=gsm8k, n=3, iterations=[2])
     with pytest.raises(ValueError, match="50 test problems asked, only 5 exist"):

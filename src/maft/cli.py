@@ -104,7 +104,20 @@ def _transfer(run: Path, task: str, n: int, options: dict, iterations: list[int]
     for l, m in results.items():
         table.add_row(str(l), str(m.majority), str(m.round_agent[0]), str(m.round_agent[-1]), f"{100 * m.unanimous:.1f}")
     console.print(table)
-    console.print(f"{time.perf_counter() - start:.0f} s; wrote {run / 'transfer' / task}")
+    from maft.transfer import transfer_dir
+
+    console.print(f"{time.perf_counter() - start:.0f} s; wrote {transfer_dir(run, task, options)}")
+
+
+def _write_report(source: Path) -> Path | None:
+    """The HTML report of a finished run or comparison; a failure here never fails the finished work."""
+    from maft.report import write_report
+
+    try:
+        return write_report(source)
+    except Exception as e:  # noqa: BLE001 - the numbers are safe on disk; say why the page is missing
+        console.print(f"[yellow]the report could not be written ({e}); retry with: maft report {source}[/yellow]")
+        return None
 
 
 def _fail(message: str) -> None:
@@ -166,9 +179,10 @@ def run(
         console.print(f"[red]the run stopped[/red]; finished stages are kept: fix the cause, then maft run --resume {store.root}")
         raise
     console.print(iteration_table(metrics, title=title(store.config)))
+    page = _write_report(store.root)
     console.print(
         f"{time.perf_counter() - start:.0f} s this invocation; "
-        f"wrote {store.root / 'metrics.json'} and {store.root / 'summary.md'}"
+        f"wrote {store.root / 'metrics.json'}, {store.root / 'summary.md'}" + (f" and the report {page}" if page else "")
     )
 
 
@@ -195,8 +209,9 @@ def compare(
         console.print(f"[yellow]interrupted[/yellow]; finished stages are kept: run the same command again to resume")
         raise typer.Exit(code=130) from None
     console.print(comparison_table(results, title="accuracy % ± SE on held-out problems (final-round majority)"))
-    console.print(f"{time.perf_counter() - start:.0f} s this invocation; wrote {out / 'comparison.md'}; "
-                  f"report: maft report {out}")
+    page = _write_report(out)
+    console.print(f"{time.perf_counter() - start:.0f} s this invocation; wrote {out / 'comparison.md'}"
+                  + (f" and the report {page}" if page else ""))
 
 
 @app.command()

@@ -21,7 +21,7 @@ from maft.debate import Turn
 from maft.metrics import Accuracy, Diversity
 from maft.society import IterationMetrics
 from maft.store import RunDirError, RunStore, read_jsonl, write_text
-from maft.summary import HEADER, _rows, title
+from maft.summary import HEADER, iteration_rows, title
 
 MEASURES = {  # the diversity measures plotted, and their axis labels
     "answer_agreement": "answer agreement",
@@ -184,8 +184,13 @@ def plot_diversity(series: Sequence[Series], path: Path) -> bool:
     measures = [k for k in MEASURES if any(values(s, k) for s in series)]
     if not measures:
         return False
-    fig = _figure(3.2 * len(measures), 3.2)
-    axes = fig.subplots(1, len(measures), squeeze=False)[0]
+    cols = min(3, len(measures))
+    rows = -(-len(measures) // cols)
+    fig = _figure(3.6 * cols, 3.0 * rows)
+    grid = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax in grid[len(measures):]:
+        ax.set_visible(False)
+    axes = grid[: len(measures)]
     handles = {}  # series index -> a line, for one legend in the order of ``series``
     for ax, key in zip(axes, measures):
         for i, s in enumerate(series):
@@ -203,7 +208,7 @@ def plot_diversity(series: Sequence[Series], path: Path) -> bool:
         ax.set_title(MEASURES[key], fontsize=9)
     if len(handles) > 1:
         legend = [handles[i] for i in sorted(handles)]
-        axes[-1].legend(handles=legend, loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8, frameon=False)
+        axes[cols - 1].legend(handles=legend, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
     fig.tight_layout()
     fig.savefig(path, bbox_inches="tight")
     return True
@@ -224,7 +229,9 @@ def _table(id: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -> 
 
 
 def _num(x: float | None, digits: int = 3) -> str:
-    return "-" if x is None else f"{x:.{digits}f}"
+    if x is None:
+        return "-"
+    return f"{0.0 if abs(x) < 0.5 * 10**-digits else x:.{digits}f}"  # no "-0.000" for a rounding-level value
 
 
 def _duration(seconds: float) -> str:
@@ -247,7 +254,7 @@ def _run_tables(metrics: Sequence[IterationMetrics]) -> str:
     header = [*HEADER[:-1], "gen. tokens", "train examples", HEADER[-1]]
     rows = [
         [*row[:-1], f"{m.compute.generated_tokens:,}", f"{m.compute.train_examples:,}", row[-1]]
-        for m, row in zip(metrics, _rows(metrics))
+        for m, row in zip(metrics, iteration_rows(metrics))
     ]
     rounds = len(metrics[0].test.round_agent)
     agent_rows = [[m.iteration, n, *per_round] for m in metrics for n, per_round in enumerate(m.test.agent_round)]

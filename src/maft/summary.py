@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 HEADER = ["iter", "majority %", "agent r1 %", "agent final %", "unanimous %", "label prec. %", "D^G", "D^C", "s"]
 
 
-def _rows(metrics: Sequence[IterationMetrics]) -> list[list[str]]:
+def iteration_rows(metrics: Sequence[IterationMetrics]) -> list[list[str]]:
     rows = []
     for m in metrics:
         t = m.test
@@ -47,7 +47,7 @@ def iteration_table(metrics: Sequence[IterationMetrics], title: str = "") -> Tab
     table = Table(title=title)
     for i, h in enumerate(HEADER):
         table.add_column(h, justify="left" if i == 0 else "right")
-    for row in _rows(metrics):
+    for row in iteration_rows(metrics):
         table.add_row(*row)
     return table
 
@@ -65,7 +65,7 @@ def summary_markdown(config: RunConfig, metrics: Sequence[IterationMetrics], man
     lines = [f"# maft run: {title(config)}", "", f"Config hash `{manifest['config_hash']}`.", ""]
     lines += ["## Accuracy on held-out problems, per iteration", ""]
     lines += ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    lines += ["| " + " | ".join(r) + " |" for r in _rows(metrics)]
+    lines += ["| " + " | ".join(r) + " |" for r in iteration_rows(metrics)]
     lines += [
         "",
         "Iteration 0 is the base model. Majority: the final round's majority vote. Agent columns: the mean",
@@ -81,8 +81,19 @@ def summary_markdown(config: RunConfig, metrics: Sequence[IterationMetrics], man
     for m in metrics:
         for n, per_round in enumerate(m.test.agent_round):
             lines.append(f"| {m.iteration} | {n} | " + " | ".join(str(a) for a in per_round) + " |")
+    lines += ["", "## Diversity of the agents' round-1 responses and compute, per iteration", ""]
+    lines += ["| iter | answer agreement | consensus | embedding dissimilarity | cross NLL | KL | generated tokens | training examples |"]
+    lines += ["|---|---|---|---|---|---|---|---|"]
+    for m in metrics:
+        d, c = m.diversity, m.compute
+        cells = [_num(getattr(d, k, None)) for k in ("answer_agreement", "consensus", "embedding_dissimilarity", "cross_nll", "kl")]
+        lines.append(f"| {m.iteration} | " + " | ".join(cells) + f" | {c.generated_tokens:,} | {c.train_examples:,} |")
     lines += ["", "## Stage times (seconds)", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {name} | {entry['seconds']:.1f} |" for name, entry in manifest["stages"].items()]
     total = sum(entry["seconds"] for entry in manifest["stages"].values())
     lines += [f"| **total** | **{total:.1f}** |", ""]
     return "\n".join(lines)
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4f}"

@@ -1,11 +1,14 @@
 """Zero-shot transfer (SPEC section 5): a finished run's agents debate the held-out problems of another task.
 
-Results land in ``<run>/transfer/<task>/iter_<l>/`` (debate_test.jsonl, metrics.json), one folder per
-evaluated iteration; iteration 0 (the base model) is the reference.
+Results land in ``<run>/transfer/<task>[-<options hash>]/iter_<l>/`` (debate_test.jsonl, metrics.json,
+spec.json: task, options and problem ids), one folder per evaluated iteration; iteration 0 (the base model)
+is the reference. A folder is reused only for the same task, options and problems.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,7 +16,7 @@ from rich.console import Console
 
 from maft.debate import debate
 from maft.metrics import DebateMetrics, debate_metrics
-from maft.store import RunStore, write_json, write_jsonl
+from maft.store import RunStore, atomic_dir, write_json, write_jsonl
 from maft.tasks import get_task
 
 
@@ -46,15 +49,15 @@ def transfer(
     if len(problems) < n:
         raise ValueError(f"task {task_name!r} has {len(problems)} test problems, fewer than n={n}")
     society = Society(store, console=console, progress=progress)
+    where = transfer_dir(store.root, task_name, options or {})
+    spec = {"task": task_name, "options": options or {}, "n": n, "problems": [p.id for p in problems]}
     out: dict[int, DebateMetrics] = {}
     for l in wanted:
-        d = store.root / "transfer" / task_name / f"iter_{l}"
-        if (d / "metrics.json").is_file() and (d / "debate_test.jsonl").is_file():
-            metrics = DebateMetrics.model_validate_json((d / "metrics.json").read_text())
-            if metrics.problems == n:
-                console.print(f"[dim]transfer to {task_name}, iteration {l}: finished earlier, kept[/dim]")
-                out[l] = metrics
-                continue
+        d = where / f"iter_{l}"
+        if (d / "metrics.json").is_file() and (d / "spec.json").is_file() and json.loads((d / "spec.json").read_text()) == spec:
+            console.print(f"[dim]transfer to {where.name}, iteration {l}: finished earlier, kept[/dim]")
+            out[l] = DebateMetrics.model_validate_json((d / "metrics.json").read_text())
+            continue
         turns = debate(
             society.engine,
             task,
@@ -67,8 +70,18 @@ def transfer(
             seed=cfg.seed * 1000,
             progress=f"transfer {task_name} iter_{l}" if progress else False,
         )
-        write_jsonl(d / "debate_test.jsonl", turns)
         out[l] = debate_metrics(turns, task, problems)
-        write_json(d / "metrics.json", out[l].model_dump(mode="json"))
+        with atomic_dir(d) as tmp:
+            write_jsonl(tmp / "debate_test.jsonl", turns)
+            write_json(tmp / "metrics.json", out[l].model_dump(mode="json"))
+            write_json(tmp / "spec.json", spec)
     return out
+
+
+def transfer_dir(run: Path, task_name: str, options: dict) -> Path:
+    """``<run>/transfer/<task>``, or ``<task>-<hash of the options>`` when the task has options."""
+    if not options:
+        return Path(run) / "transfer" / task_name
+    digest = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:8]
+    return Path(run) / "transfer" / f"{task_name}-{digest}"
 
