@@ -75,8 +75,8 @@ def load_compare_config(path: Path | None, overrides: list[str] | None = None, m
 
 
 def method_config(cfg: CompareConfig, name: str) -> RunConfig:
-    base = load_config(None, [], base=None) if not cfg.run else _validated(cfg.run)
-    return load_config(None, method_overrides(name), base=base)
+    """The run config of method ``name``: the comparison's run config plus the method's overrides."""
+    return load_config(None, method_overrides(name), base=_validated(cfg.run))
 
 
 def _validated(run: dict[str, Any]) -> RunConfig:
@@ -121,7 +121,7 @@ def compare(cfg: CompareConfig, out: Path, *, console: Console | None = None, pr
             )
         )
     write_json(out / "comparison.json", [r.model_dump(mode="json") for r in results])
-    write_text(out / "comparison.md", comparison_markdown(results, configs[cfg.methods[0]]))
+    write_text(out / "comparison.md", comparison_markdown(results, _validated(cfg.run)))
     return results
 
 
