@@ -124,3 +124,16 @@ def test_running_the_comparison_again_resumes_and_redoes_nothing(comparison):
     again = compare(load_compare_config(None, SMALL, METHODS_RUN), out, progress=False)
     assert {m: json.loads((out / m / "manifest.json").read_text()) for m in METHODS_RUN} == before
     assert [r.accuracy for r in again] == [results[m].accuracy for m in METHODS_RUN]
+
+
+def test_the_shipped_compare_config_is_every_method_on_the_embedded_default():
+    from pathlib import Path
+
+    from maft.config import RunConfig
+
+    cfg = load_compare_config(Path(__file__).parents[1] / "configs" / "compare.yaml")
+    assert cfg == load_compare_config(None)
+    assert cfg.methods == list(METHODS)
+    from maft.compare import method_config
+
+    assert method_config(cfg, "maft") == RunConfig()
