@@ -111,9 +111,11 @@ def _run(run: Path) -> Report:
         Series(f"{method}: final-round majority", [m.test.majority for m in metrics], [m.diversity for m in metrics], width=3),
         Series("agent, round 1 (mean)", [m.test.round_agent[0] for m in metrics], width=1),
         Series("single agent (base)", [base.round_agent[0]], flat=True),
-        Series(f"majority of {agents} (base)", [base.round_majority[0]], flat=True),
-        Series("debate (base)", [base.majority], flat=True),
     ]
+    if agents > 1:  # the references a one-agent or one-round run cannot tell apart are left out
+        series.append(Series(f"majority of {agents} (base)", [base.round_majority[0]], flat=True))
+    if len(base.round_agent) > 1:
+        series.append(Series("debate (base)", [base.majority], flat=True))
     tables = _run_tables(metrics)
     heading = f"maft run: {title(config)}" if config else f"maft run: {run.name}"
     return Report(heading, config, series, tables, _turns(run, len(metrics)), comparison=False)
