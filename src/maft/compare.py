@@ -18,6 +18,7 @@ from maft.baselines import METHODS, method_overrides
 from maft.config import ConfigError, RunConfig, apply_overrides, load_config
 from maft.metrics import Accuracy, Compute, Diversity
 from maft.store import RunStore, write_json, write_text
+from maft.summary import markdown_table, rich_table, title
 
 
 class MethodResult(BaseModel):
@@ -149,26 +150,18 @@ def comparison_rows(results: list[MethodResult]) -> list[list[str]]:
 
 
 def comparison_table(results: list[MethodResult], title: str = "") -> Table:
-    table = Table(title=title)
-    for i, h in enumerate(HEADER):
-        table.add_column(h, justify="left" if i == 0 else "right")
-    for row in comparison_rows(results):
-        table.add_row(*row)
-    return table
+    return rich_table(HEADER, comparison_rows(results), title)
 
 
 def comparison_markdown(results: list[MethodResult], config: RunConfig) -> str:
-    from maft.summary import title
-
     iterations = max(len(r.accuracy) for r in results)
     lines = [f"# maft compare: {title(config)}", "", "## Accuracy % ± SE on held-out problems (final-round majority vote)", ""]
-    lines += ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    lines += ["| " + " | ".join(row) + " |" for row in comparison_rows(results)]
-    lines += ["", "## Per iteration", "", "| method | " + " | ".join(f"iter {l}" for l in range(iterations)) + " |"]
-    lines += ["|---|" + "---|" * iterations]
-    for r in results:
-        cells = [str(a) for a in r.accuracy] + [""] * (iterations - len(r.accuracy))
-        lines.append(f"| {r.method} | " + " | ".join(cells) + " |")
+    lines += markdown_table(HEADER, comparison_rows(results))
+    lines += ["", "## Per iteration", ""]
+    lines += markdown_table(
+        ["method", *(f"iter {l}" for l in range(iterations))],
+        [[r.method, *r.accuracy, *[""] * (iterations - len(r.accuracy))] for r in results],
+    )
     lines += ["", "## Methods", ""]
     lines += [f"- **{r.method}**: {r.description}" for r in results]
     lines += [

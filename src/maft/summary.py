@@ -43,13 +43,24 @@ def iteration_rows(metrics: Sequence[IterationMetrics]) -> list[list[str]]:
     return rows
 
 
-def iteration_table(metrics: Sequence[IterationMetrics], title: str = "") -> Table:
+def rich_table(header: Sequence[str], rows: Sequence[Sequence[object]], title: str = "") -> Table:
+    """A terminal table: the first column left-aligned, the others right-aligned."""
     table = Table(title=title)
-    for i, h in enumerate(HEADER):
+    for i, h in enumerate(header):
         table.add_column(h, justify="left" if i == 0 else "right")
-    for row in iteration_rows(metrics):
-        table.add_row(*row)
+    for row in rows:
+        table.add_row(*map(str, row))
     return table
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
+    """The lines of a Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(map(str, row)) + " |" for row in rows]
+
+
+def iteration_table(metrics: Sequence[IterationMetrics], title: str = "") -> Table:
+    return rich_table(HEADER, iteration_rows(metrics), title)
 
 
 def title(config: RunConfig) -> str:
@@ -64,8 +75,7 @@ def title(config: RunConfig) -> str:
 def summary_markdown(config: RunConfig, metrics: Sequence[IterationMetrics], manifest: dict[str, Any]) -> str:
     lines = [f"# maft run: {title(config)}", "", f"Config hash `{manifest['config_hash']}`.", ""]
     lines += ["## Accuracy on held-out problems, per iteration", ""]
-    lines += ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    lines += ["| " + " | ".join(r) + " |" for r in iteration_rows(metrics)]
+    lines += markdown_table(HEADER, iteration_rows(metrics))
     lines += [
         "",
         "Iteration 0 is the base model. Majority: the final round's majority vote. Agent columns: the mean",
@@ -76,22 +86,28 @@ def summary_markdown(config: RunConfig, metrics: Sequence[IterationMetrics], man
         "",
     ]
     rounds = len(metrics[0].test.round_agent) if metrics else 0
-    lines += ["| iter | agent | " + " | ".join(f"round {r + 1}" for r in range(rounds)) + " |"]
-    lines += ["|---|---|" + "---|" * rounds]
-    for m in metrics:
-        for n, per_round in enumerate(m.test.agent_round):
-            lines.append(f"| {m.iteration} | {n} | " + " | ".join(str(a) for a in per_round) + " |")
+    lines += markdown_table(
+        ["iter", "agent", *(f"round {r + 1}" for r in range(rounds))],
+        [[m.iteration, n, *per_round] for m in metrics for n, per_round in enumerate(m.test.agent_round)],
+    )
     lines += ["", "## Diversity of the agents' round-1 responses and compute, per iteration", ""]
-    lines += ["| iter | answer agreement | consensus | embedding dissimilarity | cross NLL | KL | generated tokens | training examples |"]
-    lines += ["|---|---|---|---|---|---|---|---|"]
-    for m in metrics:
-        d, c = m.diversity, m.compute
-        cells = [_num(getattr(d, k, None)) for k in ("answer_agreement", "consensus", "embedding_dissimilarity", "cross_nll", "kl")]
-        lines.append(f"| {m.iteration} | " + " | ".join(cells) + f" | {c.generated_tokens:,} | {c.train_examples:,} |")
-    lines += ["", "## Stage times (seconds)", "", "| stage | seconds |", "|---|---|"]
-    lines += [f"| {name} | {entry['seconds']:.1f} |" for name, entry in manifest["stages"].items()]
-    total = sum(entry["seconds"] for entry in manifest["stages"].values())
-    lines += [f"| **total** | **{total:.1f}** |", ""]
+    measures = ("answer_agreement", "consensus", "embedding_dissimilarity", "cross_nll", "kl")
+    lines += markdown_table(
+        ["iter", "answer agreement", "consensus", "embedding dissimilarity", "cross NLL", "KL", "generated tokens", "training examples"],
+        [
+            [m.iteration, *(_num(getattr(m.diversity, k, None)) for k in measures),
+             f"{m.compute.generated_tokens:,}", f"{m.compute.train_examples:,}"]
+            for m in metrics
+        ],
+    )
+    stages = manifest["stages"]
+    total = sum(entry["seconds"] for entry in stages.values())
+    lines += ["", "## Stage times (seconds)", ""]
+    lines += markdown_table(
+        ["stage", "seconds"],
+        [*([name, f"{entry['seconds']:.1f}"] for name, entry in stages.items()), ["**total**", f"**{total:.1f}**"]],
+    )
+    lines += [""]
     return "\n".join(lines)
 
 
