@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from maft.baselines import METHODS, method_overrides
-from maft.config import ConfigError, RunConfig, apply_overrides, load_config
+from maft.config import ConfigError, RunConfig, apply_overrides, load_config, validation_errors
 from maft.metrics import Accuracy, Compute, Diversity
 from maft.store import RunStore, write_json, write_text
 from maft.summary import markdown_table, rich_table, title
@@ -67,8 +67,7 @@ def load_compare_config(path: Path | None, overrides: list[str] | None = None, m
     try:
         cfg = CompareConfig.model_validate(data)
     except ValidationError as e:
-        lines = [f"  {'.'.join(map(str, err['loc'])) or '(config)'}: {err['msg']}" for err in e.errors()]
-        raise ConfigError("invalid compare config" + (f" in {path}" if path else "") + ":\n" + "\n".join(lines)) from None
+        raise ConfigError("invalid compare config" + (f" in {path}" if path else "") + ":\n" + validation_errors(e)) from None
     cfg.run = apply_overrides(cfg.run, overrides or [])
     for name in cfg.methods:  # every method's run config is checked before anything runs
         method_config(cfg, name)
@@ -84,8 +83,7 @@ def _validated(run: dict[str, Any]) -> RunConfig:
     try:
         return RunConfig.model_validate(run)
     except ValidationError as e:
-        lines = [f"  run.{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()]
-        raise ConfigError("invalid run config in the compare config:\n" + "\n".join(lines)) from None
+        raise ConfigError("invalid run config in the compare config:\n" + validation_errors(e, "run.")) from None
 
 
 def compare(cfg: CompareConfig, out: Path, *, console: Console | None = None, progress: bool = True) -> list[MethodResult]:

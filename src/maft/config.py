@@ -219,9 +219,13 @@ def load_config(path: Path | None = None, overrides: list[str] | None = None, ba
     try:
         return RunConfig.model_validate(data)
     except ValidationError as e:
-        lines = [f"  {'.'.join(map(str, err['loc'])) or '(config)'}: {err['msg']}" for err in e.errors()]
         source = f" in {path}" if path else ""
-        raise ConfigError(f"invalid run config{source}:\n" + "\n".join(lines)) from None
+        raise ConfigError(f"invalid run config{source}:\n" + validation_errors(e)) from None
+
+
+def validation_errors(error: ValidationError, prefix: str = "") -> str:
+    """One ``  dotted.key: message`` line per problem (``prefix`` names the enclosing section)."""
+    return "\n".join(f"  {prefix}{'.'.join(map(str, err['loc'])) or '(config)'}: {err['msg']}" for err in error.errors())
 
 
 def config_diff(old: RunConfig, new: RunConfig) -> list[str]:

@@ -22,7 +22,7 @@ from typing import Any
 
 from maft.debate import Turn, by_problem
 from maft.engines import Request, Scorer
-from maft.metrics import Diversity
+from maft.metrics import Diversity, agreement
 from maft.tasks import Task
 
 EXTRA_HINT = (
@@ -78,18 +78,9 @@ def diversity(
     agents = len(rows[0])
     if agents < 2:
         raise ValueError("diversity across agents needs at least 2 agents")
-    pairs = list(itertools.combinations(range(agents), 2))
-
-    def agree(x: Turn, y: Turn) -> bool:
-        return x.answer is not None and y.answer is not None and task.equivalent(x.answer, y.answer)
-
-    agreement = [[agree(row[a], row[b]) for a, b in pairs] for row in rows]
+    pairwise, unanimous = agreement([[t.answer for t in row] for row in rows], task)
     result = Diversity(
-        round=round,
-        agents=agents,
-        problems=len(rows),
-        answer_agreement=sum(map(sum, agreement)) / (len(rows) * len(pairs)),
-        consensus=sum(all(row) for row in agreement) / len(rows),
+        round=round, agents=agents, problems=len(rows), answer_agreement=pairwise, consensus=unanimous
     )
     if embedder is not None:
         result.embedding_dissimilarity = embedding_dissimilarity(rows, embedder)

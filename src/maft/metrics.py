@@ -34,6 +34,22 @@ def accuracy(scores: Sequence[float]) -> Accuracy:
     return Accuracy(mean=mean, se=math.sqrt(var / n), n=n)
 
 
+def agreement(answers: Sequence[Sequence[str | None]], task: Task) -> tuple[float, float]:
+    """(pairwise, unanimous) over problems, given each problem's answers, one per agent: the mean share of
+    agent pairs whose answers are equivalent (an abstention agrees with nothing; one agent: 1), and the
+    share of problems where every pair is."""
+    pairwise, unanimous = [], []
+    for row in answers:
+        same = [
+            row[a] is not None and row[b] is not None and task.equivalent(row[a], row[b])
+            for a in range(len(row))
+            for b in range(a + 1, len(row))
+        ]
+        pairwise.append(sum(same) / len(same) if same else 1.0)
+        unanimous.append(float(all(same)))
+    return sum(pairwise) / len(pairwise), sum(unanimous) / len(unanimous)
+
+
 class DebateMetrics(BaseModel):
     """How a debate did on held-out problems (graded against the gold answers)."""
 
@@ -69,24 +85,15 @@ def debate_metrics(turns: Sequence[Turn], task: Task, problems: Sequence[Problem
         return agent, majority
 
     per_round = [round_scores(m) for m in range(1, rounds + 1)]
-    unanimous, pairs = [], []
-    for pid in ids:
-        answers = [grid[pid][(n, rounds)].answer for n in range(agents)]
-        same = [
-            task.equivalent(answers[a], answers[b]) if answers[a] is not None and answers[b] is not None else False
-            for a in range(agents)
-            for b in range(a + 1, agents)
-        ]
-        pairs.append(sum(same) / len(same) if same else 1.0)
-        unanimous.append(float(all(same)))
+    pairwise, unanimous = agreement([[grid[pid][(n, rounds)].answer for n in range(agents)] for pid in ids], task)
     return DebateMetrics(
         problems=len(ids),
         majority=accuracy(per_round[-1][1]),
         round_agent=[accuracy(a) for a, _ in per_round],
         round_majority=[accuracy(v) for _, v in per_round],
         agent_round=[[accuracy([float(grid[pid][(n, m)].correct) for pid in ids]) for m in range(1, rounds + 1)] for n in range(agents)],
-        unanimous=sum(unanimous) / len(unanimous),
-        pairwise_agreement=sum(pairs) / len(pairs),
+        unanimous=unanimous,
+        pairwise_agreement=pairwise,
         abstention_rate=sum(t.answer is None for t in turns) / len(turns),
         generated_tokens=sum(t.completion_tokens for t in turns),
     )
