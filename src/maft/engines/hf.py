@@ -138,14 +138,7 @@ class HFEngine:
         """Generate for all ``requests`` (in order). The same requests and seed give the same texts."""
         self._check_adapters(requests)
         prompts = [self.prompt_ids(r.messages) for r in requests]
-        # adapters share the base model's batches; a fully finetuned agent is a model of its own
-        groups: dict[tuple[Sampling, str | None], list[int]] = defaultdict(list)
-        for i, r in enumerate(requests):
-            groups[(r.sampling, r.adapter if r.adapter in self.full_models else None)].append(i)
-        batches: list[tuple[Sampling, str | None, list[int]]] = []
-        for (sampling, full), idx in groups.items():
-            idx.sort(key=lambda i: len(prompts[i]), reverse=True)  # longest first: memory errors show early
-            batches += [(sampling, full, idx[s : s + self.batch_size]) for s in range(0, len(idx), self.batch_size)]
+        batches = self._batches(requests, [len(p) for p in prompts], by_sampling=True)
         out: list[Generation | None] = [None] * len(requests)
         with Progress(transient=True, disable=not progress) as bar:
             task = bar.add_task(progress if isinstance(progress, str) else "generate", total=len(requests))
@@ -171,21 +164,40 @@ class HFEngine:
             prompt = self.prompt_ids(r.messages)
             completion = self.tokenizer(text, add_special_tokens=False)["input_ids"] + [eos]
             rows.append((prompt, completion))
-        groups: dict[str | None, list[int]] = defaultdict(list)  # a full model of its own, or the shared base
-        for i, r in enumerate(requests):
-            groups[r.adapter if r.adapter in self.full_models else None].append(i)
+        batches = self._batches(requests, [len(p) + len(c) for p, c in rows], by_sampling=False)
         out: list[Score | None] = [None] * len(requests)
         with Progress(transient=True, disable=not progress) as bar:
             task = bar.add_task(progress if isinstance(progress, str) else "score", total=len(requests))
-            for full, idx in groups.items():
-                idx.sort(key=lambda i: len(rows[i][0]) + len(rows[i][1]), reverse=True)
-                for s in range(0, len(idx), self.batch_size):
-                    batch = idx[s : s + self.batch_size]
-                    adapters = [requests[i].adapter for i in batch] if full is None else None
-                    for i, logprob in zip(batch, self._score_batch([rows[i] for i in batch], adapters, full)):
-                        out[i] = Score(logprob=logprob, tokens=len(rows[i][1]))
-                    bar.update(task, advance=len(batch))
+            for _, full, idx in batches:
+                adapters = [requests[i].adapter for i in idx] if full is None else None
+                for i, logprob in zip(idx, self._score_batch([rows[i] for i in idx], adapters, full)):
+                    out[i] = Score(logprob=logprob, tokens=len(rows[i][1]))
+                bar.update(task, advance=len(idx))
         return out  # type: ignore[return-value]
+
+    def _batches(
+        self, requests: Sequence[Request], lengths: Sequence[int], *, by_sampling: bool
+    ) -> list[tuple[Sampling | None, str | None, list[int]]]:
+        """Request indices in batches of at most ``batch_size``, as (sampling, full model, indices).
+
+        Adapters share the base model's batches (full model None); a fully finetuned agent is a model of
+        its own. Generation also groups by sampling settings. Longest first: memory errors show early."""
+        groups: dict[tuple[Sampling | None, str | None], list[int]] = defaultdict(list)
+        for i, r in enumerate(requests):
+            groups[(r.sampling if by_sampling else None, r.adapter if r.adapter in self.full_models else None)].append(i)
+        batches = []
+        for (sampling, full), idx in groups.items():
+            idx.sort(key=lambda i: lengths[i], reverse=True)
+            batches += [(sampling, full, idx[s : s + self.batch_size]) for s in range(0, len(idx), self.batch_size)]
+        return batches
+
+    def _model(self, full: str | None, adapters: list[str | None] | None) -> tuple[torch.nn.Module, dict]:
+        """The model that serves a batch, and the keyword naming each row's adapter in a mixed batch."""
+        if full is not None:
+            return self.full_models[full], {}
+        if not self.adapters:
+            return self.model, {}
+        return self.model, {"adapter_names": [a if a is not None else BASE for a in adapters or []]}
 
     @torch.inference_mode()
     def _score_batch(
@@ -199,10 +211,7 @@ class HFEngine:
             ids[b, : len(p) + len(c)] = torch.tensor(p + c)
             mask[b, : len(p) + len(c)] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
-        model = self.full_models[full] if full is not None else self.model
-        kwargs = {}
-        if full is None and self.adapters:
-            kwargs["adapter_names"] = [a if a is not None else BASE for a in adapters or []]
+        model, kwargs = self._model(full, adapters)
         logits = model(input_ids=ids, attention_mask=mask, **kwargs).logits.float()
         logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
         out = []
@@ -230,10 +239,8 @@ class HFEngine:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         else:
             kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
-        model = self.full_models[full] if full is not None else self.model
-        if full is None and self.adapters:
-            kwargs["adapter_names"] = [a if a is not None else BASE for a in adapters or []]
-        output = model.generate(**enc, **kwargs)
+        model, names = self._model(full, adapters)
+        output = model.generate(**enc, **kwargs, **names)
         new = output[:, enc["input_ids"].shape[1] :]
         counts = []
         for row in new:
