@@ -87,7 +87,7 @@ def evaluate(
 def _transfer(run: Path, task: str, n: int, options: dict, iterations: list[int], model: str | None, samples: int) -> None:
     from maft.store import RunDirError
     from maft.tasks import DatasetUnavailableError
-    from maft.transfer import transfer
+    from maft.transfer import transfer, transfer_dir
 
     if model is not None or samples != 1:
         _fail("--run evaluates the run's own agents by debate; --model and --samples do not apply")
@@ -104,8 +104,6 @@ def _transfer(run: Path, task: str, n: int, options: dict, iterations: list[int]
     for l, m in results.items():
         table.add_row(str(l), str(m.majority), str(m.round_agent[0]), str(m.round_agent[-1]), f"{100 * m.unanimous:.1f}")
     console.print(table)
-    from maft.transfer import transfer_dir
-
     console.print(f"{time.perf_counter() - start:.0f} s; wrote {transfer_dir(run, task, options)}")
 
 

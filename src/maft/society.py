@@ -365,7 +365,7 @@ class Society:
 
     def _compute(self, l: int) -> Compute:
         """Iteration ``l``'s tokens, training examples and times, from the manifest."""
-        stages = {k.split("/", 1)[1]: v for k, v in self.store.manifest["stages"].items() if k.startswith(f"iter_{l}/")}
+        stages = self._stages(l)
         train = [v for k, v in stages.items() if k.startswith("train/")]
         return Compute(
             train_generated_tokens=stages.get("debate_train", {}).get("generated_tokens", 0),
@@ -409,10 +409,14 @@ class Society:
 
         self._stage(f"iter_{l}/diversity", work)
 
+    def _stages(self, l: int) -> dict[str, dict]:
+        """Iteration ``l``'s finished stages (name within the iteration -> manifest entry)."""
+        stages = self.store.manifest["stages"]
+        return {k.split("/", 1)[1]: v for k, v in stages.items() if k.startswith(f"iter_{l}/")}
+
     def _stage_seconds(self, l: int) -> dict[str, float]:
         """Iteration ``l``'s finished stages and their times, from the manifest."""
-        stages = self.store.manifest["stages"]
-        return {k.split("/", 1)[1]: v["seconds"] for k, v in stages.items() if k.startswith(f"iter_{l}/")}
+        return {name: v["seconds"] for name, v in self._stages(l).items()}
 
     def load_metrics(self, l: int) -> IterationMetrics:
         m = IterationMetrics.model_validate_json((self.store.iter_dir(l) / "metrics.json").read_text())
