@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 from maft.config import load_config
 from maft.debate import Turn
 from maft.finetune_data import Example
-from maft.society import IterationMetrics, Society, roles
+from maft.agents import roles
+from maft.society import IterationMetrics, Society
 from maft.store import RunStore, read_jsonl
 from maft.voting import ProblemVote
 

@@ -204,7 +204,7 @@ def compare(
     except (ConfigError, RunDirError, ValueError, FileNotFoundError) as e:
         _fail(str(e))
     except KeyboardInterrupt:
-        console.print(f"[yellow]interrupted[/yellow]; finished stages are kept: run the same command again to resume")
+        console.print("[yellow]interrupted[/yellow]; finished stages are kept: run the same command again to resume")
         raise typer.Exit(code=130) from None
     console.print(comparison_table(results, title="accuracy % ± SE on held-out problems (final-round majority)"))
     page = _write_report(out)

@@ -30,6 +30,38 @@ class ModelConfig(Strict):
     merge_adapters: bool | None = Field(
         None, description="serve each agent as a merged copy of the model (None: when it has < 200M parameters)"
     )
+    # -- serving engine (README, "Engines and servers") --
+    engine: Literal["hf", "openai"] = Field(
+        "hf", description="hf: transformers + PEFT in this process; openai: an OpenAI-compatible server (vLLM, ...)"
+    )
+    server_kind: Literal["vllm", "sglang", "transformers", "api"] = Field(
+        "vllm",
+        description="with engine=openai, how agents reach the server: vllm/sglang load LoRA adapters at run time, "
+        "transformers (transformers serve) loads merged checkpoints by path, api has no adapters (debate only)",
+    )
+    server: Literal["external", "managed"] = Field(
+        "external", description="external: servers already running at model.urls; managed: maft starts and stops them"
+    )
+    urls: list[str] = Field(
+        default_factory=list, description="external servers' base URLs, e.g. http://127.0.0.1:8000/v1 (several: load spread)"
+    )
+    served_name: str | None = Field(
+        None, description="the server's name for the base model (None: model.name, or the tiny model's path)"
+    )
+    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the API key (unset: EMPTY)")
+    concurrency: int = Field(64, ge=1, description="requests in flight at once, over all endpoints")
+    request_timeout: float = Field(600.0, gt=0, description="seconds one request may take before it is retried")
+    max_retries: int = Field(6, ge=0, description="retries of a request after connection errors, timeouts, 429, 5xx")
+    server_python: str | None = Field(
+        None, description="managed: the Python that has the server installed (None: this one)"
+    )
+    server_args: list[str] = Field(default_factory=list, description="managed: extra command-line flags for the server")
+    server_devices: list[str] = Field(
+        default_factory=list, description="managed: one server per entry, each seeing that GPU (empty: one server)"
+    )
+    stop_server_for_training: bool | None = Field(
+        None, description="managed: stop the server while agents are finetuned (None: when CUDA is available)"
+    )
 
 
 class TaskConfig(Strict):
@@ -136,7 +168,10 @@ class DiversityConfig(Strict):
 #: Settings that say how to run, not what to compute: left out of the config hash, so a resumed run may
 #: change them (e.g. a smaller batch after running out of memory, or Ray instead of local training).
 EXECUTION_KEYS = {
-    "model": {"device", "batch_size", "merge_adapters"},
+    "model": {
+        "device", "batch_size", "merge_adapters", "server", "urls", "served_name", "api_key_env", "concurrency",
+        "request_timeout", "max_retries", "server_python", "server_args", "server_devices", "stop_server_for_training",
+    },
     "train": {"scheduler", "ray_address", "gpus_per_job", "cpus_per_job"},
 }
 
@@ -162,6 +197,26 @@ class RunConfig(Strict):
             raise ValueError("train.shared finetunes one model for every role; train.roles must be 'all'")
         if self.train.roles == "critic" and self.debate.rounds < 2:
             raise ValueError("train.roles=critic needs critic rounds (debate.rounds >= 2)")
+        m = self.model
+        if m.engine == "openai":
+            if m.server == "external" and not m.urls:
+                raise ValueError(
+                    "model.engine=openai with model.server=external needs model.urls (e.g. http://127.0.0.1:8000/v1), "
+                    "or model.server=managed to let maft start the server"
+                )
+            if m.server == "managed" and m.server_kind == "api":
+                raise ValueError("model.server_kind=api is a hosted model: maft cannot start it (use model.server=external)")
+            if m.server_kind == "api" and self.iterations > 0:
+                raise ValueError(
+                    "model.server_kind=api serves a hosted model without adapters, so finetuning methods cannot run: "
+                    "use iterations=0 (methods single, majority, debate) or a vllm/sglang/transformers server"
+                )
+            if m.server_kind in ("vllm", "sglang") and self.train.method == "full" and self.iterations > 0:
+                raise ValueError(
+                    f"model.server_kind={m.server_kind} serves agents as LoRA adapters on one base model; fully "
+                    "finetuned agents would need one server each: use train.method=lora, model.server_kind=transformers "
+                    "or model.engine=hf"
+                )
         return self
 
     def hash(self) -> str:

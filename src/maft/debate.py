@@ -39,6 +39,7 @@ class Turn(BaseModel):
     answer: str | None  # extracted; None is an abstention
     correct: bool  # graded against the gold answer: for evaluation only, never for training data
     completion_tokens: int
+    truncated: bool = False  # the response stopped at max_new_tokens
 
 
 def _others(turns: Sequence[Turn], agent: int) -> list[Turn]:
@@ -112,6 +113,7 @@ def debate(
                         answer=answer,
                         correct=task.is_correct(answer, p),
                         completion_tokens=g.completion_tokens,
+                        truncated=g.truncated,
                     )
                 )
             current.append(row)

@@ -23,40 +23,21 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from maft.agents import SINGLE, Agents, agents_at, roles, trained_roles
 from maft.config import RunConfig
-from maft.debate import Turn, base_model, debate
+from maft.debate import Turn, debate
 from maft.engines import Sampling
+from maft.engines.base import Engine
 from maft.finetune_data import build_agent_data
 from maft.metrics import Accuracy, Compute, DebateMetrics, Diversity, accuracy, debate_metrics
+from maft.serving import base_model, check_serving, make_engine
 from maft.store import RunDirError, RunStore, atomic_dir, publish_dir, read_jsonl, temporary_dir, write_json, write_jsonl, write_text
 from maft.training import TrainResult
 from maft.tasks import Splits, Task, get_task
 from maft.voting import ProblemVote, vote_final_round
-
-
-#: The one model of a shared (single-agent finetuning) run, answering as every agent in every round.
-SINGLE = "single"
-
-
-def roles(agents: int, rounds: int = 2) -> list[str]:
-    """The 2N agent roles: gen_0..gen_{N-1}, then critic_0..critic_{N-1} (none with a single round)."""
-    return [f"gen_{n}" for n in range(agents)] + ([f"critic_{n}" for n in range(agents)] if rounds > 1 else [])
-
-
-def role_for(agent: int, round: int) -> str:
-    """Generation agent n answers round 1; critic agent n answers every later round."""
-    return f"gen_{agent}" if round == 1 else f"critic_{agent}"
-
-
-def trained_roles(config: RunConfig) -> list[str]:
-    """The models a run finetunes: every role, the generation or critic roles only, or one shared model."""
-    if config.train.shared:
-        return [SINGLE]
-    every = roles(config.debate.agents, config.debate.rounds)
-    prefix = {"all": "", "generation": "gen_", "critic": "critic_"}[config.train.roles]
-    return [r for r in every if r.startswith(prefix)]
 
 
 class TrainStats(BaseModel):
@@ -84,6 +65,7 @@ def prepare(config: RunConfig) -> tuple[Task, Splits]:
     name = config.model.name
     if name and name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().exists():
         raise FileNotFoundError(f"model.name {name!r} is a path that does not exist")
+    check_serving(config)  # unreachable servers, missing flags or installations: refused before any compute
     if config.diversity.enabled and config.diversity.embeddings == "on":
         from maft.diversity import EXTRA_HINT, embeddings_available
 
@@ -99,13 +81,29 @@ def prepare(config: RunConfig) -> tuple[Task, Splits]:
     return task, splits
 
 
+def sampling(config: RunConfig) -> Sampling:
+    d = config.debate
+    return Sampling(temperature=d.temperature, top_p=d.top_p, max_new_tokens=d.max_new_tokens)
+
+
+def run_debate(
+    engine: Engine, config: RunConfig, task: Task, problems: list, agents: Agents, *, seed: int, progress: bool | str
+) -> list[Turn]:
+    """``agents`` debate ``problems`` with the run's debate settings (the loop's and transfer's debates)."""
+    d = config.debate
+    return debate(
+        engine, task, problems, agents=d.agents, rounds=d.rounds, summarizer=d.summarizer, sampling=sampling(config),
+        adapter_for=engine.serve(agents), seed=seed, progress=progress,
+    )
+
+
 class Society:
     """Runs (or resumes) the loop for the run in ``store``."""
 
     def __init__(
         self, store: RunStore, *, console: Console | None = None, progress: bool = True, engine: Any = None
     ) -> None:
-        """``engine``: an HFEngine already holding this run's base model (e.g. shared by ``maft compare``)."""
+        """``engine``: an engine already holding this run's base model (e.g. shared by ``maft compare``)."""
         self.store = store
         self.config = store.config
         self.console = console or Console()
@@ -113,9 +111,8 @@ class Society:
         self.task, self.splits = prepare(self.config)
         self._check_problems()
         self._engine = engine
-        self.agent_sources: dict[str, str] = {}  # role -> path of the agent the engine holds
         self._embedder = None
-        self._warned_embeddings = False
+        self._warned: set[str] = set()
 
     def _check_problems(self) -> None:
         """Resuming must see the same problems (a task file edited after a crash would mix two sets)."""
@@ -139,19 +136,17 @@ class Society:
     @property
     def engine(self):
         if self._engine is None:
-            from maft.engines.hf import HFEngine
-
-            m = self.config.model
-            self._engine = HFEngine(
-                m.name, device=m.device, dtype=m.dtype, batch_size=m.batch_size, merge_adapters=m.merge_adapters
-            )
+            self._engine = make_engine(self.config, self.store.root, say=self.console.print)
         return self._engine
 
     @property
     def base_model(self) -> str:
-        from maft.tiny import default_checkpoint
+        return base_model(self.config)
 
-        return self.config.model.name or str(default_checkpoint())
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self.console.print(message)
+            self._warned.add(key)
 
     def _kept(self, name: str) -> bool:
         """Whether stage ``name`` finished earlier (then it is kept, and said so)."""
@@ -170,40 +165,17 @@ class Society:
         self.store.finish(name, seconds, **info)
         self.console.print(f"{name}: done in {seconds:.1f} s")
 
-    def _sampling(self) -> Sampling:
-        d = self.config.debate
-        return Sampling(temperature=d.temperature, top_p=d.top_p, max_new_tokens=d.max_new_tokens)
-
-    def _use_agents(self, iteration: int):
-        """Load iteration ``iteration``'s agents into the engine; returns who answers each (agent, round)
-        (None: the base model, for iteration 0 and for the roles a run does not finetune)."""
-        if iteration == 0:
-            return base_model
-        trained = trained_roles(self.config)
-        for role in trained:
-            path = self.store.iter_dir(iteration) / "agents" / role
-            if self.agent_sources.get(role) != str(path):
-                self.engine.load_agent(role, path)
-                self.agent_sources[role] = str(path)
-        if self.config.train.shared:
-            return lambda agent, round: SINGLE
-        return lambda agent, round: role_for(agent, round) if role_for(agent, round) in trained else None
+    def agents(self, iteration: int) -> Agents:
+        """Iteration ``iteration``'s agents (0: the base model)."""
+        return agents_at(self.config, self.store.root, iteration)
 
     def _debate(self, iteration: int, split: str) -> list[Turn]:
-        d = self.config.debate
         problems = self.splits.test if split == "test" else self.splits.train
         # the test debate uses one seed for every iteration (common random numbers across iterations)
         seed = self.config.seed * 1000 + (0 if split == "test" else 1 + iteration)
-        return debate(
-            self.engine,
-            self.task,
-            problems,
-            agents=d.agents,
-            rounds=d.rounds,
-            summarizer=d.summarizer,
-            sampling=self._sampling(),
-            adapter_for=self._use_agents(iteration if split == "test" else iteration - 1),
-            seed=seed,
+        agents = self.agents(iteration if split == "test" else iteration - 1)
+        return run_debate(
+            self.engine, self.config, self.task, problems, agents, seed=seed,
             progress=f"iter_{iteration}/debate_{split}" if self.progress else False,
         )
 
@@ -279,7 +251,7 @@ class Society:
         cfg = self.config
         d = self.store.iter_dir(l)
         all_roles = trained_roles(cfg)
-        jobs = []
+        jobs: list[TrainJob] = []
         every = roles(cfg.debate.agents, cfg.debate.rounds)
         for role in all_roles:
             i = every.index(role) if role in every else 0  # a role's seed does not depend on which roles train
@@ -300,6 +272,8 @@ class Society:
             )
         if not jobs:
             return
+        if self.engine_loaded:
+            self.engine.release()  # a managed server on the training GPU steps aside (maft.servers.managed)
 
         def done(job: TrainJob, result: TrainResult) -> None:
             if not any((job.out_dir / f).is_file() for f in ("adapter_config.json", "config.json")):
@@ -392,14 +366,16 @@ class Society:
                 except EmbeddingsUnavailable as e:
                     if cfg.embeddings == "on":
                         raise
-                    if not self._warned_embeddings:
-                        self.console.print(f"[yellow]diversity: embedding dissimilarity skipped:[/yellow] {e}")
-                        self._warned_embeddings = True
+                    self._warn_once("embeddings", f"[yellow]diversity: embedding dissimilarity skipped:[/yellow] {escape(str(e))}")
+            likelihood = cfg.likelihood and self.engine.can_score
+            if cfg.likelihood and not likelihood:
+                self._warn_once("likelihood", "[yellow]diversity: likelihoods skipped:[/yellow] this server returns no "
+                                "prompt log-probabilities (vLLM and the hf engine do)")
             turns = read_jsonl(self.store.iter_dir(l) / "debate_test.jsonl", Turn)
             result = diversity(
                 turns, self.task, round=1, embedder=embedder,
-                scorer=self.engine if cfg.likelihood else None,
-                adapter_for=self._use_agents(l) if cfg.likelihood else None,
+                scorer=self.engine if likelihood else None,
+                adapter_for=self.engine.serve(self.agents(l)) if likelihood else None,
                 progress=f"iter_{l}/diversity score" if self.progress else False,
             )
             write_json(self.store.iter_dir(l) / "diversity.json", result.model_dump(mode="json"))

@@ -14,9 +14,11 @@ from pathlib import Path
 
 from rich.console import Console
 
-from maft.debate import debate
+from maft.agents import agents_at
 from maft.metrics import DebateMetrics, debate_metrics
 from maft.store import RunStore, atomic_dir, write_json, write_jsonl
+from maft.serving import check_serving, make_engine
+from maft.society import run_debate
 from maft.tasks import get_task
 
 
@@ -32,8 +34,6 @@ def transfer(
 ) -> dict[int, DebateMetrics]:
     """Debate ``n`` test problems of ``task_name`` with the run's agents of each iteration in ``iterations``
     (default: 0 and the last finished one); returns held-out metrics per iteration. Finished ones are kept."""
-    from maft.society import Society
-
     console = console or Console()
     store = RunStore.open(run)
     cfg = store.config
@@ -48,7 +48,8 @@ def transfer(
     problems = task.splits(0, n, seed=cfg.seed).test
     if len(problems) < n:
         raise ValueError(f"task {task_name!r} has {len(problems)} test problems, fewer than n={n}")
-    society = Society(store, console=console, progress=progress)
+    check_serving(cfg)
+    engine = None
     where = transfer_dir(store.root, task_name, options or {})
     spec = {"task": task_name, "options": options or {}, "n": n, "problems": [p.id for p in problems]}
     out: dict[int, DebateMetrics] = {}
@@ -58,16 +59,9 @@ def transfer(
             console.print(f"[dim]transfer to {where.name}, iteration {l}: finished earlier, kept[/dim]")
             out[l] = DebateMetrics.model_validate_json((d / "metrics.json").read_text())
             continue
-        turns = debate(
-            society.engine,
-            task,
-            problems,
-            agents=cfg.debate.agents,
-            rounds=cfg.debate.rounds,
-            summarizer=cfg.debate.summarizer,
-            sampling=society._sampling(),
-            adapter_for=society._use_agents(l),
-            seed=cfg.seed * 1000,
+        engine = engine or make_engine(cfg, store.root, say=console.print)
+        turns = run_debate(
+            engine, cfg, task, problems, agents_at(cfg, store.root, l), seed=cfg.seed * 1000,
             progress=f"transfer {task_name} iter_{l}" if progress else False,
         )
         out[l] = debate_metrics(turns, task, problems)

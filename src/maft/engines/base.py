@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from maft.agents import Agents
+    from maft.debate import AdapterFor
 
 Message = dict[str, str]
 
@@ -44,6 +48,7 @@ class Generation:
     text: str
     prompt_tokens: int
     completion_tokens: int
+    truncated: bool = False  # stopped at max_new_tokens before the end of its turn
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,18 @@ class Engine(Protocol):
         self, requests: Sequence[Request], *, seed: int = 0, progress: bool | str = False
     ) -> list[Generation]:
         """Texts for ``requests``, in order; ``progress`` (True, or a label for the bar) shows a progress bar."""
+        ...
+
+
+class ServesAgents(Protocol):
+    """An engine that can put a run's agents (adapters or checkpoints) where its requests reach them."""
+
+    def serve(self, agents: Agents) -> AdapterFor:
+        """Make ``agents`` answerable; returns who answers each (agent, round) (None: the base model)."""
+        ...
+
+    def release(self) -> None:
+        """Give the accelerator back while finetuning runs (a no-op where the engine keeps nothing there)."""
         ...
 
 

@@ -12,13 +12,18 @@ import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from rich.progress import Progress
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
+from maft.agents import Agents, saved_kind
 from maft.engines.base import Generation, Request, Sampling, Score
+
+if TYPE_CHECKING:
+    from maft.debate import AdapterFor
 
 # peft calls a transformers property that is deprecated in transformers 5; harmless, and not the user's to fix
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -82,7 +87,7 @@ class HFEngine:
         self.merge_adapters = self.num_parameters < MERGE_BELOW if merge_adapters is None else merge_adapters
         self.adapters: dict[str, str] = {}  # name -> path, PEFT adapters on the shared base model
         self.full_models: dict[str, torch.nn.Module] = {}  # name -> a fully finetuned model of its own
-        self.generated_tokens = 0
+        self.sources: dict[str, str] = {}  # agent name -> the path it was loaded from by serve()
 
     # -- adapters ---------------------------------------------------------------------------------
     def load_adapter(self, name: str, path: str | Path) -> None:
@@ -108,16 +113,14 @@ class HFEngine:
         ``merge_adapters``, else served unmerged from the shared base), or a full checkpoint."""
         from peft import PeftModel
 
-        if (Path(path) / "adapter_config.json").is_file():
+        if saved_kind(Path(path)) == "adapter":
             if not self.merge_adapters:
                 self.load_adapter(name, path)
                 return
             fresh = AutoModelForCausalLM.from_pretrained(self.model_name, dtype=self.model.dtype)
             model = PeftModel.from_pretrained(fresh, str(path)).merge_and_unload()
-        elif (Path(path) / "config.json").is_file():
-            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=self.model.dtype)
         else:
-            raise FileNotFoundError(f"no adapter or checkpoint at {path}")
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=self.model.dtype)
         if name in self.adapters:
             self.model.delete_adapter(name)
             del self.adapters[name]
@@ -126,6 +129,19 @@ class HFEngine:
     @property
     def agents(self) -> list[str]:
         return sorted([*self.adapters, *self.full_models])
+
+    def serve(self, agents: Agents) -> AdapterFor:
+        """Load ``agents`` (each role under its own name; one already loaded from the same path is kept)."""
+        for role, path in agents.models.items():
+            if self.sources.get(role) != str(path):
+                self.load_agent(role, path)
+                self.sources[role] = str(path)
+        return agents.answerer
+
+    def release(self) -> None:
+        """Nothing to give back: finetuning runs beside the loaded model."""
+
+    can_score = True
 
     # -- generation -------------------------------------------------------------------------------
     def prompt_ids(self, messages: Sequence[dict[str, str]]) -> list[int]:
@@ -145,9 +161,12 @@ class HFEngine:
             for b, (sampling, full, idx) in enumerate(batches):
                 torch.manual_seed(seed * 1_000_003 + b)
                 adapters = [requests[i].adapter for i in idx] if full is None else None
-                texts, counts = self._generate_batch([prompts[i] for i in idx], adapters, sampling, full)
-                for i, text, n in zip(idx, texts, counts):
-                    out[i] = Generation(text=text, prompt_tokens=len(prompts[i]), completion_tokens=n)
+                texts, counts, ended = self._generate_batch([prompts[i] for i in idx], adapters, sampling, full)
+                for i, text, n, end in zip(idx, texts, counts, ended):
+                    out[i] = Generation(
+                        text=text, prompt_tokens=len(prompts[i]), completion_tokens=n,
+                        truncated=not end and n >= sampling.max_new_tokens,
+                    )
                 bar.update(task, advance=len(idx))
         return out  # type: ignore[return-value]
 
@@ -227,7 +246,8 @@ class HFEngine:
     @torch.inference_mode()
     def _generate_batch(
         self, prompts: list[list[int]], adapters: list[str | None] | None, sampling: Sampling, full: str | None = None
-    ) -> tuple[list[str], list[int]]:
+    ) -> tuple[list[str], list[int], list[bool]]:
+        """Texts, generated token counts, and whether each ended with the end-of-turn token."""
         tok = self.tokenizer
         enc = tok.pad({"input_ids": prompts}, padding=True, return_tensors="pt").to(self.device)
         kwargs: dict = dict(
@@ -242,10 +262,10 @@ class HFEngine:
         model, names = self._model(full, adapters)
         output = model.generate(**enc, **kwargs, **names)
         new = output[:, enc["input_ids"].shape[1] :]
-        counts = []
+        counts, ended = [], []
         for row in new:
             stops = (row == tok.eos_token_id).nonzero()
             counts.append(int(stops[0]) + 1 if len(stops) else int((row != tok.pad_token_id).sum()))
-        self.generated_tokens += sum(counts)
+            ended.append(bool(len(stops)))
         texts = tok.batch_decode(new, skip_special_tokens=True)
-        return [t.strip() for t in texts], counts
+        return [t.strip() for t in texts], counts, ended

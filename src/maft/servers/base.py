@@ -1,0 +1,93 @@
+"""How a run's agents get onto an OpenAI-compatible server: one strategy per server kind.
+
+A :class:`ServerKind` turns the :class:`~maft.agents.Agents` of an iteration into server model names
+(``publish``), so that a request for role r goes to ``model=<name of r>``. Names are never reused: one
+name per run, iteration and role, so no server cache can answer with stale weights. After publishing,
+a canary asks each new agent and the base model the same fixed question greedily: an agent whose
+answer and log-probability equal the base model's never arrived (a known silent failure of adapter
+serving), and the run stops with a clear error instead of training on the base model's answers.
+
+Managed servers (see :mod:`maft.servers.managed`) are started by the kind on first use and stopped
+by ``release`` while the agents are finetuned, where the server and training share a GPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+from maft.agents import Agents
+
+if TYPE_CHECKING:
+    from maft.engines.openai import OpenAIEngine
+    from maft.servers.managed import ManagedServers
+
+CANARY = [{"role": "user", "content": "What is 12+7*3-5? Show your steps and end with the answer in \\boxed{}."}]
+
+
+class ServerError(RuntimeError):
+    """A server cannot serve what the run needs; the message names the fix."""
+
+
+def run_tag(root: Path) -> str:
+    """A short tag that names one run directory in server model names."""
+    return "maft-" + hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:8]
+
+
+class ServerKind:
+    """The base model only, no agents (a hosted API): subclasses put agents on their server."""
+
+    name: ClassVar[str] = "api"
+    prompt_logprobs: ClassVar[bool] = False  # can score given completions (diversity's likelihoods)
+
+    def __init__(self, *, tag: str = "maft", managed: ManagedServers | None = None) -> None:
+        self.tag = tag
+        self.managed = managed
+
+    def ensure(self, engine: OpenAIEngine) -> None:
+        """Start the managed server(s) if they are not running, and point the engine at them."""
+        if self.managed is not None:
+            urls = self.managed.start()
+            engine.set_urls(urls)
+
+    def release(self, engine: OpenAIEngine) -> None:
+        """Stop managed servers that hold an accelerator the finetuning needs."""
+        if self.managed is not None and self.managed.stop_for_training:
+            self.managed.stop("the agents are finetuned on the same GPU")
+
+    def publish(self, engine: OpenAIEngine, agents: Agents) -> Mapping[str, str]:
+        """Make ``agents`` answerable; returns role -> the server's model name for it."""
+        raise ServerError(
+            "this server kind (api) serves one hosted model without adapters: finetuned agents cannot be served; "
+            "use model.server_kind=vllm (or transformers) with a server you control"
+        )
+
+    def name_for(self, agents: Agents, role: str) -> str:
+        return f"{self.tag}-i{agents.iteration}-{role}"
+
+    def canary(self, engine: OpenAIEngine, names: Mapping[str, str]) -> None:
+        """Every agent in ``names`` must answer the canary differently from the base model."""
+        base = self._canary_answer(engine, engine.model_name)
+        same = [role for role, name in names.items() if self._canary_answer(engine, name) == base]
+        if same:
+            raise ServerError(
+                f"the server answers as the base model for {', '.join(sorted(same))}: the finetuned weights did not "
+                f"arrive ({self.name} served {', '.join(names[r] for r in sorted(same))}); check the server's log"
+            )
+
+    def _canary_answer(self, engine: OpenAIEngine, name: str) -> tuple[str, float | None]:
+        import httpx
+
+        r = httpx.post(
+            f"{engine.endpoints[0].url}/chat/completions",
+            json={"model": name, "messages": CANARY, "max_tokens": 16, "temperature": 0, "logprobs": True},
+            timeout=engine.timeout,
+        )
+        if r.status_code != 200:
+            raise ServerError(f"canary request for {name!r} failed (HTTP {r.status_code}): {r.text[:300]}")
+        choice = r.json()["choices"][0]
+        content = (choice.get("logprobs") or {}).get("content") or []
+        logprob = round(sum(t["logprob"] for t in content), 4) if content else None
+        return choice["message"]["content"], logprob

@@ -1,0 +1,51 @@
+"""``transformers serve``: no LoRA, so each agent is a merged checkpoint that the server loads by path.
+
+A LoRA agent is merged into a copy of the base model once, into ``<run>/iter_<l>/served/<role>/``
+(written atomically, kept for resume); a fully finetuned agent is served from its own folder. The
+server loads a model on its first request by its absolute path, so a path names one run, iteration
+and role: never stale weights. The base model is served by its path too (``model.name`` must be a
+local checkpoint the server can read, or a hub id it has cached).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+from maft.agents import Agents, saved_kind
+from maft.servers.base import ServerKind
+
+if TYPE_CHECKING:
+    from maft.engines.openai import OpenAIEngine
+
+
+class TransformersServer(ServerKind):
+    name: ClassVar[str] = "transformers"
+
+    def __init__(self, *, base_model: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.base_model = base_model
+
+    def publish(self, engine: OpenAIEngine, agents: Agents) -> Mapping[str, str]:
+        names = {role: str(self.merged(path).resolve()) for role, path in agents.models.items()}
+        self.canary(engine, names)
+        return names
+
+    def merged(self, path: Path) -> Path:
+        """The checkpoint that serves the agent saved at ``path`` (merging a LoRA adapter once)."""
+        if saved_kind(path) == "checkpoint":
+            return path
+        target = path.parent.parent / "served" / path.name
+        if (target / "config.json").is_file():
+            return target
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from maft.store import atomic_dir
+
+        with atomic_dir(target) as tmp:
+            base = AutoModelForCausalLM.from_pretrained(self.base_model, dtype="auto")
+            PeftModel.from_pretrained(base, str(path)).merge_and_unload().save_pretrained(tmp)
+            AutoTokenizer.from_pretrained(self.base_model).save_pretrained(tmp)
+        return target

@@ -1,0 +1,143 @@
+"""Servers that maft starts and stops itself (``model.server: managed``).
+
+One server process per entry of ``model.server_devices`` (each sees only its GPU through
+``CUDA_VISIBLE_DEVICES``; no entries: one server that sees what maft sees), each on a free loopback
+port, its output appended to ``<run>/server-<i>.log``. ``start`` waits until every server lists its
+models at ``/v1/models`` (or stops with the log's last lines when one exits first).
+
+No orphans: a server runs in a process group of its own, asked to end (SIGTERM, then SIGKILL after
+30 s) when maft stops it, exits or is interrupted (``atexit``); and the kernel sends it SIGTERM if
+maft itself dies without cleaning up (``PR_SET_PDEATHSIG``, Linux).
+
+``stop_for_training``: on a single GPU the server holds most of its memory, so it is stopped while
+the 2N agents are finetuned and started again for the next debate (vLLM's sleep mode would keep the
+process but needs a development-mode endpoint; a restart is what every server kind supports).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from maft.servers.base import ServerError
+
+_RUNNING: list[ManagedServers] = []
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+@dataclass
+class ManagedServers:
+    """``command(port)`` is the server's command line; ``env`` is added to maft's environment."""
+
+    command: Callable[[int], list[str]]
+    log_dir: Path
+    env: dict[str, str] = field(default_factory=dict)
+    devices: Sequence[str | None] = (None,)
+    stop_for_training: bool = False
+    startup_timeout: float = 600.0
+    say: Callable[[str], None] = print
+    processes: list[subprocess.Popen] = field(default_factory=list)
+    urls: list[str] = field(default_factory=list)
+    starts: int = 0
+
+    @property
+    def running(self) -> bool:
+        return bool(self.processes) and all(p.poll() is None for p in self.processes)
+
+    def start(self) -> list[str]:
+        """Start the servers unless they run; returns their base URLs (``http://127.0.0.1:<port>/v1``)."""
+        if self.running:
+            return self.urls
+        self.stop()
+        from maft.engines.openai import EngineError, wait_until_ready
+
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        begin = time.perf_counter()
+        for i, device in enumerate(self.devices):
+            port = free_port()
+            command = self.command(port)
+            env = {**os.environ, **self.env}
+            if device is not None:
+                env["CUDA_VISIBLE_DEVICES"] = str(device)
+            log = open(self.log_dir / f"server-{i}.log", "a")
+            log.write(f"\n=== maft starts: {' '.join(command)} ({time.strftime('%Y-%m-%d %H:%M:%S')})\n")
+            log.flush()
+            try:
+                process = subprocess.Popen(
+                    command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                    start_new_session=True, preexec_fn=_die_with_parent,
+                )
+            except OSError as e:
+                raise ServerError(f"could not start the server ({command[0]}: {e}); check model.server_python") from None
+            finally:
+                log.close()
+            self.processes.append(process)
+            self.urls.append(f"http://127.0.0.1:{port}/v1")
+        if self not in _RUNNING:
+            _RUNNING.append(self)
+        for i, (url, process) in enumerate(zip(self.urls, self.processes)):
+            try:
+                wait_until_ready(url, timeout=self.startup_timeout, alive=lambda p=process: p.poll() is None)
+            except EngineError as e:
+                tail = self.log_tail(i)
+                self.stop()
+                raise ServerError(f"the managed server did not come up: {e}\n{tail}") from None
+        self.starts += 1
+        self.say(f"managed server(s) up in {time.perf_counter() - begin:.0f} s: {', '.join(self.urls)}")
+        return self.urls
+
+    def stop(self, why: str | None = None) -> None:
+        """End every server process (and its children); a no-op when none runs."""
+        if not self.processes:
+            return
+        for p in self.processes:
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + 30
+        for p in self.processes:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                p.wait()
+        self.processes, self.urls = [], []
+        if why:
+            self.say(f"managed server(s) stopped: {why}")
+
+    def log_tail(self, i: int, lines: int = 15) -> str:
+        path = self.log_dir / f"server-{i}.log"
+        text = path.read_text(errors="replace").splitlines() if path.is_file() else []
+        return f"last lines of {path}:\n" + "\n".join(text[-lines:])
+
+
+@atexit.register
+def _stop_all() -> None:
+    for servers in _RUNNING:
+        servers.stop()

@@ -1,0 +1,61 @@
+"""SGLang: each agent a LoRA adapter loaded at run time, addressed as ``model="<base>:<adapter>"``.
+
+SGLang's runtime endpoints sit at the server root, not under ``/v1``: ``POST /load_lora_adapter``
+and ``POST /unload_lora_adapter`` with ``{"lora_name", "lora_path"}``; start the server with
+``--enable-lora``, ``--max-lora-rank`` >= ``train.lora_r``, ``--lora-target-modules all`` and
+``--max-loras-per-batch`` >= the number of agents. Unlike vLLM, ``/v1/models`` does not list loaded
+adapters, so this strategy remembers what it loaded on each endpoint (a restarted server is reloaded
+after the failed canary tells). SGLang does not run on this project's CPU-only machines: this kind is
+documented but has no test against a real server here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, ClassVar
+
+from maft.agents import Agents, saved_kind
+from maft.servers.base import ServerError, ServerKind
+
+if TYPE_CHECKING:
+    from maft.engines.openai import OpenAIEngine
+
+
+class SGLangServer(ServerKind):
+    name: ClassVar[str] = "sglang"
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.loaded: dict[str, set[str]] = {}  # endpoint -> adapter names this run loaded there
+
+    def publish(self, engine: OpenAIEngine, agents: Agents) -> Mapping[str, str]:
+        import httpx
+
+        adapters = {role: self.name_for(agents, role) for role in agents.models}
+        new: dict[str, str] = {}
+        for endpoint in engine.endpoints:
+            root = endpoint.url.removesuffix("/v1")
+            loaded = self.loaded.setdefault(endpoint.url, set())
+            for role, name in adapters.items():
+                if name in loaded:
+                    continue
+                if saved_kind(agents.models[role]) != "adapter":
+                    raise ServerError(f"{agents.models[role]} is a full checkpoint; the sglang kind serves LoRA adapters")
+                r = httpx.post(
+                    f"{root}/load_lora_adapter",
+                    json={"lora_name": name, "lora_path": str(agents.models[role].resolve())},
+                    timeout=engine.timeout,
+                )
+                if r.status_code != 200:
+                    raise ServerError(
+                        f"{root} could not load the adapter of {role} (HTTP {r.status_code}: {r.text[:300]}); "
+                        "start SGLang with --enable-lora and --max-lora-rank at least train.lora_r"
+                    )
+                loaded.add(name)
+                new[role] = f"{engine.model_name}:{name}"
+            for name in sorted(loaded - set(adapters.values())):
+                httpx.post(f"{root}/unload_lora_adapter", json={"lora_name": name}, timeout=engine.timeout)
+                loaded.discard(name)
+        if new:
+            self.canary(engine, new)
+        return {role: f"{engine.model_name}:{name}" for role, name in adapters.items()}

