@@ -9,7 +9,11 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+
+from maft.engines.openai import EngineError
+from maft.servers import ServerError
 
 app = typer.Typer(help="maft: multiagent finetuning of language models.", no_args_is_help=True, add_completion=False)
 tiny_app = typer.Typer(help="The embedded default model: pretrain it, check it.", no_args_is_help=True)
@@ -96,7 +100,7 @@ def _transfer(run: Path, task: str, n: int, options: dict, iterations: list[int]
     start = time.perf_counter()
     try:
         results = transfer(run, task, options=options, n=n, iterations=iterations or None, console=console)
-    except (ValueError, FileNotFoundError, DatasetUnavailableError, RunDirError) as e:
+    except (ValueError, FileNotFoundError, DatasetUnavailableError, RunDirError, ServerError, EngineError) as e:
         _fail(str(e))
     table = Table(title=f"transfer: agents of {run} on {n} held-out {task} problems (debate)")
     for h in ["iteration", "majority % ± SE", "agent round 1 %", "agent final %", "unanimous %"]:
@@ -119,7 +123,7 @@ def _write_report(source: Path) -> Path | None:
 
 
 def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}")
+    console.print(f"[red]error:[/red] {escape(message)}")
     raise typer.Exit(code=2)
 
 
@@ -164,7 +168,7 @@ def run(
             prepare(cfg)  # bad task options or sizes fail here, before a run directory or model exists
             store = RunStore.create(out or Path("runs") / time.strftime("%Y%m%d-%H%M%S"), cfg)
         society = Society(store, console=console, progress=not quiet)
-    except (ConfigError, RunDirError, ValueError, FileNotFoundError) as e:
+    except (ConfigError, RunDirError, ValueError, FileNotFoundError, ServerError, EngineError) as e:
         _fail(str(e))
     console.print(f"run directory [bold]{store.root}[/bold] (config hash {store.config.hash()})")
     start = time.perf_counter()
@@ -173,9 +177,15 @@ def run(
     except KeyboardInterrupt:
         console.print(f"[yellow]interrupted[/yellow]; finished stages are kept: maft run --resume {store.root}")
         raise typer.Exit(code=130) from None
+    except (ServerError, EngineError) as e:  # a server's refusal or outage: its message says what to fix
+        console.print(f"[red]error:[/red] {escape(str(e))}")
+        console.print(f"[red]the run stopped[/red]; finished stages are kept: fix the cause, then maft run --resume {store.root}")
+        raise typer.Exit(code=1) from None
     except Exception:
         console.print(f"[red]the run stopped[/red]; finished stages are kept: fix the cause, then maft run --resume {store.root}")
         raise
+    finally:
+        society.close()
     console.print(iteration_table(metrics, title=title(store.config)))
     page = _write_report(store.root)
     console.print(
@@ -201,7 +211,7 @@ def compare(
     try:
         cfg = load_compare_config(config, set_, methods.split(",") if methods else None)
         results = run_compare(cfg, out, console=console, progress=not quiet)
-    except (ConfigError, RunDirError, ValueError, FileNotFoundError) as e:
+    except (ConfigError, RunDirError, ValueError, FileNotFoundError, ServerError, EngineError) as e:
         _fail(str(e))
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]; finished stages are kept: run the same command again to resume")
@@ -272,6 +282,61 @@ def tiny_check(
         table.add_row(name.replace("_", " "), str(getattr(result, name)))
     console.print(table)
     console.print(f"abstentions {100 * result.abstention_rate:.1f}% | {time.perf_counter() - start:.1f} s")
+
+
+# -- maft bench -----------------------------------------------------------------------------------------
+bench_app = typer.Typer(help="Benchmarks: generation throughput of the engine paths.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("generate")
+def bench_generate_command(
+    model: Annotated[str, typer.Option(help="tiny, a local checkpoint, or a shape with random weights (llama-1b, llama-8b)")] = "tiny",
+    agents: Annotated[int, typer.Option(min=1, help="agents (random seeded LoRA adapters, r=8, all-linear)")] = 3,
+    prompts: Annotated[int, typer.Option(min=1, help="arithmetic task prompts per agent")] = 64,
+    new_tokens: Annotated[int, typer.Option(min=1, help="tokens generated per request (end-of-sequence ignored)")] = 64,
+    paths: Annotated[str, typer.Option(help="comma-separated: authors, hf-merged, hf-mixed, hf-cb, openai")] = "authors,hf-merged,hf-mixed,hf-cb",
+    out: Annotated[Path, typer.Option(help="write the result as JSON here")] = Path("bench.json"),
+    device: str = "auto",
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    temperature: Annotated[float, typer.Option(min=0, help="0 means greedy")] = 1.0,
+    top_p: Annotated[float, typer.Option(min=0, max=1)] = 0.9,
+    seed: int = 0,
+    url: Annotated[Optional[str], typer.Option(help="openai path: the server's base URL, e.g. http://127.0.0.1:8000/v1")] = None,
+    served_name: Annotated[Optional[str], typer.Option(help="openai path: the server's base model name (default: the model path)")] = None,
+    server_kind: Annotated[str, typer.Option(help="openai path: vllm or sglang serve the agents as adapters; transformers, api: base model only")] = "api",
+    concurrency: Annotated[int, typer.Option(min=1, help="openai path: requests in flight")] = 64,
+    bandwidth_gbs: Annotated[Optional[float], typer.Option(help="memory bandwidth for the roofline (default: known GPUs by name)")] = None,
+    isolate: Annotated[bool, typer.Option(help="run each path in a fresh process (its own peak memory)")] = True,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="CPU: torch threads of the in-process paths (default: all cores)")] = None,
+) -> None:
+    """One debate round's generation (N agents x P prompts, a fixed number of new tokens) on each path:
+    tokens/s, requests/s, seconds per round, ratio to the authors' one-at-a-time pattern, peak memory."""
+    from maft.bench import (
+        BenchConfig,
+        BenchError,
+        bench_generate,
+        parse_paths,
+        table,
+        write,
+    )
+
+    try:
+        cfg = BenchConfig(model=model, agents=agents, prompts=prompts, new_tokens=new_tokens, paths=parse_paths(paths),
+                          device=device, batch_size=batch_size, temperature=temperature, top_p=top_p, seed=seed, url=url,
+                          served_name=served_name, server_kind=server_kind, concurrency=concurrency,
+                          bandwidth_gbs=bandwidth_gbs, isolate=isolate, threads=threads)
+        cfg.check()
+    except BenchError as e:
+        raise typer.BadParameter(str(e)) from None
+    start = time.perf_counter()
+    result = bench_generate(cfg, echo=console.print)
+    console.print(table(result))
+    for path, reason in result["omitted"].items():
+        console.print(f"[yellow]{path} omitted[/]: {reason}")
+    for row in result["paths"]:
+        console.print(f"{row['path']}: {row['note']}")
+    console.print(f"wrote {write(result, out)} | {time.perf_counter() - start:.0f} s")
 
 
 if __name__ == "__main__":

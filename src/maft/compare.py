@@ -119,6 +119,8 @@ def compare(cfg: CompareConfig, out: Path, *, console: Console | None = None, pr
                 diversity=[m.diversity for m in metrics],
             )
         )
+    if engine is not None:
+        engine.close()  # a managed server stops with the comparison
     write_json(out / "comparison.json", [r.model_dump(mode="json") for r in results])
     write_text(out / "comparison.md", comparison_markdown(results, _validated(cfg.run)))
     return results

@@ -54,9 +54,17 @@ def server_command(config: RunConfig) -> Callable[[int], list[str]]:
     def command(port: int) -> list[str]:
         head = [python, *SERVER_MODULES[m.server_kind]]
         if m.server_kind == "vllm":
+            # --max-loras: two iterations' 2N adapters can be active while publishing, plus one slot kept empty
+            # (vLLM 0.32's CPU kernels serve base-model rows of a mixed batch with the last slot's adapter).
+            # --lora-target-modules: the run's modules, so lm_head is never wrapped (the CPU LoRA logits
+            # kernel crashes on prompt_logprobs requests). On CPU, --max-num-batched-tokens large enough that
+            # no prompt is chunked (seeded sampling of a chunked prompt crashes vLLM 0.32's CPU worker).
+            slots = 2 * 2 * max(agents, 1) + 1
             flags = ["--model", base, "--served-model-name", name, "--host", "127.0.0.1", "--port", str(port),
-                     "--enable-lora", "--max-loras", str(max(agents, 1)), "--max-lora-rank", str(lora_rank_flag(config.train.lora_r)),
-                     "--max-cpu-loras", str(4 * max(agents, 1) * 2)]
+                     "--enable-lora", "--max-loras", str(slots), "--max-lora-rank", str(lora_rank_flag(config.train.lora_r)),
+                     "--max-cpu-loras", str(2 * slots), "--lora-target-modules", *lora_modules(config)]
+            if not cuda_available():
+                flags += ["--max-num-batched-tokens", "65536"]
         elif m.server_kind == "sglang":
             flags = ["--model-path", base, "--served-model-name", name, "--host", "127.0.0.1", "--port", str(port),
                      "--enable-lora", "--max-lora-rank", str(config.train.lora_r), "--lora-target-modules", "all",
@@ -66,6 +74,23 @@ def server_command(config: RunConfig) -> Callable[[int], list[str]]:
         return [*head, *flags, *m.server_args]
 
     return command
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def lora_modules(config: RunConfig) -> list[str]:
+    """The module names the run's LoRA adapters wrap (``all-linear`` resolved on the base model's shape)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        probe_adapter(config, Path(folder))
+        import json
+
+        return sorted(json.loads((Path(folder) / "adapter_config.json").read_text())["target_modules"])
 
 
 def make_engine(config: RunConfig, root: Path, *, say: Callable[[str], None] = print) -> Any:
@@ -81,9 +106,7 @@ def make_engine(config: RunConfig, root: Path, *, say: Callable[[str], None] = p
     if m.server == "managed":
         stop = m.stop_server_for_training
         if stop is None:
-            import torch
-
-            stop = torch.cuda.is_available()
+            stop = cuda_available()
         managed = ManagedServers(
             command=server_command(config),
             log_dir=Path(root),
@@ -92,7 +115,7 @@ def make_engine(config: RunConfig, root: Path, *, say: Callable[[str], None] = p
             stop_for_training=stop,
             say=say,
         )
-    kwargs: dict[str, Any] = {"tag": run_tag(root), "managed": managed}
+    kwargs: dict[str, Any] = {"tag": run_tag(root), "managed": managed, "say": say}
     if m.server_kind == "transformers":
         kwargs["base_model"] = base_model(config)
     return OpenAIEngine(

@@ -174,6 +174,8 @@ class Society:
         # the test debate uses one seed for every iteration (common random numbers across iterations)
         seed = self.config.seed * 1000 + (0 if split == "test" else 1 + iteration)
         agents = self.agents(iteration if split == "test" else iteration - 1)
+        if hasattr(self.engine, "endpoint_counts"):
+            self.engine.endpoint_counts()  # count this stage's requests only
         return run_debate(
             self.engine, self.config, self.task, problems, agents, seed=seed,
             progress=f"iter_{iteration}/debate_{split}" if self.progress else False,
@@ -205,7 +207,15 @@ class Society:
     # -- stages -----------------------------------------------------------------------------------
     def _write_debate(self, path: Path, turns: list[Turn]) -> dict:
         write_jsonl(path, turns)
-        return {"generated_tokens": sum(t.completion_tokens for t in turns)}
+        info: dict[str, Any] = {"generated_tokens": sum(t.completion_tokens for t in turns)}
+        if hasattr(self.engine, "endpoint_counts"):  # requests and failures per server endpoint
+            info["endpoints"] = self.engine.endpoint_counts()
+        return info
+
+    def close(self) -> None:
+        """Stop what the run started (a managed server); the engine's memory goes with the Society."""
+        if self._engine is not None:
+            self._engine.close()
 
     def _votes(self, l: int) -> dict:
         d = self.store.iter_dir(l)

@@ -20,6 +20,7 @@ class Sampling:
     temperature: float = 1.0
     top_p: float = 0.9
     max_new_tokens: int = 256
+    ignore_eos: bool = False  # generate exactly max_new_tokens (benchmarks); servers: see OpenAIEngine
 
     def __post_init__(self) -> None:
         if self.temperature < 0:

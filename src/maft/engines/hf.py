@@ -141,6 +141,9 @@ class HFEngine:
     def release(self) -> None:
         """Nothing to give back: finetuning runs beside the loaded model."""
 
+    def close(self) -> None:
+        """Nothing to stop: the model lives in this process."""
+
     can_score = True
 
     # -- generation -------------------------------------------------------------------------------
@@ -255,6 +258,8 @@ class HFEngine:
             pad_token_id=tok.pad_token_id,
             eos_token_id=tok.eos_token_id,
         )
+        if sampling.ignore_eos:
+            kwargs["min_new_tokens"] = sampling.max_new_tokens
         if sampling.greedy:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         else:
@@ -265,6 +270,8 @@ class HFEngine:
         counts, ended = [], []
         for row in new:
             stops = (row == tok.eos_token_id).nonzero()
+            if sampling.ignore_eos:  # exactly max_new_tokens each (a generated pad token is no padding)
+                stops = stops[:0]
             counts.append(int(stops[0]) + 1 if len(stops) else int((row != tok.pad_token_id).sum()))
             ended.append(bool(len(stops)))
         texts = tok.batch_decode(new, skip_special_tokens=True)

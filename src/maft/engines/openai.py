@@ -160,9 +160,12 @@ class OpenAIEngine:
         }
         if not s.greedy:
             body["top_p"] = s.top_p
+        extra = dict(self.extra_body)
+        if s.ignore_eos:  # vLLM's (and SGLang's) fields; sent only when set: `transformers serve` rejects them (422)
+            extra.update(ignore_eos=True, min_tokens=s.max_new_tokens)
 
         async def call(client: Any) -> Generation:
-            response = await client.chat.completions.create(**body, extra_body=self.extra_body or None)
+            response = await client.chat.completions.create(**body, extra_body=extra or None)
             choice = response.choices[0]
             usage = response.usage
             return Generation(
@@ -299,8 +302,16 @@ class OpenAIEngine:
         return min(self.backoff * 2**attempt, 30.0) * (0.5 + random.random() / 2)
 
     def endpoint_counts(self) -> dict[str, dict[str, int]]:
-        """Requests sent to and failed at each endpoint, over the engine's life."""
-        return {e.url: {"requests": e.requests, "failures": e.failures} for e in self.endpoints}
+        """Requests sent to and failed at each endpoint since the last call (a stage's record)."""
+        counts = {e.url: {"requests": e.requests, "failures": e.failures} for e in self.endpoints}
+        for e in self.endpoints:
+            e.requests = e.failures = 0
+        return counts
+
+    def close(self) -> None:
+        """Stop managed servers (external ones keep running)."""
+        if self.server is not None and self.server.managed is not None:
+            self.server.managed.stop("the run is done")
 
 
 def _message(error: Exception) -> str:

@@ -67,7 +67,13 @@ class VLLMServer(ServerKind):
                     raise ServerError(f"{endpoint.url} could not load the adapter of {role}: {_explain(r)}")
                 new[role] = name
         if new:
-            self.canary(engine, new)
+            try:
+                self.canary(engine, new)
+            except ServerError:  # never leave refused weights loaded under a name a resume would trust
+                for endpoint in engine.endpoints:
+                    for name in new.values():
+                        httpx.post(f"{endpoint.url}/unload_lora_adapter", json={"lora_name": name}, timeout=engine.timeout)
+                raise
         for endpoint in engine.endpoints:  # the run's adapters of other iterations are no longer needed
             for name in served_models(endpoint.url, engine.timeout):
                 if name.startswith(f"{self.tag}-i") and name not in names.values():

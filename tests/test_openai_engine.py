@@ -1,0 +1,233 @@
+"""OpenAIEngine against a real `transformers serve` on 127.0.0.1 (and a fault proxy in front of it).
+
+The server loads the shipped tiny model (and merged agents) by path, as a user's server would."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from maft.agents import Agents, agents_at
+from maft.config import load_config
+from maft.debate import Turn
+from maft.engines import Request, Sampling
+from maft.engines.openai import EngineError, OpenAIEngine
+from maft.serving import check_serving
+from maft.servers import ServerError, TransformersServer  # noqa: F401
+from maft.society import Society
+from maft.store import RunStore, read_jsonl
+from maft.tiny import default_checkpoint
+from servers import FaultProxy, transformers_serve
+
+pytestmark = pytest.mark.slow
+TINY = str(default_checkpoint().resolve())
+SAMPLED = Sampling(temperature=1.0, top_p=0.9, max_new_tokens=48)
+GREEDY = Sampling(temperature=0, max_new_tokens=48)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    s = transformers_serve(tmp_path_factory.mktemp("serve") / "server.log").start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def proxy(server):
+    p = FaultProxy(server.url.removesuffix("/v1"))
+    yield p
+    p.close()
+
+
+def ask(arithmetic, n, sampling=SAMPLED, seed=7):
+    return [Request([{"role": "user", "content": arithmetic.prompt(p)}], sampling=sampling)
+            for p in arithmetic.splits(0, n, seed=seed).test]
+
+
+def texts(engine, requests, seed=0):
+    return [g.text for g in engine.generate(requests, seed=seed)]
+
+
+def test_ordered_seeded_results_with_usage(server, arithmetic):
+    # transformers serve seeds one global generator per request: reproducible one request at a time
+    # (vLLM seeds each request on its own: tests/test_vllm.py checks seeds under concurrency)
+    engine = OpenAIEngine(server.url, TINY, concurrency=1)
+    requests = ask(arithmetic, 6)
+    first = engine.generate(requests, seed=3)
+    assert all(g.prompt_tokens > 0 and g.completion_tokens > 0 for g in first)
+    assert [g.text for g in first] == texts(engine, requests, seed=3)  # same seed, same texts
+    assert [g.text for g in first] != texts(engine, requests, seed=4)
+    # request i's text depends on its own seed and index, not on the other requests or their order
+    reversed_texts = texts(engine, requests[::-1], seed=3)
+    alone = [engine.generate([r], seed=3)[0].text for r in requests[:1]]
+    assert alone[0] == first[0].text
+    assert len(reversed_texts) == 6
+    # greedy answers equal the in-process engine's (same model, same chat template)
+    from maft.engines.hf import HFEngine
+
+    greedy = ask(arithmetic, 3, GREEDY)
+    assert texts(engine, greedy) == [g.text for g in HFEngine(batch_size=8).generate(greedy)]
+
+
+def test_truncation_is_reported(server, arithmetic):
+    engine = OpenAIEngine(server.url, TINY)
+    [g] = engine.generate(ask(arithmetic, 1, Sampling(temperature=0, max_new_tokens=5)))
+    assert g.truncated and g.completion_tokens == 5
+    [g] = engine.generate(ask(arithmetic, 1, GREEDY.__class__(temperature=0, max_new_tokens=400)))
+    assert not g.truncated
+
+
+def test_concurrency_bound_and_retries_through_faults(proxy, arithmetic):
+    engine = OpenAIEngine(proxy.url, TINY, concurrency=3, backoff=0.01)
+    proxy.delay = 0.2
+    requests = ask(arithmetic, 9, GREEDY)
+    expected = texts(OpenAIEngine(proxy.url, TINY), requests, seed=5)
+    proxy.in_flight_max = 0
+    proxy.fail(429, 2, retry_after="0")
+    proxy.fail(503, 1)
+    proxy.drop(1)
+    assert texts(engine, requests, seed=5) == expected  # every request answered, in order
+    assert proxy.in_flight_max <= 3
+    assert engine.retries["RateLimitError"] == 2 and engine.retries["InternalServerError"] == 1
+    assert engine.retries["APIConnectionError"] == 1
+
+
+def test_client_errors_stop_with_the_servers_message(proxy, arithmetic):
+    engine = OpenAIEngine(proxy.url, TINY, backoff=0.01)
+    proxy.fail(400)
+    with pytest.raises(EngineError, match="HTTP 400.*injected fault"):
+        engine.generate(ask(arithmetic, 1))
+    engine = OpenAIEngine(proxy.url, TINY, max_retries=1, backoff=0.01)
+    proxy.fail(500, 2)
+    with pytest.raises(EngineError, match="failed 2 times"):
+        engine.generate(ask(arithmetic, 1))
+
+
+def test_unknown_model_stops_after_the_retries(server, arithmetic):
+    # transformers serve answers 500 for a model it cannot load: retried, then a clear error
+    engine = OpenAIEngine(server.url, "/no/such/model", max_retries=1, backoff=0.01)
+    with pytest.raises(EngineError, match="failed 2 times.*500"):
+        engine.generate(ask(arithmetic, 1))
+
+
+def test_several_endpoints_share_the_load_and_cover_a_dead_one(server, arithmetic):
+    a, b = FaultProxy(server.url.removesuffix("/v1")), FaultProxy(server.url.removesuffix("/v1"))
+    try:
+        a.delay = b.delay = 0.05
+        engine = OpenAIEngine([a.url, b.url, "http://127.0.0.1:9/v1"], TINY, concurrency=4, backoff=0.01)
+        requests = ask(arithmetic, 8, GREEDY)
+        assert texts(engine, requests, seed=2) == texts(OpenAIEngine(server.url, TINY), requests, seed=2)
+        counts = engine.endpoint_counts()
+        assert counts[a.url]["requests"] >= 3 and counts[b.url]["requests"] >= 3
+        assert counts["http://127.0.0.1:9/v1"]["failures"] == counts["http://127.0.0.1:9/v1"]["requests"] >= 1
+    finally:
+        a.close()
+        b.close()
+
+
+def test_generate_inside_a_running_event_loop(server, arithmetic):
+    engine = OpenAIEngine(server.url, TINY)
+    requests = ask(arithmetic, 2)
+
+    async def inside():
+        return texts(engine, requests, seed=1)
+
+    assert asyncio.run(inside()) == texts(engine, requests, seed=1)
+
+
+def test_server_killed_and_restarted_mid_round(tmp_path, arithmetic):
+    s = transformers_serve(tmp_path / "server.log").start()
+    engine = OpenAIEngine(s.url, TINY, concurrency=2, max_retries=30, backoff=0.5)
+    requests = ask(arithmetic, 8, GREEDY)
+    expected = texts(engine, requests, seed=9)
+    result: dict = {}
+    worker = threading.Thread(target=lambda: result.update(texts=texts(engine, requests, seed=9)))
+    try:
+        worker.start()
+        time.sleep(0.5)
+        s.stop()  # mid-round
+        s.start()
+        worker.join(timeout=300)
+    finally:
+        s.stop()
+    assert result["texts"] == expected
+    assert engine.retries["APIConnectionError"] >= 1
+
+
+def test_merged_agents_served_by_path_and_checked_by_the_canary(server, tmp_path, arithmetic, capsys):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    root = tmp_path / "run"
+    for role, scale in [("gen_0", 0.3), ("critic_0", 0.0)]:  # critic_0's adapter equals the base model
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(TINY), LoraConfig(r=4, target_modules="all-linear"))
+        torch.manual_seed(1)
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.data.normal_(0, scale) if scale else p.data.zero_()
+        model.save_pretrained(root / "iter_1" / "agents" / role)
+    kind = TransformersServer(base_model=TINY)
+    engine = OpenAIEngine(server.url, TINY, server=kind)
+    agents = Agents(1, {"gen_0": root / "iter_1/agents/gen_0"})
+    who = engine.serve(agents)
+    assert who(0, 1) == "gen_0" and who(0, 2) is None
+    assert engine.names["gen_0"] == str((root / "iter_1/served/gen_0").resolve())
+    assert (root / "iter_1/served/gen_0/config.json").is_file()
+    request = ask(arithmetic, 1, GREEDY)[0]
+    base, agent = texts(engine, [request, Request(request.messages, adapter="gen_0", sampling=GREEDY)])
+    assert base != agent
+    # transformers serve gives text only: an agent that answers as the base model is reported, not refused
+    engine.serve(Agents(1, {"critic_0": root / "iter_1/agents/critic_0"}))
+    assert "critic_0 answer the canary as the base model" in capsys.readouterr().out
+
+
+def test_unreachable_url_refused_before_a_run_directory(tmp_path):
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "maft.cli", "run", "--out", str(out), "--set", "model.engine=openai",
+         "--set", "model.urls=[http://127.0.0.1:9/v1]", "--quiet"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "no answer from http://127.0.0.1:9/v1" in " ".join(result.stdout.split())
+    assert not out.exists()
+
+
+def test_api_kind_refuses_finetuning_up_front():
+    with pytest.raises(Exception, match="without adapters"):
+        load_config(None, ["model.engine=openai", "model.server_kind=api", "model.urls=[http://x/v1]"])
+    cfg = load_config(None, ["model.engine=openai", "model.server_kind=api", "model.urls=[http://127.0.0.1:9/v1]", "iterations=0"])
+    with pytest.raises(ServerError, match="no answer"):
+        check_serving(cfg)
+
+
+def test_maft_run_on_transformers_serve(server, tmp_path):
+    """One iteration of the loop through the server: transcripts and metrics as with the hf engine."""
+    cfg = load_config(None, [
+        "model.engine=openai", "model.server_kind=transformers", f"model.urls=[{server.url}]", "iterations=1",
+        "debate.agents=2", "task.n_train=12", "task.n_test=8", "diversity.embeddings=off", "debate.max_new_tokens=96",
+        "train.batch_size=4",
+    ])
+    store = RunStore.create(tmp_path / "run", cfg)
+    society = Society(store, progress=False)
+    metrics = society.run()
+    society.close()
+    assert [m.iteration for m in metrics] == [0, 1]
+    turns = read_jsonl(store.root / "iter_1/debate_test.jsonl", Turn)
+    assert {(t.round, t.adapter) for t in turns} == {(1, f"gen_{n}") for n in range(2)} | {(2, f"critic_{n}") for n in range(2)}
+    assert metrics[1].test.majority.n == 8 and metrics[0].diversity is not None
+    assert metrics[0].diversity.cross_nll is None  # transformers serve gives no prompt log-probabilities
+    stage = json.loads((store.root / "manifest.json").read_text())["stages"]["iter_1/debate_test"]
+    assert stage["endpoints"][server.url]["requests"] == 8 * 2 * 2
+    assert agents_at(cfg, store.root, 1).models["gen_0"].is_dir()
+    assert all((store.root / "iter_1/served" / f"gen_{n}" / "config.json").is_file() for n in range(2))
+    # resume redoes nothing
+    again = Society(RunStore.open(store.root), progress=False)
+    assert [m.test.majority for m in again.run()] == [m.test.majority for m in metrics]
