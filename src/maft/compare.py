@@ -102,10 +102,14 @@ def compare(cfg: CompareConfig, out: Path, *, console: Console | None = None, pr
         console.rule(f"[bold]{i}/{len(configs)} {name}[/bold]: {METHODS[name].description}")
         root = out / name
         store = RunStore.open(root, run_config) if (root / "manifest.json").is_file() else RunStore.create(root, run_config)
-        shared = engine if run_config.model == engine_model else None  # one model in memory for every method
+        # one model in memory for every method; a server engine is not shared: its adapter names and managed
+        # server belong to one run directory
+        shared = engine if run_config.model == engine_model and run_config.model.engine == "hf" else None
         society = Society(store, console=console, progress=progress, engine=shared)
         metrics = society.run()
-        if society.engine_loaded:
+        if society.engine_loaded and society.engine is not engine:
+            if engine is not None:
+                engine.close()
             engine, engine_model = society.engine, run_config.model
         results.append(
             MethodResult(
