@@ -104,6 +104,8 @@ class FaultProxy:
         self.faults: list[tuple[str, int, str | None]] = []  # ("status", code, retry_after) or ("drop", 0, None)
         self.delay = 0.0
         self.seen = 0
+        self.completions = 0  # chat completions seen
+        self.down_from: int | None = None  # drop every chat completion after this many (a server that died)
         self.in_flight = 0
         self.in_flight_max = 0
         self.lock = threading.Lock()
@@ -122,6 +124,10 @@ class FaultProxy:
                     proxy.in_flight += 1
                     proxy.in_flight_max = max(proxy.in_flight_max, proxy.in_flight)
                     fault = proxy.faults.pop(0) if proxy.faults else None
+                    if self.path.endswith("/chat/completions"):
+                        proxy.completions += 1
+                        if proxy.down_from is not None and proxy.completions > proxy.down_from:
+                            fault = ("drop", 0, None)
                 try:
                     if proxy.delay:
                         time.sleep(proxy.delay)
@@ -162,6 +168,10 @@ class FaultProxy:
 
     def drop(self, n: int = 1) -> None:
         self.faults += [("drop", 0, None)] * n
+
+    def down_after(self, completions: int | None) -> None:
+        """Drop every chat completion after ``completions`` more (None: serve again)."""
+        self.down_from = None if completions is None else self.completions + completions
 
     def close(self) -> None:
         self.server.shutdown()

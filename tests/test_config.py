@@ -14,6 +14,8 @@ def test_defaults_validate():
     assert config.model.name is None and config.task.name == "arithmetic" and config.task.options == {}
     assert (config.debate.agents, config.debate.rounds, config.debate.summarizer) == (3, 2, "answers")
     assert config.data.critic_plus_fraction == 0.5
+    assert (config.debate.tie_break, config.debate.truncated) == ("random", "abstain")
+    assert (config.data.critic_mix, config.data.critic_share) == ("fraction", 2 / 3)
     assert config.train.method == "lora"
     assert load_config() == config
     # the YAML dump of the defaults loads back to the same config
@@ -130,6 +132,11 @@ def test_unknown_key_in_a_file_names_the_key_and_the_file(tmp_path):
         ("iterations=-1", "iterations", "greater than or equal to 0"),
         ("debate.summarizer=vote", "debate.summarizer", "'answers', 'concat' or 'model'"),
         ("seed=abc", "seed", "valid integer"),
+        ("debate.tie_break=lowest", "debate.tie_break", "Input should be 'random' or 'first'"),
+        ("debate.truncated=drop", "debate.truncated", "Input should be 'abstain' or 'keep'"),
+        ("data.critic_mix=paper", "data.critic_mix", "Input should be 'fraction', 'share' or 'authors'"),
+        ("data.critic_share=0", "data.critic_share", "greater than 0"),
+        ("data.critic_share=1.5", "data.critic_share", "less than or equal to 1"),
     ],
 )
 def test_out_of_range_values_are_rejected_naming_the_field(override, field, msg):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 
 from maft.debate import Turn
 from maft.finetune_data import build_agent_data
 from maft.tasks import Problem
-from maft.voting import vote_final_round
+from maft.voting import VoteRule, vote_final_round
 
 
 def response(problem_id: str, agent: int, round: int, answer: str | None) -> str:
@@ -248,7 +249,7 @@ def test_gold_answer_is_never_used(arithmetic, debate):
 def test_single_round_debate_has_no_critic_data(arithmetic):
     one_round = {pid: rounds[:1] for pid, rounds in ANSWERS.items()}
     turns = make_turns(arithmetic, PROBLEMS, one_round)
-    votes = vote_final_round(turns, arithmetic, PROBLEMS)
+    votes = vote_final_round(turns, arithmetic, PROBLEMS, VoteRule(tie_break="first"))
     # labels now come from round 1: p1 "4" (4, 4.0 vs 5), p2 "10", p3 "8", p4 "12" (tie, first), p5 "2", p6 "9"
     assert [v.label for v in votes] == ["4", "10", "8", "12", "2", "9"]
     data = build_agent_data(turns, votes, arithmetic, agents=3, critic_plus_fraction=1.0)
@@ -289,3 +290,164 @@ def test_three_rounds_critic_uses_final_round_and_split_uses_round_one(arithmeti
     (g,) = data[2].generation
     assert g.prompt == turn(turns, "q", 2, 1).messages and len(g.prompt) == 1
     assert g.completion == [{"role": "assistant", "content": response("q", 2, 1, "2")}]
+
+
+# -- truncated responses ------------------------------------------------------------------------------
+
+
+def test_truncated_responses_give_no_data_under_abstain(arithmetic, debate):
+    turns, _ = debate
+    # p5: every answer is "2". Agent 0's round-1 and agent 1's final response were cut off at max_new_tokens.
+    cut = [t.model_copy(update={"truncated": (t.problem_id, t.agent, t.round) in {("p5", 0, 1), ("p5", 1, 2)}}) for t in turns]
+    keep, abstain = VoteRule(truncated="keep"), VoteRule(truncated="abstain")
+    votes = vote_final_round(cut, arithmetic, PROBLEMS, abstain)
+    assert next(v for v in votes if v.problem_id == "p5").label == "2"  # two of three still vote
+    kept = build_agent_data(cut, votes, arithmetic, agents=3, critic_plus_fraction=1.0, rule=keep)
+    assert [ids(d.generation) for d in kept] == [g for g, _, _ in EXPECTED.values()]  # keep: as if not cut
+    data = build_agent_data(cut, votes, arithmetic, agents=3, critic_plus_fraction=1.0, rule=abstain)
+    # agent 0: its cut round-1 response leaves D^G; its final "2" now corrected an abstention: D^C-
+    assert ids(data[0].generation) == ["p1", "p3"]
+    assert [(e.problem_id, e.kind) for e in data[0].critic] == [("p2", "critic-"), ("p4", "critic-"), ("p5", "critic-"),
+                                                                 ("p1", "critic+"), ("p3", "critic+")]
+    # agent 1: its cut final response is no critic data (its round-1 response still is generation data)
+    assert "p5" in ids(data[1].generation) and "p5" not in ids(data[1].critic)
+    assert [d.model_dump() for d in data[2:]] == [d.model_dump() for d in kept[2:]]
+    assert build_agent_data(cut, votes, arithmetic, agents=3, critic_plus_fraction=1.0) == data  # abstain is the default
+
+
+# -- the critic data mix ------------------------------------------------------------------------------
+
+# per agent (|D^C-|, |D^C+|) in the hand-written debate: 0 (2, 3), 1 (0, 4), 2 (2, 1)
+SIZES = [(len(m), len(p)) for _, m, p in EXPECTED.values()]
+
+
+def mix(arithmetic, debate, seed=0, **kwargs):
+    turns, votes = debate
+    return build_agent_data(turns, votes, arithmetic, agents=3, seed=seed, **kwargs)
+
+
+def used(data):
+    return [d.counts()["critic_plus_used"] for d in data]
+
+
+def check_mix(data):
+    """Every rule keeps all of D^C- (first) and a subset of D^C+ (in problem order)."""
+    for d in data:
+        _, minus, plus = EXPECTED[d.agent]
+        assert ids(d.critic[: len(minus)]) == minus
+        rest = ids(d.critic[len(minus):])
+        assert set(rest) <= set(plus) and rest == [p for p in plus if p in rest]
+        assert d.critic_minus == len(minus) and d.critic_plus == len(plus)
+
+
+@pytest.mark.parametrize(
+    ("share", "expected"),
+    [
+        (1.0, [0, 0, 0]),  # w = 1: D^C- only
+        (2 / 3, [1, 0, 1]),  # round(2 * 0.5) = 1
+        (0.5, [2, 0, 1]),  # round(2 * 1) = 2; agent 2 capped by |D^C+| = 1
+        (0.4, [3, 0, 1]),  # round(2 * 1.5) = 3
+        (0.25, [3, 0, 1]),  # round(2 * 3) = 6, capped by |D^C+| = 3 (agent 0) and 1 (agent 2)
+        (0.8, [1, 0, 1]),  # round(2 * 0.25) = round(0.5) = 1: halves round up
+        (0.9, [0, 0, 0]),  # round(2 * 0.111) = 0
+    ],
+)
+def test_share_rule_counts(arithmetic, debate, share, expected):
+    data = mix(arithmetic, debate, critic_mix="share", critic_share=share)
+    check_mix(data)
+    assert used(data) == expected
+    # agent 1 has no D^C- (no corrected answers): under the share rule it gets no critic data at all
+    assert data[1].critic == []
+
+
+def test_share_rule_count_formula():
+    from maft.finetune_data import critic_plus_count
+
+    for minus, plus, w, k in [
+        (3, 10, 2 / 3, 2),  # 1.5 -> 2 (halves up, despite 1.5000000000000002 in floats)
+        (1, 10, 2 / 3, 1),  # 0.5 -> 1
+        (4, 10, 2 / 3, 2),
+        (6, 10, 0.75, 2),
+        (10, 3, 0.5, 3),  # capped
+        (0, 10, 0.5, 0),  # no D^C-: no D^C+
+        (7, 10, 1.0, 0),
+        (5, 100, 0.1, 45),
+    ]:
+        assert critic_plus_count("share", minus, plus, share=w) == k, (minus, plus, w)
+
+
+def test_fraction_rule_is_todays_rule_exactly(arithmetic, debate):
+    turns, votes = debate
+
+    def old(seed, w=0.5):  # the selection before critic_mix existed (verbatim), on the same D^C+ pools
+        out = []
+        for n, (_, _, plus) in EXPECTED.items():
+            rng = random.Random(f"{seed}:critic+:{n}")
+            out.append(sorted(rng.sample(plus, math.floor(w * len(plus) + 0.5)), key=plus.index))
+        return out
+
+    for seed in range(20):
+        for w in (0.5, 0.3, 1.0):
+            data = mix(arithmetic, debate, seed=seed, critic_mix="fraction", critic_plus_fraction=w)
+            assert [ids(d.critic)[d.critic_minus:] for d in data] == old(seed, w)
+        default = mix(arithmetic, debate, seed=seed)  # fraction 0.5 is the default
+        assert [d.model_dump() for d in default] == [
+            d.model_dump() for d in mix(arithmetic, debate, seed=seed, critic_mix="fraction", critic_plus_fraction=0.5)
+        ]
+    assert used(mix(arithmetic, debate, critic_mix="fraction", critic_plus_fraction=0.5)) == [2, 2, 1]
+
+
+def test_authors_rule_exact_counts_for_fixed_seeds(arithmetic, debate):
+    # one coin per D^C- example: agent 0 (2 coins, 3 available) 0-2; agent 1 (no coins) 0; agent 2 (2 coins, 1 available) 0-1
+    seen = []
+    for seed in range(8):
+        data = mix(arithmetic, debate, seed=seed, critic_mix="authors")
+        check_mix(data)
+        seen.append(used(data))
+    assert seen == AUTHORS_COUNTS
+    for seed, counts in enumerate(seen):  # the same counts, from the documented coin stream
+        for n, (minus, plus) in enumerate(SIZES):
+            coins = random.Random(f"{seed}:critic+:{n}")
+            assert counts[n] == min(sum(coins.random() < 0.5 for _ in range(minus)), plus)
+    assert all(u[1] == 0 and u[0] <= 2 and u[2] <= 1 for u in seen)
+    assert {u[0] for u in seen} == {0, 1, 2}  # the coins do vary with the seed
+    again = mix(arithmetic, debate, seed=5, critic_mix="authors")
+    assert [d.model_dump() for d in again] == [d.model_dump() for d in mix(arithmetic, debate, seed=5, critic_mix="authors")]
+
+
+# critic_plus_used per agent for seeds 0..7 (agent n's coins come from random.Random(f"{seed}:critic+:{n}"))
+AUTHORS_COUNTS = [[0, 0, 0], [2, 0, 0], [1, 0, 0], [1, 0, 1], [2, 0, 1], [1, 0, 1], [1, 0, 1], [2, 0, 1]]
+AUTHORS_BINOMIAL_9 = [5, 5, 3, 5, 6]  # heads of 9 coins from random.Random(seed), seeds 0..4
+
+
+def test_authors_rule_is_a_capped_binomial():
+    from maft.finetune_data import critic_plus_count
+
+    # exact counts for fixed seeds: the rng's coins (random() < 0.5), one per D^C- example, capped by |D^C+|
+    for seed in range(5):
+        coins = random.Random(seed)
+        heads = sum(coins.random() < 0.5 for _ in range(9))
+        assert critic_plus_count("authors", 9, 100, rng=random.Random(seed)) == heads
+        assert critic_plus_count("authors", 9, 3, rng=random.Random(seed)) == min(heads, 3)
+    assert [critic_plus_count("authors", 9, 100, rng=random.Random(s)) for s in range(5)] == AUTHORS_BINOMIAL_9
+    assert critic_plus_count("authors", 0, 100, rng=random.Random(0)) == 0
+
+    # the distribution over 4000 seeds: Binomial(10, 1/2) (mean 5, sd of the mean 0.025), and capped at 3
+    seeds = range(4000)
+    free = [critic_plus_count("authors", 10, 100, rng=random.Random(f"s{s}")) for s in seeds]
+    assert abs(sum(free) / len(free) - 5) < 0.15  # 6 sd
+    for k in range(11):  # each frequency within 0.03 of the pmf (sd at most 0.008)
+        assert abs(free.count(k) / len(free) - math.comb(10, k) / 1024) < 0.03, k
+    capped = [critic_plus_count("authors", 10, 3, rng=random.Random(f"s{s}")) for s in seeds]
+    assert capped == [min(k, 3) for k in free]
+    capped_mean = sum(min(k, 3) * math.comb(10, k) for k in range(11)) / 1024  # 2.9365...
+    assert abs(sum(capped) / len(capped) - capped_mean) < 0.05
+
+
+def test_bad_mix_values_are_refused_before_any_work(arithmetic, debate):
+    with pytest.raises(ValueError, match="fraction, share, authors"):
+        mix(arithmetic, debate, critic_mix="paper")
+    with pytest.raises(ValueError, match=r"critic_share .* \(0, 1\]"):
+        mix(arithmetic, debate, critic_mix="share", critic_share=0.0)
+    with pytest.raises(ValueError, match="critic_plus_fraction"):
+        mix(arithmetic, debate, critic_mix="fraction", critic_plus_fraction=2.0)

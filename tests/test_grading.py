@@ -161,3 +161,47 @@ def test_math_timeout_returns_false_and_recovers(monkeypatch):
     assert 0.9 < time.monotonic() - start < 15  # it was the timeout that ended it
     # The killed worker is replaced.
     assert equivalent(r"\sqrt{32}", r"4\sqrt{2}", "math")
+
+
+# --- the fallback when there is no boxed answer, per task -----------------------------------------
+
+UNBOXED = [
+    ("So 3 + 4 = 7, and the answer is 7.", "7"),
+    ("He pays 3 + 4 = 7 dollars.\n#### 1,234\nDone", "1,234"),
+    (r"we get 41, so \boxed{x+", "41"),  # a box cut off mid-answer (e.g. at max_new_tokens)
+]
+
+
+def test_extract_answer_without_fallback_needs_a_box():
+    for text, fallback in UNBOXED:
+        assert extract_answer(text) == fallback
+        assert extract_answer(text, fallback=False) is None
+    assert extract_answer(r"7, so \boxed{\frac{1}{2}}", fallback=False) == r"\frac{1}{2}"
+
+
+def test_the_fallback_is_a_property_of_the_task(tmp_path):
+    import json
+    from pathlib import Path
+
+    from maft.tasks import get_task
+
+    fixtures = Path(__file__).parent / "fixtures"
+    numeric_file = tmp_path / "n.jsonl"
+    numeric_file.write_text(json.dumps({"question": "1+1?", "answer": "2"}) + "\n")
+    tasks = {
+        "arithmetic": get_task("arithmetic"),
+        "gsm8k": get_task("gsm8k", path=str(fixtures / "gsm8k_sample.jsonl")),
+        "math": get_task("math", path=str(fixtures / "math_sample.jsonl")),
+        "jsonl numeric": get_task("jsonl", path=str(numeric_file)),
+        "jsonl math": get_task("jsonl", path=str(numeric_file), grader="math"),
+        "jsonl choice": get_task("jsonl", path=str(numeric_file), grader="choice"),
+    }
+    falls_back = {name: task.answer_fallback for name, task in tasks.items()}
+    assert falls_back == {"arithmetic": True, "gsm8k": True, "math": False, "jsonl numeric": True,
+                          "jsonl math": False, "jsonl choice": True}
+    for name, task in tasks.items():
+        for text, fallback in UNBOXED:
+            assert task.extract(text) == (fallback if falls_back[name] else None), (name, text)
+        assert task.extract(r"first 3, then \boxed{5}") == "5"  # a boxed answer always counts
+    assert tasks["jsonl choice"].extract("I pick option B") is None  # choice: as before (the last number, none here)
+    assert tasks["jsonl choice"].extract("I pick 2") == "2"

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -231,3 +233,89 @@ def test_maft_run_on_transformers_serve(server, tmp_path):
     # resume redoes nothing
     again = Society(RunStore.open(store.root), progress=False)
     assert [m.test.majority for m in again.run()] == [m.test.majority for m in metrics]
+
+
+def test_a_server_lost_mid_stage_stops_the_run_and_resume_redoes_only_that_stage(server, tmp_path):
+    proxy = FaultProxy(server.url.removesuffix("/v1"))
+    try:
+        cfg = load_config(None, [
+            "model.engine=openai", "model.server_kind=transformers", f"model.urls=[{proxy.url}]", "model.max_retries=1",
+            "iterations=1", "debate.agents=2", "task.n_train=6", "task.n_test=4", "diversity.embeddings=off",
+            "debate.max_new_tokens=64", "train.batch_size=4",
+        ])
+        # iter_0/debate_test is 4 problems x 2 agents x 2 rounds = 16 requests; the server dies 5 requests
+        # into iter_1/debate_train
+        proxy.down_after(16 + 5)
+        store = RunStore.create(tmp_path / "run", cfg)
+        with pytest.raises(EngineError, match="failed 2 times"):
+            Society(store, progress=False).run()
+        before = json.loads((store.root / "manifest.json").read_text())["stages"]
+        assert "iter_0/debate_test" in before and "iter_0/metrics" in before
+        assert not any(k.startswith("iter_1/") for k in before)
+        assert not (store.root / "iter_1" / "debate_train.jsonl").exists()
+
+        proxy.down_after(None)  # the server is back
+        society = Society(RunStore.open(store.root), progress=False)
+        metrics = society.run()
+        after = json.loads((store.root / "manifest.json").read_text())["stages"]
+        assert after["iter_0/debate_test"] == before["iter_0/debate_test"]  # kept, not redone
+        assert len(read_jsonl(store.root / "iter_1" / "debate_train.jsonl", Turn)) == 6 * 2 * 2
+        assert [m.iteration for m in metrics] == [0, 1]
+    finally:
+        proxy.close()
+
+
+def test_maft_evaluate_against_a_server_equals_the_hf_engine_greedy(server, tmp_path):
+    from typer.testing import CliRunner
+
+    from maft.cli import app
+
+    outputs = []
+    for extra in (["--url", server.url], []):
+        out = tmp_path / f"eval{len(outputs)}.json"
+        result = CliRunner().invoke(app, ["evaluate", "--n", "4", "--temperature", "0", "--max-new-tokens", "96",
+                                          "--model", TINY, "--out", str(out), *extra])
+        assert result.exit_code == 0, result.output
+        outputs.append([r["response"] for r in json.loads(out.read_text())["records"]])
+    assert outputs[0] == outputs[1]
+    refused = CliRunner().invoke(app, ["evaluate", "--n", "2", "--url", "http://127.0.0.1:9/v1"])
+    assert refused.exit_code == 2 and "no answer from http://127.0.0.1:9/v1" in " ".join(refused.output.split())
+
+
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
+def test_a_managed_server_ends_with_maft(tmp_path, how):
+    """No orphan: Ctrl-C ends the server through maft's exit handler, kill -9 through the parent-death signal."""
+    import re
+
+    out = tmp_path / "run"
+    maft = subprocess.Popen(
+        [sys.executable, "-m", "maft.cli", "run", "--out", str(out), "--quiet", "--set", "model.engine=openai",
+         "--set", "model.server_kind=transformers", "--set", "model.server=managed", "--set", "iterations=0",
+         "--set", "task.n_test=300", "--set", "diversity.enabled=false"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    log = out / "server-0.log"
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and not (log.is_file() and "/v1/chat/completions" in log.read_text()):
+            assert maft.poll() is None, "maft exited before its server answered a request"
+            time.sleep(0.5)
+        pid = int(re.search(r"=== server pid (\d+)", log.read_text()).group(1))
+        os.kill(pid, 0)  # the server runs, mid-debate
+        maft.send_signal(how)
+        maft.wait(timeout=60)
+        deadline = time.monotonic() + 45
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.5)
+        assert not _alive(pid), f"the managed server outlived maft ({how!r})"
+    finally:
+        if maft.poll() is None:
+            maft.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

@@ -9,7 +9,9 @@ import pytest
 from maft.debate import Turn
 from maft.metrics import debate_metrics
 from maft.tasks import Problem
-from maft.voting import vote_final_round
+from maft.voting import VoteRule, vote_final_round
+
+FIRST = VoteRule(tie_break="first")  # the old fixed rule: ties go to the lowest agent index
 
 
 def make_turns(task, problems, answers, tokens=lambda agent, round: 1) -> list[Turn]:
@@ -35,9 +37,9 @@ def make_turns(task, problems, answers, tokens=lambda agent, round: 1) -> list[T
     return turns
 
 
-def vote_one(task, rounds, gold="4"):
+def vote_one(task, rounds, gold="4", rule=FIRST):
     problems = [Problem("p", "2+2", gold)]
-    (v,) = vote_final_round(make_turns(task, problems, {"p": rounds}), task, problems)
+    (v,) = vote_final_round(make_turns(task, problems, {"p": rounds}), task, problems, rule)
     return v
 
 
@@ -77,8 +79,8 @@ def test_tie_goes_to_the_class_of_the_lowest_agent(arithmetic):
 def test_tie_rule_follows_agent_index_not_turn_order(arithmetic):
     problems = [Problem("p", "2+2", "4")]
     turns = make_turns(arithmetic, problems, {"p": [["5", "4", "4", "5"]]})
-    v_sorted = vote_final_round(turns, arithmetic, problems)[0]
-    v_reversed = vote_final_round(list(reversed(turns)), arithmetic, problems)[0]
+    v_sorted = vote_final_round(turns, arithmetic, problems, FIRST)[0]
+    v_reversed = vote_final_round(list(reversed(turns)), arithmetic, problems, FIRST)[0]
     assert v_sorted == v_reversed
     assert v_reversed.label == "5" and v_reversed.classes == [[0, 3], [1, 2]]
 
@@ -137,7 +139,7 @@ def se(scores):
 
 def test_debate_metrics_by_hand(arithmetic):
     turns = make_turns(arithmetic, METRIC_PROBLEMS, METRIC_ANSWERS, tokens=lambda n, m: 1 + n + 10 * (m - 1))
-    m = debate_metrics(turns, arithmetic, METRIC_PROBLEMS)
+    m = debate_metrics(turns, arithmetic, METRIC_PROBLEMS, FIRST)
     assert m.problems == 3
 
     # final-round majority: q1 "4" right, q2 "3" wrong (2 vs 1), q3 tie -> agent 0's "6" right
@@ -173,8 +175,8 @@ def test_debate_metrics_by_hand(arithmetic):
 
 def test_debate_metrics_agrees_with_vote_final_round(arithmetic):
     turns = make_turns(arithmetic, METRIC_PROBLEMS, METRIC_ANSWERS)
-    m = debate_metrics(turns, arithmetic, METRIC_PROBLEMS)
-    votes = vote_final_round(turns, arithmetic, METRIC_PROBLEMS)
+    m = debate_metrics(turns, arithmetic, METRIC_PROBLEMS, FIRST)
+    votes = vote_final_round(turns, arithmetic, METRIC_PROBLEMS, FIRST)
     assert [v.correct for v in votes] == [True, False, True]
     assert close(m.majority.mean, sum(v.correct for v in votes) / len(votes))
     assert close(m.unanimous, sum(v.unanimous for v in votes) / len(votes))
@@ -204,3 +206,113 @@ def test_pairwise_agreement_four_agents(arithmetic, answers, unanimous, pairwise
     # one agent's accuracy against gold "2" is the fraction of the four agents that are right
     right = sum(a is not None and float(a) == 2 for a in answers[0])
     assert close(m.round_agent[0].mean, right / 4)
+
+
+# -- random ties through vote_final_round and debate_metrics -----------------------------------------
+
+TIED = [Problem(f"t{i}", f"{i}+0", str(i)) for i in range(60)]
+
+
+def tied_turns(arithmetic):
+    # every problem: a three-way split of the final round (agent 0 is right)
+    return make_turns(arithmetic, TIED, {p.id: [[p.answer, "-1", "-2"]] for p in TIED})
+
+
+def test_random_ties_are_seeded_by_run_seed_and_problem(arithmetic):
+    turns = tied_turns(arithmetic)
+    votes = vote_final_round(turns, arithmetic, TIED, VoteRule(seed=0))
+    assert all(v.tied == 3 and v.count == 1 for v in votes)
+    assert all(v.classes == [[0], [1], [2]] for v in votes)
+    winners = [[p.answer, "-1", "-2"].index(v.label) for v, p in zip(votes, TIED)]  # the winning agent
+    # the winning agent differs across problems (not agent 0 every time) and each agent wins some
+    assert set(winners) == {0, 1, 2} and min(winners.count(a) for a in range(3)) >= 10, winners
+    # a resume reads the same turns: the same labels; a problem's label does not depend on the others
+    assert vote_final_round(list(reversed(turns)), arithmetic, TIED, VoteRule(seed=0)) == votes
+    alone = vote_final_round([t for t in turns if t.problem_id == "t7"], arithmetic, [TIED[7]], VoteRule(seed=0))
+    assert alone == [votes[7]]
+    # another run seed draws other winners for some problems
+    other = vote_final_round(turns, arithmetic, TIED, VoteRule(seed=1))
+    assert [v.label for v in other] != [v.label for v in votes]
+    # first: agent 0 wins every split
+    assert all(v.label == p.answer for v, p in zip(vote_final_round(turns, arithmetic, TIED, FIRST), TIED))
+
+
+def test_debate_metrics_and_labels_break_ties_the_same_way(arithmetic):
+    turns = tied_turns(arithmetic)
+    for rule in (VoteRule(seed=0), VoteRule(seed=3), FIRST):
+        votes = vote_final_round(turns, arithmetic, TIED, rule)
+        m = debate_metrics(turns, arithmetic, TIED, rule)
+        assert close(m.majority.mean, sum(v.correct for v in votes) / len(votes))
+    assert debate_metrics(turns, arithmetic, TIED, FIRST).majority.mean == 1.0
+    assert 0.2 < debate_metrics(turns, arithmetic, TIED, VoteRule(seed=0)).majority.mean < 0.5
+
+
+# -- truncated responses -----------------------------------------------------------------------------
+
+
+def truncate(turns, which):
+    """Mark the turns ``(problem_id, agent, round)`` in ``which`` as cut off at max_new_tokens."""
+    return [t.model_copy(update={"truncated": True}) if (t.problem_id, t.agent, t.round) in which else t for t in turns]
+
+
+def test_a_truncated_turn_abstains_under_abstain_and_keeps_its_answer_under_keep(arithmetic):
+    problems = [Problem("p", "2+2", "4")]
+    turns = truncate(make_turns(arithmetic, problems, {"p": [["4", "4", "4"], ["7", "7", "4"]]}), {("p", 0, 2), ("p", 1, 2)})
+    cut = [t for t in turns if t.truncated]
+    assert [(t.answer, t.response) for t in cut] == [("7", "... \\boxed{7}")] * 2  # the record keeps its text and answer
+    abstain, keep = VoteRule(truncated="abstain"), VoteRule(truncated="keep")
+    assert [abstain.answer(t) for t in cut] == [None, None] and [keep.answer(t) for t in cut] == ["7", "7"]
+    (v,) = vote_final_round(turns, arithmetic, problems, abstain)
+    assert v.label == "4" and v.voters == 1 and v.classes == [[2]] and v.correct
+    (v,) = vote_final_round(turns, arithmetic, problems, keep)
+    assert v.label == "7" and v.voters == 3 and v.classes == [[0, 1], [2]] and not v.correct
+    # a truncated right answer is not right under abstain
+    right = truncate(make_turns(arithmetic, problems, {"p": [["4", "5", "6"]]}), {("p", 0, 1)})
+    assert not abstain.correct(right[0]) and keep.correct(right[0])
+
+
+def test_truncation_in_debate_metrics(arithmetic):
+    turns = make_turns(arithmetic, METRIC_PROBLEMS, METRIC_ANSWERS)
+    # round 1: 2 of 9 responses cut off; round 2: 3 of 9 (q3 a1 had no answer anyway)
+    cut = {("q1", 0, 1), ("q3", 2, 1), ("q2", 0, 2), ("q2", 1, 2), ("q3", 1, 2)}
+    turns = truncate(turns, cut)
+    keep = debate_metrics(turns, arithmetic, METRIC_PROBLEMS, VoteRule(tie_break="first", truncated="keep"))
+    abstain = debate_metrics(turns, arithmetic, METRIC_PROBLEMS, VoteRule(tie_break="first", truncated="abstain"))
+    for m in (keep, abstain):
+        assert [round(x, 12) for x in m.truncated] == [round(2 / 9, 12), round(3 / 9, 12)]
+    # keep: the numbers of test_debate_metrics_by_hand
+    assert close(keep.majority.mean, 2 / 3) and close(keep.abstention_rate, 2 / 18)
+    assert close(keep.round_agent[0].mean, 4 / 9) and close(keep.round_agent[1].mean, 5 / 9)
+    # abstain: final round q1 4,4.0,4 -> "4" right; q2 (10 cut, 3 cut, 3) -> "3" wrong; q3 (6, None, 8) tie -> "6" right
+    assert close(abstain.majority.mean, 2 / 3)
+    # round 1 loses q1 a0's "4" (right) and q3 a2's "6" (right): per-problem fractions [0, 2/3, 0]
+    assert close(abstain.round_agent[0].mean, 2 / 9)
+    # round 2 loses q2 a0's "10" (right): [1, 0, 1/3]
+    assert close(abstain.round_agent[1].mean, 4 / 9)
+    assert [a.mean for a in abstain.agent_round[0]] == [1 / 3, 2 / 3]  # agent 0: r1 q2 only; r2 q1 and q3
+    # round 1 majority: q1 (None, 5, None) -> "5" wrong; q2 "10" right; q3 (8, 8, None) -> "8" wrong
+    assert close(abstain.round_majority[0].mean, 1 / 3)
+    # 2 abstentions + 5 truncations (q3 a1 r2 was both): 6 of 18
+    assert close(abstain.abstention_rate, 6 / 18)
+    # final-round agreement: q1 unanimous; q2 (None, None, 3) no pair; q3 (6, None, 8) no pair
+    assert close(abstain.unanimous, 1 / 3) and close(abstain.pairwise_agreement, 1 / 3)
+
+
+def test_truncation_shares_by_hand(arithmetic):
+    from maft.metrics import truncation_shares
+
+    problems = [Problem("a", "1+1", "2"), Problem("b", "1+2", "3")]
+    turns = make_turns(arithmetic, problems, {"a": [["2", "2"], ["2", "2"], ["2", "2"]], "b": [["3", "3"], ["3", "3"], ["3", "3"]]})
+    turns = truncate(turns, {("a", 0, 1), ("a", 0, 2), ("b", 1, 2), ("a", 1, 2)})
+    assert truncation_shares(turns) == [1 / 4, 3 / 4, 0.0]
+    assert truncation_shares([]) == []
+
+
+def test_old_metrics_without_truncation_still_load():
+    from maft.metrics import DebateMetrics
+
+    old = {
+        "problems": 1, "majority": {"mean": 1, "se": 0, "n": 1}, "round_agent": [], "round_majority": [],
+        "agent_round": [], "unanimous": 1, "pairwise_agreement": 1, "abstention_rate": 0, "generated_tokens": 0,
+    }  # a metrics.json written before DebateMetrics.truncated existed
+    assert DebateMetrics.model_validate(old).truncated == []

@@ -48,6 +48,8 @@ def evaluate(
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     seed: int = 0,
     device: str = "auto",
+    url: Annotated[list[str], typer.Option(help="an OpenAI-compatible server's base URL (several: load spread); --model is its model name")] = [],
+    concurrency: Annotated[int, typer.Option(min=1, help="with --url: requests in flight")] = 64,
     out: Annotated[Optional[Path], typer.Option(help="write the result (with every response) as JSON here")] = None,
     run: Annotated[Optional[Path], typer.Option(help="transfer: debate the task with this run's finetuned agents")] = None,
     iteration: Annotated[list[int], typer.Option(help="with --run: iterations to evaluate (default: 0 and the last)")] = [],
@@ -56,6 +58,7 @@ def evaluate(
     --run, a finished run's agents by debate on another task (zero-shot transfer)."""
     from maft.engines import Sampling
     from maft.engines.hf import HFEngine
+    from maft.tiny import default_checkpoint
     from maft.evaluate import evaluate as run_evaluation
     from maft.tasks import DatasetUnavailableError, get_task
 
@@ -69,7 +72,20 @@ def evaluate(
     except (ValueError, FileNotFoundError, DatasetUnavailableError) as e:
         raise typer.BadParameter(str(e)) from e
     start = time.perf_counter()
-    engine = HFEngine(model, device=device, batch_size=batch_size)
+    if url:
+        from maft.engines.openai import OpenAIEngine
+        from maft.serving import check_serving
+        from maft.config import load_config
+
+        served = model or str(default_checkpoint())
+        try:  # the server answers and serves the model, before any request
+            check_serving(load_config(None, ["model.engine=openai", "model.server_kind=api", "iterations=0",
+                                             f"model.served_name={served}", f"model.urls={json.dumps(url)}"]))
+        except ServerError as e:
+            _fail(str(e))
+        engine = OpenAIEngine(url, served, concurrency=concurrency)
+    else:
+        engine = HFEngine(model, device=device, batch_size=batch_size)
     result = run_evaluation(engine, the_task, problems, samples=samples, sampling=sampling, seed=seed, progress=True)
     seconds = time.perf_counter() - start
     table = Table(title=f"{task}: {n} test problems, {samples} sample(s) each, T={temperature}, top_p={top_p}")

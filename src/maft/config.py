@@ -82,11 +82,32 @@ class DebateConfig(Strict):
     temperature: float = Field(1.0, ge=0)
     top_p: float = Field(0.9, gt=0, le=1)
     max_new_tokens: int = Field(256, ge=1)
+    # How the debate's answers are read and voted: the same rule for the training labels, the data and
+    # the held-out metrics (so it lives here, with the debate, not under data:).
+    tie_break: Literal["random", "first"] = Field(
+        "random",
+        description="a tie between the largest answer classes: random (the paper; seeded by the run seed and the "
+        "problem id) or first (the class whose first member has the lowest agent index)",
+    )
+    truncated: Literal["abstain", "keep"] = Field(
+        "abstain",
+        description="a response cut off at max_new_tokens: abstain (its answer is None: no vote, never correct, "
+        "no training data) or keep (the answer extracted from the cut-off text counts)",
+    )
 
 
 class DataConfig(Strict):
+    critic_mix: Literal["fraction", "share", "authors"] = Field(
+        "fraction",
+        description="how much of D^C+ (right and stayed right) joins all of D^C- (wrong, then right) in the critic "
+        "data: fraction (a fraction critic_plus_fraction of D^C+), share (the paper: D^C- is a share critic_share "
+        "of the mix) or authors (the authors' code: one D^C+ example per D^C- example with probability 0.5)",
+    )
     critic_plus_fraction: float = Field(
-        0.5, ge=0, le=1, description="w: the fraction of D^C+ (right and stayed right) added to all of D^C-"
+        0.5, ge=0, le=1, description="critic_mix=fraction: the fraction of D^C+ added to all of D^C-"
+    )
+    critic_share: float = Field(
+        2 / 3, gt=0, le=1, description="critic_mix=share: w, the share of D^C- in the critic data (1: no D^C+)"
     )
     label: Literal["majority", "gold"] = Field(
         "majority",

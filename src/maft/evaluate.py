@@ -9,7 +9,7 @@ from pydantic import BaseModel
 from maft.engines import Engine, Request, Sampling
 from maft.metrics import Accuracy, accuracy
 from maft.tasks import Problem, Task
-from maft.voting import majority_vote
+from maft.voting import majority_vote, tie_key
 
 
 class SampleRecord(BaseModel):
@@ -56,14 +56,14 @@ def evaluate(
     records, single, majority, any_correct = [], [], [], []
     for i, p in enumerate(problems):
         gens = generations[i * samples : (i + 1) * samples]
-        answers = [task.extract(g.text) for g in gens]
+        answers = [None if g.truncated else task.extract(g.text) for g in gens]  # a cut-off response abstains
         correct = [task.is_correct(a, p) for a in answers]
         records += [
             SampleRecord(problem_id=p.id, sample=j, response=g.text, answer=a, correct=c)
             for j, (g, a, c) in enumerate(zip(gens, answers, correct))
         ]
         single.append(sum(correct) / samples)
-        vote = majority_vote(answers, task.equivalent)
+        vote = majority_vote(answers, task.equivalent, tie_break="random", key=tie_key(seed, p.id))
         majority.append(float(task.is_correct(vote.answer, p)))
         any_correct.append(float(any(correct)))
     return EvalResult(

@@ -6,8 +6,18 @@ For agent n and a problem with majority label y (the final round's vote):
 - critic data D^C_n: (the conversation up to the final-round prompt, agent n's final-round response)
   when the final answer equals y, split by agent n's round-1 answer into
   D^C-_n (round 1 was not y: the debate corrected it) and D^C+_n (round 1 was already y).
-  D^C_n = all of D^C-_n + a seeded random fraction w of D^C+_n (``floor(w * |D^C+_n| + 0.5)`` examples,
-  halves rounded up).
+  D^C_n = all of D^C-_n + k examples of D^C+_n, drawn at random (seeded) and kept in problem order,
+  where k depends on the mix rule (``data.critic_mix``):
+
+  - ``fraction`` (maft's default): k = floor(f |D^C+_n| + 0.5), f = ``critic_plus_fraction``;
+  - ``share`` (the paper's D^C_n = w D^C-_n + (1-w) D^C+_n, w = ``critic_share`` in (0, 1], the share
+    of D^C- in D^C_n): k = min(floor(|D^C-_n| (1-w)/w + 0.5), |D^C+_n|); w = 1 adds no D^C+, and an
+    agent with no D^C- gets no critic data at all (its share of an empty mix is undefined);
+  - ``authors`` (the authors' code): one coin flip (p = 0.5) per D^C- example, k = min(heads, |D^C+_n|),
+    i.e. Binomial(|D^C-_n|, 1/2) capped by |D^C+_n| (about two thirds D^C-).
+
+  Halves round up. Which answer a turn counts with (a truncated response abstains by default) is
+  the run's :class:`~maft.voting.VoteRule`, the same as for the vote.
 
 Only agent n's own responses enter its datasets, and the gold answer is never looked at.
 """
@@ -24,9 +34,11 @@ from pydantic import BaseModel
 from maft.debate import Turn, by_problem, rounds_of
 from maft.engines import Message
 from maft.tasks import Task
-from maft.voting import ProblemVote
+from maft.voting import ProblemVote, VoteRule
 
 Kind = Literal["generation", "critic-", "critic+"]
+CriticMix = Literal["fraction", "share", "authors"]
+CRITIC_MIXES: tuple[str, ...] = ("fraction", "share", "authors")
 
 
 class Example(BaseModel):
@@ -46,7 +58,7 @@ class AgentData(BaseModel):
     generation: list[Example]
     critic: list[Example]
     critic_minus: int  # |D^C-_n| (all of it is in ``critic``)
-    critic_plus: int  # |D^C+_n| before taking the fraction w
+    critic_plus: int  # |D^C+_n| before the mix rule draws from it
 
     def counts(self) -> dict[str, int]:
         return {
@@ -68,18 +80,43 @@ def _example(turn: Turn, kind: Kind) -> Example:
     )
 
 
+def critic_plus_count(
+    mix: CriticMix, minus: int, plus: int, *, fraction: float = 0.5, share: float = 2 / 3, rng: random.Random | None = None
+) -> int:
+    """How many D^C+ examples join all ``minus`` D^C- examples, from ``plus`` available, under rule ``mix``
+    (module docstring). ``authors`` flips its coins with ``rng``."""
+    if mix == "fraction":
+        if not 0 <= fraction <= 1:
+            raise ValueError(f"critic_plus_fraction must be in [0, 1], got {fraction}")
+        return math.floor(fraction * plus + 0.5)
+    if mix == "share":
+        if not 0 < share <= 1:
+            raise ValueError(f"critic_share (w, the share of D^C- in the critic data) must be in (0, 1], got {share}")
+        return min(math.floor(minus * (1 - share) / share + 0.5 + 1e-9), plus)  # 1e-9: 1.5 stays a half in floats
+    if mix == "authors":
+        rng = rng or random.Random(0)
+        return min(sum(rng.random() < 0.5 for _ in range(minus)), plus)
+    raise ValueError(f"unknown critic_mix {mix!r}; expected one of {', '.join(CRITIC_MIXES)}")
+
+
 def build_agent_data(
     turns: Sequence[Turn],
     votes: Sequence[ProblemVote],
     task: Task,
     *,
     agents: int,
-    critic_plus_fraction: float,
+    critic_mix: CriticMix = "fraction",
+    critic_plus_fraction: float = 0.5,
+    critic_share: float = 2 / 3,
     seed: int = 0,
+    rule: VoteRule | None = None,
 ) -> list[AgentData]:
-    """D^G_n and D^C_n for every agent n (a single-round debate has no critic data)."""
-    if not 0 <= critic_plus_fraction <= 1:
-        raise ValueError(f"critic_plus_fraction (w) must be in [0, 1], got {critic_plus_fraction}")
+    """D^G_n and D^C_n for every agent n (a single-round debate has no critic data).
+
+    ``rule`` decides the answer each turn counts with, as in the vote: pass the run's
+    (``VoteRule.of(config)``; default ``VoteRule()``)."""
+    rule = rule or VoteRule()
+    critic_plus_count(critic_mix, 0, 0, fraction=critic_plus_fraction, share=critic_share)  # bad values fail first
     final = rounds_of(turns)
     table = by_problem(turns)
     labels = {v.problem_id: v.label for v in votes}
@@ -92,13 +129,14 @@ def build_agent_data(
             if label is None:  # every answer abstained: no label, no data
                 continue
             first, last = table[problem_id][(n, 1)], table[problem_id][(n, final)]
-            first_agrees = task.equivalent(first.answer, label)
+            first_agrees = task.equivalent(rule.answer(first), label)
             if first_agrees:
                 generation.append(_example(first, "generation"))
-            if final > 1 and task.equivalent(last.answer, label):
+            if final > 1 and task.equivalent(rule.answer(last), label):
                 (plus if first_agrees else minus).append(_example(last, "critic+" if first_agrees else "critic-"))
         rng = random.Random(f"{seed}:critic+:{n}")
-        chosen = rng.sample(plus, math.floor(critic_plus_fraction * len(plus) + 0.5))
+        k = critic_plus_count(critic_mix, len(minus), len(plus), fraction=critic_plus_fraction, share=critic_share, rng=rng)
+        chosen = rng.sample(plus, k)
         chosen_ids = {id(e) for e in chosen}
         critic = minus + [e for e in plus if id(e) in chosen_ids]  # keep problem order within each set
         out.append(AgentData(agent=n, generation=generation, critic=critic, critic_minus=len(minus), critic_plus=len(plus)))

@@ -84,14 +84,16 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
-def extract_answer(text: str) -> str | None:
+def extract_answer(text: str, fallback: bool = True) -> str | None:
     """The final answer in a response, or None (an abstention).
 
-    In order: the last ``\\boxed{...}``; the rest of the line after the last ``####`` (GSM8K);
-    the last number in the text.
+    In order: the last ``\\boxed{...}``; then, with ``fallback`` (arithmetic, GSM8K, numeric and
+    choice files), the rest of the line after the last ``####`` (GSM8K), else the last number in the
+    text. Without ``fallback`` (MATH, math files: the authors' grader needs a boxed answer) a response
+    with no complete ``\\boxed{}`` abstains.
     """
     boxed = last_boxed(text)
-    if boxed is not None:
+    if boxed is not None or not fallback:
         return boxed
     if "####" in text:
         after = _clean(text.rsplit("####", 1)[1].split("\n", 1)[0])

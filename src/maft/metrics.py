@@ -6,11 +6,12 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 if TYPE_CHECKING:
     from maft.debate import Turn
     from maft.tasks import Problem, Task
+    from maft.voting import VoteRule
 
 
 class Accuracy(BaseModel):
@@ -60,15 +61,33 @@ class DebateMetrics(BaseModel):
     agent_round: list[list[Accuracy]]  # [agent][round]
     unanimous: float  # final round: all agents gave equivalent answers
     pairwise_agreement: float  # final round: fraction of agent pairs with equivalent answers
-    abstention_rate: float
+    abstention_rate: float  # answers that abstained (under debate.truncated=abstain, truncated responses too)
     generated_tokens: int
+    truncated: list[float] = Field(default_factory=list)  # per round: share of responses cut off at max_new_tokens
 
 
-def debate_metrics(turns: Sequence[Turn], task: Task, problems: Sequence[Problem]) -> DebateMetrics:
-    """Per-round, per-agent and majority accuracy with standard errors, and agreement, of a debate."""
+def truncation_shares(turns: Sequence[Turn]) -> list[float]:
+    """Per round (1, 2, ...): the share of that round's responses that stopped at max_new_tokens."""
+    rounds = max((t.round for t in turns), default=0)
+    out = []
+    for m in range(1, rounds + 1):
+        row = [t for t in turns if t.round == m]
+        out.append(sum(t.truncated for t in row) / len(row) if row else 0.0)
+    return out
+
+
+def debate_metrics(
+    turns: Sequence[Turn], task: Task, problems: Sequence[Problem], rule: VoteRule | None = None
+) -> DebateMetrics:
+    """Per-round, per-agent and majority accuracy with standard errors, and agreement, of a debate.
+
+    ``rule`` (default ``VoteRule()``: random ties, truncated responses abstain, seed 0) decides the
+    answer each turn counts with and breaks ties, as for the training labels: pass the run's
+    (``VoteRule.of(config)``)."""
     from maft.debate import by_problem
-    from maft.voting import majority_vote
+    from maft.voting import VoteRule
 
+    rule = rule or VoteRule()
     gold = {p.id: p for p in problems}
     rounds = max(t.round for t in turns)
     agents = max(t.agent for t in turns) + 1
@@ -79,23 +98,24 @@ def debate_metrics(turns: Sequence[Turn], task: Task, problems: Sequence[Problem
         agent, majority = [], []
         for pid in ids:
             row = [grid[pid][(n, m)] for n in range(agents)]
-            agent.append(sum(t.correct for t in row) / agents)
-            vote = majority_vote([t.answer for t in row], task.equivalent)
+            agent.append(sum(rule.correct(t) for t in row) / agents)
+            vote = rule.vote([rule.answer(t) for t in row], task.equivalent, pid)
             majority.append(float(task.is_correct(vote.answer, gold[pid])))
         return agent, majority
 
     per_round = [round_scores(m) for m in range(1, rounds + 1)]
-    pairwise, unanimous = agreement([[grid[pid][(n, rounds)].answer for n in range(agents)] for pid in ids], task)
+    pairwise, unanimous = agreement([[rule.answer(grid[pid][(n, rounds)]) for n in range(agents)] for pid in ids], task)
     return DebateMetrics(
         problems=len(ids),
         majority=accuracy(per_round[-1][1]),
         round_agent=[accuracy(a) for a, _ in per_round],
         round_majority=[accuracy(v) for _, v in per_round],
-        agent_round=[[accuracy([float(grid[pid][(n, m)].correct) for pid in ids]) for m in range(1, rounds + 1)] for n in range(agents)],
+        agent_round=[[accuracy([float(rule.correct(grid[pid][(n, m)])) for pid in ids]) for m in range(1, rounds + 1)] for n in range(agents)],
         unanimous=unanimous,
         pairwise_agreement=pairwise,
-        abstention_rate=sum(t.answer is None for t in turns) / len(turns),
+        abstention_rate=sum(rule.answer(t) is None for t in turns) / len(turns),
         generated_tokens=sum(t.completion_tokens for t in turns),
+        truncated=truncation_shares(turns),
     )
 
 

@@ -37,7 +37,7 @@ from maft.serving import base_model, check_serving, make_engine
 from maft.store import RunDirError, RunStore, atomic_dir, publish_dir, read_jsonl, temporary_dir, write_json, write_jsonl, write_text
 from maft.training import TrainResult
 from maft.tasks import Splits, Task, get_task
-from maft.voting import ProblemVote, vote_final_round
+from maft.voting import ProblemVote, VoteRule, vote_final_round
 
 
 class TrainStats(BaseModel):
@@ -220,7 +220,7 @@ class Society:
     def _votes(self, l: int) -> dict:
         d = self.store.iter_dir(l)
         turns = read_jsonl(d / "debate_train.jsonl", Turn)
-        votes = vote_final_round(turns, self.task, self.splits.train)
+        votes = vote_final_round(turns, self.task, self.splits.train, VoteRule.of(self.config))
         if self.config.data.label == "gold":  # STaR: the gold answer is the label (uses ground truth)
             gold = {p.id: p.answer for p in self.splits.train}
             votes = [v.model_copy(update={"label": gold[v.problem_id], "correct": True}) for v in votes]
@@ -236,8 +236,11 @@ class Society:
             votes,
             self.task,
             agents=self.config.debate.agents,
+            critic_mix=self.config.data.critic_mix,
             critic_plus_fraction=self.config.data.critic_plus_fraction,
+            critic_share=self.config.data.critic_share,
             seed=self.config.seed * 1000 + l,
+            rule=VoteRule.of(self.config),
         )
         counts = {f"agent_{a.agent}": a.counts() for a in data}
         with atomic_dir(d / "data") as tmp:
@@ -320,7 +323,7 @@ class Society:
 
     def _write_metrics(self, l: int) -> None:
         d = self.store.iter_dir(l)
-        test = debate_metrics(read_jsonl(d / "debate_test.jsonl", Turn), self.task, self.splits.test)
+        test = debate_metrics(read_jsonl(d / "debate_test.jsonl", Turn), self.task, self.splits.test, VoteRule.of(self.config))
         train = None
         if l > 0:
             votes = read_jsonl(d / "votes.jsonl", ProblemVote)

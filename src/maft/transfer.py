@@ -20,6 +20,7 @@ from maft.store import RunStore, atomic_dir, write_json, write_jsonl
 from maft.serving import check_serving, make_engine
 from maft.society import run_debate
 from maft.tasks import get_task
+from maft.voting import VoteRule
 
 
 def transfer(
@@ -64,7 +65,7 @@ def transfer(
             engine, cfg, task, problems, agents_at(cfg, store.root, l), seed=cfg.seed * 1000,
             progress=f"transfer {task_name} iter_{l}" if progress else False,
         )
-        out[l] = debate_metrics(turns, task, problems)
+        out[l] = debate_metrics(turns, task, problems, VoteRule.of(cfg))
         with atomic_dir(d) as tmp:
             write_jsonl(tmp / "debate_test.jsonl", turns)
             write_json(tmp / "metrics.json", out[l].model_dump(mode="json"))

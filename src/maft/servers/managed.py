@@ -90,6 +90,8 @@ class ManagedServers:
                 )
             except OSError as e:
                 raise ServerError(f"could not start the server ({command[0]}: {e}); check model.server_python") from None
+            else:
+                log.write(f"=== server pid {process.pid}\n")
             finally:
                 log.close()
             self.processes.append(process)

@@ -41,6 +41,9 @@ class Task(ABC):
     name: ClassVar[str]
     grader: GraderKind = "numeric"
     answer_format: str = BOXED_FORMAT
+    #: Without a ``\boxed{}`` answer, read the text after ``####`` or else the last number (True), or
+    #: abstain (False: MATH, whose graders need a boxed answer). See :func:`maft.grading.extract_answer`.
+    answer_fallback: bool = True
 
     @abstractmethod
     def splits(self, n_train: int, n_test: int, seed: int = 0) -> Splits:
@@ -52,7 +55,7 @@ class Task(ABC):
 
     def extract(self, response: str) -> str | None:
         """The final answer in ``response``, or None (an abstention)."""
-        return grading.extract_answer(response)
+        return grading.extract_answer(response, fallback=self.answer_fallback)
 
     def equivalent(self, a: str | None, b: str | None) -> bool:
         """Whether two extracted answers are the same answer under this task's grader."""

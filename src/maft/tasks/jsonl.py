@@ -2,7 +2,9 @@
 
 Rows need ``question`` and ``answer``; optional fields: ``id``, ``choices`` (a list of options,
 shown as "A. ...", "B. ..." under the question) and ``grader``. The grader is the ``grader``
-option, else the rows' ``grader`` field (one value for the whole file), else "numeric".
+option, else the rows' ``grader`` field (one value for the whole file), else "numeric". With the
+``math`` grader only a ``\\boxed{}`` answer counts (as for MATH); ``numeric`` and ``choice`` fall back to
+the text after ``####`` or the last number.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class JsonlTask(DatasetTask):
         if grader not in GRADERS:
             raise ValueError(f"jsonl: unknown grader {grader!r}; expected one of {', '.join(GRADERS)}")
         self.grader = grader
+        self.answer_fallback = grader != "math"  # math answers must be boxed, as for the MATH task
 
     def to_problem(self, row: Row, default_id: str, where: str) -> Problem:
         require_fields(row, ("question", "answer"), self.name, where)

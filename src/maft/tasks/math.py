@@ -47,6 +47,7 @@ class MathTask(DatasetTask):
 
     name = "math"
     grader = "math"
+    answer_fallback = False  # a response without a boxed answer abstains (the authors' grader)
     fields = ("problem", "solution")
 
     def __init__(

@@ -9,7 +9,7 @@ from maft.engines import Engine, Request, Sampling
 from maft.evaluate import evaluate
 from maft.metrics import Accuracy, accuracy
 from maft.tasks import Problem, Task
-from maft.voting import majority_vote
+from maft.voting import majority_vote, tie_key
 
 
 class TinyCheck(BaseModel):
@@ -42,7 +42,8 @@ def check(engine: Engine, task: Task, problems: list[Problem], seed: int = 0, pr
     for i, p in enumerate(problems):
         answers = [task.extract(g.text) for g in round2[3 * i : 3 * i + 3]]
         agent.append(sum(task.is_correct(a, p) for a in answers) / 3)
-        majority.append(float(task.is_correct(majority_vote(answers, task.equivalent).answer, p)))
+        vote = majority_vote(answers, task.equivalent, tie_break="random", key=tie_key(seed, p.id))
+        majority.append(float(task.is_correct(vote.answer, p)))
     return TinyCheck(
         n=len(problems),
         single=sampled.single,
