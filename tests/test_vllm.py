@@ -164,6 +164,18 @@ def test_canary_refuses_an_adapter_equal_to_the_base_model(server, tiny32, adapt
     assert "gen_0," not in str(refused.value) and "maft-canary-i1-critic_0" in str(refused.value)
 
 
+def test_the_canary_spares_a_role_that_took_no_training_step(server, tiny32, tmp_path):
+    import json
+
+    zero = make_adapter(tiny32, tmp_path / "zero", seed=7, zero=True)
+    (zero / "maft_train.json").write_text(json.dumps({"steps": 0, "examples": 0}))  # no data: weights unchanged
+    engine = OpenAIEngine(server.url, str(tiny32), server=VLLMServer(tag="maft-nodata"))
+    engine.serve(Agents(1, {"critic_0": zero}))  # not refused
+    (zero / "maft_train.json").write_text(json.dumps({"steps": 3, "examples": 12}))
+    with pytest.raises(ServerError, match="critic_0"):
+        engine.serve(Agents(2, {"critic_0": zero}))
+
+
 def test_a_refused_adapter_is_not_served_on_the_next_publish(server, tiny32, adapters, tmp_path):
     zero = make_adapter(tiny32, tmp_path / "zero", seed=6, zero=True)
     engine = OpenAIEngine(server.url, str(tiny32), server=VLLMServer(tag="maft-stale"))
@@ -269,7 +281,7 @@ def test_one_iteration_through_a_managed_vllm_server(vllm_python, tiny32, tmp_pa
     cfg = load_config(None, [
         f"model.name={tiny32}", "model.engine=openai", "model.server_kind=vllm", "model.server=managed",
         f"model.server_python={vllm_python}", f"model.server_args=[{args}]",
-        "iterations=1", "debate.agents=2", "debate.rounds=2", "debate.max_new_tokens=64",
+        "iterations=1", "debate.agents=2", "debate.rounds=2", "debate.max_new_tokens=112",
         "task.n_train=16", "task.n_test=12", "train.epochs=1", "train.batch_size=8", "diversity.embeddings=off",
     ])
     root = tmp_path / "run"

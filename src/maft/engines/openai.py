@@ -122,6 +122,7 @@ class OpenAIEngine:
         if agents.models:
             if self.server is None:
                 raise EngineError("this engine serves the base model only; it has no server kind to load agents")
+            self.server.checked(agents)
             self.names = dict(self.server.publish(self, agents))
         else:
             self.names = {}

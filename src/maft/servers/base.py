@@ -14,6 +14,7 @@ by ``release`` while the agents are finetuned, where the server and training sha
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
@@ -25,6 +26,15 @@ if TYPE_CHECKING:
     from maft.servers.managed import ManagedServers
 
 CANARY = [{"role": "user", "content": "What is 12+7*3-5? Show your steps and end with the answer in \\boxed{}."}]
+
+
+def _steps(path: Path) -> int | None:
+    """The training steps recorded with a saved agent (None: no record, e.g. an adapter made elsewhere)."""
+    record = Path(path) / "maft_train.json"
+    try:
+        return int(json.loads(record.read_text())["steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 class ServerError(RuntimeError):
@@ -67,6 +77,13 @@ class ServerKind:
             "use model.server_kind=vllm (or transformers) with a server you control"
         )
 
+    untrained: frozenset[str] = frozenset()  # roles of the agents being published that took no training step
+
+    def checked(self, agents: Agents) -> None:
+        """Note which roles took no training step (no data): their weights may equal the base model's, so
+        the canary must not hold that against them."""
+        self.untrained = frozenset(role for role, path in agents.models.items() if _steps(path) == 0)
+
     def name_for(self, agents: Agents, role: str) -> str:
         return f"{self.tag}-i{agents.iteration}-{role}"
 
@@ -75,6 +92,9 @@ class ServerKind:
         answer's log-probability (vLLM) an equal answer is conclusive and stops the run; a server that gives
         text only (transformers serve) cannot tell weights that never arrived from weights that barely moved
         the greedy text, so an equal text is reported, not refused."""
+        names = {role: name for role, name in names.items() if role not in self.untrained}
+        if not names:
+            return
         base = self._canary_answer(engine, engine.model_name)
         same = [role for role, name in names.items() if self._canary_answer(engine, name) == base]
         if not same:
