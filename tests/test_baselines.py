@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from maft.baselines import METHODS, method_overrides
+from maft.baselines import DEFAULT_METHODS, METHODS, method_overrides
 from maft.compare import MethodResult, compare, load_compare_config
 from maft.config import ConfigError
 from maft.debate import Turn
@@ -17,7 +17,10 @@ from maft.voting import ProblemVote
 pytestmark = pytest.mark.slow
 
 SMALL = ["iterations=1", "debate.agents=2", "task.n_train=10", "task.n_test=6", "train.epochs=1", "train.batch_size=4"]
-METHODS_RUN = ["single", "majority", "debate", "star", "majority_ft", "single_agent_ft", "gen_only", "critic_only"]
+METHODS_RUN = [
+    "single", "majority", "debate", "star", "star_no_rationalization", "majority_ft", "single_agent_ft",
+    "single_agent_ft_no_debate", "single_agent_ft_all_data", "gen_only", "critic_only",
+]
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +50,19 @@ def test_unknown_methods_and_bad_configs_are_refused_before_anything_runs(tmp_pa
     bad.write_text("methods: [maft]\nrun: {debate: {agentz: 3}}\n")
     with pytest.raises(ConfigError, match="agentz"):
         load_compare_config(bad)
-    assert set(METHODS_RUN) | {"maft"} == set(METHODS)
+    assert set(DEFAULT_METHODS) <= set(METHODS_RUN) | {"maft"} <= set(METHODS)
+
+
+def test_the_methods_not_run_here_are_their_named_overrides():
+    from maft.config import load_config
+
+    def cfg(method):
+        return load_config(None, method_overrides(method))
+
+    t2, ft = cfg("single_agent_ft_t2"), cfg("single_agent_ft")
+    assert t2.debate.temperature == 2.0 and t2.model_copy(update={"debate": ft.debate, "method": ft.method}) == ft
+    concat = cfg("no_summary")
+    assert concat.debate.summarizer == "concat" and concat.model_copy(update={"debate": cfg("maft").debate, "method": "maft"}) == cfg("maft")
 
 
 def test_comparison_files_and_results(comparison):
@@ -61,7 +76,7 @@ def test_comparison_files_and_results(comparison):
         metrics = json.loads((out / r.run_dir / "metrics.json").read_text())
         assert [m["test"]["majority"] for m in metrics] == [a.model_dump() for a in r.accuracy]
         assert all(c.test_generated_tokens > 0 for c in r.compute)
-    assert [m for m, r in results.items() if r.uses_gold_labels] == ["star"]
+    assert [m for m, r in results.items() if r.uses_gold_labels] == ["star", "star_no_rationalization"]
     assert {m for m, r in results.items() if not r.finetunes} == {"single", "majority", "debate"}
     assert all(r.compute[1].train_examples > 0 for r in results.values() if r.finetunes)
 
@@ -78,24 +93,50 @@ def test_methods_without_finetuning_are_one_debate_of_the_base_model(comparison,
     assert not (out / "debate" / "iter_1").exists()
 
 
-def test_star_trains_one_agent_on_answers_that_match_the_gold_answer(comparison, arithmetic):
+def test_star_no_rationalization_trains_one_agent_on_answers_that_match_the_gold_answer(comparison, arithmetic):
     out, _ = comparison
     problems = {p.id: p for p in arithmetic.splits(10, 6, seed=0).train}
-    votes = read_jsonl(out / "star/iter_1/votes.jsonl", ProblemVote)
+    votes = read_jsonl(out / "star_no_rationalization/iter_1/votes.jsonl", ProblemVote)
     assert all(v.label == problems[v.problem_id].answer for v in votes)
-    data = read_jsonl(out / "star/iter_1/data/gen_0.jsonl", Example)
-    train = {t.problem_id: t for t in turns(out, "star", 1, "train")}
+    data = read_jsonl(out / "star_no_rationalization/iter_1/data/gen_0.jsonl", Example)
+    train = {t.problem_id: t for t in turns(out, "star_no_rationalization", 1, "train")}
     assert data and len(data) == sum(t.correct for t in train.values())  # exactly the right answers
     assert all(train[e.problem_id].correct for e in data)
-    assert agents_of(out, "star") == ["gen_0"]
-    info = json.loads((out / "star/iter_1/agents/gen_0/maft_train.json").read_text())
+    assert agents_of(out, "star_no_rationalization") == ["gen_0"]
+    info = json.loads((out / "star_no_rationalization/iter_1/agents/gen_0/maft_train.json").read_text())
     assert info["init"] == "base"  # STaR restarts from the base model every iteration
-    assert {t.adapter for t in turns(out, "star", 1)} == {"gen_0"}
+    assert {t.adapter for t in turns(out, "star_no_rationalization", 1)} == {"gen_0"}
+    assert not (out / "star_no_rationalization/iter_1/rationalize.jsonl").exists()
 
 
-def test_majority_ft_and_single_agent_ft_train_one_shared_model(comparison):
+def test_star_asks_every_miss_again_with_the_gold_hint_and_adds_the_right_ones(comparison, arithmetic):
+    out, _ = comparison
+    problems = {p.id: p for p in arithmetic.splits(10, 6, seed=0).train}
+    train = {t.problem_id: t for t in turns(out, "star", 1, "train")}
+    # the same training debate as STaR without rationalization: same seed, same base model
+    assert train == {t.problem_id: t for t in turns(out, "star_no_rationalization", 1, "train")}
+    hinted = read_jsonl(out / "star/iter_1/rationalize.jsonl", Turn)
+    assert [t.problem_id for t in hinted] == [pid for pid, t in train.items() if not t.correct]
+    for t in hinted:
+        p = problems[t.problem_id]
+        assert t.adapter is None  # iteration 1 rationalizes with the agents that debated: the base model
+        assert t.messages[0]["content"].startswith(arithmetic.prompt(p))
+        assert f"Hint: the correct answer is {p.answer}." in t.messages[0]["content"]
+    data = read_jsonl(out / "star/iter_1/data/gen_0.jsonl", Example)
+    rationalized = [e for e in data if e.kind == "rationalized"]
+    assert [e.problem_id for e in rationalized] == [t.problem_id for t in hinted if t.correct]
+    assert [e.problem_id for e in data if e.kind == "generation"] == [pid for pid, t in train.items() if t.correct]
+    for e in rationalized:  # kept under the original question, without the hint
+        assert e.prompt == [{"role": "user", "content": arithmetic.prompt(problems[e.problem_id])}]
+    counts = json.loads((out / "star/iter_1/data/counts.json").read_text())["agent_0"]
+    assert counts["rationalized"] == len(rationalized) and counts["generation"] == len(data)
+    manifest = json.loads((out / "star/manifest.json").read_text())["stages"]
+    assert manifest["iter_1/rationalize"]["asked"] == len(hinted)
+
+
+def test_majority_ft_and_single_agent_ft_all_data_train_one_shared_model_on_the_agents_data(comparison):
     out, results = comparison
-    for method, kinds in [("majority_ft", {"generation"}), ("single_agent_ft", {"generation", "critic-", "critic+"})]:
+    for method, kinds in [("majority_ft", {"generation"}), ("single_agent_ft_all_data", {"generation", "critic-", "critic+"})]:
         assert agents_of(out, method) == ["single"]
         union = read_jsonl(out / method / "iter_1/data/single.jsonl", Example)
         per_agent = [e for n in range(2) for kind in ("gen", "critic") if (out / method / f"iter_1/data/{kind}_{n}.jsonl").exists()
@@ -105,6 +146,29 @@ def test_majority_ft_and_single_agent_ft_train_one_shared_model(comparison):
         assert {t.adapter for t in turns(out, method, 1)} == {"single"}  # one model answers as every agent
         assert results[method].diversity[1].kl == pytest.approx(0, abs=1e-6)  # copies of one model: no divergence
     assert {t.round for t in turns(out, "majority_ft", 1)} == {1}
+
+
+def test_single_agent_ft_is_section_2_2_one_model_on_majority_responses_as_question_response_pairs(comparison, arithmetic):
+    out, results = comparison
+    problems = {p.id: p for p in arithmetic.splits(10, 6, seed=0).train}
+    train = turns(out, "single_agent_ft", 1, "train")
+    votes = {v.problem_id: v.label for v in read_jsonl(out / "single_agent_ft/iter_1/votes.jsonl", ProblemVote)}
+    final = [t for t in train if t.round == 2]
+    expected = [(t.problem_id, t.agent, t.response) for t in final
+                if votes[t.problem_id] is not None and arithmetic.equivalent(t.answer, votes[t.problem_id]) and not t.truncated]
+    data = read_jsonl(out / "single_agent_ft/iter_1/data/single.jsonl", Example)
+    assert expected and [(e.problem_id, e.agent, e.completion[0]["content"]) for e in data] == expected
+    assert all(e.kind == "majority" and e.prompt == [{"role": "user", "content": arithmetic.prompt(problems[e.problem_id])}]
+               for e in data)
+    assert agents_of(out, "single_agent_ft") == ["single"]
+    assert {(t.round, t.adapter) for t in turns(out, "single_agent_ft", 1)} == {(1, "single"), (2, "single")}
+    # without debate: the same training (same debate, same data), then that model answering alone
+    assert (out / "single_agent_ft_no_debate/iter_1/data/single.jsonl").read_text() == (
+        out / "single_agent_ft/iter_1/data/single.jsonl").read_text()
+    alone = turns(out, "single_agent_ft_no_debate", 1)
+    assert len(alone) == 6 and {(t.agent, t.round, t.adapter) for t in alone} == {(0, 1, "single")}
+    assert results["single_agent_ft_no_debate"].accuracy[1].mean == pytest.approx(sum(t.correct for t in alone) / 6)
+    assert {(t.agent, t.round) for t in turns(out, "single_agent_ft_no_debate", 0)} == {(0, 1)}
 
 
 def test_ablations_finetune_only_generation_or_only_critic_agents(comparison):
@@ -126,14 +190,14 @@ def test_running_the_comparison_again_resumes_and_redoes_nothing(comparison):
     assert [r.accuracy for r in again] == [results[m].accuracy for m in METHODS_RUN]
 
 
-def test_the_shipped_compare_config_is_every_method_on_the_embedded_default():
+def test_the_shipped_compare_config_is_the_default_methods_on_the_embedded_default():
     from pathlib import Path
 
     from maft.config import RunConfig
 
     cfg = load_compare_config(Path(__file__).parents[1] / "configs" / "compare.yaml")
     assert cfg == load_compare_config(None)
-    assert cfg.methods == list(METHODS)
+    assert cfg.methods == DEFAULT_METHODS
     from maft.compare import method_config
 
     assert method_config(cfg, "maft") == RunConfig()

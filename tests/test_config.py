@@ -195,12 +195,19 @@ def test_hash_is_stable_across_equal_configs(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("seed: 0\ndebate:\n  agents: 3\n")
     h = RunConfig().hash()
-    assert len(h) == 16 and int(h, 16) >= 0
+    assert len(h) == 16 and set(h) <= set("0123456789abcdef")
     assert load_config().hash() == h
     assert load_config(path).hash() == h
     assert load_config(None, ["debate.agents=3", "debate.temperature=1"]).hash() == h
     assert RunConfig.model_validate(yaml.safe_load(RunConfig().to_yaml())).hash() == h
-    assert RunConfig().hash() == RunConfig().hash()
+    # the same in a fresh interpreter with another string-hash seed (a resumed run is another process)
+    import os
+    import subprocess
+    import sys
+
+    fresh = subprocess.run([sys.executable, "-c", "from maft.config import RunConfig; print(RunConfig().hash())"],
+                           capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "12345"}, check=True)
+    assert fresh.stdout.strip() == h
 
 
 def test_hash_ignores_the_order_of_option_keys():
@@ -254,3 +261,30 @@ def test_shipped_configs_validate_and_default_yaml_is_the_default():
     for path in runs:
         load_config(path)
     assert load_config(configs / "default.yaml") == RunConfig()
+
+
+def test_the_paper_preset_holds_the_papers_choices():
+    from pathlib import Path
+
+    cfg = load_config(Path(__file__).parents[1] / "configs" / "paper.yaml")
+    d, data, t = cfg.debate, cfg.data, cfg.train
+    assert (d.agents, d.rounds, d.summarizer, d.tie_break, d.temperature, d.top_p) == (3, 2, "model", "random", 1.0, 0.9)
+    assert (cfg.task.name, cfg.task.n_train, cfg.task.n_test, cfg.iterations) == ("math", 500, 500, 5)
+    assert data.critic_mix == "authors" and t.critic_loss == "all_turns"
+    assert (t.method, t.learning_rate, t.epochs, t.batch_size * t.gradient_accumulation_steps) == ("full", 1e-5, 2, 192)
+
+
+def test_held_out_shape_and_baseline_data_options_are_checked_up_front():
+    with pytest.raises(ConfigError, match="needs data.label=gold"):
+        load_config(None, ["data.rationalize=true"])
+    with pytest.raises(ConfigError, match="needs train.shared=true"):
+        load_config(None, ["data.shared_from=majority_responses"])
+    with pytest.raises(ConfigError, match="at least 2 agents"):
+        load_config(None, ["debate.test_agents=1"])
+    with pytest.raises(ConfigError, match="only a shared model"):
+        load_config(None, ["debate.test_agents=1", "debate.test_rounds=1"])
+    with pytest.raises(ConfigError, match="majority_responses"):  # a bad value lists the accepted ones
+        load_config(None, ["data.shared_from=nope"])
+    cfg = load_config(None, ["train.shared=true", "debate.test_agents=1", "debate.test_rounds=1"])
+    assert cfg.debate.shape() == (3, 2) and cfg.debate.shape(held_out=True) == (1, 1)
+    assert load_config(None, ["iterations=0", "debate.test_agents=5"]).debate.shape(held_out=True) == (5, 2)

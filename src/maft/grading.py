@@ -2,11 +2,14 @@
 
 Three grader kinds:
 
-- ``numeric``: both answers parsed as numbers (fractions allowed), equal within a relative
-  tolerance of 1e-6 (absolute 1e-9); answers that are not numbers compare as normalised strings.
+- ``numeric``: both answers parsed as exact numbers (fractions allowed; no float overflow), equal
+  within a relative tolerance of 1e-6 (absolute 1e-9); answers that are not numbers compare as
+  normalised strings.
 - ``math``: normalised string equality, then numbers as above, then symbolic equivalence with
   ``math_verify``, run in a worker process under a hard timeout (:data:`MATH_VERIFY_TIMEOUT`) that
-  also works off the main thread. A check that times out counts as "not equivalent".
+  also works off the main thread. A check that times out counts as "not equivalent", and so does an
+  answer too long or too deeply nested for math_verify to read whole (:data:`MAX_SYMBOLIC_CHARS`,
+  :data:`MAX_SYMBOLIC_DEPTH`) unless it equals the other as text or as a number.
 - ``choice``: the option letter A-E, case-insensitive.
 
 ``None`` (an abstention: no answer could be extracted) is never equivalent to anything, not even
@@ -22,13 +25,13 @@ import atexit
 import functools
 import json
 import logging
-import math
 import os
 import queue
 import re
 import subprocess
 import sys
 import threading
+from fractions import Fraction
 from typing import Literal
 
 GraderKind = Literal["numeric", "math", "choice"]
@@ -38,7 +41,10 @@ MATH_VERIFY_TIMEOUT: float = 5.0
 #: Limit in seconds on starting the math_verify worker process (not charged to a check).
 WORKER_STARTUP_TIMEOUT: float = 120.0
 
-REL_TOL, ABS_TOL = 1e-6, 1e-9
+#: Larger or deeper answers skip the symbolic check (see :func:`_symbolic_ok`); MATH's answers are far smaller.
+MAX_SYMBOLIC_CHARS, MAX_SYMBOLIC_DEPTH = 1000, 12
+
+REL_TOL, ABS_TOL = Fraction(1, 10**6), Fraction(1, 10**9)
 
 # ---------------------------------------------------------------------------------------------
 # Extraction
@@ -54,21 +60,28 @@ def _clean(answer: str) -> str | None:
     return answer or None
 
 
-def _box_content(text: str, start: int) -> str | None:
+def _closing_braces(text: str) -> dict[int, int]:
+    """Position of each ``{`` -> position of its matching ``}`` (unescaped braces only), in one pass."""
+    pairs: dict[int, int] = {}
+    stack: list[int] = []
+    for j, c in enumerate(text):
+        if c in "{}" and j > 0 and text[j - 1] == "\\":
+            continue
+        if c == "{":
+            stack.append(j)
+        elif c == "}" and stack:
+            pairs[stack.pop()] = j
+    return pairs
+
+
+def _box_content(text: str, start: int, closing: dict[int, int]) -> str | None:
     """The argument of the ``\\boxed`` whose name ends at ``start``: ``{...}`` or one bare token."""
     i = start
     while i < len(text) and text[i] == " ":
         i += 1
     if i < len(text) and text[i] == "{":
-        depth = 0
-        for j in range(i, len(text)):
-            if text[j] == "{" and text[j - 1] != "\\":
-                depth += 1
-            elif text[j] == "}" and text[j - 1] != "\\":
-                depth -= 1
-                if depth == 0:
-                    return text[i + 1 : j]
-        return None  # unbalanced, e.g. a truncated response
+        j = closing.get(i)
+        return None if j is None else text[i + 1 : j]  # None: unbalanced, e.g. a truncated response
     if i == start:  # e.g. "\boxedx": not a box
         return None
     bare = re.match(r"[^\s$]+", text[i:])
@@ -76,9 +89,15 @@ def _box_content(text: str, start: int) -> str | None:
 
 
 def last_boxed(text: str) -> str | None:
-    """The content of the last complete ``\\boxed{...}`` (or ``\\fbox{...}``, ``\\boxed 5``) in ``text``."""
-    for match in reversed(list(_BOX_RE.finditer(text))):
-        content = _box_content(text, match.end())
+    """The content of the last complete ``\\boxed{...}`` (or ``\\fbox{...}``, ``\\boxed 5``) in ``text``.
+
+    Linear in the length of ``text``: the braces are matched once, whatever the number of boxes."""
+    matches = list(_BOX_RE.finditer(text))
+    if not matches:
+        return None
+    closing = _closing_braces(text)
+    for match in reversed(matches):
+        content = _box_content(text, match.end(), closing)
         if content is not None:
             return _clean(content)
     return None
@@ -136,23 +155,29 @@ _FRACTION_RES = (
 )
 
 
-def to_number(answer: str) -> float | None:
-    """``answer`` (already normalised) as a float: decimals, ``a/b``, ``\\frac{a}{b}``; else None."""
+def to_number(answer: str) -> Fraction | None:
+    """``answer`` (already normalised) as an exact number: decimals, ``a/b``, ``\\frac{a}{b}``; else None.
+
+    Exact (a :class:`~fractions.Fraction`), so numbers beyond a float's range stay distinct; a number
+    with more digits than Python converts (``sys.get_int_max_str_digits``) is None (compared as text)."""
     negative = answer.startswith("-") and answer[1:2] == "\\"
     body = answer[1:] if negative else answer
-    if re.fullmatch(_DECIMAL, body):
-        value = float(body)
-    else:
-        for pattern in _FRACTION_RES:
-            m = pattern.fullmatch(body)
-            if m:
-                denominator = float(m.group(2))
-                if denominator == 0:
-                    return None
-                value = float(m.group(1)) / denominator
-                break
+    try:
+        if re.fullmatch(_DECIMAL, body):
+            value = Fraction(body)
         else:
-            return None
+            for pattern in _FRACTION_RES:
+                m = pattern.fullmatch(body)
+                if m:
+                    denominator = Fraction(m.group(2))
+                    if denominator == 0:
+                        return None
+                    value = Fraction(m.group(1)) / denominator
+                    break
+            else:
+                return None
+    except ValueError:  # too many digits to convert
+        return None
     return -value if negative else value
 
 
@@ -166,8 +191,9 @@ def choice_letter(answer: str) -> str | None:
 # Equivalence
 
 
-def _numbers_equal(x: float, y: float) -> bool:
-    return math.isclose(x, y, rel_tol=REL_TOL, abs_tol=ABS_TOL)
+def _numbers_equal(x: Fraction, y: Fraction) -> bool:
+    """Equal within a relative tolerance of REL_TOL (absolute ABS_TOL), computed exactly."""
+    return abs(x - y) <= max(REL_TOL * max(abs(x), abs(y)), ABS_TOL)
 
 
 def equivalent(a: str | None, b: str | None, kind: GraderKind = "numeric") -> bool:
@@ -191,10 +217,21 @@ def equivalent(a: str | None, b: str | None, kind: GraderKind = "numeric") -> bo
     x, y = to_number(na), to_number(nb)
     if x is not None and y is not None:
         return _numbers_equal(x, y)
-    if kind == "numeric":
+    if kind == "numeric" or not (_symbolic_ok(na) and _symbolic_ok(nb)):
         return False
     # Symmetric, so cache under one order of the pair.
     return _symbolic_equal(*sorted((_for_math_verify(a), _for_math_verify(b))))
+
+
+def _symbolic_ok(answer: str) -> bool:
+    """Whether an answer is small enough for the symbolic check: math_verify reads a deeply nested
+    answer as its innermost part (``\\frac{\\frac{...{1}{2}...}}`` as 1/2), so such answers are compared
+    as text and numbers only."""
+    depth = deepest = 0
+    for c in answer:
+        depth += (c == "{") - (c == "}")
+        deepest = max(deepest, depth)
+    return len(answer) <= MAX_SYMBOLIC_CHARS and deepest <= MAX_SYMBOLIC_DEPTH
 
 
 def _for_math_verify(answer: str) -> str:

@@ -134,17 +134,28 @@ class Compute(BaseModel):
 
 
 class Diversity(BaseModel):
-    """How different the agents' round-1 (independent) responses to the held-out problems are.
+    """How different the agents' responses to the held-out problems are: round 1 (each generation agent
+    answering alone), the final round (the critics) and each agent's distance from the base model.
 
-    Definitions (README, "Diversity"): over problems and pairs of agents a != b,
-      answer_agreement         share of pairs whose answers are equivalent (abstentions never agree)
-      consensus                share of problems where all agents' answers are equivalent
-      embedding_dissimilarity  mean 1 - cos(e(y_a), e(y_b)), e = all-MiniLM-L6-v2 sentence embedding
-      cross_nll                mean per-token NLL of agent b's response under agent a's model
-      self_nll                 mean per-token NLL of an agent's response under its own model
-      kl                       mean over ordered pairs of [NLL_a(y_b) - NLL_b(y_b)] per token: a Monte Carlo
-                               estimate of KL(p_b || p_a) from b's own samples
-    A measure that was not computed is None (e.g. embeddings without the optional extra).
+    Definitions (README, "Diversity"; y: round-1 responses, z: final-round responses in their own conversations,
+    per token, end-of-sequence token included), over problems and ordered pairs of agents a != b:
+      answer_agreement         share of pairs whose round-1 answers are equivalent (abstentions never agree)
+      consensus                share of problems where all agents' round-1 answers are equivalent
+      embedding_dissimilarity  mean 1 - cos(e(y_a), e(y_b)), e = the sentence embedding of ``encoder``
+      encoder                  the sentence encoder used (diversity.encoder; None without embeddings)
+      cross_nll                mean NLL of generation agent b's response under generation agent a
+      self_nll                 mean NLL of an agent's round-1 response under its own model
+      kl                       mean of [NLL_a(y_b) - NLL_b(y_b)]: a Monte Carlo estimate of KL(p_b || p_a)
+      critic_round             the final round M the critic measures use (None with a single round)
+      critic_cross_nll         mean NLL of critic b's final response under critic a, in b's conversation
+      critic_self_nll          mean NLL of a critic's final response under its own model
+      critic_kl                mean of [NLL_a(z_b) - NLL_b(z_b)], as kl, for the critics
+      kl_from_base             mean over roles of kl_from_base_by_role
+      kl_from_base_by_role     per role (gen_n on y_n, critic_n on z_n): mean of [NLL_base - NLL_role] of
+                               its own responses, a Monte Carlo estimate of KL(p_role || p_base); 0 at
+                               iteration 0 and for a role that is the base model
+    A measure that was not computed is None (e.g. embeddings without the optional extra, likelihoods on a
+    server without prompt log-probabilities, critic measures with a single round).
     """
 
     round: int = 1
@@ -153,6 +164,13 @@ class Diversity(BaseModel):
     answer_agreement: float
     consensus: float
     embedding_dissimilarity: float | None = None
+    encoder: str | None = None
     cross_nll: float | None = None
     self_nll: float | None = None
     kl: float | None = None
+    critic_round: int | None = None
+    critic_cross_nll: float | None = None
+    critic_self_nll: float | None = None
+    critic_kl: float | None = None
+    kl_from_base: float | None = None
+    kl_from_base_by_role: dict[str, float] | None = None

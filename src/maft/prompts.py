@@ -64,3 +64,8 @@ def critic_message(
         f"{head}\n\nUsing {advice} as additional advice, give an updated answer. "
         f"Put your final answer in the form {answer_format} at the end of your response."
     )
+
+
+def rationalization_hint(question: str, answer: str) -> str:
+    """STaR's rationalization prompt: the task prompt with the gold ``answer`` given as a hint."""
+    return f"{question}\n\nHint: the correct answer is {answer}. Explain step by step how to reach it."

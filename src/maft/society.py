@@ -27,15 +27,17 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from maft.agents import SINGLE, Agents, agents_at, roles, trained_roles
+from maft.checks import check_model, check_questions
 from maft.config import RunConfig
 from maft.debate import Turn, debate
 from maft.engines import Sampling
 from maft.engines.base import Engine
-from maft.finetune_data import build_agent_data
+from maft.finetune_data import build_agent_data, majority_pairs, rationalized_examples
 from maft.metrics import Accuracy, Compute, DebateMetrics, Diversity, accuracy, debate_metrics
+from maft.rationalization import rationalize
 from maft.serving import base_model, check_serving, make_engine
 from maft.store import RunDirError, RunStore, atomic_dir, publish_dir, read_jsonl, temporary_dir, write_json, write_jsonl, write_text
-from maft.training import TrainResult
+from maft.training import TrainResult, check_critic_loss
 from maft.tasks import Splits, Task, get_task
 from maft.voting import ProblemVote, VoteRule, vote_final_round
 
@@ -62,15 +64,13 @@ class IterationMetrics(BaseModel):
 
 def prepare(config: RunConfig) -> tuple[Task, Splits]:
     """The task and its splits: everything that can fail on bad input, checked before any model loads."""
-    name = config.model.name
-    if name and name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().exists():
-        raise FileNotFoundError(f"model.name {name!r} is a path that does not exist")
+    check_model(config, base_model(config))  # the model's files, device and LoRA targets
     check_serving(config)  # unreachable servers, missing flags or installations: refused before any compute
+    check_critic_loss(base_model(config), config.train, rounds=config.debate.rounds)  # a template TRL can mask
     if config.diversity.enabled and config.diversity.embeddings == "on":
-        from maft.diversity import EXTRA_HINT, embeddings_available
+        from maft.diversity import check_embeddings
 
-        if not embeddings_available():
-            raise ValueError(f"diversity.embeddings=on, but {EXTRA_HINT}")
+        check_embeddings(config.diversity)  # missing extra, encoder directory, or uncached hub id while offline
     task = get_task(config.task.name, **config.task.options)
     splits = task.splits(config.task.n_train, config.task.n_test, seed=config.seed)
     if len(splits.test) < config.task.n_test or (config.iterations and len(splits.train) < config.task.n_train):
@@ -78,6 +78,7 @@ def prepare(config: RunConfig) -> tuple[Task, Splits]:
             f"task {config.task.name!r} has {len(splits.train)} train / {len(splits.test)} test problems, "
             f"fewer than task.n_train={config.task.n_train} / task.n_test={config.task.n_test}"
         )
+    check_questions([*splits.train, *splits.test])
     return task, splits
 
 
@@ -87,13 +88,16 @@ def sampling(config: RunConfig) -> Sampling:
 
 
 def run_debate(
-    engine: Engine, config: RunConfig, task: Task, problems: list, agents: Agents, *, seed: int, progress: bool | str
+    engine: Engine, config: RunConfig, task: Task, problems: list, agents: Agents, *, seed: int, progress: bool | str,
+    held_out: bool = True,
 ) -> list[Turn]:
-    """``agents`` debate ``problems`` with the run's debate settings (the loop's and transfer's debates)."""
+    """``agents`` debate ``problems`` with the run's debate settings (the loop's and transfer's debates);
+    a ``held_out`` debate has the shape ``debate.test_agents`` x ``debate.test_rounds``."""
     d = config.debate
+    n, m = d.shape(held_out)
     return debate(
-        engine, task, problems, agents=d.agents, rounds=d.rounds, summarizer=d.summarizer, sampling=sampling(config),
-        adapter_for=engine.serve(agents), seed=seed, progress=progress,
+        engine, task, problems, agents=n, rounds=m, summarizer=d.summarizer, sampling=sampling(config),
+        adapter_for=engine.serve(agents), seed=seed, progress=progress, answer_of=VoteRule.of(config).answer,
     )
 
 
@@ -178,7 +182,7 @@ class Society:
             self.engine.endpoint_counts()  # count this stage's requests only
         return run_debate(
             self.engine, self.config, self.task, problems, agents, seed=seed,
-            progress=f"iter_{iteration}/debate_{split}" if self.progress else False,
+            progress=f"iter_{iteration}/debate_{split}" if self.progress else False, held_out=split == "test",
         )
 
     # -- the loop ---------------------------------------------------------------------------------
@@ -192,6 +196,8 @@ class Society:
             d = self.store.iter_dir(l)
             self._stage(f"iter_{l}/debate_train", lambda: self._write_debate(d / "debate_train.jsonl", self._debate(l, "train")))
             self._stage(f"iter_{l}/votes", lambda: self._votes(l))
+            if cfg.data.rationalize:
+                self._stage(f"iter_{l}/rationalize", lambda: self._rationalize(l))
             self._stage(f"iter_{l}/data", lambda: self._data(l))
             self._train(l)
             self._stage(f"iter_{l}/debate_test", lambda: self._write_debate(d / "debate_test.jsonl", self._debate(l, "test")))
@@ -227,10 +233,23 @@ class Society:
         write_jsonl(d / "votes.jsonl", votes)
         return {"labelled": sum(v.label is not None for v in votes)}
 
+    def _rationalize(self, l: int) -> dict:
+        """STaR: the round-1 answers that missed the gold answer, asked again with it as a hint."""
+        d = self.store.iter_dir(l)
+        turns = read_jsonl(d / "debate_train.jsonl", Turn)
+        hinted = rationalize(
+            self.engine, self.task, self.splits.train, turns, adapter_for=self.engine.serve(self.agents(l - 1)),
+            sampling=sampling(self.config), seed=self.config.seed * 1000 + 500 + l, rule=VoteRule.of(self.config),
+            progress=f"iter_{l}/rationalize" if self.progress else False,
+        )
+        write_jsonl(d / "rationalize.jsonl", hinted)
+        return {"asked": len(hinted), "generated_tokens": sum(t.completion_tokens for t in hinted)}
+
     def _data(self, l: int) -> dict:
         d = self.store.iter_dir(l)
         turns = read_jsonl(d / "debate_train.jsonl", Turn)
         votes = read_jsonl(d / "votes.jsonl", ProblemVote)
+        rule = VoteRule.of(self.config)
         data = build_agent_data(
             turns,
             votes,
@@ -240,22 +259,38 @@ class Society:
             critic_plus_fraction=self.config.data.critic_plus_fraction,
             critic_share=self.config.data.critic_share,
             seed=self.config.seed * 1000 + l,
-            rule=VoteRule.of(self.config),
+            rule=rule,
         )
         counts = {f"agent_{a.agent}": a.counts() for a in data}
+        if self.config.data.rationalize:  # STaR: right answers found with the hint join the agent's D^G
+            order = {p.id: i for i, p in enumerate(self.splits.train)}
+            questions = {t.problem_id: t.messages[0] for t in turns if t.round == 1}
+            labels = {v.problem_id: v.label for v in votes}
+            extra = rationalized_examples(read_jsonl(d / "rationalize.jsonl", Turn), questions, labels, self.task, rule)
+            for a in data:
+                mine = [e for e in extra if e.agent == a.agent]
+                a.generation = sorted([*a.generation, *mine], key=lambda e: order[e.problem_id])
+                counts[f"agent_{a.agent}"].update(generation=len(a.generation), rationalized=len(mine))
+        info: dict[str, Any] = {"counts": counts}
         with atomic_dir(d / "data") as tmp:
             for a in data:
                 write_jsonl(tmp / f"gen_{a.agent}.jsonl", a.generation)
                 write_jsonl(tmp / f"critic_{a.agent}.jsonl", a.critic)
-            if self.config.train.shared:  # one model learns from every agent's data
+            if self.config.train.shared and self.config.data.shared_from == "majority_responses":  # section 2.2
+                pairs = majority_pairs(turns, votes, self.task, rule)
+                write_jsonl(tmp / f"{SINGLE}.jsonl", pairs)
+                info["majority_responses"] = len(pairs)
+                self.console.print(f"  one shared model: {len(pairs)} majority-consistent final-round responses")
+            elif self.config.train.shared:  # one model learns from every agent's data
                 write_jsonl(tmp / f"{SINGLE}.jsonl", [e for a in data for e in [*a.generation, *a.critic]])
             write_json(tmp / "counts.json", counts)
         for agent, c in counts.items():
+            rationalized = f" (incl. {c['rationalized']} rationalized)" if "rationalized" in c else ""
             self.console.print(
-                f"  {agent.replace('_', ' ')}: D^G {c['generation']} | D^C {c['critic']} = D^C- {c['critic_minus']} "
-                f"+ {c['critic_plus_used']} of D^C+ {c['critic_plus_total']}"
+                f"  {agent.replace('_', ' ')}: D^G {c['generation']}{rationalized} | D^C {c['critic']} = "
+                f"D^C- {c['critic_minus']} + {c['critic_plus_used']} of D^C+ {c['critic_plus_total']}"
             )
-        return {"counts": counts}
+        return info
 
     def _train(self, l: int) -> None:
         """Finetune every role of iteration ``l`` not finished yet; each is a stage of its own."""
@@ -355,7 +390,7 @@ class Society:
         stages = self._stages(l)
         train = [v for k, v in stages.items() if k.startswith("train/")]
         return Compute(
-            train_generated_tokens=stages.get("debate_train", {}).get("generated_tokens", 0),
+            train_generated_tokens=sum(stages.get(k, {}).get("generated_tokens", 0) for k in ("debate_train", "rationalize")),
             test_generated_tokens=stages.get("debate_test", {}).get("generated_tokens", 0),
             train_examples=sum(v.get("examples", 0) for v in train),
             train_seconds=sum(v["seconds"] for v in train),
@@ -363,9 +398,10 @@ class Society:
         )
 
     def _diversity(self, l: int) -> None:
-        """The diversity of the held-out debate's round 1 (skipped with one agent or when disabled)."""
+        """The diversity of the held-out debate: round 1, the critics' final round and the distance of each
+        role from the base model (skipped with one agent or when disabled)."""
         cfg = self.config.diversity
-        if not cfg.enabled or self.config.debate.agents < 2:
+        if not cfg.enabled or self.config.debate.shape(held_out=True)[0] < 2:
             return
 
         def work() -> dict:
@@ -374,20 +410,22 @@ class Society:
             embedder = None
             if cfg.embeddings != "off":
                 try:
-                    embedder = self._embedder or load_embedder()
+                    embedder = self._embedder or load_embedder(encoder=cfg.encoder)
                     self._embedder = embedder
                 except EmbeddingsUnavailable as e:
                     if cfg.embeddings == "on":
                         raise
-                    self._warn_once("embeddings", f"[yellow]diversity: embedding dissimilarity skipped:[/yellow] {escape(str(e))}")
+                    self._warn_once(
+                        "embeddings", f"[yellow]diversity: embedding dissimilarity skipped:[/yellow] {escape(str(e))}"
+                    )
             likelihood = cfg.likelihood and self.engine.can_score
             if cfg.likelihood and not likelihood:
                 self._warn_once("likelihood", "[yellow]diversity: likelihoods skipped:[/yellow] this server returns no "
                                 "prompt log-probabilities (vLLM and the hf engine do)")
             turns = read_jsonl(self.store.iter_dir(l) / "debate_test.jsonl", Turn)
             result = diversity(
-                turns, self.task, round=1, embedder=embedder,
-                scorer=self.engine if likelihood else None,
+                turns, self.task, round=1, embedder=embedder, encoder=cfg.encoder,
+                scorer=self.engine if likelihood else None, paper_likelihoods=cfg.paper_likelihoods,
                 adapter_for=self.engine.serve(self.agents(l)) if likelihood else None,
                 progress=f"iter_{l}/diversity score" if self.progress else False,
             )

@@ -66,8 +66,11 @@ def iteration_table(metrics: Sequence[IterationMetrics], title: str = "") -> Tab
 def title(config: RunConfig) -> str:
     d, t = config.debate, config.task
     model = config.model.name or "embedded tiny model"
+    shape = f"{d.agents} agents x {d.rounds} rounds"
+    if d.shape(held_out=True) != d.shape():
+        shape += " ({} x {} held out)".format(*d.shape(held_out=True))
     return (
-        f"{model} on {t.name}: {d.agents} agents x {d.rounds} rounds ({d.summarizer} summaries), "
+        f"{model} on {t.name}: {shape} ({d.summarizer} summaries), "
         f"{t.n_train} train / {t.n_test} test problems, {config.train.method} finetuning"
     )
 

@@ -1,5 +1,25 @@
-"""Finetune one agent role on its own data: TRL ``SFTTrainer`` on prompt-completion examples
-(loss on the completion only), with a PEFT LoRA adapter (default) or full weights.
+"""Finetune one agent role on its own data: TRL ``SFTTrainer`` with a PEFT LoRA adapter (default) or
+full weights.
+
+Which tokens carry loss (``train.critic_loss``):
+
+- ``final`` (default): every example is a prompt-completion pair (TRL's conversational
+  prompt-completion format) and the loss is on the completion only: a generation example's round-1
+  response, a critic example's final-round response (its conversation before the final round,
+  including its own earlier responses, is context only).
+- ``all_turns``: the examples of a role whose data holds multi-turn conversations (a prompt with an
+  assistant message: critic data, or a shared model's union of generation and critic data) go to TRL
+  as whole conversations (``messages`` = prompt + completion) with ``assistant_only_loss``, so the
+  loss is on every assistant turn of the agent's own conversation: the whole debate trajectory
+  (x, y_1..y_M), as in the paper and the authors' code. An assistant turn's loss tokens are the ones
+  the chat template's ``{% generation %}...{% endgeneration %}`` markers enclose; for the tiny model
+  that is ``{content}<|end|>\\n``, exactly a prompt-completion completion, so a single-turn example
+  carries loss on the same tokens either way, and a role with single-turn data only (the generation
+  agents) trains as with ``final``. TRL puts in the mask whatever the markers enclose, the
+  end-of-turn token included when it sits inside them (it only warns when it does not). A base model
+  whose chat template has no markers, and that TRL has no training template for, is refused
+  (:func:`check_critic_loss`) before anything is loaded; a conversation cut at ``train.max_length``
+  keeps its start (``keep_start``), so later turns are the ones lost.
 
 Every role ends with a loadable artifact in ``out_dir``: a PEFT adapter (LoRA) or a full checkpoint.
 A role with no examples keeps its starting weights (an untouched adapter is saved), so that the
@@ -16,11 +36,16 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
 from maft.config import TrainConfig
 from maft.finetune_data import Example
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+    from trl import SFTTrainer
 
 #: (steps done, total steps) -> None
 StepCallback = Callable[[int, int], None]
@@ -41,6 +66,59 @@ def is_adapter(path: Path) -> bool:
     return (path / "adapter_config.json").is_file()
 
 
+def multi_turn(example: Example) -> bool:
+    """Whether the example's prompt already holds an assistant turn (critic data: the agent's own earlier rounds)."""
+    return any(m["role"] == "assistant" for m in example.prompt)
+
+
+def loss_on_all_turns(examples: Sequence[Example], cfg: TrainConfig) -> bool:
+    """Whether these examples train with loss on every assistant turn (module docstring): ``all_turns`` and at
+    least one multi-turn example among them."""
+    return cfg.critic_loss == "all_turns" and any(multi_turn(e) for e in examples)
+
+
+def template_problem(tokenizer: PreTrainedTokenizerBase) -> str | None:
+    """Why TRL's assistant-only loss cannot mask this tokenizer's assistant turns, or None when it can: its chat
+    template has ``{% generation %}`` markers, or TRL ships a training version of it (Qwen, Llama 3, ...)."""
+    from trl.chat_template_utils import (
+        get_training_chat_template,
+        has_generation_markers,
+    )
+
+    template = tokenizer.chat_template
+    if isinstance(template, dict):
+        template = template.get("default")
+    if not template:
+        return "has no chat template"
+    if has_generation_markers(template):
+        return None
+    try:
+        get_training_chat_template(tokenizer)
+    except ValueError:
+        return "has a chat template without {% generation %} markers (and TRL has no training version of it)"
+    return None
+
+
+def _refusal(base_model: str, problem: str) -> ValueError:
+    return ValueError(
+        f"train.critic_loss=all_turns needs TRL's assistant-only loss, but {base_model} {problem}; use "
+        "train.critic_loss=final, or a chat template with {% generation %}...{% endgeneration %} around each "
+        "assistant turn"
+    )
+
+
+def check_critic_loss(base_model: str, cfg: TrainConfig, *, rounds: int = 2) -> None:
+    """Refuse, before any compute, a run whose critics are to learn from every turn (``critic_loss=all_turns``)
+    with a base model whose chat template cannot mark assistant turns. Nothing to check when no critic data is
+    trained: ``final``, a single round (``rounds`` of the training debates), or ``train.roles=generation``. Loads
+    the tokenizer only."""
+    if cfg.critic_loss != "all_turns" or rounds < 2 or (cfg.roles == "generation" and not cfg.shared):
+        return
+    problem = template_problem(_tokenizer(base_model))
+    if problem:
+        raise _refusal(base_model, problem)
+
+
 def _quiet() -> None:
     import datasets
     from transformers.utils import logging as hf_logging
@@ -52,6 +130,15 @@ def _quiet() -> None:
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated.*", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="peft")
+
+
+def _tokenizer(base_model: str) -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def _load_trainable(base_model: str, init_from: Path | None, cfg: TrainConfig, dtype):
@@ -74,6 +161,67 @@ def _load_trainable(base_model: str, init_from: Path | None, cfg: TrainConfig, d
     return base, lora
 
 
+def _dtype(cfg: TrainConfig):
+    import torch
+
+    return torch.bfloat16 if cfg.bf16 else torch.float32
+
+
+def sft_trainer(
+    base_model: str,
+    examples: Sequence[Example],
+    scratch: Path,
+    cfg: TrainConfig,
+    *,
+    init_from: Path | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    callbacks: Sequence = (),
+) -> SFTTrainer:
+    """The TRL trainer that :func:`finetune` runs on (non-empty) ``examples``, its dataset prepared: each row of
+    ``trainer.train_dataset`` has the ``input_ids`` and the ``labels`` (-100 where no loss) it trains on.
+    ``scratch`` is the trainer's own output directory (nothing is saved there)."""
+    import torch
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    _quiet()
+    tokenizer = _tokenizer(base_model)
+    all_turns = loss_on_all_turns(examples, cfg)
+    if all_turns and (problem := template_problem(tokenizer)):
+        raise _refusal(base_model, problem)
+    model, lora = _load_trainable(base_model, init_from, cfg, _dtype(cfg))
+    args = SFTConfig(
+        output_dir=str(scratch),
+        num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
+        weight_decay=cfg.weight_decay,
+        max_length=cfg.max_length,
+        completion_only_loss=not all_turns,
+        assistant_only_loss=all_turns,
+        bf16=cfg.bf16,
+        use_cpu=device == "cpu" or (device == "auto" and not torch.cuda.is_available()),
+        seed=seed,
+        data_seed=seed,
+        save_strategy="no",
+        report_to="none",
+        logging_steps=10,
+        disable_tqdm=True,
+    )
+    if all_turns:
+        rows = [{"messages": [*e.prompt, *e.completion]} for e in examples]
+    else:
+        rows = [{"prompt": e.prompt, "completion": e.completion} for e in examples]
+    return SFTTrainer(
+        model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer, peft_config=lora,
+        callbacks=list(callbacks),
+    )
+
+
 def finetune(
     base_model: str,
     examples: Sequence[Example],
@@ -86,29 +234,22 @@ def finetune(
     on_step: StepCallback | None = None,
 ) -> TrainResult:
     """Train ``examples`` into ``out_dir`` starting from ``init_from`` (an adapter or checkpoint) or the base."""
-    import torch
-    from datasets import Dataset
     from peft import get_peft_model
-    from transformers import AutoTokenizer, PrinterCallback, TrainerCallback
-    from trl import SFTConfig, SFTTrainer
+    from transformers import PrinterCallback, TrainerCallback
 
     _quiet()
     start = time.perf_counter()
     if init_from is not None and cfg.method == "lora" and not is_adapter(init_from):
         raise FileNotFoundError(f"cannot continue LoRA training from {init_from}: no adapter_config.json there")
-    dtype = torch.bfloat16 if cfg.bf16 else torch.float32
-    tokenizer = AutoTokenizer.from_pretrained(base_model)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model, lora = _load_trainable(base_model, init_from, cfg, dtype)
     init = str(init_from) if init_from else "base"
     out_dir.mkdir(parents=True, exist_ok=True)
     if not examples:
+        model, lora = _load_trainable(base_model, init_from, cfg, _dtype(cfg))
         if lora is not None:
             model = get_peft_model(model, lora)
         model.save_pretrained(str(out_dir))
         if cfg.method == "full":
-            tokenizer.save_pretrained(str(out_dir))
+            _tokenizer(base_model).save_pretrained(str(out_dir))
         return TrainResult(
             examples=0, steps=0, train_loss=None, seconds=time.perf_counter() - start, method=cfg.method, init=init,
             host=socket.gethostname(), pid=os.getpid(),
@@ -119,37 +260,15 @@ def finetune(
             if on_step:
                 on_step(state.global_step, state.max_steps)
 
-    use_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
     scratch = out_dir / ".trainer"  # the trainer's own output (nothing is saved there); removed below
-    args = SFTConfig(
-        output_dir=str(scratch),
-        num_train_epochs=cfg.epochs,
-        per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        learning_rate=cfg.learning_rate,
-        lr_scheduler_type=cfg.lr_scheduler,
-        warmup_steps=cfg.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
-        weight_decay=cfg.weight_decay,
-        max_length=cfg.max_length,
-        completion_only_loss=True,
-        bf16=cfg.bf16,
-        use_cpu=use_cpu,
-        seed=seed,
-        data_seed=seed,
-        save_strategy="no",
-        report_to="none",
-        logging_steps=10,
-        disable_tqdm=True,
-    )
-    dataset = Dataset.from_list([{"prompt": e.prompt, "completion": e.completion} for e in examples])
-    trainer = SFTTrainer(
-        model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=lora, callbacks=[Progress()]
+    trainer = sft_trainer(
+        base_model, examples, scratch, cfg, init_from=init_from, seed=seed, device=device, callbacks=[Progress()]
     )
     trainer.remove_callback(PrinterCallback)  # progress comes through on_step; the loss is returned
     output = trainer.train()
     trainer.model.save_pretrained(str(out_dir))
     if cfg.method == "full":
-        tokenizer.save_pretrained(str(out_dir))
+        trainer.processing_class.save_pretrained(str(out_dir))
     shutil.rmtree(scratch, ignore_errors=True)
     return TrainResult(
         examples=len(examples),

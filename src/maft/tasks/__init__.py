@@ -15,6 +15,7 @@ from maft.tasks.gsm8k import GSM8KTask
 from maft.tasks.jsonl import JsonlTask
 from maft.tasks.loading import DatasetUnavailableError
 from maft.tasks.math import MathTask
+from maft.tasks.mmlu import MMLUTask
 
 __all__ = [
     "TASKS",
@@ -23,6 +24,7 @@ __all__ = [
     "GSM8KTask",
     "GraderKind",
     "JsonlTask",
+    "MMLUTask",
     "MathTask",
     "Problem",
     "Splits",
@@ -60,14 +62,20 @@ def get_task(name: str, **options: Any) -> Task:
         cls = TASKS[name]
     except KeyError:
         raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(task_names())}") from None
+    import inspect
+
+    try:  # only a mismatch with the signature is a bad option; a TypeError inside the task is its own error
+        inspect.signature(cls).bind(**options)
+    except TypeError as e:
+        accepted = [n for n in inspect.signature(cls.__init__).parameters if n != "self"]
+        raise ValueError(
+            f"task {name!r}: bad options {sorted(options)} ({e}); it accepts: {', '.join(accepted) or 'none'}"
+        ) from None
     try:
         return cls(**options)
     except TypeError as e:
-        import inspect
-
-        accepted = [n for n in inspect.signature(cls.__init__).parameters if n != "self"]
-        raise ValueError(f"task {name!r}: bad options {sorted(options)} ({e}); it accepts: {', '.join(accepted) or 'none'}") from None
+        raise ValueError(f"task {name!r}: {e}") from None
 
 
-for _cls in (ArithmeticTask, GSM8KTask, MathTask, JsonlTask):
+for _cls in (ArithmeticTask, GSM8KTask, MathTask, MMLUTask, JsonlTask):
     register_task(_cls)

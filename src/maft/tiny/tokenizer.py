@@ -12,10 +12,17 @@ ROLE_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>"]
 SPECIAL_TOKENS = [PAD, BOS, END, *ROLE_TOKENS]
 
 #: Each message is ``<|role|>\n{content}<|end|>\n``; generation starts after ``<|assistant|>\n``.
+#: An assistant message's ``{content}<|end|>\n`` sits inside ``{% generation %}`` markers, which render
+#: nothing: they tell ``return_assistant_tokens_mask`` (TRL's assistant-only loss) which tokens the model
+#: wrote, the same tokens a prompt-completion example's completion has.
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
     "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}"
+    "{{ '<|assistant|>\n' }}{% generation %}{{ message['content'] + '<|end|>\n' }}{% endgeneration %}"
+    "{% else %}"
     "{{ '<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n' }}"
+    "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
 )

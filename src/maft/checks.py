@@ -1,0 +1,143 @@
+"""Up-front checks of a run's model and settings: everything that would otherwise fail only after compute
+has started (a debate or a finetune in), checked before a run directory is created or a model loads.
+
+- ``model.name``: a local directory must hold a readable ``config.json`` and complete safetensors
+  weights (their headers are read, not the weights); a name that is no local path must be a hub id
+  found in the Hugging Face cache or, with a network, on the hub (asked once, without retries).
+- ``model.device``: ``auto``, or a device torch knows and this machine has (``cuda`` without a GPU is
+  refused).
+- ``train.lora_target_modules``: every listed name must match a module of the base model (PEFT's rule: the
+  module's name, or its dotted suffix); a string other than ``all-linear`` is a regular expression that
+  must match one. The module names come from the model's config on the meta device (no memory).
+- problems: a question longer than :data:`MAX_QUESTION_CHARS` characters is refused (it would abort the
+  tokenizer in the middle of a debate).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from maft.config import RunConfig
+from maft.tasks import Problem
+
+#: Longer questions are refused before the run starts.
+MAX_QUESTION_CHARS = 100_000
+
+
+class SetupError(ValueError):
+    """A model or setting that cannot work; the message names the problem and the fix."""
+
+
+def check_model_files(name: str) -> None:
+    """``name`` (a local directory or a hub id) has a readable config and, if local, complete weights."""
+    from transformers import AutoConfig
+
+    path = Path(name).expanduser()
+    if path.is_dir():
+        try:
+            AutoConfig.from_pretrained(str(path))
+        except Exception as e:  # garbage or missing config.json
+            raise SetupError(f"model.name {name!r}: its config.json cannot be read ({_first_line(e)})") from None
+        _check_weights(path)
+        return
+    if path.exists() or name.startswith(("/", "./", "../", "~")) or name.count("/") > 1:
+        raise SetupError(f"model.name {name!r} is not a model directory (and not a hub id such as org/model)")
+    try:
+        AutoConfig.from_pretrained(name, local_files_only=True)
+        return  # in the local Hugging Face cache
+    except Exception:
+        pass
+    import huggingface_hub
+
+    try:
+        huggingface_hub.model_info(name, timeout=10)
+    except Exception as e:
+        raise SetupError(
+            f"model.name {name!r} is neither a local directory nor a model in the Hugging Face cache, and the hub "
+            f"cannot be asked ({_first_line(e)}): give a local path (e.g. ./models/x), download it first, or check "
+            "the name"
+        ) from None
+
+
+def _check_weights(path: Path) -> None:
+    from safetensors import safe_open
+
+    files = sorted(path.glob("*.safetensors"))
+    for f in files:
+        try:
+            with safe_open(str(f), "pt") as opened:
+                opened.keys()
+        except Exception as e:
+            raise SetupError(f"model weights {f} are unreadable or incomplete ({_first_line(e)}): copy them again") from None
+
+
+def check_device(device: str) -> None:
+    """``auto`` or a torch device that exists here."""
+    if device == "auto":
+        return
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise SetupError(f"model.device {device!r} is not a device: use auto, cpu, cuda, cuda:1, mps") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise SetupError(f"model.device {device!r}, but this machine has no CUDA GPU: use auto or cpu")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise SetupError(f"model.device {device!r}, but this machine has {torch.cuda.device_count()} GPU(s)")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise SetupError(f"model.device {device!r}, but MPS is not available here: use auto or cpu")
+
+
+def module_names(model: str) -> list[str]:
+    """The dotted names of every module of ``model``, built from its config on the meta device."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model)
+    with torch.device("meta"):
+        built = AutoModelForCausalLM.from_config(config)
+    return [n for n, _ in built.named_modules() if n]
+
+
+def check_lora_targets(targets: Sequence[str] | str, names: Sequence[str]) -> None:
+    """Every target matches some module (PEFT's matching rule); ``all-linear`` always does."""
+    if targets == "all-linear":
+        return
+    if isinstance(targets, str):
+        if not any(re.fullmatch(targets, n) for n in names):
+            raise SetupError(f"train.lora_target_modules {targets!r} (a regular expression) matches no module of the model")
+        return
+    leaves = sorted({n.rsplit(".", 1)[-1] for n in names})
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        raise SetupError(
+            f"train.lora_target_modules {missing} match no module of the model; its module names include: "
+            f"{', '.join(leaves[:40])} (or use all-linear)"
+        )
+
+
+def check_questions(problems: Sequence[Problem]) -> None:
+    for p in problems:
+        if len(p.question) > MAX_QUESTION_CHARS:
+            raise SetupError(
+                f"problem {p.id!r} has a question of {len(p.question):,} characters (more than {MAX_QUESTION_CHARS:,}): "
+                "remove it from the task file"
+            )
+
+
+def check_model(config: RunConfig, base_model: str) -> None:
+    """The device, and the base model's files and LoRA targets where this process loads the model
+    (the hf engine, or finetuning)."""
+    check_device(config.model.device)
+    if config.model.engine == "hf" or config.iterations > 0:
+        check_model_files(base_model)
+        if config.iterations > 0 and config.train.method == "lora":
+            check_lora_targets(config.train.lora_target_modules, module_names(base_model))
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__

@@ -1,0 +1,94 @@
+"""Bad models and settings are refused before any compute (maft.checks), each with the fix in the message."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from maft.checks import MAX_QUESTION_CHARS, SetupError, check_device, check_lora_targets, check_model_files, module_names
+from maft.config import load_config
+from maft.society import prepare
+from maft.tiny import default_checkpoint
+
+
+@pytest.fixture
+def copy_of_tiny(tmp_path):
+    out = tmp_path / "tiny"
+    shutil.copytree(default_checkpoint(), out)
+    return out
+
+
+def test_a_truncated_weights_file_is_refused(copy_of_tiny):
+    weights = copy_of_tiny / "model.safetensors"
+    with open(weights, "r+b") as f:
+        f.truncate(os.path.getsize(weights) // 2)
+    with pytest.raises(SetupError, match="model.safetensors are unreadable or incomplete"):
+        check_model_files(str(copy_of_tiny))
+
+
+def test_a_garbage_config_is_refused_through_the_cli_before_a_run_directory_exists(copy_of_tiny, tmp_path):
+    (copy_of_tiny / "config.json").write_text("{not json")
+    root = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-m", "maft.cli", "run", "--out", str(root), "--set", f"model.name={copy_of_tiny}"],
+                            capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "config.json cannot be read" in result.stdout and "Traceback" not in result.stdout + result.stderr
+    assert not root.exists()
+
+
+def test_a_model_name_that_is_no_directory_is_refused_at_once():
+    start = time.perf_counter()
+    with pytest.raises(SetupError, match="not a model directory"):
+        check_model_files("models/nope/tiny")  # a relative path that does not exist: no hub retries
+    with pytest.raises(SetupError, match="not a model directory"):
+        check_model_files("./nope")
+    assert time.perf_counter() - start < 30  # not a timing test: hub retries would take about 40 s
+
+
+def test_a_hub_id_that_is_not_cached_and_not_reachable_names_the_fixes(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the hub cannot be asked (as on this machine: no network)
+    with pytest.raises(SetupError, match="neither a local directory nor a model in the Hugging Face cache"):
+        check_model_files("maft-test/no-such-model")
+
+
+def test_devices_are_checked():
+    check_device("auto")
+    check_device("cpu")
+    with pytest.raises(SetupError, match="'bogus' is not a device"):
+        check_device("bogus")
+    if not __import__("torch").cuda.is_available():
+        with pytest.raises(SetupError, match="no CUDA GPU"):
+            check_device("cuda:0")
+
+
+def test_lora_targets_must_name_modules_of_the_model():
+    names = module_names(str(default_checkpoint()))
+    assert "model.layers.0.self_attn.q_proj" in names
+    check_lora_targets("all-linear", names)
+    check_lora_targets(["q_proj", "v_proj"], names)
+    check_lora_targets(["self_attn.q_proj"], names)
+    check_lora_targets(r".*\.q_proj", names)
+    with pytest.raises(SetupError, match=r"\['nope'\] match no module.*q_proj"):
+        check_lora_targets(["q_proj", "nope"], names)
+    with pytest.raises(SetupError, match="matches no module"):
+        check_lora_targets(r"nope\d", names)
+
+
+def test_prepare_refuses_bad_device_targets_and_huge_questions_before_any_model_loads(tmp_path):
+    with pytest.raises(SetupError, match="not a device"):
+        prepare(load_config(None, ["model.device=bogus"]))
+    with pytest.raises(SetupError, match="nope"):
+        prepare(load_config(None, ["train.lora_target_modules=[nope]"]))
+    prepare(load_config(None, ["train.lora_target_modules=nope", "iterations=0"]))  # no finetuning: not checked
+    rows = [{"question": f"{i}+1?", "answer": str(i + 1)} for i in range(3)] + [{"question": "x" * (MAX_QUESTION_CHARS + 1), "answer": "1"}]
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    task = ["task.name=jsonl", f"task.options={{path: {path}}}", "task.n_train=1", "task.n_test=3", "iterations=0"]
+    with pytest.raises(SetupError, match="characters"):
+        prepare(load_config(None, task))
