@@ -1,7 +1,13 @@
-"""The ``maft`` command line."""
+"""The ``maft`` command line.
+
+Bad input, unreadable or malformed files, and files that cannot be written (a read-only directory, a full
+disk) end a command with one ``error:`` line naming the file and the problem, and a non-zero exit code
+(2 before any work starts, 1 when a run stops midway, 130 after Ctrl-C); no traceback.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
 import time
 from pathlib import Path
@@ -12,8 +18,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from maft.baselines import DEFAULT_METHODS, METHODS
 from maft.engines.openai import EngineError
 from maft.servers import ServerError
+from maft.tasks import task_names
 
 app = typer.Typer(help="maft: multiagent finetuning of language models.", no_args_is_help=True, add_completion=False)
 tiny_app = typer.Typer(help="The embedded default model: pretrain it, check it.", no_args_is_help=True)
@@ -37,7 +45,7 @@ def _parse_options(options: list[str]) -> dict[str, object]:
 
 @app.command()
 def evaluate(
-    task: Annotated[str, typer.Option(help="task name (arithmetic, gsm8k, math, jsonl)")] = "arithmetic",
+    task: Annotated[str, typer.Option(help="task name (" + ", ".join(task_names()) + ")")] = "arithmetic",
     samples: Annotated[int, typer.Option(min=1, help="samples per problem; majority-of-k is reported for k > 1")] = 1,
     n: Annotated[int, typer.Option(min=1, help="number of held-out test problems")] = 300,
     model: Annotated[Optional[str], typer.Option(help="HF model id or path (default: the embedded tiny model)")] = None,
@@ -69,7 +77,9 @@ def evaluate(
         the_task = get_task(task, **_parse_options(option))
         sampling = Sampling(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
         problems = the_task.splits(n_train=0, n_test=n, seed=seed).test
-    except (ValueError, FileNotFoundError, DatasetUnavailableError) as e:
+    except OSError as e:
+        raise typer.BadParameter(_os_message(e)) from e
+    except (ValueError, DatasetUnavailableError) as e:
         raise typer.BadParameter(str(e)) from e
     start = time.perf_counter()
     if url:
@@ -116,7 +126,9 @@ def _transfer(run: Path, task: str, n: int, options: dict, iterations: list[int]
     start = time.perf_counter()
     try:
         results = transfer(run, task, options=options, n=n, iterations=iterations or None, console=console)
-    except (ValueError, FileNotFoundError, DatasetUnavailableError, RunDirError, ServerError, EngineError) as e:
+    except OSError as e:
+        _fail(_os_message(e))
+    except (ValueError, DatasetUnavailableError, RunDirError, ServerError, EngineError) as e:
         _fail(str(e))
     table = Table(title=f"transfer: agents of {run} on {n} held-out {task} problems (debate)")
     for h in ["iteration", "majority % ± SE", "agent round 1 %", "agent final %", "unanimous %"]:
@@ -143,11 +155,28 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
+#: OSErrors about files, not about maft: a full disk or quota, no permission, a read-only or failing filesystem.
+FILE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+
+
+def _os_message(e: OSError) -> str:
+    """One line: the file and what went wrong with it."""
+    if e.filename is None:
+        return str(e)
+    other = f" -> {e.filename2}" if e.filename2 else ""
+    hint = "; free some space" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+    return f"{e.filename}{other}: {e.strerror or e}{hint}"
+
+
+def _note(message: str) -> None:
+    console.print(f"[yellow]{escape(message)}[/yellow]")
+
+
 @app.command()
 def run(
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="run config YAML (default: the embedded default run)")] = None,
     set_: Annotated[list[str], typer.Option("--set", "-s", help="override a config value, e.g. --set debate.agents=5")] = [],
-    method: Annotated[Optional[str], typer.Option(help="run a baseline instead of maft: single, majority, debate, star, majority_ft, single_agent_ft, gen_only, critic_only")] = None,
+    method: Annotated[Optional[str], typer.Option(help="run a baseline or ablation instead of maft: " + ", ".join(m for m in METHODS if m != "maft"))] = None,
     iterations: Annotated[Optional[int], typer.Option(min=0, help="shorthand for --set iterations=N")] = None,
     out: Annotated[Optional[Path], typer.Option(help="run directory (default: runs/<date>-<time>)")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="continue the run in this directory; finished stages are kept")] = None,
@@ -156,7 +185,7 @@ def run(
     """Multiagent finetuning: debate -> vote -> per-agent data -> finetune 2N agents, for L iterations."""
     from maft.config import ConfigError, load_config
     from maft.society import Society
-    from maft.store import RunDirError, RunStore
+    from maft.store import RunDirError, RunStore, discard_temporaries
     from maft.summary import iteration_table, title
 
     from maft.baselines import method_overrides
@@ -174,7 +203,7 @@ def run(
             if config or overrides:  # overrides apply on top of the run's own config
                 base = None if config else RunStore.saved_config(resume)
                 given = load_config(config, overrides, base=base)
-            store = RunStore.open(resume, given)
+            store = RunStore.open(resume, given, say=_note)
             for change in store.changed:
                 console.print(f"[yellow]changed on resume:[/yellow] {change}")
         else:
@@ -182,23 +211,33 @@ def run(
             from maft.society import prepare
 
             prepare(cfg)  # bad task options or sizes fail here, before a run directory or model exists
-            store = RunStore.create(out or Path("runs") / time.strftime("%Y%m%d-%H%M%S"), cfg)
+            store = RunStore.create(out or Path("runs") / time.strftime("%Y%m%d-%H%M%S"), cfg, say=_note)
         society = Society(store, console=console, progress=not quiet)
-    except (ConfigError, RunDirError, ValueError, FileNotFoundError, ServerError, EngineError) as e:
+    except OSError as e:
+        _fail(_os_message(e))
+    except (ConfigError, RunDirError, ValueError, ServerError, EngineError) as e:
         _fail(str(e))
     console.print(f"run directory [bold]{store.root}[/bold] (config hash {store.config.hash()})")
     start = time.perf_counter()
+    resume_hint = f"finished stages are kept: fix the cause, then maft run --resume {escape(str(store.root))}"
     try:
         metrics = society.run()
     except KeyboardInterrupt:
+        discard_temporaries()  # an interrupted finetune's .tmp-<role> folder
         console.print(f"[yellow]interrupted[/yellow]; finished stages are kept: maft run --resume {store.root}")
         raise typer.Exit(code=130) from None
+    except OSError as e:
+        if e.filename is None and e.errno not in FILE_ERRNOS:  # not a file problem: show where it came from
+            console.print(f"[red]the run stopped[/red]; {resume_hint}")
+            raise
+        console.print(f"[red]error:[/red] {escape(_os_message(e))}; the run stopped, {resume_hint}")
+        raise typer.Exit(code=1) from None
     except (ServerError, EngineError) as e:  # a server's refusal or outage: its message says what to fix
         console.print(f"[red]error:[/red] {escape(str(e))}")
-        console.print(f"[red]the run stopped[/red]; finished stages are kept: fix the cause, then maft run --resume {store.root}")
+        console.print(f"[red]the run stopped[/red]; {resume_hint}")
         raise typer.Exit(code=1) from None
     except Exception:
-        console.print(f"[red]the run stopped[/red]; finished stages are kept: fix the cause, then maft run --resume {store.root}")
+        console.print(f"[red]the run stopped[/red]; {resume_hint}")
         raise
     finally:
         society.close()
@@ -212,24 +251,27 @@ def run(
 
 @app.command()
 def compare(
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="compare YAML: methods and the run config (default: every method on the embedded default)")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="compare YAML: methods and the run config (default: the default methods on the embedded default)")] = None,
     set_: Annotated[list[str], typer.Option("--set", "-s", help="override a run config value for every method, e.g. --set iterations=1")] = [],
-    methods: Annotated[Optional[str], typer.Option(help="comma-separated methods (default: the config's, else all)")] = None,
+    methods: Annotated[Optional[str], typer.Option(help="comma-separated methods (default: the config's, else " + ",".join(DEFAULT_METHODS) + "; all: " + ",".join(METHODS) + ")")] = None,
     out: Annotated[Path, typer.Option(help="comparison directory; run again to resume")] = Path("runs/compare"),
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
 ) -> None:
     """Run maft and the baselines on the same model and problems; write the Table-1-style comparison."""
     from maft.compare import comparison_table, compare as run_compare, load_compare_config
     from maft.config import ConfigError
-    from maft.store import RunDirError
+    from maft.store import RunDirError, discard_temporaries
 
     start = time.perf_counter()
     try:
         cfg = load_compare_config(config, set_, methods.split(",") if methods else None)
         results = run_compare(cfg, out, console=console, progress=not quiet)
-    except (ConfigError, RunDirError, ValueError, FileNotFoundError, ServerError, EngineError) as e:
+    except OSError as e:
+        _fail(_os_message(e))
+    except (ConfigError, RunDirError, ValueError, ServerError, EngineError) as e:
         _fail(str(e))
     except KeyboardInterrupt:
+        discard_temporaries()
         console.print("[yellow]interrupted[/yellow]; finished stages are kept: run the same command again to resume")
         raise typer.Exit(code=130) from None
     console.print(comparison_table(results, title="accuracy % ± SE on held-out problems (final-round majority)"))
@@ -246,10 +288,14 @@ def report(
     """Plots (PNG) and a static HTML page with the tables and a browser of the debate transcripts."""
     from maft.report import write_report
 
+    from maft.store import RunDirError
+
     try:
         page = write_report(source, out)
-    except FileNotFoundError as e:
-        _fail(str(e))
+    except OSError as e:  # a missing, unreadable or unwritable directory or file
+        _fail(_os_message(e))
+    except (ValueError, RunDirError) as e:  # a malformed metrics.json or comparison.json
+        _fail(f"cannot write the report of {source}: {str(e).splitlines()[0]}")
     console.print(f"wrote {page} (open it in a browser)")
 
 

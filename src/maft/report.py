@@ -4,7 +4,8 @@
 
 The report folder holds ``index.html`` (config, tables, plots, a transcript browser), ``accuracy.png``,
 ``diversity.png`` (when there are diversity measures) and ``transcripts.js`` (every held-out debate turn,
-loaded by a plain ``<script>`` so the page works from file://). No network resources.
+loaded by a plain ``<script>`` so the page works from file://). No network resources. Every file is
+written atomically (temporary file + rename): a killed ``maft report`` leaves the previous files intact.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from maft.config import RunConfig
 from maft.debate import Turn
 from maft.metrics import Accuracy, Diversity
 from maft.society import IterationMetrics
-from maft.store import RunDirError, RunStore, read_jsonl, write_text
+from maft.store import RunDirError, RunStore, atomic_file, read_jsonl, write_text
 from maft.summary import HEADER, iteration_rows, title
 
 MEASURES = {  # the diversity measures plotted, and their axis labels
@@ -105,7 +106,7 @@ def _run(run: Path) -> Report:
     if not metrics:
         raise ValueError(f"{run}/metrics.json holds no iterations")
     base = metrics[0].test
-    agents = config.debate.agents if config else len(base.agent_round)
+    agents = config.debate.shape(held_out=True)[0] if config else len(base.agent_round)
     method = config.method if config else "maft"
     series = [
         Series(f"{method}: final-round majority", [m.test.majority for m in metrics], [m.diversity for m in metrics], width=3),
@@ -175,7 +176,7 @@ def plot_accuracy(series: Sequence[Series], path: Path) -> None:
     ax.set_ylabel("accuracy (%)")
     ax.set_title("Held-out accuracy of the final round's majority vote (±1 SE)", fontsize=10)
     ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
-    fig.savefig(path, bbox_inches="tight")
+    _save(fig, path)
 
 
 def plot_diversity(series: Sequence[Series], path: Path) -> bool:
@@ -212,8 +213,14 @@ def plot_diversity(series: Sequence[Series], path: Path) -> bool:
         legend = [handles[i] for i in sorted(handles)]
         axes[cols - 1].legend(handles=legend, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
     fig.tight_layout()
-    fig.savefig(path, bbox_inches="tight")
+    _save(fig, path)
     return True
+
+
+def _save(fig, path: Path) -> None:
+    """Save a PNG atomically: a killed process leaves the previous plot (or none), never a truncated one."""
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, bbox_inches="tight", format="png")
 
 
 def _iteration_axis(ax, iterations: int) -> None:

@@ -1,10 +1,13 @@
 """A user task from a local JSONL or parquet file (or a directory with train/test files).
 
-Rows need ``question`` and ``answer``; optional fields: ``id``, ``choices`` (a list of options,
-shown as "A. ...", "B. ..." under the question) and ``grader``. The grader is the ``grader``
-option, else the rows' ``grader`` field (one value for the whole file), else "numeric". With the
-``math`` grader only a ``\\boxed{}`` answer counts (as for MATH); ``numeric`` and ``choice`` fall back to
-the text after ``####`` or the last number.
+Rows need ``question`` (a string) and ``answer`` (a string or a number), neither empty; optional fields:
+``id`` (a string or a number), ``choices`` (a list of options, shown as "A. ...", "B. ..." under the
+question) and ``grader`` (a string). A row with a wrong-typed field is refused before any compute, naming
+the file, the row, the field and the expected type.
+
+The grader is the ``grader`` option, else the rows' ``grader`` field (one value for the whole file), else
+"numeric". With the ``math`` grader only a ``\\boxed{}`` answer counts (as for MATH); ``numeric`` and
+``choice`` fall back to the text after ``####`` or the last number.
 """
 
 from __future__ import annotations
@@ -15,9 +18,23 @@ from typing import get_args
 
 from maft.grading import choice_letter
 from maft.tasks.base import GraderKind, Problem
-from maft.tasks.loading import DatasetTask, Row, load_local, require_fields, row_id, step_by_step_prompt
+from maft.tasks.loading import (
+    LIST,
+    NUMBER,
+    STRING,
+    DatasetTask,
+    Row,
+    load_local,
+    require_fields,
+    require_types,
+    row_id,
+    step_by_step_prompt,
+)
 
 GRADERS: tuple[str, ...] = get_args(GraderKind)
+KINDS = {  # each field's allowed JSON types
+    "question": [STRING], "answer": [STRING, NUMBER], "id": [STRING, NUMBER], "choices": [LIST], "grader": [STRING],
+}
 CHOICE_FORMAT = "\\boxed{letter}"
 
 
@@ -32,7 +49,13 @@ class JsonlTask(DatasetTask):
         super().__init__(path)
         if grader is None:
             assert self.path is not None
-            kinds = {row["grader"] for rows in load_local(self.path, self.name).values() for row in rows if "grader" in row}
+            kinds = set()
+            for split, rows in load_local(self.path, self.name).items():
+                for i, row in enumerate(rows):
+                    where = f"row {i + 1} of {self.path}" + ("" if split == "all" else f" ({split})")
+                    require_types(row, {"grader": KINDS["grader"]}, self.name, where)
+                    if row.get("grader") is not None:
+                        kinds.add(row["grader"])
             if len(kinds) > 1:
                 raise ValueError(f"jsonl: rows of {self.path} use several graders {sorted(kinds)}; pass grader=")
             grader = kinds.pop() if kinds else "numeric"
@@ -43,7 +66,11 @@ class JsonlTask(DatasetTask):
 
     def to_problem(self, row: Row, default_id: str, where: str) -> Problem:
         require_fields(row, ("question", "answer"), self.name, where)
-        question, answer = str(row["question"]), str(row["answer"]).strip()
+        require_types(row, KINDS, self.name, where)
+        question, answer = row["question"], str(row["answer"]).strip()
+        for field, value in (("question", question.strip()), ("answer", answer)):
+            if not value:
+                raise ValueError(f"{self.name}: {where}: field {field!r} is empty")
         if row.get("choices"):
             options = "\n".join(f"{letter}. {text}" for letter, text in zip(string.ascii_uppercase, row["choices"]))
             question = f"{question}\n{options}"

@@ -7,6 +7,11 @@ A task's ``path`` is either
 - a directory holding ``train.{jsonl,parquet}`` and ``test.{jsonl,parquet}``: train problems
   come from the train file, test problems from the test file (each seeded-shuffled).
 
+Every line of a ``.jsonl`` file must be UTF-8 text holding one JSON object (blank lines are skipped);
+anything else is refused with a ValueError naming the file and the line. Rows are checked by the task:
+:func:`require_fields` for missing fields, :func:`require_types` for wrong-typed ones (naming the row,
+the field and the expected type).
+
 Without a path, a task loads its data set from the hub with ``datasets.load_dataset``. That
 fails fast, with :class:`DatasetUnavailableError`, when the hub cannot be reached (or
 ``HF_HUB_OFFLINE=1`` and no cached copy exists).
@@ -20,6 +25,7 @@ import random
 import socket
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
+from numbers import Real
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlparse
@@ -49,23 +55,53 @@ def step_by_step_prompt(question: str, answer_format: str = BOXED_FORMAT) -> str
 
 
 def read_rows(file: str | Path) -> list[Row]:
-    """The rows of a ``.jsonl`` or ``.parquet`` file."""
+    """The rows of a ``.jsonl`` or ``.parquet`` file (each a JSON object / a record)."""
     file = Path(file)
     if file.suffix == ".parquet":
         from datasets import Dataset
 
-        return Dataset.from_parquet(str(file)).to_list()
+        try:
+            return Dataset.from_parquet(str(file)).to_list()
+        except OSError:
+            raise
+        except Exception as e:  # noqa: BLE001 - pyarrow's errors do not name the file
+            raise ValueError(f"{file}: not a readable parquet file ({type(e).__name__}: {e})") from None
     if file.suffix != ".jsonl":
         raise ValueError(f"{file}: unsupported file type; use one of {', '.join(EXTENSIONS)}")
     rows = []
-    with file.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{file}:{number}: not valid JSON ({e.msg})") from None
+    with file.open("rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{file}:{number}: not UTF-8 text (byte {e.start} of the line)") from None
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{file}:{number}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{file}:{number}: expected a JSON object with the row's fields, got {json_type(row)}")
+            rows.append(row)
     return rows
+
+
+def json_type(value: Any) -> str:
+    """``value``'s JSON type, with an article ("an object", "a list", "null", ...)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, Real):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, Mapping):
+        return "an object"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    return f"a {type(value).__name__}"
 
 
 def load_local(path: str | Path, task: str) -> dict[str, list[Row]]:
@@ -94,6 +130,31 @@ def require_fields(row: Mapping[str, Any], fields: Sequence[str], task: str, whe
             f"{task}: {where} has no field {', '.join(map(repr, missing))}; "
             f"each row needs the fields {', '.join(fields)} (found: {', '.join(row) or 'none'})"
         )
+
+
+#: Expected kinds of a field's value for :func:`require_types`.
+STRING, NUMBER, LIST = "a string", "a number", "a list"
+
+
+def _is(value: Any, kind: str) -> bool:
+    if kind == STRING:
+        return isinstance(value, str)
+    if kind == NUMBER:
+        return isinstance(value, Real) and not isinstance(value, bool)
+    if kind == LIST:
+        return isinstance(value, (list, tuple))
+    raise ValueError(f"unknown kind {kind!r}")
+
+
+def require_types(row: Mapping[str, Any], kinds: Mapping[str, Sequence[str]], task: str, where: str) -> None:
+    """Raise a ValueError naming the first field of ``row`` whose value is none of its ``kinds``
+    (e.g. ``{"question": [STRING]}``); absent and null fields are left to :func:`require_fields`."""
+    for field, allowed in kinds.items():
+        value = row.get(field)
+        if value is not None and not any(_is(value, kind) for kind in allowed):
+            raise ValueError(
+                f"{task}: {where}: field {field!r} must be {' or '.join(allowed)}, got {json_type(value)}"
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,7 +277,7 @@ class DatasetTask(Task):
                 raw, source = load_local(self.path, self.name), str(self.path)
             else:
                 raw, source = self.load_hub(), "the hub data set"
-            self._problems = {}
+            loaded: dict[str, list[Problem]] = {}  # kept only once every row has passed (a bad row fails every call)
             ids: set[str] = set()
             for split, rows in raw.items():
                 prefix = self.name if split == "all" else f"{self.name}-{split}"
@@ -229,7 +290,8 @@ class DatasetTask(Task):
                             raise ValueError(f"{self.name}: duplicate problem id {problem.id!r} ({where})")
                         ids.add(problem.id)
                         problems.append(problem)
-                self._problems[split] = problems
+                loaded[split] = problems
+            self._problems = loaded
         return self._problems
 
     def splits(self, n_train: int, n_test: int, seed: int = 0) -> Splits:
