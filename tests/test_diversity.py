@@ -128,7 +128,7 @@ def test_the_diversity_stage_measures_the_critics_and_skips_a_missing_encoder_un
 
     missing = tmp_path / "no-encoder"
     overrides = ["iterations=0", "debate.agents=2", "task.n_test=4", "debate.max_new_tokens=48",
-                 f"diversity.encoder={missing}"]
+                 f"diversity.encoder={missing}", "diversity.paper_likelihoods=true"]
     console = Console(record=True, width=1000)
     store = RunStore.create(tmp_path / "r", load_config(None, overrides))
     [base] = Society(store, console=console, progress=False).run()
