@@ -304,6 +304,8 @@ def test_a_managed_server_ends_with_maft(tmp_path, how):
         os.kill(pid, 0)  # the server runs, mid-debate
         maft.send_signal(how)
         maft.wait(timeout=60)
+        # after kill -9 the kernel sends SIGKILL: a SIGTERM would let transformers serve (uvicorn's graceful
+        # shutdown) finish every request in flight first, minutes on a busy machine
         deadline = time.monotonic() + 45
         while time.monotonic() < deadline and _alive(pid):
             time.sleep(0.5)

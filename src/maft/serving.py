@@ -10,6 +10,7 @@ installation) before a run directory is created.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -113,6 +114,7 @@ def make_engine(config: RunConfig, root: Path, *, say: Callable[[str], None] = p
             env={"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"} if m.server_kind == "vllm" else {},
             devices=m.server_devices or [None],
             stop_for_training=stop,
+            parent_death_signal=signal.SIGKILL if m.server_kind == "transformers" else signal.SIGTERM,
             say=say,
         )
     kwargs: dict[str, Any] = {"tag": run_tag(root), "managed": managed, "say": say}

@@ -6,8 +6,9 @@ port, its output appended to ``<run>/server-<i>.log``. ``start`` waits until eve
 models at ``/v1/models`` (or stops with the log's last lines when one exits first).
 
 No orphans: a server runs in a process group of its own, asked to end (SIGTERM, then SIGKILL after
-30 s) when maft stops it, exits or is interrupted (``atexit``); and the kernel sends it SIGTERM if
-maft itself dies without cleaning up (``PR_SET_PDEATHSIG``, Linux).
+30 s) when maft stops it, exits or is interrupted (``atexit``); and the kernel sends it a signal if
+maft itself dies without cleaning up (``PR_SET_PDEATHSIG``, Linux): SIGTERM, or SIGKILL for a server
+whose SIGTERM would wait for every request in flight (``parent_death_signal``).
 
 ``stop_for_training``: on a single GPU the server holds most of its memory, so it is stopped while
 the 2N agents are finetuned and started again for the next debate (vLLM's sleep mode would keep the
@@ -37,13 +38,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    try:
-        import ctypes
+def _die_with_parent(sig: int) -> Callable[[], None]:
+    """A ``preexec_fn`` that makes the child receive ``sig`` when maft dies (``PR_SET_PDEATHSIG``)."""
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+    def arm() -> None:  # pragma: no cover - runs in the child between fork and exec
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, sig)
+        except OSError:
+            pass
+
+    return arm
 
 
 @dataclass
@@ -55,6 +61,10 @@ class ManagedServers:
     env: dict[str, str] = field(default_factory=dict)
     devices: Sequence[str | None] = (None,)
     stop_for_training: bool = False
+    #: what the server gets if maft dies without cleaning up: SIGTERM lets vLLM/SGLang stop their engine
+    #: processes; a single-process server whose SIGTERM waits for every request in flight (``transformers
+    #: serve``: uvicorn's graceful shutdown has no time limit) is better killed
+    parent_death_signal: int = signal.SIGTERM
     startup_timeout: float = 600.0
     say: Callable[[str], None] = print
     processes: list[subprocess.Popen] = field(default_factory=list)
@@ -86,7 +96,7 @@ class ManagedServers:
             try:
                 process = subprocess.Popen(
                     command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                    start_new_session=True, preexec_fn=_die_with_parent,
+                    start_new_session=True, preexec_fn=_die_with_parent(self.parent_death_signal),
                 )
             except OSError as e:
                 raise ServerError(f"could not start the server ({command[0]}: {e}); check model.server_python") from None
