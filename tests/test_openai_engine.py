@@ -112,9 +112,10 @@ def test_client_errors_stop_with_the_servers_message(proxy, arithmetic):
 
 
 def test_unknown_model_stops_after_the_retries(server, arithmetic):
-    # transformers serve answers 500 for a model it cannot load: retried, then a clear error
+    # transformers serve answers 500 for a model it cannot load (on a busy machine it has also dropped the
+    # connection instead, once in four CI runs): either way retried, then one clear error naming the endpoint
     engine = OpenAIEngine(server.url, "/no/such/model", max_retries=1, backoff=0.01)
-    with pytest.raises(EngineError, match="failed 2 times.*500"):
+    with pytest.raises(EngineError, match=r"failed 2 times \((InternalServerError|APIConnectionError).*endpoints: http"):
         engine.generate(ask(arithmetic, 1))
 
 
