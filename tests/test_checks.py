@@ -82,7 +82,7 @@ def test_lora_targets_must_name_modules_of_the_model():
 
 def test_prepare_refuses_bad_device_targets_and_huge_questions_before_any_model_loads(tmp_path):
     with pytest.raises(SetupError, match="not a device"):
-        prepare(load_config(None, ["model.device=bogus"]))
+        prepare(load_config(None, ["execution.device=bogus"]))
     with pytest.raises(SetupError, match="nope"):
         prepare(load_config(None, ["train.lora_target_modules=[nope]"]))
     prepare(load_config(None, ["train.lora_target_modules=nope", "iterations=0"]))  # no finetuning: not checked

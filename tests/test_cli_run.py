@@ -72,9 +72,9 @@ def test_resume_refuses_a_changed_config_and_new_run_refuses_an_existing_dir(tmp
     assert "refusing to resume" in changed.stdout and "debate.agents: 2 -> 3" in changed.stdout
     again = maft("run", "--out", str(root))
     assert again.returncode == 2 and "--resume" in again.stdout
-    smaller = maft("run", "--resume", str(root), "--set", "model.batch_size=8")  # execution settings may change
+    smaller = maft("run", "--resume", str(root), "--set", "execution.generation_batch_size=8")  # execution settings may change
     assert smaller.returncode == 0, smaller.stdout + smaller.stderr
-    assert "changed on resume: model.batch_size: 128 -> 8" in smaller.stdout
+    assert "changed on resume: execution.generation_batch_size: 128 -> 8" in smaller.stdout
     assert "batch_size: 8" in (root / "config.yaml").read_text()
 
 

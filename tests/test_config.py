@@ -58,7 +58,7 @@ def test_overrides_are_parsed_as_yaml_values(tmp_path):
             "train.lora_target_modules=[q_proj, k_proj]",
             "train.bf16=true",
             "train.learning_rate=1e-4",
-            "model.device=cuda:0",
+            "execution.device=cuda:0",
         ],
     )
     assert config.debate.agents == 5 and isinstance(config.debate.agents, int)
@@ -68,7 +68,7 @@ def test_overrides_are_parsed_as_yaml_values(tmp_path):
     assert config.train.lora_target_modules == ["q_proj", "k_proj"]
     assert config.train.bf16 is True
     assert config.train.learning_rate == 1e-4
-    assert config.model.device == "cuda:0"
+    assert config.execution.device == "cuda:0"
 
 
 def test_parse_override():
@@ -219,7 +219,8 @@ def test_hash_ignores_the_order_of_option_keys():
 
 @pytest.mark.parametrize(
     "override",
-    ["seed=1", "debate.agents=4", "debate.top_p=0.95", "task.options={path: x.jsonl}", "train.bf16=true", "model.name=m"],
+    ["seed=1", "debate.agents=4", "debate.top_p=0.95", "task.options={path: x.jsonl}", "train.bf16=true", "model.name=m",
+     "model.server_kind=sglang", "model.dtype=float32", "train.lora_r=4", "data.label=gold", "diversity.enabled=false"],
 )
 def test_hash_changes_with_any_value(override):
     assert load_config(None, [override]).hash() != RunConfig().hash()
@@ -288,3 +289,36 @@ def test_held_out_shape_and_baseline_data_options_are_checked_up_front():
     cfg = load_config(None, ["train.shared=true", "debate.test_agents=1", "debate.test_rounds=1"])
     assert cfg.debate.shape() == (3, 2) and cfg.debate.shape(held_out=True) == (1, 1)
     assert load_config(None, ["iterations=0", "debate.test_agents=5"]).debate.shape(held_out=True) == (5, 2)
+
+
+def test_every_execution_setting_is_left_out_of_the_hash():
+    """The execution section is excluded by construction: changing any of its fields keeps the hash
+    (test_hash_changes_with_any_value: a field of any other section changes it)."""
+    from maft.config import ExecutionConfig
+
+    base = RunConfig()
+    changed = {
+        "device": "cpu", "generation_batch_size": 3, "merge_adapters": True, "server": "managed",
+        "urls": ["http://127.0.0.1:1/v1"], "served_name": "x", "api_key_env": "K", "concurrency": 2,
+        "request_timeout": 1.0, "max_retries": 0, "server_python": "/p", "server_args": ["--a"],
+        "server_devices": ["0"], "stop_server_for_training": True, "scheduler": "ray", "ray_address": "auto",
+        "gpus_per_job": 0.5, "cpus_per_job": 2.0,
+    }
+    assert set(changed) == set(ExecutionConfig.model_fields)  # a new execution field must be listed here
+    for key, value in changed.items():
+        other = RunConfig.model_validate({"execution": {key: value}})
+        assert other.execution != base.execution and other.hash() == base.hash(), key
+
+
+def test_execution_keys_written_under_model_or_train_move_to_execution():
+    """Configs and run directories from before the execution section still load, with the same hash."""
+    old = RunConfig.model_validate(
+        {"model": {"batch_size": 8, "device": "cpu", "urls": ["http://h/v1"]}, "train": {"scheduler": "ray", "lr_scheduler": "linear"}}
+    )
+    new = RunConfig.model_validate(
+        {"execution": {"generation_batch_size": 8, "device": "cpu", "urls": ["http://h/v1"], "scheduler": "ray"},
+         "train": {"lr_scheduler": "linear"}}
+    )
+    assert old == new and old.hash() == new.hash()
+    assert old.execution.generation_batch_size == 8 and old.train.lr_scheduler == "linear"
+    assert load_config(None, ["model.batch_size=4"]).execution.generation_batch_size == 4

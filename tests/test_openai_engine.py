@@ -195,7 +195,7 @@ def test_unreachable_url_refused_before_a_run_directory(tmp_path):
     out = tmp_path / "run"
     result = subprocess.run(
         [sys.executable, "-m", "maft.cli", "run", "--out", str(out), "--set", "model.engine=openai",
-         "--set", "model.urls=[http://127.0.0.1:9/v1]", "--quiet"],
+         "--set", "execution.urls=[http://127.0.0.1:9/v1]", "--quiet"],
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 2, result.stdout + result.stderr
@@ -205,8 +205,8 @@ def test_unreachable_url_refused_before_a_run_directory(tmp_path):
 
 def test_api_kind_refuses_finetuning_up_front():
     with pytest.raises(Exception, match="without adapters"):
-        load_config(None, ["model.engine=openai", "model.server_kind=api", "model.urls=[http://x/v1]"])
-    cfg = load_config(None, ["model.engine=openai", "model.server_kind=api", "model.urls=[http://127.0.0.1:9/v1]", "iterations=0"])
+        load_config(None, ["model.engine=openai", "model.server_kind=api", "execution.urls=[http://x/v1]"])
+    cfg = load_config(None, ["model.engine=openai", "model.server_kind=api", "execution.urls=[http://127.0.0.1:9/v1]", "iterations=0"])
     with pytest.raises(ServerError, match="no answer"):
         check_serving(cfg)
 
@@ -214,7 +214,7 @@ def test_api_kind_refuses_finetuning_up_front():
 def test_maft_run_on_transformers_serve(server, tmp_path):
     """One iteration of the loop through the server: transcripts and metrics as with the hf engine."""
     cfg = load_config(None, [
-        "model.engine=openai", "model.server_kind=transformers", f"model.urls=[{server.url}]", "iterations=1",
+        "model.engine=openai", "model.server_kind=transformers", f"execution.urls=[{server.url}]", "iterations=1",
         "debate.agents=2", "task.n_train=12", "task.n_test=8", "diversity.embeddings=off", "debate.max_new_tokens=96",
         "train.batch_size=4",
     ])
@@ -240,7 +240,7 @@ def test_a_server_lost_mid_stage_stops_the_run_and_resume_redoes_only_that_stage
     proxy = FaultProxy(server.url.removesuffix("/v1"))
     try:
         cfg = load_config(None, [
-            "model.engine=openai", "model.server_kind=transformers", f"model.urls=[{proxy.url}]", "model.max_retries=1",
+            "model.engine=openai", "model.server_kind=transformers", f"execution.urls=[{proxy.url}]", "execution.max_retries=1",
             "iterations=1", "debate.agents=2", "task.n_train=6", "task.n_test=4", "diversity.embeddings=off",
             "debate.max_new_tokens=64", "train.batch_size=4",
         ])
@@ -291,7 +291,7 @@ def test_a_managed_server_ends_with_maft(tmp_path, how):
     out = tmp_path / "run"
     maft = subprocess.Popen(
         [sys.executable, "-m", "maft.cli", "run", "--out", str(out), "--quiet", "--set", "model.engine=openai",
-         "--set", "model.server_kind=transformers", "--set", "model.server=managed", "--set", "iterations=0",
+         "--set", "model.server_kind=transformers", "--set", "execution.server=managed", "--set", "iterations=0",
          "--set", "task.n_test=300", "--set", "diversity.enabled=false"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )

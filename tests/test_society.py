@@ -193,7 +193,7 @@ def test_ray_scheduler_trains_every_role_in_ray_workers(tmp_path):
     ray = pytest.importorskip("ray")
     import os
 
-    overrides = [*OVERRIDES, "task.n_train=8", "task.n_test=4", "train.scheduler=ray", "train.cpus_per_job=1"]
+    overrides = [*OVERRIDES, "task.n_train=8", "task.n_test=4", "execution.scheduler=ray", "execution.cpus_per_job=1"]
     store = RunStore.create(tmp_path / "r", load_config(None, overrides))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:

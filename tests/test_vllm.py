@@ -217,7 +217,7 @@ def test_sampling_seeds_reproduce_and_differ(engine):
 
 # -- f. preflight refusals ------------------------------------------------------------------------------------------
 def openai_config(url: str, tiny32: Path, *extra: str) -> list[str]:
-    return [f"model.name={tiny32}", "model.engine=openai", "model.server_kind=vllm", f"model.urls=[{url}]", *extra]
+    return [f"model.name={tiny32}", "model.engine=openai", "model.server_kind=vllm", f"execution.urls=[{url}]", *extra]
 
 
 def test_preflight_refuses_what_the_server_cannot_serve(server, tiny32):
@@ -228,7 +228,7 @@ def test_preflight_refuses_what_the_server_cannot_serve(server, tiny32):
     with pytest.raises(ServerError, match="--max-lora-rank"):
         check_serving(load_config(None, openai_config(server.url, tiny32, "train.lora_r=16")))
     with pytest.raises(ServerError, match=r"does not serve 'other-model'.*model\.served_name"):
-        check_serving(load_config(None, openai_config(server.url, tiny32, "model.served_name=other-model")))
+        check_serving(load_config(None, openai_config(server.url, tiny32, "execution.served_name=other-model")))
     assert not [n for n in served_models(server.url) if n.startswith("maft-probe-")]  # the probe adapter unloaded
 
 
@@ -279,8 +279,8 @@ def test_one_iteration_through_a_managed_vllm_server(vllm_python, tiny32, tmp_pa
     # maft adds --lora-target-modules and --max-num-batched-tokens itself (serving.server_command)
     args = ",".join(f"'{a}'" for a in ["--dtype", "float32", "--max-model-len", "1024"])
     cfg = load_config(None, [
-        f"model.name={tiny32}", "model.engine=openai", "model.server_kind=vllm", "model.server=managed",
-        f"model.server_python={vllm_python}", f"model.server_args=[{args}]",
+        f"model.name={tiny32}", "model.engine=openai", "model.server_kind=vllm", "execution.server=managed",
+        f"execution.server_python={vllm_python}", f"execution.server_args=[{args}]",
         "iterations=1", "debate.agents=2", "debate.rounds=2", "debate.max_new_tokens=112",
         "task.n_train=16", "task.n_test=12", "train.epochs=1", "train.batch_size=8", "diversity.embeddings=off",
     ])

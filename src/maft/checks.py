@@ -4,7 +4,7 @@ has started (a debate or a finetune in), checked before a run directory is creat
 - ``model.name``: a local directory must hold a readable ``config.json`` and complete safetensors
   weights (their headers are read, not the weights); a name that is no local path must be a hub id
   found in the Hugging Face cache or, with a network, on the hub (asked once, without retries).
-- ``model.device``: ``auto``, or a device torch knows and this machine has (``cuda`` without a GPU is
+- ``execution.device``: ``auto``, or a device torch knows and this machine has (``cuda`` without a GPU is
   refused).
 - ``train.lora_target_modules``: every listed name must match a module of the base model (PEFT's rule: the
   module's name, or its dotted suffix); a string other than ``all-linear`` is a regular expression that
@@ -82,13 +82,13 @@ def check_device(device: str) -> None:
     try:
         parsed = torch.device(device)
     except (RuntimeError, ValueError):
-        raise SetupError(f"model.device {device!r} is not a device: use auto, cpu, cuda, cuda:1, mps") from None
+        raise SetupError(f"execution.device {device!r} is not a device: use auto, cpu, cuda, cuda:1, mps") from None
     if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise SetupError(f"model.device {device!r}, but this machine has no CUDA GPU: use auto or cpu")
+        raise SetupError(f"execution.device {device!r}, but this machine has no CUDA GPU: use auto or cpu")
     if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
-        raise SetupError(f"model.device {device!r}, but this machine has {torch.cuda.device_count()} GPU(s)")
+        raise SetupError(f"execution.device {device!r}, but this machine has {torch.cuda.device_count()} GPU(s)")
     if parsed.type == "mps" and not torch.backends.mps.is_available():
-        raise SetupError(f"model.device {device!r}, but MPS is not available here: use auto or cpu")
+        raise SetupError(f"execution.device {device!r}, but MPS is not available here: use auto or cpu")
 
 
 def module_names(model: str) -> list[str]:
@@ -131,7 +131,7 @@ def check_questions(problems: Sequence[Problem]) -> None:
 def check_model(config: RunConfig, base_model: str) -> None:
     """The device, and the base model's files and LoRA targets where this process loads the model
     (the hf engine, or finetuning)."""
-    check_device(config.model.device)
+    check_device(config.execution.device)
     if config.model.engine == "hf" or config.iterations > 0:
         check_model_files(base_model)
         if config.iterations > 0 and config.train.method == "lora":

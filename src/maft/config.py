@@ -15,6 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from maft.types import CriticMix, Summarizer, TieBreak, Truncated
+
 
 class Strict(BaseModel):
     """Unknown keys are errors (a typo in a config must not be silently ignored)."""
@@ -23,14 +25,13 @@ class Strict(BaseModel):
 
 
 class ModelConfig(Strict):
+    """Which model the agents start from and what kind of engine generates with it (part of the hash: a
+    run's texts depend on both)."""
+
     name: str | None = Field(None, description="HF model id or path; None: the embedded tiny model")
-    device: str = "auto"
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    batch_size: int = Field(128, ge=1, description="generation batch size (lower it for large models)")
-    merge_adapters: bool | None = Field(
-        None, description="serve each agent as a merged copy of the model (None: when it has < 200M parameters)"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="weights' dtype for generation and training (auto: the checkpoint's)"
     )
-    # -- serving engine (README, "Engines and servers") --
     engine: Literal["hf", "openai"] = Field(
         "hf", description="hf: transformers + PEFT in this process; openai: an OpenAI-compatible server (vLLM, ...)"
     )
@@ -39,8 +40,25 @@ class ModelConfig(Strict):
         description="with engine=openai, how agents reach the server: vllm/sglang load LoRA adapters at run time, "
         "transformers (transformers serve) loads merged checkpoints by path, api has no adapters (debate only)",
     )
+
+
+class ExecutionConfig(Strict):
+    """How to run, not what to compute: where generation and finetuning happen and how fast. Left out of
+    the config hash by construction, so a resumed run may change any of it (a smaller batch after running
+    out of memory, more endpoints, Ray instead of local training). None of it changes what is sampled
+    (device and merge_adapters can still move floating-point rounding, as any change of hardware can)."""
+
+    # -- generation in this process (model.engine=hf) --
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:1, mps (auto: CUDA, then MPS, then CPU)")
+    generation_batch_size: int = Field(
+        128, ge=1, description="requests per forward pass of the in-process engine (lower it for large models)"
+    )
+    merge_adapters: bool | None = Field(
+        None, description="serve each agent as a merged copy of the model (None: when it has < 200M parameters)"
+    )
+    # -- servers (model.engine=openai; README, "Engines and servers") --
     server: Literal["external", "managed"] = Field(
-        "external", description="external: servers already running at model.urls; managed: maft starts and stops them"
+        "external", description="external: servers already running at urls; managed: maft starts and stops them"
     )
     urls: list[str] = Field(
         default_factory=list, description="external servers' base URLs, e.g. http://127.0.0.1:8000/v1 (several: load spread)"
@@ -62,6 +80,29 @@ class ModelConfig(Strict):
     stop_server_for_training: bool | None = Field(
         None, description="managed: stop the server while agents are finetuned (None: when CUDA is available)"
     )
+    # -- finetuning jobs --
+    scheduler: Literal["local", "ray"] = Field(
+        "local", description="run the finetuning jobs one by one here (local) or in parallel on Ray (ray)"
+    )
+    ray_address: str | None = Field(None, description="Ray cluster address (None: start Ray on this machine)")
+    gpus_per_job: float | None = Field(
+        None, ge=0, description="GPUs each finetuning job asks Ray for (None: 1 when CUDA is available, else 0)"
+    )
+    cpus_per_job: float = Field(1, gt=0, description="CPUs each finetuning job asks Ray for (and torch threads)")
+
+
+#: Where each execution setting lived before it had its own section (configs and run directories written
+#: before then still load: the key moves to ``execution``, under its new name where it was renamed).
+LEGACY_EXECUTION_KEYS = {
+    "model": {
+        "device": "device", "batch_size": "generation_batch_size", "merge_adapters": "merge_adapters",
+        **{k: k for k in (
+            "server", "urls", "served_name", "api_key_env", "concurrency", "request_timeout", "max_retries",
+            "server_python", "server_args", "server_devices", "stop_server_for_training",
+        )},
+    },
+    "train": {k: k for k in ("scheduler", "ray_address", "gpus_per_job", "cpus_per_job")},
+}
 
 
 class TaskConfig(Strict):
@@ -74,7 +115,7 @@ class TaskConfig(Strict):
 class DebateConfig(Strict):
     agents: int = Field(3, ge=1)
     rounds: int = Field(2, ge=1)
-    summarizer: Literal["answers", "concat", "model"] = Field(
+    summarizer: Summarizer = Field(
         "answers",
         description="what a critic sees of the others' previous responses: their final answers (answers), "
         "the raw responses (concat), or a summary written by the base model (model)",
@@ -89,12 +130,12 @@ class DebateConfig(Strict):
     test_rounds: int | None = Field(None, ge=1, description="rounds of the held-out debates (None: debate.rounds)")
     # How the debate's answers are read and voted: the same rule for the training labels, the data and
     # the held-out metrics (so it lives here, with the debate, not under data:).
-    tie_break: Literal["random", "first"] = Field(
+    tie_break: TieBreak = Field(
         "random",
         description="a tie between the largest answer classes: random (the paper; seeded by the run seed and the "
         "problem id) or first (the class whose first member has the lowest agent index)",
     )
-    truncated: Literal["abstain", "keep"] = Field(
+    truncated: Truncated = Field(
         "abstain",
         description="a response cut off at max_new_tokens: abstain (its answer is None: no vote, never correct, "
         "no training data) or keep (the answer extracted from the cut-off text counts)",
@@ -108,7 +149,7 @@ class DebateConfig(Strict):
 
 
 class DataConfig(Strict):
-    critic_mix: Literal["fraction", "share", "authors"] = Field(
+    critic_mix: CriticMix = Field(
         "fraction",
         description="how much of D^C+ (right and stayed right) joins all of D^C- (wrong, then right) in the critic "
         "data: fraction (a fraction critic_plus_fraction of D^C+), share (the paper: D^C- is a share critic_share "
@@ -140,7 +181,13 @@ class DataConfig(Strict):
 
 
 class TrainConfig(Strict):
-    method: Literal["lora", "full"] = "lora"
+    """How each agent is finetuned on its own data, grouped as TRL groups its settings: what is trained,
+    the optimization, and the LoRA adapter (``method: lora``)."""
+
+    # -- what is trained --
+    method: Literal["lora", "full"] = Field(
+        "lora", description="lora: a LoRA adapter per agent on the shared base; full: every weight (a model per agent)"
+    )
     roles: Literal["all", "generation", "critic"] = Field(
         "all",
         description="which models are finetuned: all 2N, only the generation agents or only the critic agents "
@@ -162,27 +209,23 @@ class TrainConfig(Strict):
         "markers in the chat template (checked before the run starts); single-turn generation data trains the "
         "same either way",
     )
-    learning_rate: float = Field(2e-3, gt=0)
-    epochs: float = Field(2.0, gt=0)
-    batch_size: int = Field(16, ge=1)
-    gradient_accumulation_steps: int = Field(1, ge=1)
+    # -- optimization (TRL SFTConfig / transformers TrainingArguments) --
+    learning_rate: float = Field(2e-3, gt=0, description="peak learning rate (LoRA on a 7B model: about 1e-4)")
+    epochs: float = Field(2.0, gt=0, description="passes over each agent's data")
+    batch_size: int = Field(16, ge=1, description="examples per device per optimizer step (before accumulation)")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="batches accumulated into one optimizer step")
     lr_scheduler: str = Field("constant", description="a transformers scheduler: constant, linear, cosine, ...")
-    warmup_ratio: float = Field(0.0, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    max_length: int = Field(1024, ge=16)
-    lora_r: int = Field(8, ge=1)
-    lora_alpha: int = Field(16, ge=1)
-    lora_dropout: float = Field(0.0, ge=0, lt=1)
-    lora_target_modules: list[str] | str = "all-linear"
-    bf16: bool = False
-    scheduler: Literal["local", "ray"] = Field(
-        "local", description="run the 2N finetuning jobs one by one here (local) or in parallel on Ray (ray)"
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="fraction of the steps spent warming the learning rate up")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    max_length: int = Field(1024, ge=16, description="tokens per example; longer examples are truncated")
+    bf16: bool = Field(False, description="train in bfloat16 mixed precision (GPUs that support it)")
+    # -- LoRA (PEFT LoraConfig) --
+    lora_r: int = Field(8, ge=1, description="LoRA rank")
+    lora_alpha: int = Field(16, ge=1, description="LoRA scaling numerator (the update is scaled by alpha / r)")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA path")
+    lora_target_modules: list[str] | str = Field(
+        "all-linear", description="modules that get adapters: all-linear, or names such as [q_proj, v_proj]"
     )
-    ray_address: str | None = Field(None, description="Ray cluster address (None: start Ray on this machine)")
-    gpus_per_job: float | None = Field(
-        None, ge=0, description="GPUs each finetuning job asks Ray for (None: 1 when CUDA is available, else 0)"
-    )
-    cpus_per_job: float = Field(1, gt=0, description="CPUs each finetuning job asks Ray for (and torch threads)")
 
     @field_validator("lr_scheduler")
     @classmethod
@@ -231,17 +274,6 @@ class DiversityConfig(Strict):
         return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
-#: Settings that say how to run, not what to compute: left out of the config hash, so a resumed run may
-#: change them (e.g. a smaller batch after running out of memory, or Ray instead of local training).
-EXECUTION_KEYS = {
-    "model": {
-        "device", "batch_size", "merge_adapters", "server", "urls", "served_name", "api_key_env", "concurrency",
-        "request_timeout", "max_retries", "server_python", "server_args", "server_devices", "stop_server_for_training",
-    },
-    "train": {"scheduler", "ray_address", "gpus_per_job", "cpus_per_job"},
-}
-
-
 class RunConfig(Strict):
     """A multiagent finetuning run. ``iterations`` is L; iteration 0 is the base model's debate."""
 
@@ -254,6 +286,26 @@ class RunConfig(Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     diversity: DiversityConfig = Field(default_factory=DiversityConfig)
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_execution_keys(cls, data: Any) -> Any:
+        """Execution settings written under ``model:`` / ``train:`` (before ``execution:``) move there."""
+        if not isinstance(data, dict):
+            return data
+        moved: dict[str, Any] = {}
+        for section, keys in LEGACY_EXECUTION_KEYS.items():
+            old = data.get(section)
+            if isinstance(old, dict) and keys.keys() & old.keys():
+                old = dict(old)
+                moved.update({keys[k]: old.pop(k) for k in list(old) if k in keys})
+                data = {**data, section: old}
+        if moved:
+            execution = data.get("execution") or {}
+            if isinstance(execution, dict):
+                data = {**data, "execution": {**moved, **execution}}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
@@ -278,15 +330,17 @@ class RunConfig(Strict):
                 "debate.test_agents/test_rounds differ from the training debate's shape, but each agent and round "
                 "has its own finetuned model: only a shared model (train.shared=true) can answer in another shape"
             )
-        m = self.model
+        m, x = self.model, self.execution
         if m.engine == "openai":
-            if m.server == "external" and not m.urls:
+            if x.server == "external" and not x.urls:
                 raise ValueError(
-                    "model.engine=openai with model.server=external needs model.urls (e.g. http://127.0.0.1:8000/v1), "
-                    "or model.server=managed to let maft start the server"
+                    "model.engine=openai with execution.server=external needs execution.urls (e.g. "
+                    "http://127.0.0.1:8000/v1), or execution.server=managed to let maft start the server"
                 )
-            if m.server == "managed" and m.server_kind == "api":
-                raise ValueError("model.server_kind=api is a hosted model: maft cannot start it (use model.server=external)")
+            if x.server == "managed" and m.server_kind == "api":
+                raise ValueError(
+                    "model.server_kind=api is a hosted model: maft cannot start it (use execution.server=external)"
+                )
             if m.server_kind == "api" and self.iterations > 0:
                 raise ValueError(
                     "model.server_kind=api serves a hosted model without adapters, so finetuning methods cannot run: "
@@ -301,11 +355,8 @@ class RunConfig(Strict):
         return self
 
     def hash(self) -> str:
-        """A stable hash of what the run computes (guards resume); execution settings are left out."""
-        data = self.model_dump(mode="json")
-        for section, keys in EXECUTION_KEYS.items():
-            for key in keys:
-                data[section].pop(key, None)
+        """A stable hash of what the run computes (guards resume): every section but ``execution``."""
+        data = self.model_dump(mode="json", exclude={"execution"})
         blob = json.dumps(data, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

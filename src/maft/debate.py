@@ -9,15 +9,14 @@ critic agent n). Every response becomes one :class:`Turn` record.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Literal
 
 from pydantic import BaseModel
 
 from maft import prompts
 from maft.engines import Engine, Message, Request, Sampling
 from maft.tasks import Problem, Task
+from maft.types import Summarizer
 
-Summarizer = Literal["answers", "concat", "model"]
 
 #: (agent, round) -> the adapter that answers (None: the base model).
 AdapterFor = Callable[[int, int], "str | None"]

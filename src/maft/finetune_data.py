@@ -36,18 +36,18 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel
 
 from maft.debate import Turn, by_problem, rounds_of
 from maft.engines import Message
 from maft.tasks import Task
+from maft.types import CriticMix
 from maft.voting import ProblemVote, VoteRule
 
 Kind = Literal["generation", "critic-", "critic+", "majority", "rationalized"]
-CriticMix = Literal["fraction", "share", "authors"]
-CRITIC_MIXES: tuple[str, ...] = ("fraction", "share", "authors")
+CRITIC_MIXES: tuple[str, ...] = get_args(CriticMix)
 
 
 class Example(BaseModel):

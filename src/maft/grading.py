@@ -32,9 +32,9 @@ import subprocess
 import sys
 import threading
 from fractions import Fraction
-from typing import Literal
 
-GraderKind = Literal["numeric", "math", "choice"]
+from maft.types import GraderKind
+
 
 #: Hard limit in seconds on one symbolic (math_verify) check; on timeout the answers are unequal.
 MATH_VERIFY_TIMEOUT: float = 5.0

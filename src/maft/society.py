@@ -314,7 +314,7 @@ class Society:
                     out_dir=temporary_dir(d / "agents" / role),
                     init_from=previous if cfg.train.init == "previous" and l > 1 else None,
                     seed=cfg.seed * 100_003 + l * 1009 + i,  # each role its own LoRA init
-                    device=cfg.model.device,
+                    device=cfg.execution.device,
                     config=cfg.train,
                 )
             )
@@ -341,9 +341,9 @@ class Society:
                 f"loss {loss}, done in {result.seconds:.1f} s"
             )
 
-        if cfg.train.scheduler == "ray":
+        if cfg.execution.scheduler == "ray":
             self.console.print(f"[bold]iter_{l}/train[/bold]: {len(jobs)} finetuning jobs on Ray ...")
-            run_ray(jobs, done, cfg.train)
+            run_ray(jobs, done, cfg.execution)
             return
         with Progress(
             TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

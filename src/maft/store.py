@@ -357,7 +357,7 @@ class RunStore:
         cls, root: Path, config: RunConfig | None = None, *, say: Callable[[str], None] = _say
     ) -> RunStore:
         """An existing run. ``config`` (if given) must compute the same as the run's own: resuming never
-        changes results. Execution settings (``config.EXECUTION_KEYS``, e.g. the batch size) may change;
+        changes results. The ``execution`` section (e.g. the generation batch size) may change;
         the new values are saved to config.yaml and listed in ``store.changed``. Stages whose recorded
         outputs are missing or changed are marked to be redone, each said in one line through ``say``."""
         root = Path(root)

@@ -12,17 +12,17 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
+
+from maft.types import TieBreak, Truncated
 
 if TYPE_CHECKING:
     from maft.config import RunConfig
     from maft.debate import Turn
     from maft.tasks import Problem, Task
 
-TieBreak = Literal["random", "first"]
-Truncated = Literal["abstain", "keep"]
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
-"""Servers that maft starts and stops itself (``model.server: managed``).
+"""Servers that maft starts and stops itself (``execution.server: managed``).
 
-One server process per entry of ``model.server_devices`` (each sees only its GPU through
+One server process per entry of ``execution.server_devices`` (each sees only its GPU through
 ``CUDA_VISIBLE_DEVICES``; no entries: one server that sees what maft sees), each on a free loopback
 port, its output appended to ``<run>/server-<i>.log``. ``start`` waits until every server lists its
 models at ``/v1/models`` (or stops with the log's last lines when one exits first).
@@ -99,7 +99,7 @@ class ManagedServers:
                     start_new_session=True, preexec_fn=_die_with_parent(self.parent_death_signal),
                 )
             except OSError as e:
-                raise ServerError(f"could not start the server ({command[0]}: {e}); check model.server_python") from None
+                raise ServerError(f"could not start the server ({command[0]}: {e}); check execution.server_python") from None
             else:
                 log.write(f"=== server pid {process.pid}\n")
             finally:

@@ -53,7 +53,7 @@ class VLLMServer(ServerKind):
             if engine.model_name not in served:
                 raise ServerError(
                     f"{endpoint.url} does not serve {engine.model_name!r} (it serves {', '.join(sorted(served))}); "
-                    "set model.served_name to the server's name for the base model"
+                    "set execution.served_name to the server's name for the base model"
                 )
             for role, name in names.items():
                 if name in served:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from maft import grading
 from maft.prompts import BOXED_FORMAT
+from maft.types import GraderKind
 
-GraderKind = Literal["numeric", "math", "choice"]
 
 
 @dataclass(frozen=True)
