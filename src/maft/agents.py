@@ -44,12 +44,15 @@ def trained_roles(config: RunConfig) -> list[str]:
     return [r for r in every if r.startswith(prefix)]
 
 
-def saved_kind(path: Path) -> Literal["adapter", "checkpoint"]:
-    """What training left at ``path``: a PEFT adapter or a full Hugging Face checkpoint."""
+def saved_kind(path: Path, *, missing_ok: bool = False) -> Literal["adapter", "checkpoint"] | None:
+    """What training left at ``path``: a PEFT adapter or a full Hugging Face checkpoint. Neither is a
+    FileNotFoundError naming the path, or None with ``missing_ok``."""
     if (path / "adapter_config.json").is_file():
         return "adapter"
     if (path / "config.json").is_file():
         return "checkpoint"
+    if missing_ok:
+        return None
     raise FileNotFoundError(f"no adapter (adapter_config.json) or checkpoint (config.json) at {path}")
 
 

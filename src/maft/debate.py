@@ -74,23 +74,16 @@ def debate(
     previous: list[list[Turn]] = []  # [problem][agent] turns of round m-1
     for m in range(1, rounds + 1):
         if m > 1:
-            summaries = _summaries(
-                engine, previous, agents, summarizer, sampling, seed * 1000 + 2 * m, _label(progress, f"summaries {m - 1}"),
-                answer_of or (lambda t: t.answer),
+            critiques = _critic_messages(
+                engine, task, previous, agents, summarizer, sampling, seed * 1000 + 2 * m,
+                _label(progress, f"summaries {m - 1}"), answer_of or (lambda t: t.answer),
             )
             for i in range(len(problems)):
                 for n in range(agents):
-                    own = previous[i][n]
-                    if summarizer == "concat":
-                        message = prompts.critic_message(
-                            responses=[t.response for t in _others(previous[i], n)], answer_format=task.answer_format
-                        )
-                    else:
-                        message = prompts.critic_message(summary=summaries[i][n], answer_format=task.answer_format)
                     conversations[i][n] = [
                         *conversations[i][n],
-                        {"role": "assistant", "content": own.response},
-                        {"role": "user", "content": message},
+                        {"role": "assistant", "content": previous[i][n].response},
+                        {"role": "user", "content": critiques[i][n]},
                     ]
         requests = [
             Request(messages=conversations[i][n], adapter=adapter_for(n, m), sampling=sampling)
@@ -132,8 +125,9 @@ def _label(progress: bool | str, what: str) -> bool | str:
     return f"{progress} {what}" if isinstance(progress, str) else what
 
 
-def _summaries(
+def _critic_messages(
     engine: Engine,
+    task: Task,
     previous: list[list[Turn]],
     agents: int,
     summarizer: Summarizer,
@@ -142,23 +136,29 @@ def _summaries(
     progress: bool | str,
     answer_of: Callable[[Turn], str | None],
 ) -> list[list[str]]:
-    """[problem][agent] -> what agent n is shown of the others' round m-1 responses ("" for concat)."""
+    """[problem][agent] -> the message that shows agent n the others' round m-1 responses: their raw
+    responses (concat), their answers (answers), or the base model's summary of their responses (model)."""
     if summarizer == "concat":
-        return [["" for _ in range(agents)] for _ in previous]
+        return [
+            [prompts.critic_message(responses=[t.response for t in _others(row, n)], answer_format=task.answer_format)
+             for n in range(agents)]
+            for row in previous
+        ]
     if summarizer == "answers":
-        return [[prompts.answers_digest([answer_of(t) for t in _others(row, n)]) for n in range(agents)] for row in previous]
-    # model: the base model summarizes the others' responses, one request per (problem, agent), one engine call
-    requests = [
-        Request(
-            messages=[{"role": "user", "content": prompts.summarizer_request([t.response for t in _others(row, n)])}],
-            adapter=None,
-            sampling=sampling,
-        )
-        for row in previous
-        for n in range(agents)
-    ]
-    texts = [g.text for g in engine.generate(requests, seed=seed, progress=progress)]
-    return [texts[i * agents : (i + 1) * agents] for i in range(len(previous))]
+        summaries = [[prompts.answers_digest([answer_of(t) for t in _others(row, n)]) for n in range(agents)] for row in previous]
+    else:  # model: one summary request per (problem, agent), all in one engine call
+        requests = [
+            Request(
+                messages=[{"role": "user", "content": prompts.summarizer_request([t.response for t in _others(row, n)])}],
+                adapter=None,
+                sampling=sampling,
+            )
+            for row in previous
+            for n in range(agents)
+        ]
+        texts = [g.text for g in engine.generate(requests, seed=seed, progress=progress)]
+        summaries = [texts[i * agents : (i + 1) * agents] for i in range(len(previous))]
+    return [[prompts.critic_message(summary=s, answer_format=task.answer_format) for s in row] for row in summaries]
 
 
 def rounds_of(turns: Sequence[Turn]) -> int:

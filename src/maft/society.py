@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from maft.agents import SINGLE, Agents, agents_at, roles, trained_roles
+from maft.agents import SINGLE, Agents, agents_at, roles, saved_kind, trained_roles
 from maft.checks import check_model, check_questions
 from maft.config import RunConfig
 from maft.debate import Turn, debate
@@ -324,7 +324,7 @@ class Society:
             self.engine.release()  # a managed server on the training GPU steps aside (maft.servers.managed)
 
         def done(job: TrainJob, result: TrainResult) -> None:
-            if not any((job.out_dir / f).is_file() for f in ("adapter_config.json", "config.json")):
+            if saved_kind(job.out_dir, missing_ok=True) is None:
                 raise RuntimeError(
                     f"finetuning {job.role} reported success but left no adapter or checkpoint in {job.out_dir}"
                     " (with Ray on several nodes, the run directory must be on a shared filesystem)"

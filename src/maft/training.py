@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
+from maft.agents import saved_kind
 from maft.config import TrainConfig
 from maft.finetune_data import Example
 
@@ -60,10 +61,6 @@ class TrainResult(BaseModel):
     init: str  # "base" or the path trained further
     host: str = ""  # where it ran (a Ray worker's node and process, or this one)
     pid: int = 0
-
-
-def is_adapter(path: Path) -> bool:
-    return (path / "adapter_config.json").is_file()
 
 
 def multi_turn(example: Example) -> bool:
@@ -239,7 +236,7 @@ def finetune(
 
     _quiet()
     start = time.perf_counter()
-    if init_from is not None and cfg.method == "lora" and not is_adapter(init_from):
+    if init_from is not None and cfg.method == "lora" and saved_kind(init_from, missing_ok=True) != "adapter":
         raise FileNotFoundError(f"cannot continue LoRA training from {init_from}: no adapter_config.json there")
     init = str(init_from) if init_from else "base"
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -35,10 +35,6 @@ class Vote:
     classes: list[list[int]]  # indices of the answers in each equivalence class, in order of first appearance
     tied: int = 1  # how many classes shared the largest size (1: no tie; 0: nobody voted)
 
-    @property
-    def unanimous(self) -> bool:
-        return self.voters > 0 and self.count == self.voters
-
 
 def tie_key(seed: int, problem_id: str) -> str:
     """The seed string of a problem's tie-break: the run seed and the problem id, nothing else (so a

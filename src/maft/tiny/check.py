@@ -1,55 +1,43 @@
-"""The numbers that describe a tiny checkpoint: sampled, greedy, majority-of-3 and round-2 debate accuracy."""
+"""The numbers that describe a tiny checkpoint: sampled, greedy, majority-of-3 and round-2 debate accuracy.
+
+They come from one ordinary debate (3 base-model agents x 2 rounds, the ``answers`` summary: each agent
+sees the other two round-1 answers) read by :func:`maft.metrics.debate_metrics`, plus one greedy answer
+per problem: the same code path as a run's iteration 0, so the check describes what a run will see.
+"""
 
 from __future__ import annotations
 
 from pydantic import BaseModel
 
-from maft import prompts
-from maft.engines import Engine, Request, Sampling
+from maft.debate import debate
+from maft.engines import Engine, Sampling
 from maft.evaluate import evaluate
-from maft.metrics import Accuracy, accuracy
+from maft.metrics import Accuracy, debate_metrics
 from maft.tasks import Problem, Task
-from maft.voting import majority_vote, tie_key
+from maft.voting import VoteRule
 
 
 class TinyCheck(BaseModel):
     n: int
-    single: Accuracy  # one sample at T=1, top_p=0.9 (mean over the 3 samples)
+    single: Accuracy  # one sample at T=1, top_p=0.9: an agent's round-1 answer (mean over the 3 agents)
     greedy: Accuracy
-    majority_of_3: Accuracy
+    majority_of_3: Accuracy  # the majority vote of the 3 round-1 answers
     debate_round2_agent: Accuracy  # an agent's round-2 answer, after seeing the other two round-1 answers
     debate_round2_majority: Accuracy
-    abstention_rate: float
+    abstention_rate: float  # over both rounds
 
 
 def check(engine: Engine, task: Task, problems: list[Problem], seed: int = 0, progress: bool = False) -> TinyCheck:
     """Three agents answer (round 1); each then sees the others' answers digest and answers again (round 2)."""
-    sampled = evaluate(engine, task, problems, samples=3, sampling=Sampling(), seed=seed, progress=progress)
+    turns = debate(engine, task, problems, agents=3, rounds=2, sampling=Sampling(), seed=seed, progress=progress)
+    metrics = debate_metrics(turns, task, problems, VoteRule(seed=seed))
     greedy = evaluate(engine, task, problems, samples=1, sampling=Sampling(temperature=0), seed=seed, progress=progress)
-    requests = []
-    for i, p in enumerate(problems):
-        round1 = sampled.records[3 * i : 3 * i + 3]
-        for n, own in enumerate(round1):
-            others = [r.answer for j, r in enumerate(round1) if j != n]
-            messages = [
-                {"role": "user", "content": task.prompt(p)},
-                {"role": "assistant", "content": own.response},
-                {"role": "user", "content": prompts.critic_message(summary=prompts.answers_digest(others))},
-            ]
-            requests.append(Request(messages=messages))
-    round2 = engine.generate(requests, seed=seed + 1, progress=progress)
-    agent, majority = [], []
-    for i, p in enumerate(problems):
-        answers = [task.extract(g.text) for g in round2[3 * i : 3 * i + 3]]
-        agent.append(sum(task.is_correct(a, p) for a in answers) / 3)
-        vote = majority_vote(answers, task.equivalent, tie_break="random", key=tie_key(seed, p.id))
-        majority.append(float(task.is_correct(vote.answer, p)))
     return TinyCheck(
         n=len(problems),
-        single=sampled.single,
+        single=metrics.round_agent[0],
         greedy=greedy.single,
-        majority_of_3=sampled.majority,
-        debate_round2_agent=accuracy(agent),
-        debate_round2_majority=accuracy(majority),
-        abstention_rate=sampled.abstention_rate,
+        majority_of_3=metrics.round_majority[0],
+        debate_round2_agent=metrics.round_agent[1],
+        debate_round2_majority=metrics.round_majority[1],
+        abstention_rate=metrics.abstention_rate,
     )
