@@ -8,14 +8,16 @@ import os
 from pathlib import Path
 
 import pytest
+from test_tables import Grids, markdown_grids, rich_grid
 
-from maft.compare import MethodResult
+from maft.compare import MethodResult, comparison_markdown, comparison_table
 from maft.config import RunConfig
 from maft.debate import Turn
 from maft.metrics import Accuracy, Compute, DebateMetrics, Diversity
-from maft.report import write_report
+from maft.report import asset, write_report
 from maft.society import IterationMetrics, TrainStats
-from maft.store import write_json, write_jsonl, write_text
+from maft.store import RunStore, write_json, write_jsonl, write_text
+from maft.summary import iteration_table, summary_markdown
 
 try:
     from selenium import webdriver
@@ -59,7 +61,7 @@ def make_turns(iteration: int, problems: int, agents: int, rounds: int) -> list[
     return turns
 
 
-def make_metrics(l: int, agents: int, rounds: int, diversity: bool) -> IterationMetrics:
+def make_metrics(l: int, agents: int, rounds: int, diversity: bool, paper: bool = False) -> IterationMetrics:
     test = DebateMetrics(
         problems=3,
         majority=acc(0.5 + 0.1 * l),
@@ -80,6 +82,14 @@ def make_metrics(l: int, agents: int, rounds: int, diversity: bool) -> Iteration
     if diversity:
         div = Diversity(agents=agents, problems=3, answer_agreement=0.8 - 0.1 * l, consensus=0.6 - 0.1 * l,
                         cross_nll=1.5 + 0.25 * l, self_nll=1.0, kl=0.5 + 0.125 * l)
+        if paper:  # diversity.paper_likelihoods: the critics' final round and each role's KL from the base model
+            by_role = {f"{kind}_{n}": 0.01 * l * (n + 1) + (0.005 * l if kind == "critic" else 0.0)
+                       for kind in ("gen", "critic") for n in range(agents)}
+            div = div.model_copy(update={
+                "critic_round": rounds, "critic_cross_nll": 1.25 + 0.125 * l, "critic_self_nll": 0.75,
+                "critic_kl": 0.5 + 0.0625 * l, "kl_from_base": sum(by_role.values()) / len(by_role),
+                "kl_from_base_by_role": by_role,
+            })
     compute = Compute(train_generated_tokens=1000 * l, test_generated_tokens=100, train_examples=14 * l,
                       train_seconds=10.0 * l, seconds=20.0 + 10 * l)
     return IterationMetrics(iteration=l, test=test, train=train, seconds={"debate_test": 5.0 + l},
@@ -87,7 +97,7 @@ def make_metrics(l: int, agents: int, rounds: int, diversity: bool) -> Iteration
 
 
 def make_run(root: Path, *, iterations: int = 2, agents: int = 2, rounds: int = 2, problems: int = 3,
-             diversity: bool = True) -> tuple[list[IterationMetrics], list[Turn]]:
+             diversity: bool = True, paper: bool = False) -> tuple[list[IterationMetrics], list[Turn]]:
     """A finished run directory: config.yaml, manifest.json, metrics.json, iter_<l>/debate_test.jsonl."""
     config = RunConfig.model_validate({
         "iterations": iterations,
@@ -96,7 +106,7 @@ def make_run(root: Path, *, iterations: int = 2, agents: int = 2, rounds: int = 
     })
     write_text(root / "config.yaml", config.to_yaml())
     write_json(root / "manifest.json", {"config_hash": config.hash(), "stages": {}})
-    metrics = [make_metrics(l, agents, rounds, diversity) for l in range(iterations + 1)]
+    metrics = [make_metrics(l, agents, rounds, diversity, paper) for l in range(iterations + 1)]
     write_json(root / "metrics.json", [m.model_dump(mode="json") for m in metrics])
     turns = []
     for l in range(iterations + 1):
@@ -113,11 +123,12 @@ METHODS = [  # method, finetunes, gold labels, iterations, agents, rounds, diver
 ]
 
 
-def make_comparison(root: Path) -> tuple[list[MethodResult], dict[str, list[Turn]]]:
+def make_comparison(root: Path, paper: bool = False) -> tuple[list[MethodResult], dict[str, list[Turn]]]:
+    """``paper``: maft and debate measured the paper's likelihoods too."""
     results, turns = [], {}
     for method, finetunes, gold, iterations, agents, rounds, diversity in METHODS:
         metrics, turns[method] = make_run(root / method, iterations=iterations, agents=agents, rounds=rounds,
-                                          diversity=diversity)
+                                          diversity=diversity, paper=paper and diversity)
         bonus = {"maft": 0.02, "star": 0.01, "debate": 0.04, "single": -0.05}[method]
         results.append(MethodResult(
             method=method, description=f"the {method} method", run_dir=method, uses_gold_labels=gold,
@@ -161,7 +172,8 @@ def test_run_report(tmp_path):
     assert iterations.count("<tr>") == 1 + len(metrics)
     assert "<td>70.0 ± 5.0</td>" in iterations  # iteration 2's majority
     assert "<td>2,100</td><td>28</td>" in iterations  # iteration 2's generated tokens and training examples
-    assert "<td>0.600</td>" in html.split('id="diversity-table"')[1]  # iteration 2's answer agreement
+    assert "<td>0.6000</td>" in html.split('id="diversity-table"')[1]  # iteration 2's answer agreement
+    assert 'id="likelihood-table"' not in html and "critic KL" not in html  # not measured: not shown
     assert "2 x 2 (answers summaries)" in html and "6 train / 3 held-out" in html
     assert "transcripts.js" in html and "https://" not in html and "http://" not in html
 
@@ -186,16 +198,19 @@ def test_comparison_report(tmp_path):
     html = index.read_text()
     table = html.split('id="comparison"')[1].split("</table>")[0]
     assert table.count("<tr>") == 1 + len(METHODS)
-    maft_row = table.split("<td>maft</td>")[1].split("</tr>")[0]
-    assert "<td>72.0 ± 5.0</td>" in maft_row  # final iteration
-    assert "<td>72.0 ± 5.0 (iter 2)</td>" in maft_row  # best iteration
-    assert "<td>3,300</td>" in maft_row  # generated tokens: 100 + 1100 + 2100
-    assert "<td>42</td>" in maft_row and "<td>90 s</td>" in maft_row and "<td>no</td>" in maft_row
-    assert "<td>yes</td>" in table.split("<td>star</td>")[1].split("</tr>")[0]
+    maft_row = table.split('<td class="l">maft</td>')[1].split("</tr>")[0]
+    assert "<td>52.0 ± 5.0</td><td>72.0 ± 5.0 (iter 2)</td>" in maft_row  # iteration 0, final iteration
+    assert "<td>72.0 ± 5.0 (iter 2)</td><td>3,300</td>" in maft_row  # best iteration; tokens: 100 + 1100 + 2100
+    assert "<td>42</td><td>90</td>" in maft_row and '<td class="l">majority</td>' in maft_row
+    assert '<td class="l">gold</td>' in table.split('<td class="l">star</td>')[1].split("</tr>")[0]
+    single_row = table.split('<td class="l">single</td>')[1].split("</tr>")[0]
+    assert "<td>45.0 ± 5.0</td><td>45.0 ± 5.0</td><td>-</td>" in single_row  # no finetuning: no best iteration
+    assert "picked on the same held-out problems it reports" in html  # the best iteration is descriptive
     per_iteration = html.split('id="accuracy-table"')[1].split("</table>")[0]
-    assert "<td>single</td><td>45.0 ± 5.0</td><td>-</td><td>-</td>" in per_iteration
+    assert '<td class="l">single</td><td>45.0 ± 5.0</td><td>-</td><td>-</td>' in per_iteration
     diversity = html.split('id="diversity-table"')[1].split("</table>")[0]
-    assert "<td>maft</td>" in diversity and "<td>debate</td>" in diversity and "<td>star</td>" not in diversity
+    assert all(f'<td class="l">{m}</td>' in diversity for m in ("maft", "debate"))
+    assert '<td class="l">star</td>' not in diversity
     assert "maft comparison:" in html
 
     records, _ = read_transcripts(index.parent)
@@ -222,6 +237,86 @@ def test_not_a_report_source(tmp_path, make):
     with pytest.raises(FileNotFoundError, match=r"nothing .*expected a finished run directory \(with metrics.json\) "
                                                 r"or a comparison directory \(with comparison.json\)"):
         write_report(source)
+
+
+# -- one set of numbers: the console, summary.md / comparison.md and the report ---------------------------
+ITERATIONS = "Accuracy on held-out problems, per iteration"
+DIVERSITY = "Diversity of the agents' round-1 responses"
+LIKELIHOODS = "The paper's likelihood measures: the final round and each role's distance from the base model"
+METHODS_TABLE = "Accuracy % ± SE on held-out problems (final-round majority vote)"
+
+
+def test_summary_console_and_report_show_the_same_numbers(tmp_path):
+    run = tmp_path / "run"
+    metrics, _ = make_run(run, paper=True)
+    manifest = {"config_hash": "abc", "stages": {"iter_0/debate_test": {"seconds": 3.25}, "iter_1/metrics": {"seconds": 1.0}}}
+    md = dict(markdown_grids(summary_markdown(RunStore.saved_config(run), metrics, manifest)).tables)
+    page = dict(Grids(write_report(run).read_text()).tables)
+    assert list(page) == [ITERATIONS, DIVERSITY, LIKELIHOODS, "Per agent and round (held-out accuracy %)"]
+    assert list(md) == [ITERATIONS, "Per agent and round (held-out accuracy %)", DIVERSITY, LIKELIHOODS, "Stage times (seconds)"]
+    assert all(page[title] == md[title] for title in page)
+    assert rich_grid(iteration_table(metrics)) == md[ITERATIONS]
+    assert md[ITERATIONS][3] == ["2", "70.0 ± 5.0", "60.0 ± 5.0", "61.0 ± 5.0", "25.0", "75.0 ± 5.0", "8", "6", "2,100", "28", "7"]
+    assert md[DIVERSITY][0] == ["iter", "answer agreement", "consensus", "cross NLL", "self NLL", "KL"]  # no embeddings
+    assert md[DIVERSITY][3] == ["2", "0.6000", "0.4000", "2.0000", "1.0000", "0.7500"]
+    assert md[LIKELIHOODS][0] == ["iter", "critic round", "critic cross NLL", "critic self NLL", "critic KL", "KL from base",
+                                  "gen_0", "gen_1", "critic_0", "critic_1"]
+    assert md[LIKELIHOODS][1] == ["0", "2", "1.2500", "0.7500", "0.5000", "0.0000", "0.0000", "0.0000", "0.0000", "0.0000"]
+    assert md[LIKELIHOODS][3] == ["2", "2", "1.5000", "0.7500", "0.6250", "0.0350", "0.0200", "0.0400", "0.0300", "0.0500"]
+    assert md["Stage times (seconds)"][-1] == ["total", "4.2"]
+
+
+def test_comparison_console_and_report_show_the_same_numbers(tmp_path):
+    root = tmp_path / "cmp"
+    results, _ = make_comparison(root, paper=True)
+    md = dict(markdown_grids(comparison_markdown(results, RunStore.saved_config(root / "maft"))).tables)
+    page = dict(Grids(write_report(root).read_text()).tables)
+    assert list(md) == list(page) == [METHODS_TABLE, "Accuracy % ± SE per iteration", DIVERSITY, LIKELIHOODS]
+    assert [row[:-1] for row in page[METHODS_TABLE]] == md[METHODS_TABLE]  # the report adds the descriptions
+    assert [row[-1] for row in page[METHODS_TABLE]] == ["description", *(r.description for r in results)]
+    assert all(page[title] == md[title] for title in list(page)[1:])
+    assert rich_grid(comparison_table(results)) == md[METHODS_TABLE]
+    assert md[METHODS_TABLE][1] == ["maft", "52.0 ± 5.0", "72.0 ± 5.0 (iter 2)", "72.0 ± 5.0 (iter 2)", "3,300", "42", "90", "majority"]
+    assert md[METHODS_TABLE][4] == ["single", "45.0 ± 5.0", "45.0 ± 5.0", "-", "100", "0", "20", "-"]
+    assert [row[:2] for row in md[LIKELIHOODS]] == [["method", "iter"], ["maft", "0"], ["maft", "1"], ["maft", "2"], ["debate", "0"]]
+
+
+def test_the_best_iteration_is_the_earliest_highest_and_said_to_be_descriptive(tmp_path):
+    root = tmp_path / "cmp"
+    results, _ = make_comparison(root)
+    maft = results[0].model_copy(update={"accuracy": [acc(0.5), acc(0.75), acc(0.6), acc(0.75)],
+                                         "compute": results[0].compute + [results[0].compute[-1]]})
+    text = comparison_markdown([maft], RunStore.saved_config(root / "maft"))
+    assert dict(markdown_grids(text).tables)[METHODS_TABLE][1][2:4] == ["75.0 ± 5.0 (iter 3)", "75.0 ± 5.0 (iter 1)"]
+    assert "best %\\*" in text and "\\*Best: the iteration with the highest held-out accuracy" in text
+    assert "picked on the same held-out problems it reports" in comparison_table([maft]).caption.plain
+
+
+def test_without_diversity_or_paper_likelihoods_nothing_empty_is_shown(tmp_path):
+    metrics, _ = make_run(tmp_path / "plain")
+    text = summary_markdown(RunStore.saved_config(tmp_path / "plain"), metrics, {"config_hash": "x", "stages": {}})
+    assert DIVERSITY in text and LIKELIHOODS not in text and "critic KL" not in text and "KL from base" not in text
+    assert "embedding" not in text  # not measured: no column
+    metrics, _ = make_run(tmp_path / "none", diversity=False)
+    text = summary_markdown(RunStore.saved_config(tmp_path / "none"), metrics, {"config_hash": "x", "stages": {}})
+    assert "No diversity measures were recorded." in text and "answer agreement" not in text
+
+
+def test_the_report_assets_are_package_data(tmp_path):
+    from fnmatch import fnmatch
+    from importlib.resources import files
+
+    tomllib = pytest.importorskip("tomllib")
+    assets = files("maft") / "report_assets"
+    names = sorted(p.name for p in assets.iterdir() if p.is_file())
+    assert names == ["report.css", "report.js"]
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["maft"]
+    assert all(any(fnmatch(f"report_assets/{name}", p) for p in patterns) for name in names)  # in the wheel
+    make_run(tmp_path / "run")
+    page = write_report(tmp_path / "run").read_text()
+    assert f"<style>\n{asset('report.css')}</style>" in page and "table.metrics .l { text-align: left; }" in page
+    assert f"const SHOWN = 200;\n{asset('report.js')}</script>" in page and "window.MAFT_TRANSCRIPTS" in asset("report.js")
 
 
 # -- the page in headless Chromium ------------------------------------------------------------------------

@@ -7,18 +7,21 @@ The comparison directory holds ``<method>/`` (an ordinary run directory per meth
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from rich.console import Console
-from rich.table import Table
 
 from maft.baselines import DEFAULT_METHODS, METHODS, method_overrides
 from maft.config import ConfigError, RunConfig, apply_overrides, load_config, validation_errors, read_yaml
 from maft.metrics import Accuracy, Compute, Diversity
 from maft.store import RunStore, write_json, write_text
-from maft.summary import markdown_table, rich_table, title
+from maft.summary import diversity, title
+from maft.tables import BEST_NOTE, MISSING, Column, Table, acc, at, best_iteration, count, markdown, md_escape, rich_table, secs
+
+if TYPE_CHECKING:
+    import rich.table
 
 
 class MethodResult(BaseModel):
@@ -104,13 +107,14 @@ def compare(cfg: CompareConfig, out: Path, *, console: Console | None = None, pr
         store = RunStore.open(root, run_config) if (root / "manifest.json").is_file() else RunStore.create(root, run_config)
         # one model in memory for every method; a server engine is not shared: its adapter names and managed
         # server belong to one run directory
-        shared = engine if run_config.model == engine_model and run_config.model.engine == "hf" else None
+        same = (run_config.model, run_config.execution) == engine_model
+        shared = engine if same and run_config.model.engine == "hf" else None
         society = Society(store, console=console, progress=progress, engine=shared)
         metrics = society.run()
         if society.engine_loaded and society.engine is not engine:
             if engine is not None:
                 engine.close()
-            engine, engine_model = society.engine, run_config.model
+            engine, engine_model = society.engine, (run_config.model, run_config.execution)
         results.append(
             MethodResult(
                 method=name,
@@ -130,48 +134,69 @@ def compare(cfg: CompareConfig, out: Path, *, console: Console | None = None, pr
     return results
 
 
-HEADER = ["method", "iter 0 %", "final %", "best %", "generated tokens", "training examples", "wall time s", "labels"]
+COMPARISON_NOTE = (
+    "Accuracy: the final round's majority vote on the held-out problems, % ± SE. Iteration 0 is the base model. "
+    "Generated tokens count every debate (training and held-out); training examples are summed over the "
+    "finetuned models and iterations; wall time is the sum of the run's stages, in seconds. Labels: the answers "
+    "the finetuning data was built from (the majority vote, or the gold answers)."
+)
 
 
-def comparison_rows(results: list[MethodResult]) -> list[list[str]]:
+def labels(r: MethodResult) -> str:
+    return "gold" if r.uses_gold_labels else ("majority" if r.finetunes else MISSING)
+
+
+def methods_table(results: list[MethodResult], description: bool = False) -> Table:
+    """The Table-1-style comparison, one row per method (``description``: a last column describing it)."""
+    header = ["method", "iter 0 %", "final %", "best %*", "generated tokens", "training examples", "wall time s",
+              Column("labels", "left")]
     rows = []
     for r in results:
-        final = r.accuracy[-1]
-        best = max(r.accuracy, key=lambda a: a.mean)
-        rows.append(
-            [
-                r.method,
-                str(r.accuracy[0]),
-                f"{final} (iter {len(r.accuracy) - 1})" if r.finetunes else str(final),
-                str(best) if r.finetunes else "-",
-                f"{sum(c.generated_tokens for c in r.compute):,}",
-                f"{sum(c.train_examples for c in r.compute):,}",
-                f"{sum(c.seconds for c in r.compute):.0f}",
-                "gold" if r.uses_gold_labels else ("majority" if r.finetunes else "-"),
-            ]
-        )
-    return rows
+        final = len(r.accuracy) - 1
+        best = best_iteration(r.accuracy)
+        rows.append([
+            r.method,
+            acc(r.accuracy[0]),
+            at(r.accuracy[final], final) if r.finetunes else acc(r.accuracy[final]),
+            at(r.accuracy[best], best) if r.finetunes else MISSING,  # without finetuning there is one iteration
+            count(sum(c.generated_tokens for c in r.compute)),
+            count(sum(c.train_examples for c in r.compute)),
+            secs(sum(c.seconds for c in r.compute)),
+            labels(r),
+            *([r.description] if description else []),
+        ])
+    return Table(
+        "Accuracy % ± SE on held-out problems (final-round majority vote)",
+        [*header, *([Column("description", "left")] if description else [])],
+        rows, notes=[COMPARISON_NOTE, BEST_NOTE], id="comparison",
+    )
 
 
-def comparison_table(results: list[MethodResult], title: str = "") -> Table:
-    return rich_table(HEADER, comparison_rows(results), title)
+def accuracy_table(results: list[MethodResult]) -> Table:
+    iterations = max(len(r.accuracy) for r in results)
+    return Table(
+        "Accuracy % ± SE per iteration",
+        ["method", *(f"iter {l}" for l in range(iterations))],
+        [[r.method, *(acc(r.accuracy[l]) if l < len(r.accuracy) else MISSING for l in range(iterations))] for r in results],
+        id="accuracy-table",
+    )
+
+
+def diversity_tables(results: list[MethodResult]) -> list[Table]:
+    return diversity([(r.method, r.diversity) for r in results])
+
+
+def comparison_table(results: list[MethodResult], title: str = "") -> rich.table.Table:
+    """The console's table at the end of ``maft compare``: :func:`methods_table`."""
+    return rich_table(methods_table(results), title=title or None)
 
 
 def comparison_markdown(results: list[MethodResult], config: RunConfig) -> str:
-    iterations = max(len(r.accuracy) for r in results)
-    lines = [f"# maft compare: {title(config)}", "", "## Accuracy % ± SE on held-out problems (final-round majority vote)", ""]
-    lines += markdown_table(HEADER, comparison_rows(results))
-    lines += ["", "## Per iteration", ""]
-    lines += markdown_table(
-        ["method", *(f"iter {l}" for l in range(iterations))],
-        [[r.method, *r.accuracy, *[""] * (iterations - len(r.accuracy))] for r in results],
-    )
-    lines += ["", "## Methods", ""]
-    lines += [f"- **{r.method}**: {r.description}" for r in results]
-    lines += [
-        "",
-        "Iteration 0 is the base model. Generated tokens count every debate (training and held-out); training",
-        "examples are summed over the finetuned models and iterations; wall time is the sum of the run's stages.",
-        "",
-    ]
-    return "\n".join(lines)
+    methods = "## Methods\n\n" + "".join(f"- **{md_escape(r.method)}**: {md_escape(r.description)}\n" for r in results)
+    return "\n".join([
+        f"# maft compare: {title(config)}\n",
+        markdown(methods_table(results)),
+        markdown(accuracy_table(results)),
+        methods,
+        *map(markdown, diversity_tables(results)),
+    ])

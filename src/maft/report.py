@@ -4,8 +4,11 @@
 
 The report folder holds ``index.html`` (config, tables, plots, a transcript browser), ``accuracy.png``,
 ``diversity.png`` (when there are diversity measures) and ``transcripts.js`` (every held-out debate turn,
-loaded by a plain ``<script>`` so the page works from file://). No network resources. Every file is
-written atomically (temporary file + rename): a killed ``maft report`` leaves the previous files intact.
+loaded by a plain ``<script>`` so the page works from file://). No network resources: the stylesheet and
+the transcript browser's script are package data (``maft/report_assets/report.css``, ``report.js``), inlined
+into the page. The tables are those of summary.md and comparison.md (:mod:`maft.summary`, :mod:`maft.compare`),
+rendered as HTML. Every file is written atomically (temporary file + rename): a killed ``maft report`` leaves
+the previous files intact.
 """
 
 from __future__ import annotations
@@ -13,25 +16,30 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from html import escape
+from importlib.resources import files
 from pathlib import Path
 
-from maft.compare import MethodResult
+from maft.compare import MethodResult, accuracy_table, diversity_tables, methods_table
 from maft.config import RunConfig
 from maft.debate import Turn
 from maft.metrics import Accuracy, Diversity
 from maft.society import IterationMetrics
 from maft.store import RunDirError, RunStore, atomic_file, read_jsonl, write_text
-from maft.summary import HEADER, iteration_rows, title
+from maft.summary import diversity, per_agent, per_iteration, title
+from maft.tables import html
 
-MEASURES = {  # the diversity measures plotted, and their axis labels
+MEASURES = {  # the diversity measures plotted (those measured), and their axis labels
     "answer_agreement": "answer agreement",
     "consensus": "consensus",
     "embedding_dissimilarity": "embedding dissimilarity",
     "cross_nll": "cross NLL (nats/token)",
     "kl": "KL (nats/token)",
+    "critic_cross_nll": "critic cross NLL (nats/token)",
+    "critic_kl": "critic KL (nats/token)",
+    "kl_from_base": "KL from base (nats/token)",
 }
-TABLE_MEASURES = {**MEASURES, "self_nll": "self NLL (nats/token)"}
 SHOWN = 200  # the transcript browser renders at most this many turns at a time
 
 
@@ -230,81 +238,15 @@ def _iteration_axis(ax, iterations: int) -> None:
     ax.grid(alpha=0.3)
 
 
-# -- tables -----------------------------------------------------------------------------------------
-def _table(id: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    head = "".join(f"<th>{escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in row) + "</tr>\n" for row in rows)
-    return f'<table class="metrics" id="{id}"><thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody></table>\n'
-
-
-def _num(x: float | None, digits: int = 3) -> str:
-    if x is None:
-        return "-"
-    return f"{0.0 if abs(x) < 0.5 * 10**-digits else x:.{digits}f}"  # no "-0.000" for a rounding-level value
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
-
-
-def _diversity_rows(diversity: Sequence[Diversity | None], prefix: Sequence[str] = ()) -> list[list[str]]:
-    return [[*prefix, str(l), *(_num(getattr(d, k)) for k in TABLE_MEASURES)] for l, d in enumerate(diversity) if d]
-
-
-def _diversity_section(rows: list[list[str]], header: list[str]) -> str:
-    if not rows:
-        return "<p>No diversity measures were recorded.</p>\n"
-    return _table("diversity-table", [*header, "iter", *TABLE_MEASURES.values()], rows)
-
-
+# -- tables: those of summary.md and comparison.md -----------------------------------------------------
 def _run_tables(metrics: Sequence[IterationMetrics]) -> str:
-    header = [*HEADER[:-1], "gen. tokens", "train examples", HEADER[-1]]
-    rows = [
-        [*row[:-1], f"{m.compute.generated_tokens:,}", f"{m.compute.train_examples:,}", row[-1]]
-        for m, row in zip(metrics, iteration_rows(metrics))
-    ]
-    rounds = len(metrics[0].test.round_agent)
-    agent_rows = [[m.iteration, n, *per_round] for m in metrics for n, per_round in enumerate(m.test.agent_round)]
-    return (
-        "<h2>Accuracy on held-out problems, per iteration</h2>\n" + _table("iterations", header, rows)
-        + "<p class=note>Majority: the final round's majority vote (± SE). Agent columns: one agent's mean accuracy "
-        "in that round. Label precision: the share of training labels equal to the gold answer (a diagnostic; "
-        "training never sees gold answers). D^G / D^C: generation / critic training examples.</p>\n"
-        + "<h2>Diversity of the agents' round-1 responses</h2>\n"
-        + _diversity_section(_diversity_rows([m.diversity for m in metrics]), [])
-        + "<h2>Per agent and round (held-out accuracy %)</h2>\n"
-        + _table("agents", ["iter", "agent", *(f"round {r + 1}" for r in range(rounds))], agent_rows)
-    )
+    tables = [per_iteration(metrics), *diversity([(None, [m.diversity for m in metrics])]), per_agent(metrics)]
+    return "".join(map(html, tables))
 
 
-def _comparison_tables(results: Sequence[MethodResult]) -> str:
-    rows = []
-    for r in results:
-        best = max(range(len(r.accuracy)), key=lambda l: r.accuracy[l].mean)
-        rows.append([
-            r.method,
-            r.accuracy[-1],
-            f"{r.accuracy[best]} (iter {best})",
-            f"{sum(c.generated_tokens for c in r.compute):,}",
-            f"{sum(c.train_examples for c in r.compute):,}",
-            _duration(sum(c.seconds for c in r.compute)),
-            "yes" if r.uses_gold_labels else "no",
-            r.description,
-        ])
-    header = ["method", "final iter. %", "best iter. %", "gen. tokens", "train examples", "wall time", "gold labels?", "description"]
-    iterations = max(len(r.accuracy) for r in results)
-    per_iteration = [[r.method, *(str(r.accuracy[l]) if l < len(r.accuracy) else "-" for l in range(iterations))] for r in results]
-    diversity = [row for r in results for row in _diversity_rows(r.diversity, [r.method])]
-    return (
-        "<h2>Methods on the same held-out problems</h2>\n" + _table("comparison", header, rows)
-        + "<p class=note>Accuracy: the final round's majority vote on the held-out problems, % ± SE. Tokens, "
-        "examples and wall time are summed over iterations.</p>\n"
-        + "<h2>Accuracy per iteration (%)</h2>\n"
-        + _table("accuracy-table", ["method", *(f"iter {l}" for l in range(iterations))], per_iteration)
-        + "<h2>Diversity of the agents' round-1 responses</h2>\n" + _diversity_section(diversity, ["method"])
-    )
+def _comparison_tables(results: list[MethodResult]) -> str:
+    tables = [methods_table(results, description=True), accuracy_table(results), *diversity_tables(results)]
+    return "".join(map(html, tables))
 
 
 # -- transcripts ------------------------------------------------------------------------------------
@@ -353,7 +295,8 @@ def _page(report: Report, has_diversity: bool) -> str:
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{escape(report.heading)}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<style>{CSS}</style></head>
+<style>
+{asset("report.css")}</style></head>
 <body>
 <h1>{escape(report.heading)}</h1>
 {_config_summary(report.config)}
@@ -375,89 +318,12 @@ def _page(report: Report, has_diversity: bool) -> str:
 <div id="transcripts"></div>
 <script src="transcripts.js"></script>
 <script>const SHOWN = {SHOWN};
-{JS}</script>
+{asset("report.js")}</script>
 </body></html>
 """
 
 
-CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; max-width: 1100px; margin: 2em auto;
-       padding: 0 1em; color: #222; line-height: 1.4; }
-h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.8em; border-bottom: 1px solid #ddd; }
-img { max-width: 100%; }
-dl.config { display: grid; grid-template-columns: max-content auto; gap: 0.2em 1em; }
-dl.config dt { font-weight: 600; } dl.config dd { margin: 0; }
-table.metrics { border-collapse: collapse; font-size: 0.9em; margin: 0.5em 0; }
-table.metrics th, table.metrics td { padding: 0.3em 0.7em; text-align: right; border-bottom: 1px solid #e5e5e5; }
-table.metrics th { background: #f0f2f5; } table.metrics td:first-child, table.metrics th:first-child { text-align: left; }
-table.metrics tbody tr:nth-child(even) { background: #fafbfc; }
-#comparison td:last-child { text-align: left; color: #555; }
-.note { color: #555; font-size: 0.85em; }
-.filters { display: flex; flex-wrap: wrap; gap: 0.6em 1.2em; align-items: center; margin: 0.5em 0 1em; }
-.filters [hidden] { display: none; }
-#t-count { color: #555; }
-.turn { border: 1px solid #ddd; border-radius: 6px; padding: 0.5em 0.8em; margin: 0.6em 0; }
-.turn .head { font-size: 0.9em; color: #444; }
-.turn pre { white-space: pre-wrap; background: #f7f7f9; padding: 0.5em; margin: 0.4em 0; font-size: 0.85em; }
-.turn summary { cursor: pointer; font-size: 0.85em; color: #555; }
-.badge { display: inline-block; padding: 0 0.5em; border-radius: 1em; font-size: 0.85em; font-weight: 600; }
-.badge.ok { background: #d9f2dd; color: #17652a; } .badge.bad { background: #fbe0e0; color: #9b1c1c; }
-.tag { background: #e8eefc; color: #234; border-radius: 4px; padding: 0 0.4em; }
-"""
-
-JS = """
-(function () {
-  const data = window.MAFT_TRANSCRIPTS || [], questions = window.MAFT_QUESTIONS || {};
-  const $ = (id) => document.getElementById(id);
-  const keys = { method: "f-method", iteration: "f-iteration", agent: "f-agent", round: "f-round" };
-  for (const [key, id] of Object.entries(keys)) {
-    const values = [...new Set(data.map((t) => t[key]))];
-    if (key !== "method") values.sort((a, b) => a - b);
-    for (const v of values) {
-      const option = document.createElement("option");
-      option.value = option.textContent = String(v);
-      $(id).appendChild(option);
-    }
-  }
-  function el(tag, cls, text) {
-    const e = document.createElement(tag);
-    if (cls) e.className = cls;
-    if (text !== undefined) e.textContent = text;
-    return e;
-  }
-  function details(summary, text) {
-    const d = el("details");
-    d.appendChild(el("summary", "", summary));
-    d.appendChild(el("pre", "", text));
-    return d;
-  }
-  function render() {
-    const want = {};
-    for (const [key, id] of Object.entries(keys)) want[key] = $(id).value;
-    const problem = $("f-problem").value.trim(), correct = $("f-correct").value;
-    const matches = data.filter((t) =>
-      Object.keys(want).every((k) => want[k] === "" || String(t[k]) === want[k]) &&
-      (problem === "" || t.problem_id.includes(problem)) &&
-      (correct === "" || t.correct === (correct === "correct")));
-    $("t-count").textContent = `${matches.length} of ${data.length} turns` +
-      (matches.length > SHOWN ? `, showing first ${SHOWN}` : "");
-    const box = $("transcripts");
-    box.replaceChildren();
-    for (const t of matches.slice(0, SHOWN)) {
-      const turn = el("div", "turn"), head = el("div", "head");
-      if (t.method) { head.appendChild(el("span", "tag", t.method)); head.append(" "); }
-      head.append(`iteration ${t.iteration} · problem ${t.problem_id} · agent ${t.agent} · round ${t.round} · answer `);
-      head.appendChild(el("span", t.correct ? "badge ok" : "badge bad",
-        (t.correct ? "✓ " : "✗ ") + (t.answer === null ? "(no answer)" : t.answer)));
-      turn.appendChild(head);
-      turn.appendChild(details("question", questions[t.problem_id] || ""));
-      if (t.critic !== undefined) turn.appendChild(details("what the critic saw", t.critic));
-      turn.appendChild(el("pre", "response", t.response));
-      box.appendChild(turn);
-    }
-  }
-  for (const id of [...Object.values(keys), "f-correct"]) $(id).addEventListener("change", render);
-  $("f-problem").addEventListener("input", render);
-  render();
-})();
-"""
+@cache
+def asset(name: str) -> str:
+    """A file of ``maft/report_assets`` (package data): the page's stylesheet or script."""
+    return (files("maft") / "report_assets" / name).read_text(encoding="utf-8")
