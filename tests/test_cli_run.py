@@ -119,7 +119,8 @@ def test_compare_then_report_from_the_command_line(tmp_path):
         (["run", "--method", "nope"], "unknown method 'nope'"),
         (["compare", "--methods", "maft,nope"], "unknown method(s) nope"),
         (["compare", "--set", "debate.agents=0"], "debate.agents"),
-        (["evaluate", "--run", "no/such/run", "--task", "gsm8k"], "not a maft run directory"),
+        (["transfer", "no/such/run", "--task", "gsm8k"], "not a maft run directory"),
+        (["evaluate", "--run", "no/such/run", "--task", "gsm8k"], "not a maft run directory"),  # deprecated alias
         (["report", "no/such/run"], "does not exist"),
     ],
 )

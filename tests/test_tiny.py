@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 from maft.engines import Request, Sampling
 from maft.tasks.arithmetic import Expression, arithmetic_prompt
 from maft.tiny import default_checkpoint
-from maft.tiny.synth import Society, SynthConfig, solve
+from maft.tiny.synth import SimulatedDebate, SynthConfig, solve
 
 
 def test_recipe_saves_a_loadable_chat_model(recipe_checkpoint):
@@ -74,13 +74,13 @@ def test_round1_slip_rate_matches_config():
 
 
 def test_critic_confirms_when_all_agree_and_rechecks_otherwise():
-    society = Society(SynthConfig(slip_rate=0.0, critic_slip_rate=1.0), random.Random(0))
+    society = SimulatedDebate(SynthConfig(slip_rate=0.0, critic_slip_rate=1.0), random.Random(0))
     expr = Expression(1, 2, 3, 4, 5, 6)
     convs = society.debate(expr, n_agents=3, rounds=2, concat=False)
     for conv in convs:  # round 1 all correct, so every critic confirms its own solution verbatim
         assert conv[3]["content"] == conv[1]["content"]
         assert f"The other agents' answers are: {expr.value}, {expr.value}." in conv[2]["content"]
-    society = Society(SynthConfig(slip_rate=1.0, critic_slip_rate=0.0), random.Random(0))
+    society = SimulatedDebate(SynthConfig(slip_rate=1.0, critic_slip_rate=0.0), random.Random(0))
     convs = society.debate(expr, n_agents=3, rounds=2, concat=True)
     for conv in convs:  # round 1 wrong and disagreeing: critics recompute (cleanly here)
         assert conv[3]["content"].endswith(f"\\boxed{{{expr.value}}}.") and "One agent solution:" in conv[2]["content"]
@@ -91,7 +91,7 @@ def test_synthetic_society_rewards_majority_and_debate():
     """The data the model imitates: a majority of 3 beats one agent, and round 2 beats round 1."""
     from maft.voting import majority_vote
 
-    society = Society(SynthConfig(), random.Random(0))
+    society = SimulatedDebate(SynthConfig(), random.Random(0))
     single = majority = round2 = 0
     n = 1500
     for _ in range(n):

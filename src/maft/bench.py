@@ -38,6 +38,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
 #: Paths ``maft bench generate`` knows, in the order they run.
 PATHS = ("authors", "hf-merged", "hf-mixed", "hf-cb", "openai")
 DEFAULT_PATHS = ("authors", "hf-merged", "hf-mixed", "hf-cb")
@@ -455,7 +457,7 @@ def bench_generate(cfg: BenchConfig, workdir: str | Path | None = None, *, echo:
     own = workdir is None
     work = Path(tempfile.mkdtemp(prefix="maft-bench-")) if own else Path(workdir)
     try:
-        say(f"preparing {cfg.model} with {cfg.agents} random adapters")
+        say(f"preparing {escape(cfg.model)} with {cfg.agents} random adapters")
         setup = prepare(cfg, work)
         bandwidth = cfg.bandwidth_gbs
         info = machine(setup.device)
@@ -465,12 +467,12 @@ def bench_generate(cfg: BenchConfig, workdir: str | Path | None = None, *, echo:
         rows: list[dict[str, Any]] = []
         omitted: dict[str, str] = {}
         for path in cfg.paths:
-            say(f"running {path}")
+            say(f"running {escape(path)}")
             try:
                 result = _run_isolated(path, setup, cfg) if cfg.isolate else run_path(path, setup, cfg)
             except Exception as e:  # noqa: BLE001 - a path that cannot run is reported, the others still run
                 omitted[path] = f"{type(e).__name__}: {e}"
-                say(f"[yellow]{path} omitted: {omitted[path]}[/]")
+                say(f"[yellow]{escape(path)} omitted: {escape(omitted[path])}[/]")
                 continue
             requests = cfg.agents * cfg.prompts
             row = {"path": path, "requests": requests, "generated_tokens": result["generated_tokens"],

@@ -3,19 +3,24 @@
 Bad input, unreadable or malformed files, and files that cannot be written (a read-only directory, a full
 disk) end a command with one ``error:`` line naming the file and the problem, and a non-zero exit code
 (2 before any work starts, 1 when a run stops midway, 130 after Ctrl-C); no traceback.
+
+Output to a pipe or a file is not wrapped: a table row stays one line (COLUMNS, when set, gives a width).
+Paths, values and error messages are printed as they are, never read as rich markup.
 """
 
 from __future__ import annotations
 
 import errno
 import json
+import os
 import time
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.markup import escape
+from rich.rule import Rule
 from rich.table import Table
 
 from maft.baselines import DEFAULT_METHODS, METHODS
@@ -26,20 +31,60 @@ from maft.tasks import task_names
 app = typer.Typer(help="maft: multiagent finetuning of language models.", no_args_is_help=True, add_completion=False)
 tiny_app = typer.Typer(help="The embedded default model: pretrain it, check it.", no_args_is_help=True)
 app.add_typer(tiny_app, name="tiny")
-console = Console()
+
+#: The width of output to a pipe or a file when COLUMNS does not set one: no table row is wrapped.
+PIPED_WIDTH = 10_000
+#: The width of a rule (a section line) in such output.
+PIPED_RULE_WIDTH = 100
 
 
-def _parse_options(options: list[str]) -> dict[str, object]:
-    """``key=value`` pairs; values are parsed as JSON when they can be (numbers, lists), else kept as text."""
+class CLIConsole(Console):
+    """rich's console, except that output to a pipe or a file (``maft run | tee log``, ``maft report > out``)
+    is not wrapped: rich would render it at 80 columns (or the width of a terminal on another stream) and
+    break table rows mid-number. The COLUMNS environment variable, when set, still gives the width."""
+
+    def piped(self) -> bool:
+        return self._width is None and not self.is_terminal and not os.environ.get("COLUMNS", "").strip().isdigit()
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = Console.size.fget(self)
+        return ConsoleDimensions(PIPED_WIDTH, size.height) if self.piped() else size
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        Console.size.fset(self, new_size)
+
+    def rule(self, title="", *, characters: str = "─", style="rule.line", align="center") -> None:
+        if not self.piped():
+            return super().rule(title, characters=characters, style=style, align=align)
+        self.print(Rule(title=title, characters=characters, style=style, align=align), width=PIPED_RULE_WIDTH)
+
+
+console = CLIConsole()
+# Path parameters are declared readable=False: click's own check ends in a usage panel, while the command's
+# handling of an unreadable path ends in the one error line that names it.
+
+
+def _task_options(options: list[str]) -> dict[str, object]:
+    """``--option key=value`` pairs as task options, read as ``--set task.options.key=value`` is (the
+    config's override parser: YAML values, so numbers, lists, null and bare strings)."""
+    from maft.config import ConfigError, apply_overrides
+
     parsed: dict[str, object] = {}
     for item in options:
         if "=" not in item:
-            raise typer.BadParameter(f"--option expects key=value, got {item!r}")
-        key, value = item.split("=", 1)
+            _fail(f"--option {item!r} is not key=value (e.g. --option path=data.jsonl or --option levels=[1,2])")
         try:
-            parsed[key] = json.loads(value)
-        except json.JSONDecodeError:
-            parsed[key] = value
+            apply_overrides(parsed, [item])
+        except ConfigError as e:
+            message = str(e)
+            _fail("--option " + message.removeprefix("override ") if message.startswith("override ") else message)
+        try:  # options are saved as JSON (a transfer's spec.json); YAML also reads dates and times
+            json.dumps(parsed)
+        except (TypeError, ValueError):
+            _fail(f"--option {item!r}: the value is not a number, text, list, mapping or null "
+                  "(quote it to pass it as text, e.g. key='2024-01-01')")
     return parsed
 
 
@@ -58,29 +103,34 @@ def evaluate(
     device: str = "auto",
     url: Annotated[list[str], typer.Option(help="an OpenAI-compatible server's base URL (several: load spread); --model is its model name")] = [],
     concurrency: Annotated[int, typer.Option(min=1, help="with --url: requests in flight")] = 64,
-    out: Annotated[Optional[Path], typer.Option(help="write the result (with every response) as JSON here")] = None,
-    run: Annotated[Optional[Path], typer.Option(help="transfer: debate the task with this run's finetuned agents")] = None,
-    iteration: Annotated[list[int], typer.Option(help="with --run: iterations to evaluate (default: 0 and the last)")] = [],
+    out: Annotated[Optional[Path], typer.Option(readable=False, help="write the result (with every response) as JSON here")] = None,
+    run: Annotated[Optional[Path], typer.Option(hidden=True, readable=False, help="deprecated: maft transfer RUN")] = None,
+    iteration: Annotated[list[int], typer.Option(hidden=True, help="deprecated: maft transfer RUN --iterations")] = [],
 ) -> None:
-    """Evaluate one model on a task's test problems (single-sample and majority-of-k accuracy), or, with
-    --run, a finished run's agents by debate on another task (zero-shot transfer)."""
+    """Evaluate one model on a task's test problems: single-sample and majority-of-k accuracy.
+
+    A finished run's agents on another task (zero-shot transfer, by debate): maft transfer."""
+    if run is not None:  # the old spelling of maft transfer
+        typer.echo(f"maft evaluate --run is deprecated: use maft transfer {run} --task {task} (same options)", err=True)
+        if model is not None or samples != 1:
+            _fail("--run evaluates the run's own agents by debate; --model and --samples do not apply")
+        _transfer(run, task, n, _task_options(option), iteration, quiet=False)
+        return
     from maft.engines import Sampling
     from maft.engines.hf import HFEngine
     from maft.tiny import default_checkpoint
     from maft.evaluate import evaluate as run_evaluation
     from maft.tasks import DatasetUnavailableError, get_task
 
-    if run is not None:
-        _transfer(run, task, n, _parse_options(option), iteration, model, samples)
-        return
+    options = _task_options(option)
     try:
-        the_task = get_task(task, **_parse_options(option))
+        the_task = get_task(task, **options)
         sampling = Sampling(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)
         problems = the_task.splits(n_train=0, n_test=n, seed=seed).test
     except OSError as e:
-        raise typer.BadParameter(_os_message(e)) from e
+        _fail(_os_message(e))
     except (ValueError, DatasetUnavailableError) as e:
-        raise typer.BadParameter(str(e)) from e
+        _fail(str(e))
     start = time.perf_counter()
     if url:
         from maft.engines.openai import OpenAIEngine
@@ -90,7 +140,7 @@ def evaluate(
         served = model or str(default_checkpoint())
         try:  # the server answers and serves the model, before any request
             check_serving(load_config(None, ["model.engine=openai", "model.server_kind=api", "iterations=0",
-                                             f"model.served_name={served}", f"model.urls={json.dumps(url)}"]))
+                                             f"execution.served_name={served}", f"execution.urls={json.dumps(url)}"]))
         except ServerError as e:
             _fail(str(e))
         engine = OpenAIEngine(url, served, concurrency=concurrency)
@@ -107,36 +157,66 @@ def evaluate(
         table.add_row(f"pass@{samples}", str(result.pass_at_k))
     table.add_row("abstentions", f"{100 * result.abstention_rate:.1f}%")
     console.print(table)
-    console.print(f"model {engine.model_name} | {result.generated_tokens} tokens generated in {seconds:.1f} s")
+    console.print(f"model {engine.model_name} | {result.generated_tokens} tokens generated in {seconds:.1f} s",
+                  markup=False)
     if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(result.model_dump_json(indent=2))
-        console.print(f"wrote {out}")
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(result.model_dump_json(indent=2))
+        except OSError as e:
+            _fail(_os_message(e))
+        console.print(f"wrote {out}", markup=False)
 
 
-def _transfer(run: Path, task: str, n: int, options: dict, iterations: list[int], model: str | None, samples: int) -> None:
+@app.command("transfer")
+def transfer_command(
+    run: Annotated[Path, typer.Argument(readable=False, help="a maft run directory (with at least iteration 0 finished)", show_default=False)],
+    task: Annotated[str, typer.Option(help="the task to transfer to (" + ", ".join(task_names()) + ")", show_default=False)],
+    option: Annotated[list[str], typer.Option(help="task option key=value (YAML value), e.g. path=gsm8k.jsonl or high=35; repeatable")] = [],
+    n: Annotated[int, typer.Option(min=1, help="held-out test problems of the task, the same for every iteration")] = 300,
+    iterations: Annotated[list[str], typer.Option("--iterations", "-i", help="iterations whose agents debate, e.g. 0,3 or -i 0 -i 3 (default: 0, the base model, and the last finished)")] = [],
+    quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
+) -> None:
+    """Zero-shot transfer: a run's agents debate another task's held-out problems.
+
+    The agents of each iteration debate N test problems of --task, with the run's
+    own debate settings and engine. Majority, per-agent (round 1 and final round)
+    and unanimous accuracy are printed and written to
+    RUN/transfer/<task>[-<options hash>]/iter_<l>/.
+    Finished iterations are kept: run it again to resume.
+    """
+    wanted: list[int] = []
+    for value in iterations:
+        try:
+            wanted += [int(part) for part in value.split(",") if part.strip()]
+        except ValueError:
+            _fail(f"--iterations {value!r}: expected iteration numbers, e.g. 0,3")
+    _transfer(run, task, n, _task_options(option), wanted, quiet=quiet)
+
+
+def _transfer(run: Path, task: str, n: int, options: dict, iterations: list[int], *, quiet: bool) -> None:
     from maft.store import RunDirError
     from maft.tasks import DatasetUnavailableError
     from maft.transfer import transfer, transfer_dir
 
-    if model is not None or samples != 1:
-        _fail("--run evaluates the run's own agents by debate; --model and --samples do not apply")
-    if not (run / "manifest.json").is_file():
-        _fail(f"{run} is not a maft run directory (no manifest.json)")
     start = time.perf_counter()
     try:
-        results = transfer(run, task, options=options, n=n, iterations=iterations or None, console=console)
-    except OSError as e:
+        results = transfer(run, task, options=options, n=n, iterations=iterations or None, console=console,
+                           progress=not quiet)
+    except OSError as e:  # an unreadable run directory or task file, a full disk
         _fail(_os_message(e))
     except (ValueError, DatasetUnavailableError, RunDirError, ServerError, EngineError) as e:
         _fail(str(e))
-    table = Table(title=f"transfer: agents of {run} on {n} held-out {task} problems (debate)")
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/yellow]; finished iterations are kept: run the same command again")
+        raise typer.Exit(code=130) from None
+    table = Table(title=f"transfer: agents of {escape(str(run))} on {n} held-out {escape(task)} problems (debate)")
     for h in ["iteration", "majority % ± SE", "agent round 1 %", "agent final %", "unanimous %"]:
         table.add_column(h, justify="right")
     for l, m in results.items():
         table.add_row(str(l), str(m.majority), str(m.round_agent[0]), str(m.round_agent[-1]), f"{100 * m.unanimous:.1f}")
     console.print(table)
-    console.print(f"{time.perf_counter() - start:.0f} s; wrote {transfer_dir(run, task, options)}")
+    console.print(f"{time.perf_counter() - start:.0f} s; wrote {transfer_dir(run, task, options)}", markup=False)
 
 
 def _write_report(source: Path) -> Path | None:
@@ -146,7 +226,7 @@ def _write_report(source: Path) -> Path | None:
     try:
         return write_report(source)
     except Exception as e:  # noqa: BLE001 - the numbers are safe on disk; say why the page is missing
-        console.print(f"[yellow]the report could not be written ({e}); retry with: maft report {source}[/yellow]")
+        console.print(f"[yellow]the report could not be written ({escape(str(e))}); retry with: maft report {escape(str(source))}[/yellow]")
         return None
 
 
@@ -168,22 +248,36 @@ def _os_message(e: OSError) -> str:
     return f"{e.filename}{other}: {e.strerror or e}{hint}"
 
 
+def _first_problem(e: Exception) -> str:
+    """The first line of an error; of a validation error, the first field and its problem."""
+    from pydantic import ValidationError
+
+    if isinstance(e, ValidationError) and e.errors():
+        first = e.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+        return f"{e.title}: {where + ': ' if where else ''}{first['msg']}{more}"
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def _note(message: str) -> None:
     console.print(f"[yellow]{escape(message)}[/yellow]")
 
 
 @app.command()
 def run(
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="run config YAML (default: the embedded default run)")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", readable=False, help="run config YAML (default: the embedded default run)")] = None,
     set_: Annotated[list[str], typer.Option("--set", "-s", help="override a config value, e.g. --set debate.agents=5")] = [],
     method: Annotated[Optional[str], typer.Option(help="run a baseline or ablation instead of maft: " + ", ".join(m for m in METHODS if m != "maft"))] = None,
     iterations: Annotated[Optional[int], typer.Option(min=0, help="shorthand for --set iterations=N")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="run directory (default: runs/<date>-<time>)")] = None,
-    resume: Annotated[Optional[Path], typer.Option(help="continue the run in this directory; finished stages are kept")] = None,
+    out: Annotated[Optional[Path], typer.Option(readable=False, help="run directory (default: runs/<date>-<time>)")] = None,
+    resume: Annotated[Optional[Path], typer.Option(readable=False, help="continue the run in this directory; finished stages are kept")] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
 ) -> None:
     """Multiagent finetuning: debate -> vote -> per-agent data -> finetune 2N agents, for L iterations."""
     from maft.config import ConfigError, load_config
+    from maft.diversity import EmbeddingsUnavailable
     from maft.society import Society
     from maft.store import RunDirError, RunStore, discard_temporaries
     from maft.summary import iteration_table, title
@@ -205,7 +299,7 @@ def run(
                 given = load_config(config, overrides, base=base)
             store = RunStore.open(resume, given, say=_note)
             for change in store.changed:
-                console.print(f"[yellow]changed on resume:[/yellow] {change}")
+                console.print(f"[yellow]changed on resume:[/yellow] {escape(change)}")
         else:
             cfg = load_config(config, overrides)
             from maft.society import prepare
@@ -217,14 +311,14 @@ def run(
         _fail(_os_message(e))
     except (ConfigError, RunDirError, ValueError, ServerError, EngineError) as e:
         _fail(str(e))
-    console.print(f"run directory [bold]{store.root}[/bold] (config hash {store.config.hash()})")
+    console.print(f"run directory [bold]{escape(str(store.root))}[/bold] (config hash {store.config.hash()})")
     start = time.perf_counter()
     resume_hint = f"finished stages are kept: fix the cause, then maft run --resume {escape(str(store.root))}"
     try:
         metrics = society.run()
     except KeyboardInterrupt:
         discard_temporaries()  # an interrupted finetune's .tmp-<role> folder
-        console.print(f"[yellow]interrupted[/yellow]; finished stages are kept: maft run --resume {store.root}")
+        console.print(f"[yellow]interrupted[/yellow]; finished stages are kept: maft run --resume {escape(str(store.root))}")
         raise typer.Exit(code=130) from None
     except OSError as e:
         if e.filename is None and e.errno not in FILE_ERRNOS:  # not a file problem: show where it came from
@@ -232,7 +326,7 @@ def run(
             raise
         console.print(f"[red]error:[/red] {escape(_os_message(e))}; the run stopped, {resume_hint}")
         raise typer.Exit(code=1) from None
-    except (ServerError, EngineError) as e:  # a server's refusal or outage: its message says what to fix
+    except (ServerError, EngineError, EmbeddingsUnavailable) as e:  # its message says what to fix
         console.print(f"[red]error:[/red] {escape(str(e))}")
         console.print(f"[red]the run stopped[/red]; {resume_hint}")
         raise typer.Exit(code=1) from None
@@ -245,21 +339,23 @@ def run(
     page = _write_report(store.root)
     console.print(
         f"{time.perf_counter() - start:.0f} s this invocation; "
-        f"wrote {store.root / 'metrics.json'}, {store.root / 'summary.md'}" + (f" and the report {page}" if page else "")
+        f"wrote {store.root / 'metrics.json'}, {store.root / 'summary.md'}" + (f" and the report {page}" if page else ""),
+        markup=False,
     )
 
 
 @app.command()
 def compare(
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="compare YAML: methods and the run config (default: the default methods on the embedded default)")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", readable=False, help="compare YAML: methods and the run config (default: the default methods on the embedded default)")] = None,
     set_: Annotated[list[str], typer.Option("--set", "-s", help="override a run config value for every method, e.g. --set iterations=1")] = [],
     methods: Annotated[Optional[str], typer.Option(help="comma-separated methods (default: the config's, else " + ",".join(DEFAULT_METHODS) + "; all: " + ",".join(METHODS) + ")")] = None,
-    out: Annotated[Path, typer.Option(help="comparison directory; run again to resume")] = Path("runs/compare"),
+    out: Annotated[Path, typer.Option(readable=False, help="comparison directory; run again to resume")] = Path("runs/compare"),
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
 ) -> None:
     """Run maft and the baselines on the same model and problems; write the Table-1-style comparison."""
     from maft.compare import comparison_table, compare as run_compare, load_compare_config
     from maft.config import ConfigError
+    from maft.diversity import EmbeddingsUnavailable
     from maft.store import RunDirError, discard_temporaries
 
     start = time.perf_counter()
@@ -268,7 +364,7 @@ def compare(
         results = run_compare(cfg, out, console=console, progress=not quiet)
     except OSError as e:
         _fail(_os_message(e))
-    except (ConfigError, RunDirError, ValueError, ServerError, EngineError) as e:
+    except (ConfigError, RunDirError, ValueError, ServerError, EngineError, EmbeddingsUnavailable) as e:
         _fail(str(e))
     except KeyboardInterrupt:
         discard_temporaries()
@@ -277,13 +373,13 @@ def compare(
     console.print(comparison_table(results, title="accuracy % ± SE on held-out problems (final-round majority)"))
     page = _write_report(out)
     console.print(f"{time.perf_counter() - start:.0f} s this invocation; wrote {out / 'comparison.md'}"
-                  + (f" and the report {page}" if page else ""))
+                  + (f" and the report {page}" if page else ""), markup=False)
 
 
 @app.command()
 def report(
-    source: Annotated[Path, typer.Argument(help="a run directory or a comparison directory")],
-    out: Annotated[Optional[Path], typer.Option(help="report directory (default: <source>/report)")] = None,
+    source: Annotated[Path, typer.Argument(readable=False, help="a run directory or a comparison directory")],
+    out: Annotated[Optional[Path], typer.Option(readable=False, help="report directory (default: <source>/report)")] = None,
 ) -> None:
     """Plots (PNG) and a static HTML page with the tables and a browser of the debate transcripts."""
     from maft.report import write_report
@@ -291,12 +387,17 @@ def report(
     from maft.store import RunDirError
 
     try:
+        if source.exists() and not source.is_dir():
+            _fail(f"{source} is a file, not a run directory or a comparison directory")
         page = write_report(source, out)
     except OSError as e:  # a missing, unreadable or unwritable directory or file
         _fail(_os_message(e))
     except (ValueError, RunDirError) as e:  # a malformed metrics.json or comparison.json
-        _fail(f"cannot write the report of {source}: {str(e).splitlines()[0]}")
-    console.print(f"wrote {page} (open it in a browser)")
+        _fail(f"cannot write the report of {source}: {_first_problem(e)}")
+    except (TypeError, KeyError, AttributeError, IndexError) as e:  # JSON of another shape than a run's
+        _fail(f"cannot write the report of {source}: its metrics.json or comparison.json is not one maft writes "
+              f"({type(e).__name__}: {_first_problem(e)})")
+    console.print(f"wrote {page} (open it in a browser)", markup=False)
 
 
 @tiny_app.command("train")
@@ -320,7 +421,7 @@ def tiny_train(
     cfg = RecipeConfig(**{**base, **{k: v for k, v in given.items() if v is not None}})
     start = time.perf_counter()
     pretrain(cfg, out)
-    console.print(f"saved {out} after {cfg.steps} steps in {time.perf_counter() - start:.0f} s")
+    console.print(f"saved {out} after {cfg.steps} steps in {time.perf_counter() - start:.0f} s", markup=False)
 
 
 @tiny_app.command("check")
@@ -390,15 +491,15 @@ def bench_generate_command(
                           bandwidth_gbs=bandwidth_gbs, isolate=isolate, threads=threads)
         cfg.check()
     except BenchError as e:
-        raise typer.BadParameter(str(e)) from None
+        _fail(str(e))
     start = time.perf_counter()
     result = bench_generate(cfg, echo=console.print)
     console.print(table(result))
     for path, reason in result["omitted"].items():
-        console.print(f"[yellow]{path} omitted[/]: {reason}")
+        console.print(f"[yellow]{escape(path)} omitted[/]: {escape(str(reason))}")
     for row in result["paths"]:
-        console.print(f"{row['path']}: {row['note']}")
-    console.print(f"wrote {write(result, out)} | {time.perf_counter() - start:.0f} s")
+        console.print(f"{row['path']}: {row['note']}", markup=False)
+    console.print(f"wrote {write(result, out)} | {time.perf_counter() - start:.0f} s", markup=False)
 
 
 if __name__ == "__main__":

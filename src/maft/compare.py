@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from rich.console import Console
+from rich.markup import escape
 
 from maft.baselines import DEFAULT_METHODS, METHODS, method_overrides
 from maft.config import ConfigError, RunConfig, apply_overrides, load_config, validation_errors, read_yaml
@@ -102,7 +103,7 @@ def compare(cfg: CompareConfig, out: Path, *, console: Console | None = None, pr
     engine, engine_model = None, None
     results = []
     for i, (name, run_config) in enumerate(configs.items(), 1):
-        console.rule(f"[bold]{i}/{len(configs)} {name}[/bold]: {METHODS[name].description}")
+        console.rule(f"[bold]{i}/{len(configs)} {escape(name)}[/bold]: {escape(METHODS[name].description)}")
         root = out / name
         store = RunStore.open(root, run_config) if (root / "manifest.json").is_file() else RunStore.create(root, run_config)
         # one model in memory for every method; a server engine is not shared: its adapter names and managed

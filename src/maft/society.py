@@ -140,7 +140,9 @@ class Society:
     @property
     def engine(self):
         if self._engine is None:
-            self._engine = make_engine(self.config, self.store.root, say=self.console.print)
+            self._engine = make_engine(
+                self.config, self.store.root, say=lambda message: self.console.print(message, markup=False, highlight=False)
+            )
         return self._engine
 
     @property
@@ -192,18 +194,18 @@ class Society:
         self._stage("iter_0/debate_test", lambda: self._write_debate(it0 / "debate_test.jsonl", self._debate(0, "test")))
         self._diversity(0)
         self._stage("iter_0/metrics", lambda: self._write_metrics(0))
-        for l in range(1, cfg.iterations + 1):
-            d = self.store.iter_dir(l)
-            self._stage(f"iter_{l}/debate_train", lambda: self._write_debate(d / "debate_train.jsonl", self._debate(l, "train")))
-            self._stage(f"iter_{l}/votes", lambda: self._votes(l))
+        for it in range(1, cfg.iterations + 1):
+            d = self.store.iter_dir(it)
+            self._stage(f"iter_{it}/debate_train", lambda: self._write_debate(d / "debate_train.jsonl", self._debate(it, "train")))
+            self._stage(f"iter_{it}/votes", lambda: self._votes(it))
             if cfg.data.rationalize:
-                self._stage(f"iter_{l}/rationalize", lambda: self._rationalize(l))
-            self._stage(f"iter_{l}/data", lambda: self._data(l))
-            self._train(l)
-            self._stage(f"iter_{l}/debate_test", lambda: self._write_debate(d / "debate_test.jsonl", self._debate(l, "test")))
-            self._diversity(l)
-            self._stage(f"iter_{l}/metrics", lambda: self._write_metrics(l))
-        metrics = [self.load_metrics(l) for l in range(cfg.iterations + 1)]
+                self._stage(f"iter_{it}/rationalize", lambda: self._rationalize(it))
+            self._stage(f"iter_{it}/data", lambda: self._data(it))
+            self._train(it)
+            self._stage(f"iter_{it}/debate_test", lambda: self._write_debate(d / "debate_test.jsonl", self._debate(it, "test")))
+            self._diversity(it)
+            self._stage(f"iter_{it}/metrics", lambda: self._write_metrics(it))
+        metrics = [self.load_metrics(it) for it in range(cfg.iterations + 1)]
         write_json(self.store.root / "metrics.json", [m.model_dump(mode="json") for m in metrics])
         from maft.summary import summary_markdown
 
@@ -223,8 +225,8 @@ class Society:
         if self._engine is not None:
             self._engine.close()
 
-    def _votes(self, l: int) -> dict:
-        d = self.store.iter_dir(l)
+    def _votes(self, it: int) -> dict:
+        d = self.store.iter_dir(it)
         turns = read_jsonl(d / "debate_train.jsonl", Turn)
         votes = vote_final_round(turns, self.task, self.splits.train, VoteRule.of(self.config))
         if self.config.data.label == "gold":  # STaR: the gold answer is the label (uses ground truth)
@@ -233,20 +235,20 @@ class Society:
         write_jsonl(d / "votes.jsonl", votes)
         return {"labelled": sum(v.label is not None for v in votes)}
 
-    def _rationalize(self, l: int) -> dict:
+    def _rationalize(self, it: int) -> dict:
         """STaR: the round-1 answers that missed the gold answer, asked again with it as a hint."""
-        d = self.store.iter_dir(l)
+        d = self.store.iter_dir(it)
         turns = read_jsonl(d / "debate_train.jsonl", Turn)
         hinted = rationalize(
-            self.engine, self.task, self.splits.train, turns, adapter_for=self.engine.serve(self.agents(l - 1)),
-            sampling=sampling(self.config), seed=self.config.seed * 1000 + 500 + l, rule=VoteRule.of(self.config),
-            progress=f"iter_{l}/rationalize" if self.progress else False,
+            self.engine, self.task, self.splits.train, turns, adapter_for=self.engine.serve(self.agents(it - 1)),
+            sampling=sampling(self.config), seed=self.config.seed * 1000 + 500 + it, rule=VoteRule.of(self.config),
+            progress=f"iter_{it}/rationalize" if self.progress else False,
         )
         write_jsonl(d / "rationalize.jsonl", hinted)
         return {"asked": len(hinted), "generated_tokens": sum(t.completion_tokens for t in hinted)}
 
-    def _data(self, l: int) -> dict:
-        d = self.store.iter_dir(l)
+    def _data(self, it: int) -> dict:
+        d = self.store.iter_dir(it)
         turns = read_jsonl(d / "debate_train.jsonl", Turn)
         votes = read_jsonl(d / "votes.jsonl", ProblemVote)
         rule = VoteRule.of(self.config)
@@ -258,7 +260,7 @@ class Society:
             critic_mix=self.config.data.critic_mix,
             critic_plus_fraction=self.config.data.critic_plus_fraction,
             critic_share=self.config.data.critic_share,
-            seed=self.config.seed * 1000 + l,
+            seed=self.config.seed * 1000 + it,
             rule=rule,
         )
         counts = {f"agent_{a.agent}": a.counts() for a in data}
@@ -292,28 +294,28 @@ class Society:
             )
         return info
 
-    def _train(self, l: int) -> None:
-        """Finetune every role of iteration ``l`` not finished yet; each is a stage of its own."""
+    def _train(self, it: int) -> None:
+        """Finetune every role of iteration ``it`` not finished yet; each is a stage of its own."""
         from maft.scheduler import TrainJob, run_local, run_ray
 
         cfg = self.config
-        d = self.store.iter_dir(l)
+        d = self.store.iter_dir(it)
         all_roles = trained_roles(cfg)
         jobs: list[TrainJob] = []
         every = roles(cfg.debate.agents, cfg.debate.rounds)
         for role in all_roles:
             i = every.index(role) if role in every else 0  # a role's seed does not depend on which roles train
-            if self._kept(f"iter_{l}/train/{role}"):
+            if self._kept(f"iter_{it}/train/{role}"):
                 continue
-            previous = self.store.iter_dir(l - 1) / "agents" / role
+            previous = self.store.iter_dir(it - 1) / "agents" / role
             jobs.append(
                 TrainJob(
                     role=role,
                     base_model=self.base_model,
                     data=d / "data" / f"{role}.jsonl",
                     out_dir=temporary_dir(d / "agents" / role),
-                    init_from=previous if cfg.train.init == "previous" and l > 1 else None,
-                    seed=cfg.seed * 100_003 + l * 1009 + i,  # each role its own LoRA init
+                    init_from=previous if cfg.train.init == "previous" and it > 1 else None,
+                    seed=cfg.seed * 100_003 + it * 1009 + i,  # each role its own LoRA init
                     device=cfg.execution.device,
                     config=cfg.train,
                 )
@@ -333,16 +335,16 @@ class Society:
             publish_dir(job.out_dir, d / "agents" / job.role)
             loss = f"{result.train_loss:.4f}" if result.train_loss is not None else "-"
             self.store.finish(
-                f"iter_{l}/train/{job.role}", result.seconds,
+                f"iter_{it}/train/{job.role}", result.seconds,
                 examples=result.examples, steps=result.steps, train_loss=result.train_loss,
             )
             self.console.print(
-                f"iter_{l}/train/{job.role}: {result.examples} examples, {result.steps} steps, "
+                f"iter_{it}/train/{job.role}: {result.examples} examples, {result.steps} steps, "
                 f"loss {loss}, done in {result.seconds:.1f} s"
             )
 
         if cfg.execution.scheduler == "ray":
-            self.console.print(f"[bold]iter_{l}/train[/bold]: {len(jobs)} finetuning jobs on Ray ...")
+            self.console.print(f"[bold]iter_{it}/train[/bold]: {len(jobs)} finetuning jobs on Ray ...")
             run_ray(jobs, done, cfg.execution)
             return
         with Progress(
@@ -356,11 +358,11 @@ class Society:
 
             run_local(jobs, done, on_step)
 
-    def _write_metrics(self, l: int) -> None:
-        d = self.store.iter_dir(l)
+    def _write_metrics(self, it: int) -> None:
+        d = self.store.iter_dir(it)
         test = debate_metrics(read_jsonl(d / "debate_test.jsonl", Turn), self.task, self.splits.test, VoteRule.of(self.config))
         train = None
-        if l > 0:
+        if it > 0:
             votes = read_jsonl(d / "votes.jsonl", ProblemVote)
             labelled = [v for v in votes if v.label is not None]
             counts = json.loads((d / "data" / "counts.json").read_text())
@@ -380,14 +382,14 @@ class Society:
         if (d / "diversity.json").is_file():
             diversity = Diversity.model_validate_json((d / "diversity.json").read_text())
         metrics = IterationMetrics(
-            iteration=l, test=test, train=train, seconds=self._stage_seconds(l), compute=self._compute(l),
+            iteration=it, test=test, train=train, seconds=self._stage_seconds(it), compute=self._compute(it),
             diversity=diversity,
         )
         write_json(d / "metrics.json", metrics.model_dump(mode="json"))
 
-    def _compute(self, l: int) -> Compute:
-        """Iteration ``l``'s tokens, training examples and times, from the manifest."""
-        stages = self._stages(l)
+    def _compute(self, it: int) -> Compute:
+        """Iteration ``it``'s tokens, training examples and times, from the manifest."""
+        stages = self._stages(it)
         train = [v for k, v in stages.items() if k.startswith("train/")]
         return Compute(
             train_generated_tokens=sum(stages.get(k, {}).get("generated_tokens", 0) for k in ("debate_train", "rationalize")),
@@ -397,7 +399,7 @@ class Society:
             seconds=sum(v["seconds"] for v in stages.values()),
         )
 
-    def _diversity(self, l: int) -> None:
+    def _diversity(self, it: int) -> None:
         """The diversity of the held-out debate: round 1, the critics' final round and the distance of each
         role from the base model (skipped with one agent or when disabled)."""
         cfg = self.config.diversity
@@ -422,31 +424,31 @@ class Society:
             if cfg.likelihood and not likelihood:
                 self._warn_once("likelihood", "[yellow]diversity: likelihoods skipped:[/yellow] this server returns no "
                                 "prompt log-probabilities (vLLM and the hf engine do)")
-            turns = read_jsonl(self.store.iter_dir(l) / "debate_test.jsonl", Turn)
+            turns = read_jsonl(self.store.iter_dir(it) / "debate_test.jsonl", Turn)
             result = diversity(
                 turns, self.task, round=1, embedder=embedder, encoder=cfg.encoder,
                 scorer=self.engine if likelihood else None, paper_likelihoods=cfg.paper_likelihoods,
-                adapter_for=self.engine.serve(self.agents(l)) if likelihood else None,
-                progress=f"iter_{l}/diversity score" if self.progress else False,
+                adapter_for=self.engine.serve(self.agents(it)) if likelihood else None,
+                progress=f"iter_{it}/diversity score" if self.progress else False,
             )
-            write_json(self.store.iter_dir(l) / "diversity.json", result.model_dump(mode="json"))
+            write_json(self.store.iter_dir(it) / "diversity.json", result.model_dump(mode="json"))
             shown = {k: v for k, v in result.model_dump().items() if isinstance(v, float)}
             self.console.print("  " + " | ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in shown.items()))
             return {}
 
-        self._stage(f"iter_{l}/diversity", work)
+        self._stage(f"iter_{it}/diversity", work)
 
-    def _stages(self, l: int) -> dict[str, dict]:
-        """Iteration ``l``'s finished stages (name within the iteration -> manifest entry)."""
+    def _stages(self, it: int) -> dict[str, dict]:
+        """Iteration ``it``'s finished stages (name within the iteration -> manifest entry)."""
         stages = self.store.manifest["stages"]
-        return {k.split("/", 1)[1]: v for k, v in stages.items() if k.startswith(f"iter_{l}/")}
+        return {k.split("/", 1)[1]: v for k, v in stages.items() if k.startswith(f"iter_{it}/")}
 
-    def _stage_seconds(self, l: int) -> dict[str, float]:
-        """Iteration ``l``'s finished stages and their times, from the manifest."""
-        return {name: v["seconds"] for name, v in self._stages(l).items()}
+    def _stage_seconds(self, it: int) -> dict[str, float]:
+        """Iteration ``it``'s finished stages and their times, from the manifest."""
+        return {name: v["seconds"] for name, v in self._stages(it).items()}
 
-    def load_metrics(self, l: int) -> IterationMetrics:
-        m = IterationMetrics.model_validate_json((self.store.iter_dir(l) / "metrics.json").read_text())
-        m.seconds = self._stage_seconds(l)  # the metrics stage's own time is known only after it is recorded
-        m.compute = self._compute(l)
+    def load_metrics(self, it: int) -> IterationMetrics:
+        m = IterationMetrics.model_validate_json((self.store.iter_dir(it) / "metrics.json").read_text())
+        m.seconds = self._stage_seconds(it)  # the metrics stage's own time is known only after it is recorded
+        m.compute = self._compute(it)
         return m

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from maft.agents import agents_at
 from maft.metrics import DebateMetrics, debate_metrics
@@ -36,7 +37,11 @@ def transfer(
     """Debate ``n`` test problems of ``task_name`` with the run's agents of each iteration in ``iterations``
     (default: 0 and the last finished one); returns held-out metrics per iteration. Finished ones are kept."""
     console = console or Console()
-    store = RunStore.open(run)
+
+    def say(message: str) -> None:  # a server's or the run directory's message: text, never markup
+        console.print(message, markup=False, highlight=False)
+
+    store = RunStore.open(run, say=say)
     cfg = store.config
     finished = [l for l in range(cfg.iterations + 1) if store.done(f"iter_{l}/metrics")]
     if not finished:
@@ -54,22 +59,26 @@ def transfer(
     where = transfer_dir(store.root, task_name, options or {})
     spec = {"task": task_name, "options": options or {}, "n": n, "problems": [p.id for p in problems]}
     out: dict[int, DebateMetrics] = {}
-    for l in wanted:
-        d = where / f"iter_{l}"
-        if (d / "metrics.json").is_file() and (d / "spec.json").is_file() and json.loads((d / "spec.json").read_text()) == spec:
-            console.print(f"[dim]transfer to {where.name}, iteration {l}: finished earlier, kept[/dim]")
-            out[l] = DebateMetrics.model_validate_json((d / "metrics.json").read_text())
-            continue
-        engine = engine or make_engine(cfg, store.root, say=console.print)
-        turns = run_debate(
-            engine, cfg, task, problems, agents_at(cfg, store.root, l), seed=cfg.seed * 1000,
-            progress=f"transfer {task_name} iter_{l}" if progress else False,
-        )
-        out[l] = debate_metrics(turns, task, problems, VoteRule.of(cfg))
-        with atomic_dir(d) as tmp:
-            write_jsonl(tmp / "debate_test.jsonl", turns)
-            write_json(tmp / "metrics.json", out[l].model_dump(mode="json"))
-            write_json(tmp / "spec.json", spec)
+    try:
+        for l in wanted:
+            d = where / f"iter_{l}"
+            if (d / "metrics.json").is_file() and (d / "spec.json").is_file() and json.loads((d / "spec.json").read_text()) == spec:
+                console.print(f"[dim]transfer to {escape(where.name)}, iteration {l}: finished earlier, kept[/dim]")
+                out[l] = DebateMetrics.model_validate_json((d / "metrics.json").read_text())
+                continue
+            engine = engine or make_engine(cfg, store.root, say=say)
+            turns = run_debate(
+                engine, cfg, task, problems, agents_at(cfg, store.root, l), seed=cfg.seed * 1000,
+                progress=f"transfer {escape(task_name)} iter_{l}" if progress else False,
+            )
+            out[l] = debate_metrics(turns, task, problems, VoteRule.of(cfg))
+            with atomic_dir(d) as tmp:
+                write_jsonl(tmp / "debate_test.jsonl", turns)
+                write_json(tmp / "metrics.json", out[l].model_dump(mode="json"))
+                write_json(tmp / "spec.json", spec)
+    finally:
+        if engine is not None:  # a managed server stops with the transfer
+            engine.close()
     return out
 
 

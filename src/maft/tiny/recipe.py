@@ -28,7 +28,7 @@ from transformers import (
 )
 from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
 
-from maft.tiny.synth import Society, SynthConfig
+from maft.tiny.synth import SimulatedDebate, SynthConfig
 from maft.tiny.tokenizer import SPECIAL_TOKENS, train_tokenizer
 
 
@@ -69,7 +69,7 @@ def _render(tok: PreTrainedTokenizerFast, messages: list[dict[str, str]]) -> tup
 
 
 def batches(
-    society: Society, tok: PreTrainedTokenizerFast, batch_size: int, bucket: int = 4
+    society: SimulatedDebate, tok: PreTrainedTokenizerFast, batch_size: int, bucket: int = 4
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Endless batches; each holds one conversation kind, and ``bucket`` batches at a time are cut from
     length-sorted examples so that padding stays small. Loss is on completions only."""
@@ -135,7 +135,7 @@ def pretrain(cfg: RecipeConfig, out_dir: str | Path, progress: bool = True) -> P
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     rng = random.Random(cfg.seed)
-    society = Society(cfg.synth, rng)
+    society = SimulatedDebate(cfg.synth, rng)
     start = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "train_log.jsonl").unlink(missing_ok=True)

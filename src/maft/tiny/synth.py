@@ -71,7 +71,7 @@ class SynthConfig(BaseModel):
 
 
 @dataclass(frozen=True)
-class Example:
+class Conversation:
     """A conversation whose last assistant message is the training target."""
 
     kind: Kind
@@ -138,7 +138,7 @@ def solve(
     return f"{', '.join(steps)}. The answer is \\boxed{{{result}}}.", result
 
 
-class Society:
+class SimulatedDebate:
     """Simulates agents debating one problem, producing each agent's conversation."""
 
     def __init__(self, cfg: SynthConfig, rng: random.Random) -> None:
@@ -170,21 +170,21 @@ class Society:
             answers = new_answers
         return convs
 
-    def example(self, kind: Kind) -> Example:
+    def example(self, kind: Kind) -> Conversation:
         expr = Expression.sample(self.rng)
         if kind == "round1":
             conv = self.debate(expr, n_agents=1, rounds=1, concat=False)[0]
-            return Example(kind, conv, _answer_of(conv) == expr.value)
+            return Conversation(kind, conv, _answer_of(conv) == expr.value)
         if kind == "summarize":
             n = self._n_others(concat=False)
             texts = [solve(expr, self.rng, self.cfg.slip_rate, self.cfg.subtraction) for _ in range(n)]
             request = prompts.summarizer_request([t for t, _ in texts])
             digest = prompts.answers_digest([str(a) for _, a in texts])
-            return Example(kind, [{"role": "user", "content": request}, {"role": "assistant", "content": digest}], True)
+            return Conversation(kind, [{"role": "user", "content": request}, {"role": "assistant", "content": digest}], True)
         concat = kind == "debate_concat"
         rounds = 3 if self.rng.random() < self.cfg.p_third_round else 2
         conv = self.debate(expr, n_agents=self._n_others(concat) + 1, rounds=rounds, concat=concat)[0]
-        return Example(kind, conv, _answer_of(conv) == expr.value)
+        return Conversation(kind, conv, _answer_of(conv) == expr.value)
 
     def _n_others(self, concat: bool) -> int:
         weights = self.cfg.others_weights[: self.cfg.max_concat_others] if concat else self.cfg.others_weights
