@@ -78,8 +78,8 @@ def test_sampling_validation(kwargs):
 
 
 def test_model_without_chat_template_is_refused(recipe_checkpoint, tmp_path):
-    import shutil
     import json
+    import shutil
 
     copy = tmp_path / "plain"
     shutil.copytree(recipe_checkpoint, copy)
@@ -165,3 +165,203 @@ def test_score_uses_each_requests_agent_merged_or_not(adapters, arithmetic):
         assert scores[0].logprob != pytest.approx(scores[1].logprob, abs=1e-3)  # the agent really differs
     with pytest.raises(KeyError, match="unknown adapter"):
         engine.score([ask(arithmetic, problems[0], "critic_7")], ["x"])
+
+
+# -- batch-invariant sampling ---------------------------------------------------------------------------------------
+def _sampling_requests(arithmetic, sampling, n=20, adapters=(None,)):
+    """Distinct arithmetic questions (for each adapter), plus exact duplicates of the first few."""
+    problems = arithmetic.splits(0, n, seed=21).test
+    requests = [ask(arithmetic, p, a, sampling) for p in problems for a in adapters]
+    return requests + requests[:3] + requests[:1]  # the first request four times, the next two twice
+
+
+def _texts_by_request(requests, texts):
+    """Each distinct request's texts (its copies' texts, sorted): a comparison by request, not position."""
+    from maft.engines.base import _canonical
+
+    out: dict[str, list[str]] = {}
+    for r, text in zip(requests, texts):
+        out.setdefault(_canonical(r), []).append(text)
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def test_request_seeds_follow_the_request_not_its_position():
+    import json
+    import os
+    import random
+    import subprocess
+    import sys
+
+    from maft.engines.base import request_seeds, request_seeds32
+
+    msgs = [[{"role": "user", "content": f"question {i}"}] for i in range(6)]
+    requests = [Request(m) for m in msgs] + [Request(msgs[0])] * 2 + [Request(msgs[0], adapter="gen_0")]
+    requests += [Request(msgs[1], sampling=Sampling(temperature=0.7)), Request([{"role": "user", "content": "é ✓"}])]
+    seeds = request_seeds(requests, 5)
+    assert len(set(seeds)) == len(seeds)  # copies differ (occurrence 0, 1, 2); adapter and sampling count
+    assert all(0 <= s < 2**63 for s in seeds)
+    assert seeds == request_seeds(requests, 5)
+    assert not set(seeds) & set(request_seeds(requests, 6))  # another call seed, other seeds
+    # distinct requests keep their seed in any order and in any company; the k-th copy keeps the k-th seed
+    perm = list(range(len(requests)))
+    random.Random(0).shuffle(perm)
+    shuffled = request_seeds([requests[i] for i in perm], 5)
+    for j, i in enumerate(perm):
+        if i not in (0, 6, 7):  # the three copies of request 0
+            assert shuffled[j] == seeds[i]
+    assert sorted(shuffled[j] for j, i in enumerate(perm) if i in (0, 6, 7)) == sorted(seeds[i] for i in (0, 6, 7))
+    assert request_seeds(requests[3:5], 5) == seeds[3:5]
+    assert request_seeds([requests[0]] * 3, 5) == [seeds[0], seeds[6], seeds[7]]  # copy k: occurrence k
+    assert request_seeds([Request(msgs[0], sampling=Sampling(temperature=1))], 5) == seeds[:1]  # 1 == 1.0
+    # stable across processes (no hash randomisation): a fresh interpreter computes the same seeds
+    code = ("import json,sys; from maft.engines.base import Request, Sampling, request_seeds;"
+            "m=[[{'role':'user','content':f'question {i}'}] for i in range(6)];"
+            "r=[Request(x) for x in m]+[Request(m[0])]*2+[Request(m[0],adapter='gen_0')];"
+            "r+=[Request(m[1],sampling=Sampling(temperature=0.7)),Request([{'role':'user','content':'é ✓'}])];"
+            "print(json.dumps(request_seeds(r,5)))")
+    env = {**os.environ, "PYTHONHASHSEED": "123"}
+    fresh = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert json.loads(fresh) == seeds
+    small = request_seeds32(requests, 5)
+    assert all(0 <= s < 2**31 for s in small) and len(set(small)) == len(small)
+    assert small == [s % 2**31 for s in seeds]
+
+
+def _splitmix_uniform(seed: int, step: int, token: int) -> float:
+    """uniform_noise's value, from a plain-Python splitmix64 (Python integers, explicit modulo 2^64)."""
+    m = 2**64 - 1
+
+    def mix(z):
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m
+        return z ^ (z >> 31)
+
+    key = mix((seed + mix(((step + 1) * 0x9E3779B97F4A7C15) & m)) & m)
+    bits = mix((key + (token + 1) * 0x9E3779B97F4A7C15) & m)
+    return ((bits >> 11) + 0.5) / 2**53
+
+
+def test_uniform_noise_is_splitmix64_and_a_pure_function():
+    from maft.engines.hf import uniform_noise
+
+    seeds = torch.tensor([0, 1, 12345, 2**62 + 7, 2**63 - 1])
+    tokens = torch.arange(50)
+    u = uniform_noise(seeds[:, None], 3, tokens[None, :])
+    assert u.shape == (5, 50) and u.dtype == torch.float64 and 0 < u.min() and u.max() < 1
+    for i, s in enumerate(seeds.tolist()):
+        for t in (0, 1, 17, 49):
+            assert u[i, t].item() == _splitmix_uniform(s, 3, t)
+    assert torch.equal(uniform_noise(seeds[[3, 1], None], 3, tokens[None, :]), u[[3, 1]])  # rows are independent
+    assert torch.equal(uniform_noise(seeds[[4, 0, 4]], 3, torch.tensor([7, 2, 9])), u[[4, 0, 4], [7, 2, 9]])
+    assert not torch.equal(uniform_noise(seeds[:, None], 4, tokens[None, :]), u)
+    assert abs(u.mean().item() - 0.5) < 0.05
+
+
+@pytest.mark.parametrize("top_p", [1.0, 0.5])
+def test_gumbel_max_sampler_adds_the_noise_of_seed_step_and_token(top_p):
+    """Dense (every token) or sparse (a small nucleus), the sampler adds exactly gumbel_noise(seed, step, token)."""
+    from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+
+    from maft.engines.hf import GumbelMaxSampler, gumbel_noise
+
+    torch.manual_seed(0)
+    scores = torch.randn(3, 40) * 4
+    sampler = GumbelMaxSampler([5, 2**62, 9], prompt_width=6, temperature=0.8, top_p=top_p)
+    out = sampler(torch.zeros(3, 9, dtype=torch.long), scores.clone())
+    warped = TemperatureLogitsWarper(0.8)(None, scores)
+    if top_p < 1:
+        warped = TopPLogitsWarper(top_p)(None, warped)
+    kept = torch.isfinite(warped)
+    assert top_p == 1 or kept.sum() < 30  # the sparse path really ran
+    expected = warped + gumbel_noise(torch.tensor([5, 2**62, 9])[:, None], 3, torch.arange(40)[None, :]).float()
+    assert torch.equal(torch.isfinite(out), kept) and torch.equal(out[kept], expected[kept])
+
+
+def _draws(logits, temperature, top_p, n_seeds=8000, steps=5):
+    """Tokens the sampler picks for ``logits`` over n_seeds x steps (seed, step) pairs, and their frequencies."""
+    from maft.engines.hf import GumbelMaxSampler
+
+    sampler = GumbelMaxSampler(range(10**6, 10**6 + n_seeds), prompt_width=4, temperature=temperature, top_p=top_p)
+    scores = logits.repeat(n_seeds, 1)
+    picks = torch.cat([sampler(torch.zeros(n_seeds, 4 + k, dtype=torch.long), scores.clone()).argmax(-1) for k in range(steps)])
+    return torch.bincount(picks, minlength=len(logits)).double() / len(picks)
+
+
+def test_gumbel_max_sampler_draws_from_the_tempered_softmax():
+    logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -3.0])
+    for temperature in (1.0, 0.7, 1.5):
+        expected = torch.softmax(logits.double() / temperature, -1)
+        freq = _draws(logits, temperature, 1.0)  # 40,000 draws: a frequency's standard error <= 0.0025
+        assert (freq - expected).abs().max() < 0.012, (temperature, freq, expected)
+    # the tolerance rejects broken samplers: argmax, uniform, or one that ignores the temperature
+    freq = _draws(logits, 0.7, 1.0)
+    for wrong in (torch.nn.functional.one_hot(torch.tensor(0), 6).double(), torch.full((6,), 1 / 6, dtype=torch.float64),
+                  torch.softmax(logits.double(), -1)):
+        assert (freq - wrong).abs().max() > 0.05
+
+
+def test_gumbel_max_sampler_never_leaves_the_nucleus():
+    logits = torch.tensor([1.0, 3.0, 0.0, 2.5, -1.0, 2.0])
+    probs = torch.softmax(logits.double(), -1)  # sorted: 3.0 (.46), 2.5 (.28), 2.0 (.17), 1.0 (.06), ...
+    freq = _draws(logits, 1.0, 0.8)
+    nucleus = [1, 3, 5]  # the fewest most likely tokens whose probabilities reach 0.8
+    assert probs[nucleus].sum() >= 0.8 > probs[[1, 3]].sum()
+    outside = [t for t in range(6) if t not in nucleus]
+    assert freq[outside].sum() == 0
+    expected = probs[nucleus] / probs[nucleus].sum()
+    assert (freq[nucleus] - expected).abs().max() < 0.012
+
+
+@pytest.mark.parametrize("top_p,batch_sizes", [(0.9, (1, 7)), (1.0, (7,))])
+def test_sampled_texts_do_not_depend_on_batch_size_or_order(arithmetic, top_p, batch_sizes):
+    import random
+
+    sampling = Sampling(temperature=1.0, top_p=top_p, max_new_tokens=24)
+    requests = _sampling_requests(arithmetic, sampling)
+    assert len(requests) == 24
+    engine = HFEngine(batch_size=128)
+    texts = [g.text for g in engine.generate(requests, seed=4)]
+    for batch_size in batch_sizes:  # batch_size is read per call: one engine serves every size
+        engine.batch_size = batch_size
+        assert [g.text for g in engine.generate(requests, seed=4)] == texts, batch_size
+    order = list(range(len(requests)))
+    random.Random(1).shuffle(order)
+    shuffled = [requests[i] for i in order]
+    again = [g.text for g in engine.generate(shuffled, seed=4)]
+    assert _texts_by_request(shuffled, again) == _texts_by_request(requests, texts)
+    # a request alone gets the text it got among the others (the first copy of a duplicate: occurrence 0)
+    assert engine.generate([requests[5]], seed=4)[0].text == texts[5]
+    assert engine.generate([requests[0]], seed=4)[0].text == texts[0]
+    assert len({texts[0], texts[20], texts[23]}) > 1  # copies in one call draw different samples
+    # ignore_eos still generates exactly max_new_tokens when sampling
+    exact = Sampling(temperature=1.0, top_p=top_p, max_new_tokens=12, ignore_eos=True)
+    problem = arithmetic.splits(0, 1, seed=2).test[0]
+    assert engine.generate([ask(arithmetic, problem, sampling=exact)])[0].completion_tokens == 12
+
+
+def test_copies_of_a_request_sample_different_texts(engine, arithmetic):
+    problem = arithmetic.splits(0, 1, seed=5).test[0]
+    copies = [ask(arithmetic, problem, sampling=Sampling(temperature=1.0, top_p=0.9, max_new_tokens=32))] * 5
+    texts = [g.text for g in engine.generate(copies, seed=2)]
+    assert len(set(texts)) > 1
+    assert texts[:3] == [g.text for g in engine.generate(copies[:3], seed=2)]  # copy k keeps its text
+    assert texts != [g.text for g in engine.generate(copies, seed=3)]  # another call seed, other samples
+
+
+def test_sampled_mixed_adapter_batches_do_not_depend_on_batch_size_or_order(adapters, arithmetic):
+    """Unmerged adapters: rows for different adapters share a batch (PEFT's adapter_names)."""
+    import random
+
+    engine = HFEngine(batch_size=16, merge_adapters=False)
+    for name, path in adapters.items():
+        engine.load_agent(name, path)
+    sampling = Sampling(temperature=1.0, top_p=0.9, max_new_tokens=24)
+    requests = _sampling_requests(arithmetic, sampling, n=4, adapters=(None, "gen_0", "critic_0"))
+    texts = [g.text for g in engine.generate(requests, seed=8)]
+    engine.batch_size = 3
+    assert [g.text for g in engine.generate(requests, seed=8)] == texts
+    order = list(range(len(requests)))
+    random.Random(2).shuffle(order)
+    shuffled = [requests[i] for i in order]
+    again = [g.text for g in engine.generate(shuffled, seed=8)]
+    assert _texts_by_request(shuffled, again) == _texts_by_request(requests, texts)

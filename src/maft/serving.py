@@ -72,7 +72,7 @@ def server_command(config: RunConfig) -> Callable[[int], list[str]]:
                      "--max-loras-per-batch", str(max(agents, 1))]
         else:  # transformers serve loads any model by path on first use
             flags = ["--host", "127.0.0.1", "--port", str(port)]
-        return [*head, *flags, *m.server_args]
+        return [*head, *flags, *config.execution.server_args]
 
     return command
 

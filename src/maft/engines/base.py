@@ -1,7 +1,16 @@
-"""The engine interface: requests (a conversation, an agent's adapter, sampling settings) in, texts out."""
+"""The engine interface: requests (a conversation, an agent's adapter, sampling settings) in, texts out.
+
+Seeding (:func:`request_seeds`): every request of a call gets a seed of its own, a hash of the call's seed,
+the request (messages, adapter, sampling settings) and its occurrence number among identical requests of
+the call (the first copy 0, the next 1, ...). A request's seed therefore does not depend on its position,
+on the other requests of the call or on how an engine batches or orders them, while identical requests
+(several agents asked the same question) still draw different samples.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -42,6 +51,44 @@ class Request:
     messages: Sequence[Message]
     adapter: str | None = None
     sampling: Sampling = field(default_factory=Sampling)
+
+
+def _canonical(request: Request) -> str:
+    """The request as canonical JSON (sorted keys; numbers normalised so that 1 and 1.0 agree)."""
+    s = request.sampling
+    return json.dumps(
+        {
+            "messages": [dict(m) for m in request.messages],
+            "adapter": request.adapter,
+            "sampling": {"temperature": float(s.temperature), "top_p": float(s.top_p),
+                         "max_new_tokens": int(s.max_new_tokens), "ignore_eos": bool(s.ignore_eos)},
+        },
+        sort_keys=True, ensure_ascii=False, separators=(",", ":"),
+    )
+
+
+def request_seeds(requests: Sequence[Request], seed: int) -> list[int]:
+    """Each request's own seed in a call seeded ``seed``: 63 bits of SHA-256 over the call seed, the
+    request's content and its occurrence number among identical requests of the call.
+
+    Permuting the requests, adding others or batching them differently leaves every request's seed as it
+    is; the k-th copy of a request always gets the same seed, and copies get different ones. Stable across
+    processes, machines and Python versions (no ``hash()``)."""
+    seen: dict[str, int] = {}
+    out = []
+    for r in requests:
+        key = _canonical(r)
+        occurrence = seen.get(key, 0)
+        seen[key] = occurrence + 1
+        text = json.dumps([int(seed), occurrence, key], ensure_ascii=False, separators=(",", ":"))
+        digest = hashlib.sha256(text.encode("utf-8")).digest()
+        out.append(int.from_bytes(digest[:8], "big") >> 1)
+    return out
+
+
+def request_seeds32(requests: Sequence[Request], seed: int) -> list[int]:
+    """:func:`request_seeds` cut to 31 bits: non-negative, fits a signed 32-bit integer (a server's ``seed``)."""
+    return [s & 0x7FFF_FFFF for s in request_seeds(requests, seed)]
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,17 @@
 All requests of a call are batched: grouped by sampling settings, sorted by prompt length, left-padded,
 and requests for different adapters share a batch through PEFT's mixed-adapter inference
 (``adapter_names``; ``None`` is the base model).
+
+Sampling is batch-invariant. Each request has its own seed (:func:`~maft.engines.base.request_seeds`: the
+call's seed, the request's content and its occurrence number among identical requests). A token is drawn
+by the Gumbel-max trick (:class:`GumbelMaxSampler`): the logits are divided by the temperature, cut to the
+top-p nucleus (no top-k), and the token with the largest logit plus Gumbel noise is taken, greedily. The
+noise of token ``t`` at decoding step ``k`` (the k-th generated token) of a request seeded ``s`` is a pure
+function of ``(s, k, t)``, a counter-based hash (splitmix64) computed on the model's device; no random
+generator state is used. So a request's text depends on its own seed and logits only, not on the batch
+size, on which requests share its batch or on their order: ``batch_size`` is an execution setting that a
+resumed run may change. (Up to floating point: a batch's shape can move logits in the last bits, which
+could flip a near tie, as it can for greedy decoding.) ``temperature=0`` decodes greedily, without noise.
 """
 
 from __future__ import annotations
@@ -16,11 +27,18 @@ from typing import TYPE_CHECKING
 
 import torch
 from rich.progress import Progress
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LogitsProcessor,
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopPLogitsWarper,
+)
 from transformers.utils import logging as hf_logging
 
 from maft.agents import Agents, saved_kind
-from maft.engines.base import Generation, Request, Sampling, Score
+from maft.engines.base import Generation, Request, Sampling, Score, request_seeds
 
 if TYPE_CHECKING:
     from maft.debate import AdapterFor
@@ -34,6 +52,86 @@ BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 #: per-layer cost of unmerged LoRA dominates a small model's generation (2.5x slower for the tiny model
 #: on CPU), while the copies cost little memory. Larger models keep one base and mixed-adapter batches.
 MERGE_BELOW = 200_000_000
+
+
+_GOLDEN = 0x9E3779B97F4A7C15  # splitmix64's increment and multipliers
+_MIX1 = 0xBF58476D1CE4E5B9
+_MIX2 = 0x94D049BB133111EB
+
+
+def _signed(x: int) -> int:
+    """``x`` modulo 2^64 as a signed 64-bit integer (torch has no full unsigned 64-bit arithmetic)."""
+    x %= 1 << 64
+    return x - (1 << 64) if x >= 1 << 63 else x
+
+
+def _shr(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Logical right shift of int64 (torch's ``>>`` is arithmetic: it copies the sign bit)."""
+    return (x >> k) & ((1 << (64 - k)) - 1)
+
+
+def _mix64(z: torch.Tensor) -> torch.Tensor:
+    """splitmix64's finaliser on int64 tensors (multiplication wraps modulo 2^64, as in uint64)."""
+    z = (z ^ _shr(z, 30)) * _signed(_MIX1)
+    z = (z ^ _shr(z, 27)) * _signed(_MIX2)
+    return z ^ _shr(z, 31)
+
+
+def uniform_noise(seeds: torch.Tensor, step: int, tokens: torch.Tensor) -> torch.Tensor:
+    """Uniforms in (0, 1), one per element of ``seeds`` and ``tokens`` broadcast together: a pure function of
+    (seed, step, token) that never looks at any other element.
+
+    With splitmix64's finaliser ``mix`` and increment ``G`` (all modulo 2^64): a seed's key at ``step`` is
+    ``mix(seed + mix((step + 1) * G))``, token t's bits are ``mix(key + (t + 1) * G)`` (splitmix64's stream
+    for that key), and their top 53 bits give ``(bits + 0.5) / 2^53`` (23 bits in float32 on devices
+    without float64)."""
+    device = seeds.device
+    step_key = _mix64(torch.tensor(_signed((step + 1) * _GOLDEN), dtype=torch.long, device=device))
+    keys = _mix64(seeds.to(torch.long) + step_key)
+    z = _mix64(keys + (tokens.to(torch.long) + 1) * _signed(_GOLDEN))
+    if device.type == "mps":  # no float64 there: 23 bits, exact in float32
+        return (_shr(z, 41).to(torch.float32) + 0.5) * 2.0**-23
+    return (_shr(z, 11).to(torch.float64) + 0.5) * 2.0**-53
+
+
+def gumbel_noise(seeds: torch.Tensor, step: int, tokens: torch.Tensor) -> torch.Tensor:
+    """Standard Gumbel noise ``-log(-log(u))`` from :func:`uniform_noise`."""
+    return -torch.log(-torch.log(uniform_noise(seeds, step, tokens)))
+
+
+class GumbelMaxSampler(LogitsProcessor):
+    """Sampling as a logits processor for greedy decoding: temperature, top-p, then Gumbel noise.
+
+    ``argmax(logits / T + g)`` with ``g`` standard Gumbel draws a token from ``softmax(logits / T)``
+    restricted to the nucleus (tokens cut by top-p stay at -inf). ``g`` is :func:`gumbel_noise` of the row's
+    seed, the decoding step (the sequence length minus ``prompt_width``, the padded prompt's width) and the
+    token id, so a row's draws depend on nothing else in the batch. Noise is computed only for tokens still
+    in the running when they are few (a top-p nucleus); being a pure function, it is the same either way."""
+
+    def __init__(
+        self, seeds: Sequence[int], prompt_width: int, temperature: float, top_p: float,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        if temperature <= 0:
+            raise ValueError("GumbelMaxSampler samples; temperature 0 is greedy decoding without it")
+        self.seeds = torch.tensor(list(seeds), dtype=torch.long, device=device)
+        self.prompt_width = prompt_width
+        self.warpers = LogitsProcessorList([TemperatureLogitsWarper(float(temperature))] if temperature != 1 else [])
+        if top_p < 1:
+            self.warpers.append(TopPLogitsWarper(float(top_p)))
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        scores = self.warpers(input_ids, scores)
+        step = input_ids.shape[1] - self.prompt_width
+        seeds = self.seeds.to(scores.device)
+        kept = scores > float("-inf")
+        if int(kept.sum()) > scores.numel() // 4:  # most tokens in the running: noise for all
+            tokens = torch.arange(scores.shape[-1], device=scores.device)
+            return scores + gumbel_noise(seeds[:, None], step, tokens[None, :]).to(scores.dtype)
+        rows, cols = kept.nonzero(as_tuple=True)
+        out = torch.full_like(scores, float("-inf"))
+        out[rows, cols] = scores[rows, cols] + gumbel_noise(seeds[rows], step, cols).to(scores.dtype)
+        return out
 
 
 def cpu_threads() -> int:
@@ -96,7 +194,7 @@ class HFEngine:
 
         if name == BASE:
             raise ValueError(f"{BASE!r} is reserved for the base model")
-        if not (Path(path) / "adapter_config.json").is_file():
+        if saved_kind(Path(path), missing_ok=True) != "adapter":
             raise FileNotFoundError(f"no PEFT adapter at {path} (adapter_config.json missing)")
         if isinstance(self.model, PeftModel):
             if name in self.model.peft_config:
@@ -154,17 +252,21 @@ class HFEngine:
     def generate(
         self, requests: Sequence[Request], *, seed: int = 0, progress: bool | str = False
     ) -> list[Generation]:
-        """Generate for all ``requests`` (in order). The same requests and seed give the same texts."""
+        """Generate for all ``requests`` (in order). Each request is sampled with its own seed
+        (``request_seeds(requests, seed)``), so its text does not depend on the batch size or on the
+        other requests of the call; identical requests in one call draw different samples."""
         self._check_adapters(requests)
         prompts = [self.prompt_ids(r.messages) for r in requests]
+        seeds = request_seeds(requests, seed)
         batches = self._batches(requests, [len(p) for p in prompts], by_sampling=True)
         out: list[Generation | None] = [None] * len(requests)
         with Progress(transient=True, disable=not progress) as bar:
             task = bar.add_task(progress if isinstance(progress, str) else "generate", total=len(requests))
-            for b, (sampling, full, idx) in enumerate(batches):
-                torch.manual_seed(seed * 1_000_003 + b)
+            for sampling, full, idx in batches:
                 adapters = [requests[i].adapter for i in idx] if full is None else None
-                texts, counts, ended = self._generate_batch([prompts[i] for i in idx], adapters, sampling, full)
+                texts, counts, ended = self._generate_batch(
+                    [prompts[i] for i in idx], adapters, sampling, full, seeds=[seeds[i] for i in idx]
+                )
                 for i, text, n, end in zip(idx, texts, counts, ended):
                     out[i] = Generation(
                         text=text, prompt_tokens=len(prompts[i]), completion_tokens=n,
@@ -248,22 +350,34 @@ class HFEngine:
 
     @torch.inference_mode()
     def _generate_batch(
-        self, prompts: list[list[int]], adapters: list[str | None] | None, sampling: Sampling, full: str | None = None
+        self,
+        prompts: list[list[int]],
+        adapters: list[str | None] | None,
+        sampling: Sampling,
+        full: str | None = None,
+        *,
+        seeds: Sequence[int] | None = None,
     ) -> tuple[list[str], list[int], list[bool]]:
-        """Texts, generated token counts, and whether each ended with the end-of-turn token."""
+        """Texts, generated token counts, and whether each ended with the end-of-turn token.
+        ``seeds``: each row's sampling seed (needed unless greedy)."""
         tok = self.tokenizer
         enc = tok.pad({"input_ids": prompts}, padding=True, return_tensors="pt").to(self.device)
-        kwargs: dict = dict(
-            max_new_tokens=sampling.max_new_tokens,
-            pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id,
-        )
+        # transformers decodes greedily and adds no sampling warpers of its own (do_sample=False; the
+        # model's generation config's temperature/top_p/top_k are overridden, so it warns of nothing)
+        kwargs: dict = {
+            "max_new_tokens": sampling.max_new_tokens,
+            "pad_token_id": tok.pad_token_id,
+            "eos_token_id": tok.eos_token_id,
+            "do_sample": False, "temperature": None, "top_p": None, "top_k": None,
+        }
         if sampling.ignore_eos:
             kwargs["min_new_tokens"] = sampling.max_new_tokens
-        if sampling.greedy:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        else:
-            kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
+        if not sampling.greedy:
+            if seeds is None or len(seeds) != len(prompts):
+                raise ValueError("sampling needs one seed per prompt")
+            width = enc["input_ids"].shape[1]
+            sampler = GumbelMaxSampler(seeds, width, sampling.temperature, sampling.top_p, self.device)
+            kwargs["logits_processor"] = LogitsProcessorList([sampler])
         model, names = self._model(full, adapters)
         output = model.generate(**enc, **kwargs, **names)
         new = output[:, enc["input_ids"].shape[1] :]

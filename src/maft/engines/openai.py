@@ -3,10 +3,16 @@
 All requests of a call are in flight together (``asyncio`` on the ``openai`` package's ``AsyncOpenAI``)
 under one concurrency bound; results come back in request order. Each request is a chat completion:
 the server applies the model's chat template. Sampling maps to ``temperature`` (0 = greedy), ``top_p``
-and ``max_tokens``; every request carries its own seed, derived from the call's seed and the request's
-index, so a request's text does not depend on which others share the call. Token counts come from the
-server's ``usage``; a response that stopped at ``max_tokens`` (``finish_reason == "length"``) is marked
-truncated.
+and ``max_tokens``; every request carries its own ``seed``, :func:`~maft.engines.base.request_seeds32`: a
+hash of the call's seed, the request's content (messages, adapter, sampling settings) and its occurrence
+number among identical requests of the call, cut to a signed 32-bit integer. It does not depend on the
+request's position, on the other requests of the call, on the endpoint that serves it or on the order in
+which requests complete. So where the server seeds each request on its own (vLLM), a request's text does
+not depend on which others share the call or on the concurrency (up to the floating point of the
+server's batches), and identical requests (several agents asked the same question) still draw different
+samples. The in-process engine derives its seeds the same way, but its sampler is its own: the two
+engines' sampled texts differ. Token counts come from the server's ``usage``; a response that stopped at
+``max_tokens`` (``finish_reason == "length"``) is marked truncated.
 
 Several endpoints (one server per GPU or node) share the load: each request goes to the endpoint with
 the fewest requests outstanding. Connection errors, timeouts, 429 and 5xx are retried with exponential
@@ -32,7 +38,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from rich.progress import Progress
 
-from maft.engines.base import Generation, Request, Score
+from maft.engines.base import Generation, Request, Score, request_seeds32
 
 if TYPE_CHECKING:
     from maft.agents import Agents
@@ -52,11 +58,6 @@ class Endpoint:
     outstanding: int = 0
     requests: int = 0
     failures: int = 0
-
-
-def request_seed(seed: int, index: int) -> int:
-    """The seed of request ``index`` in a call seeded ``seed`` (fits a signed 32-bit integer)."""
-    return (seed * 1_000_003 + index) % 2_147_483_647
 
 
 def run_sync(make: Callable[[], Awaitable[T]]) -> T:
@@ -144,10 +145,12 @@ class OpenAIEngine:
     def generate(
         self, requests: Sequence[Request], *, seed: int = 0, progress: bool | str = False
     ) -> list[Generation]:
-        """Texts for ``requests``, in order; request i is sampled with seed ``request_seed(seed, i)``."""
+        """Texts for ``requests``, in order; each is sampled with its own seed, ``request_seeds32(requests,
+        seed)`` (from the request's content and its occurrence among identical ones, not its position)."""
         self._ensure()
         names = [self.served_name(r.adapter) for r in requests]
-        calls = [self._chat_call(r, name, request_seed(seed, i)) for i, (r, name) in enumerate(zip(requests, names))]
+        seeds = request_seeds32(requests, seed)
+        calls = [self._chat_call(r, name, s) for r, name, s in zip(requests, names, seeds)]
         return run_sync(lambda: self._all(calls, progress, "generate"))
 
     def _chat_call(self, request: Request, name: str, seed: int) -> Callable[[Any], Awaitable[Generation]]:
