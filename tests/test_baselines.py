@@ -9,10 +9,10 @@ import pytest
 from maft.baselines import DEFAULT_METHODS, METHODS, method_overrides
 from maft.compare import MethodResult, compare, load_compare_config
 from maft.config import ConfigError
-from maft.debate import Turn
-from maft.finetune_data import Example
+from maft.debate.transcript import Turn
+from maft.data.agent_data import Example
 from maft.store import read_jsonl
-from maft.voting import ProblemVote
+from maft.debate.voting import ProblemVote
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ import pytest
 
 from maft.checks import MAX_QUESTION_CHARS, SetupError, check_device, check_lora_targets, check_model_files, module_names
 from maft.config import load_config
-from maft.society import prepare
+from maft.loop import prepare
 from maft.tiny import default_checkpoint
 
 

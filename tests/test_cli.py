@@ -96,9 +96,9 @@ def test_piped_output_of_a_real_process_never_wraps_a_table_row():
 
 # -- messages with brackets -----------------------------------------------------------------------------
 def test_the_embeddings_install_hint_comes_out_literally(tmp_path, monkeypatch):
-    import maft.diversity
+    import maft.evaluation.diversity
 
-    monkeypatch.setattr(maft.diversity, "encoder_problem", lambda encoder: maft.diversity.EXTRA_HINT)
+    monkeypatch.setattr(maft.evaluation.diversity, "encoder_problem", lambda encoder: maft.evaluation.diversity.EXTRA_HINT)
     res = invoke("run", "--out", str(tmp_path / "run"), "--set", "diversity.embeddings=on")
     assert res.exit_code == 2, res.output
     assert "pip install 'maft[embeddings]'" in res.output and not (tmp_path / "run").exists()
@@ -106,13 +106,13 @@ def test_the_embeddings_install_hint_comes_out_literally(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_the_embeddings_install_hint_mid_run_is_one_literal_error_line(tmp_path, monkeypatch):
-    import maft.diversity
+    import maft.evaluation.diversity
 
     def unavailable(*args, **kwargs):
-        raise maft.diversity.EmbeddingsUnavailable(maft.diversity.EXTRA_HINT)
+        raise maft.evaluation.diversity.EmbeddingsUnavailable(maft.evaluation.diversity.EXTRA_HINT)
 
-    monkeypatch.setattr(maft.diversity, "encoder_problem", lambda encoder: None)  # installed when the run starts
-    monkeypatch.setattr(maft.diversity, "load_embedder", unavailable)  # gone when the diversity stage comes
+    monkeypatch.setattr(maft.evaluation.diversity, "encoder_problem", lambda encoder: None)  # installed when the run starts
+    monkeypatch.setattr(maft.evaluation.diversity, "load_embedder", unavailable)  # gone when the diversity stage comes
     res = invoke("run", "--out", str(tmp_path / "run"), "--quiet", "--iterations", "0", "--set", "debate.agents=2",
                  "--set", "task.n_train=2", "--set", "task.n_test=2", "--set", "debate.max_new_tokens=16",
                  "--set", "diversity.embeddings=on", "--set", "diversity.likelihood=false")
@@ -208,7 +208,7 @@ def test_transfer_debates_another_task_and_evaluate_run_is_its_deprecated_alias(
     assert res.exit_code == 0 and f"run directory {root} (config hash" in res.output, res.output
     res = invoke("transfer", str(root), "--task", "arithmetic", "--option", "high=12", "--n", "2", "--quiet")
     assert res.exit_code == 0, res.output
-    from maft.transfer import transfer_dir
+    from maft.evaluation.transfer import transfer_dir
 
     where = transfer_dir(root, "arithmetic", {"high": 12})
     assert (where / "iter_0" / "metrics.json").is_file() and str(where) in res.output

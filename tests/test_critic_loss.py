@@ -14,10 +14,10 @@ from transformers import AutoTokenizer
 from trl.chat_template_utils import has_generation_markers
 
 from maft.config import TrainConfig
-from maft.finetune_data import Example
+from maft.data.agent_data import Example
 from maft.tiny import default_checkpoint
 from maft.tiny.tokenizer import CHAT_TEMPLATE
-from maft.training import check_critic_loss, finetune, sft_trainer
+from maft.training.sft import check_critic_loss, finetune, sft_trainer
 
 FINAL = TrainConfig(epochs=1, batch_size=4)
 ALL_TURNS = FINAL.model_copy(update={"critic_loss": "all_turns"})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from maft.debate import debate
+from maft.debate.protocol import debate
 from maft.engines import Request, Sampling
 
 SAMPLING = Sampling(max_new_tokens=160)
@@ -89,7 +89,7 @@ def test_a_debate_needs_agents_and_rounds(engine, arithmetic, problems):
 
 
 def test_a_truncated_answer_shows_as_no_answer_when_it_abstains(engine, arithmetic, problems):
-    from maft.voting import VoteRule
+    from maft.debate.voting import VoteRule
 
     short = Sampling(max_new_tokens=24)  # cuts the tiny model's solutions mid-way, after some numbers
     shown = {}

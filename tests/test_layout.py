@@ -1,6 +1,7 @@
 """The package's import graph: no module imports another that imports it back (directly or through
-others), counting imports inside functions too (only ``if TYPE_CHECKING:`` blocks are left out: they
-never run), and the shared bottom (types, config, store, prompts) imports nothing above it."""
+others), counting every import: inside functions and under ``if TYPE_CHECKING:`` too, so no circle
+hides behind a lazy or type-only import. And the shared bottom (types, config, store, prompts) imports
+nothing above it."""
 
 from __future__ import annotations
 
@@ -18,15 +19,8 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _type_checking(node: ast.If) -> bool:
-    test = node.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
-
-
 def imports(path: Path, modules: set[str]) -> set[str]:
-    """The maft modules ``path`` imports when it runs (a package import counts as its __init__)."""
+    """The maft modules ``path`` imports anywhere in it (a package import counts as its __init__)."""
     me = module_name(path)
     package = me if path.name == "__init__.py" else me.rpartition(".")[0]
     found: set[str] = set()
@@ -38,10 +32,6 @@ def imports(path: Path, modules: set[str]) -> set[str]:
 
     def visit(node: ast.AST) -> None:
         for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.If) and _type_checking(child):
-                for other in child.orelse:
-                    visit(other)
-                continue
             if isinstance(child, ast.Import):
                 found.update(filter(None, (resolve(a.name) for a in child.names)))
             elif isinstance(child, ast.ImportFrom):

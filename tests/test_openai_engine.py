@@ -17,12 +17,12 @@ import pytest
 
 from maft.agents import Agents, agents_at
 from maft.config import load_config
-from maft.debate import Turn
+from maft.debate.transcript import Turn
 from maft.engines import Request, Sampling
 from maft.engines.openai import EngineError, OpenAIEngine
 from maft.serving import check_serving
 from maft.servers import ServerError, TransformersServer  # noqa: F401
-from maft.society import Society
+from maft.loop import Society
 from maft.store import RunStore, read_jsonl
 from maft.tiny import default_checkpoint
 from servers import FaultProxy, transformers_serve

@@ -12,7 +12,7 @@ import random
 import pytest
 
 from maft.agents import Agents
-from maft.debate import debate
+from maft.debate.protocol import debate
 from maft.engines import Request
 from maft.engines.scripted import (
     ABSTAIN,
@@ -23,10 +23,10 @@ from maft.engines.scripted import (
     table,
     truncated,
 )
-from maft.finetune_data import build_agent_data, majority_pairs
-from maft.metrics import debate_metrics
+from maft.data.agent_data import build_agent_data, majority_pairs
+from maft.evaluation.metrics import debate_metrics
 from maft.tasks import Problem, get_task
-from maft.voting import VoteRule, tie_key, vote_final_round
+from maft.debate.voting import VoteRule, tie_key, vote_final_round
 
 TASK = get_task("arithmetic")
 FIRST = VoteRule(tie_break="first")

@@ -493,13 +493,13 @@ def test_what_an_older_version_left_is_accepted_but_a_users_files_are_not(tmp_pa
 
 
 def test_a_kill_while_the_report_writes_its_plot_keeps_the_previous_plot(run_copy, tmp_path):
-    from maft.report import write_report
+    from maft.report.html import write_report
 
     write_report(run_copy)
     plot = run_copy / "report" / "accuracy.png"
     before = plot.read_bytes()
     assert len(before) > 1000
-    script = "import sys\nfrom maft.report import write_report\nwrite_report(sys.argv[1])\n"
+    script = "import sys\nfrom maft.report.html import write_report\nwrite_report(sys.argv[1])\n"
     run_killed(tmp_path, "accuracy.png", script, str(run_copy))
     assert plot.read_bytes() == before
 

@@ -1,4 +1,4 @@
-"""maft.report: the static HTML report of a run or comparison directory, built from fixture files
+"""maft.report.html: the static HTML report of a run or comparison directory, built from fixture files
 (no model, no training), checked as files and in headless Chromium."""
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ from test_tables import Grids, markdown_grids, rich_grid
 
 from maft.compare import MethodResult, comparison_markdown, comparison_table
 from maft.config import RunConfig
-from maft.debate import Turn
-from maft.metrics import Accuracy, Compute, DebateMetrics, Diversity
-from maft.report import asset, write_report
-from maft.society import IterationMetrics, TrainStats
+from maft.debate.transcript import Turn
+from maft.evaluation.metrics import Accuracy, Compute, DebateMetrics, Diversity
+from maft.report.html import asset, write_report
+from maft.evaluation.metrics import IterationMetrics, TrainStats
 from maft.store import RunStore, write_json, write_jsonl, write_text
-from maft.summary import iteration_table, summary_markdown
+from maft.report.summary import iteration_table, summary_markdown
 
 try:
     from selenium import webdriver
@@ -307,12 +307,12 @@ def test_the_report_assets_are_package_data(tmp_path):
     from importlib.resources import files
 
     tomllib = pytest.importorskip("tomllib")
-    assets = files("maft") / "report_assets"
+    assets = files("maft.report") / "assets"
     names = sorted(p.name for p in assets.iterdir() if p.is_file())
     assert names == ["report.css", "report.js"]
     pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     patterns = pyproject["tool"]["setuptools"]["package-data"]["maft"]
-    assert all(any(fnmatch(f"report_assets/{name}", p) for p in patterns) for name in names)  # in the wheel
+    assert all(any(fnmatch(f"report/assets/{name}", p) for p in patterns) for name in names)  # in the wheel
     make_run(tmp_path / "run")
     page = write_report(tmp_path / "run").read_text()
     assert f"<style>\n{asset('report.css')}</style>" in page and "table.metrics .l { text-align: left; }" in page

@@ -8,12 +8,13 @@ import pytest
 from safetensors.torch import load_file
 
 from maft.config import load_config
-from maft.debate import Turn
-from maft.finetune_data import Example
+from maft.debate.transcript import Turn
+from maft.data.agent_data import Example
 from maft.agents import roles
-from maft.society import IterationMetrics, Society
+from maft.evaluation.metrics import IterationMetrics
+from maft.loop import Society
 from maft.store import RunStore, read_jsonl
-from maft.voting import ProblemVote
+from maft.debate.voting import ProblemVote
 
 pytestmark = pytest.mark.slow
 
@@ -149,8 +150,8 @@ def test_diversity_is_measured_on_round_1_every_iteration(finished_run):
 def test_transfer_debates_another_task_with_the_finetuned_agents(finished_run):
     from pathlib import Path
 
-    from maft.metrics import DebateMetrics
-    from maft.transfer import transfer, transfer_dir
+    from maft.evaluation.metrics import DebateMetrics
+    from maft.evaluation.transfer import transfer, transfer_dir
 
     root, _, _ = finished_run
     gsm8k = {"path": str(Path(__file__).parent / "fixtures" / "gsm8k_dir")}

@@ -8,10 +8,10 @@ import pytest
 import yaml
 
 from maft.config import RunConfig, load_config
-from maft.debate import Turn
-from maft.finetune_data import Example
+from maft.debate.transcript import Turn
+from maft.data.agent_data import Example
 from maft.store import RunDirError, RunStore, atomic_dir, read_jsonl, write_json, write_jsonl, write_text
-from maft.voting import ProblemVote
+from maft.debate.voting import ProblemVote
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""maft.tables: one table, three renderers that show the same cells; escaping; the derived numbers."""
+"""maft.report.tables: one table, three renderers that show the same cells; escaping; the derived numbers."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from markdown_it import MarkdownIt
 from rich.console import Console
 from rich.text import Text
 
-from maft.metrics import Accuracy
-from maft.tables import BEST_NOTE, Column, Table, acc, at, best_iteration, count, html, markdown, num, pct, rich_table, secs
+from maft.evaluation.metrics import Accuracy
+from maft.report.tables import BEST_NOTE, Column, Table, acc, at, best_iteration, count, html, markdown, num, pct, rich_table, secs
 
 NASTY = [
     "a | b",  # a pipe splits a Markdown row

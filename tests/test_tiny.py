@@ -89,7 +89,7 @@ def test_critic_confirms_when_all_agree_and_rechecks_otherwise():
 
 def test_synthetic_society_rewards_majority_and_debate():
     """The data the model imitates: a majority of 3 beats one agent, and round 2 beats round 1."""
-    from maft.voting import majority_vote
+    from maft.debate.voting import majority_vote
 
     society = SimulatedDebate(SynthConfig(), random.Random(0))
     single = majority = round2 = 0

@@ -12,11 +12,11 @@ from safetensors.torch import load_file
 from maft.config import TrainConfig
 from maft.engines import Request, Sampling
 from maft.engines.hf import HFEngine
-from maft.finetune_data import Example
+from maft.data.agent_data import Example
 from maft.tasks.arithmetic import Expression
 from maft.tiny import default_checkpoint
 from maft.tiny.synth import solve
-from maft.training import finetune
+from maft.training.sft import finetune
 
 pytestmark = pytest.mark.slow
 FAST = TrainConfig(epochs=1, batch_size=8)

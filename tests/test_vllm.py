@@ -29,7 +29,7 @@ from transformers import AutoModelForCausalLM
 from maft.agents import Agents
 from maft.engines import Request, Sampling
 from maft.engines.openai import OpenAIEngine
-from maft.servers.base import ServerError
+from maft.servers.errors import ServerError
 from maft.servers.vllm import VLLMServer, served_models
 from maft.tiny import default_checkpoint
 from maft.tiny.widen import widen_heads
@@ -271,8 +271,8 @@ def _group_alive(pgid: int) -> list[str]:
 
 def test_one_iteration_through_a_managed_vllm_server(vllm_python, tiny32, tmp_path, monkeypatch):
     from maft.config import load_config
-    from maft.debate import Turn
-    from maft.society import Society
+    from maft.debate.transcript import Turn
+    from maft.loop import Society
     from maft.store import RunStore, read_jsonl
 
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")  # the managed server inherits maft's environment

@@ -6,10 +6,10 @@ import math
 
 import pytest
 
-from maft.debate import Turn
-from maft.metrics import debate_metrics
+from maft.debate.transcript import Turn
+from maft.evaluation.metrics import debate_metrics
 from maft.tasks import Problem
-from maft.voting import VoteRule, vote_final_round
+from maft.debate.voting import VoteRule, vote_final_round
 
 FIRST = VoteRule(tie_break="first")  # the old fixed rule: ties go to the lowest agent index
 
@@ -299,7 +299,7 @@ def test_truncation_in_debate_metrics(arithmetic):
 
 
 def test_truncation_shares_by_hand(arithmetic):
-    from maft.metrics import truncation_shares
+    from maft.evaluation.metrics import truncation_shares
 
     problems = [Problem("a", "1+1", "2"), Problem("b", "1+2", "3")]
     turns = make_turns(arithmetic, problems, {"a": [["2", "2"], ["2", "2"], ["2", "2"]], "b": [["3", "3"], ["3", "3"], ["3", "3"]]})
@@ -309,7 +309,7 @@ def test_truncation_shares_by_hand(arithmetic):
 
 
 def test_old_metrics_without_truncation_still_load():
-    from maft.metrics import DebateMetrics
+    from maft.evaluation.metrics import DebateMetrics
 
     old = {
         "problems": 1, "majority": {"mean": 1, "se": 0, "n": 1}, "round_agent": [], "round_majority": [],

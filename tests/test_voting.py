@@ -3,9 +3,9 @@ from collections import Counter
 
 import pytest
 
-from maft import grading
-from maft.metrics import accuracy
-from maft.voting import VoteRule, majority_vote, tie_key
+from maft.tasks import grading
+from maft.evaluation.metrics import accuracy
+from maft.debate.voting import VoteRule, majority_vote, tie_key
 
 
 def numeric(a, b):

@@ -13,13 +13,16 @@ round)`` that a debate uses. The loop, transfer and the diversity stage all go t
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from maft.config import RunConfig
+
+#: (agent, round) -> the adapter that answers (None: the base model): what ``serve(agents)`` returns.
+AdapterFor = Callable[[int, int], "str | None"]
 
 #: The one model of a shared (single-agent finetuning) run, answering as every agent in every round.
 SINGLE = "single"

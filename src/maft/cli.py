@@ -119,7 +119,7 @@ def evaluate(
     from maft.engines import Sampling
     from maft.engines.hf import HFEngine
     from maft.tiny import default_checkpoint
-    from maft.evaluate import evaluate as run_evaluation
+    from maft.evaluation.single_agent import evaluate as run_evaluation
     from maft.tasks import DatasetUnavailableError, get_task
 
     options = _task_options(option)
@@ -197,7 +197,7 @@ def transfer_command(
 def _transfer(run: Path, task: str, n: int, options: dict, iterations: list[int], *, quiet: bool) -> None:
     from maft.store import RunDirError
     from maft.tasks import DatasetUnavailableError
-    from maft.transfer import transfer, transfer_dir
+    from maft.evaluation.transfer import transfer, transfer_dir
 
     start = time.perf_counter()
     try:
@@ -221,7 +221,7 @@ def _transfer(run: Path, task: str, n: int, options: dict, iterations: list[int]
 
 def _write_report(source: Path) -> Path | None:
     """The HTML report of a finished run or comparison; a failure here never fails the finished work."""
-    from maft.report import write_report
+    from maft.report.html import write_report
 
     try:
         return write_report(source)
@@ -277,10 +277,10 @@ def run(
 ) -> None:
     """Multiagent finetuning: debate -> vote -> per-agent data -> finetune 2N agents, for L iterations."""
     from maft.config import ConfigError, load_config
-    from maft.diversity import EmbeddingsUnavailable
-    from maft.society import Society
+    from maft.evaluation.diversity import EmbeddingsUnavailable
+    from maft.loop import Society
     from maft.store import RunDirError, RunStore, discard_temporaries
-    from maft.summary import iteration_table, title
+    from maft.report.summary import iteration_table, title
 
     from maft.baselines import method_overrides
 
@@ -302,7 +302,7 @@ def run(
                 console.print(f"[yellow]changed on resume:[/yellow] {escape(change)}")
         else:
             cfg = load_config(config, overrides)
-            from maft.society import prepare
+            from maft.loop import prepare
 
             prepare(cfg)  # bad task options or sizes fail here, before a run directory or model exists
             store = RunStore.create(out or Path("runs") / time.strftime("%Y%m%d-%H%M%S"), cfg, say=_note)
@@ -355,7 +355,7 @@ def compare(
     """Run maft and the baselines on the same model and problems; write the Table-1-style comparison."""
     from maft.compare import comparison_table, compare as run_compare, load_compare_config
     from maft.config import ConfigError
-    from maft.diversity import EmbeddingsUnavailable
+    from maft.evaluation.diversity import EmbeddingsUnavailable
     from maft.store import RunDirError, discard_temporaries
 
     start = time.perf_counter()
@@ -382,7 +382,7 @@ def report(
     out: Annotated[Optional[Path], typer.Option(readable=False, help="report directory (default: <source>/report)")] = None,
 ) -> None:
     """Plots (PNG) and a static HTML page with the tables and a browser of the debate transcripts."""
-    from maft.report import write_report
+    from maft.report.html import write_report
 
     from maft.store import RunDirError
 

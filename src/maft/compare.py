@@ -16,10 +16,10 @@ from rich.markup import escape
 
 from maft.baselines import DEFAULT_METHODS, METHODS, method_overrides
 from maft.config import ConfigError, RunConfig, apply_overrides, load_config, validation_errors, read_yaml
-from maft.metrics import Accuracy, Compute, Diversity
+from maft.evaluation.metrics import Accuracy, Compute, Diversity
 from maft.store import RunStore, write_json, write_text
-from maft.summary import diversity, title
-from maft.tables import BEST_NOTE, MISSING, Column, Table, acc, at, best_iteration, count, markdown, md_escape, rich_table, secs
+from maft.report.summary import diversity, title
+from maft.report.tables import BEST_NOTE, MISSING, Column, Table, acc, at, best_iteration, count, markdown, md_escape, rich_table, secs
 
 if TYPE_CHECKING:
     import rich.table
@@ -92,7 +92,7 @@ def _validated(run: dict[str, Any]) -> RunConfig:
 
 def compare(cfg: CompareConfig, out: Path, *, console: Console | None = None, progress: bool = True) -> list[MethodResult]:
     """Run (or resume) every method in ``out/<method>`` and write comparison.json and comparison.md."""
-    from maft.society import Society, prepare
+    from maft.loop import Society, prepare
 
     console = console or Console()
     configs = {name: method_config(cfg, name) for name in cfg.methods}

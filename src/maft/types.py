@@ -19,5 +19,5 @@ TieBreak = Literal["random", "first"]
 #: What a response cut off at max_new_tokens counts as: no answer (abstain) or its extracted answer (keep).
 Truncated = Literal["abstain", "keep"]
 
-#: How much of D^C+ joins D^C- in a critic's data (see maft.finetune_data).
+#: How much of D^C+ joins D^C- in a critic's data (see maft.data.agent_data).
 CriticMix = Literal["fraction", "share", "authors"]

@@ -1,5 +1,5 @@
 """Generation backends behind one small interface (``Engine.generate``; ``Scorer.score`` for likelihoods)."""
 
-from maft.engines.base import Engine, Generation, Message, Request, Sampling, Score, Scorer
+from maft.engines.base import AgentEngine, Engine, Generation, Message, Request, Sampling, Score, Scorer
 
-__all__ = ["Engine", "Generation", "Message", "Request", "Sampling", "Score", "Scorer"]
+__all__ = ["AgentEngine", "Engine", "Generation", "Message", "Request", "Sampling", "Score", "Scorer"]

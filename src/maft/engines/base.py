@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from maft.agents import Agents
-    from maft.debate import AdapterFor
+    from maft.agents import AdapterFor
 
 Message = dict[str, str]
 
@@ -131,6 +131,10 @@ class ServesAgents(Protocol):
     def release(self) -> None:
         """Give the accelerator back while finetuning runs (a no-op where the engine keeps nothing there)."""
         ...
+
+
+class AgentEngine(Engine, ServesAgents, Protocol):
+    """What a run's debates need: an engine that can serve the run's agents and generate for them."""
 
 
 class Scorer(Protocol):

@@ -41,7 +41,7 @@ from maft.agents import Agents, saved_kind
 from maft.engines.base import Generation, Request, Sampling, Score, request_seeds
 
 if TYPE_CHECKING:
-    from maft.debate import AdapterFor
+    from maft.agents import AdapterFor
 
 # peft calls a transformers property that is deprecated in transformers 5; harmless, and not the user's to fix
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)

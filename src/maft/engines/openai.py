@@ -32,20 +32,38 @@ import concurrent.futures
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from rich.progress import Progress
 
 from maft.engines.base import Generation, Request, Score, request_seeds32
 
 if TYPE_CHECKING:
-    from maft.agents import Agents
-    from maft.debate import AdapterFor
-    from maft.servers import ServerKind
+    from maft.agents import AdapterFor, Agents
 
 T = TypeVar("T")
+
+
+class Stoppable(Protocol):
+    def stop(self, reason: str) -> None: ...
+
+
+class ServerStrategy(Protocol):
+    """How a run's agents get onto the server(s): one implementation per server kind in
+    :mod:`maft.servers` (which builds on this engine; the engine needs only this much of it)."""
+
+    prompt_logprobs: bool  # the server can score given completions (diversity's likelihoods)
+    managed: Stoppable | None  # servers maft started, stopped when the engine closes
+
+    def ensure(self, engine: OpenAIEngine) -> None: ...
+
+    def release(self, engine: OpenAIEngine) -> None: ...
+
+    def checked(self, agents: Agents) -> None: ...
+
+    def publish(self, engine: OpenAIEngine, agents: Agents) -> Mapping[str, str]: ...
 
 
 class EngineError(RuntimeError):
@@ -83,7 +101,7 @@ class OpenAIEngine:
         timeout: float = 600.0,
         max_retries: int = 6,
         backoff: float = 0.5,
-        server: ServerKind | None = None,
+        server: ServerStrategy | None = None,
         tokenizer: Any = None,
         extra_body: dict[str, Any] | None = None,
     ) -> None:

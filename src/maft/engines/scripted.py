@@ -49,7 +49,7 @@ from maft.engines.base import Generation, Request, Score
 
 if TYPE_CHECKING:
     from maft.agents import Agents
-    from maft.debate import AdapterFor
+    from maft.agents import AdapterFor
     from maft.tasks import Problem, Task
 
 #: The served name of the base model answering as some (agent, round).

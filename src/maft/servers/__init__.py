@@ -1,6 +1,7 @@
 """OpenAI-compatible servers: how agents get onto them (one strategy per kind), and servers maft manages."""
 
-from maft.servers.base import ServerError, ServerKind, run_tag
+from maft.servers.base import ServerKind, run_tag
+from maft.servers.errors import ServerError
 from maft.servers.hf_serve import TransformersServer
 from maft.servers.sglang import SGLangServer
 from maft.servers.vllm import VLLMServer

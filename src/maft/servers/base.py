@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from maft.agents import Agents
+from maft.servers.errors import ServerError
 
 if TYPE_CHECKING:
     from maft.engines.openai import OpenAIEngine
@@ -35,10 +36,6 @@ def _steps(path: Path) -> int | None:
         return int(json.loads(record.read_text())["steps"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-
-
-class ServerError(RuntimeError):
-    """A server cannot serve what the run needs; the message names the fix."""
 
 
 def run_tag(root: Path) -> str:

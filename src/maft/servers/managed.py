@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from maft.servers.base import ServerError
+from maft.servers.errors import ServerError
 
 _RUNNING: list[ManagedServers] = []
 

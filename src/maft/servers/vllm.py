@@ -19,7 +19,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, ClassVar
 
 from maft.agents import Agents, saved_kind
-from maft.servers.base import ServerError, ServerKind
+from maft.servers.base import ServerKind
+from maft.servers.errors import ServerError
 
 if TYPE_CHECKING:
     from maft.engines.openai import OpenAIEngine

@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from maft import grading
+from maft.tasks import grading
 from maft.prompts import BOXED_FORMAT
 from maft.types import GraderKind
 
@@ -42,7 +42,7 @@ class Task(ABC):
     grader: GraderKind = "numeric"
     answer_format: str = BOXED_FORMAT
     #: Without a ``\boxed{}`` answer, read the text after ``####`` or else the last number (True), or
-    #: abstain (False: MATH, whose graders need a boxed answer). See :func:`maft.grading.extract_answer`.
+    #: abstain (False: MATH, whose graders need a boxed answer). See :func:`maft.tasks.grading.extract_answer`.
     answer_fallback: bool = True
 
     @abstractmethod

@@ -16,7 +16,7 @@ import os
 import string
 from typing import get_args
 
-from maft.grading import choice_letter
+from maft.tasks.grading import choice_letter
 from maft.tasks.base import GraderKind, Problem
 from maft.tasks.loading import (
     LIST,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from maft.grading import last_boxed
+from maft.tasks.grading import last_boxed
 from maft.tasks.base import Problem
 from maft.tasks.loading import DatasetTask, Row, load_hub, require_fields, row_id
 

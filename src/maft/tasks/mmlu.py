@@ -47,7 +47,7 @@ import re
 from collections.abc import Iterable
 from numbers import Integral
 
-from maft.grading import choice_letter, extract_answer
+from maft.tasks.grading import choice_letter, extract_answer
 from maft.tasks.base import Problem
 from maft.tasks.jsonl import CHOICE_FORMAT
 from maft.tasks.loading import (

@@ -1,7 +1,7 @@
 """The numbers that describe a tiny checkpoint: sampled, greedy, majority-of-3 and round-2 debate accuracy.
 
 They come from one ordinary debate (3 base-model agents x 2 rounds, the ``answers`` summary: each agent
-sees the other two round-1 answers) read by :func:`maft.metrics.debate_metrics`, plus one greedy answer
+sees the other two round-1 answers) read by :func:`maft.evaluation.metrics.debate_metrics`, plus one greedy answer
 per problem: the same code path as a run's iteration 0, so the check describes what a run will see.
 """
 
@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from maft.debate import debate
+from maft.debate.protocol import debate
 from maft.engines import Engine, Sampling
-from maft.evaluate import evaluate
-from maft.metrics import Accuracy, debate_metrics
+from maft.evaluation.single_agent import evaluate
+from maft.evaluation.metrics import Accuracy, debate_metrics
 from maft.tasks import Problem, Task
-from maft.voting import VoteRule
+from maft.debate.voting import VoteRule
 
 
 class TinyCheck(BaseModel):

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, Field
 
 if TYPE_CHECKING:
-    from maft.debate import Turn
+    from maft.debate.transcript import Turn
     from maft.tasks import Problem, Task
-    from maft.voting import VoteRule
+    from maft.debate.voting import VoteRule
 
 
 class Accuracy(BaseModel):
@@ -84,8 +84,8 @@ def debate_metrics(
     ``rule`` (default ``VoteRule()``: random ties, truncated responses abstain, seed 0) decides the
     answer each turn counts with and breaks ties, as for the training labels: pass the run's
     (``VoteRule.of(config)``)."""
-    from maft.debate import by_problem
-    from maft.voting import VoteRule
+    from maft.debate.transcript import by_problem
+    from maft.debate.voting import VoteRule
 
     rule = rule or VoteRule()
     gold = {p.id: p for p in problems}
@@ -174,3 +174,23 @@ class Diversity(BaseModel):
     critic_kl: float | None = None
     kl_from_base: float | None = None
     kl_from_base_by_role: dict[str, float] | None = None
+
+
+class TrainStats(BaseModel):
+    """What iteration l learned from: the training debate's labels and each role's data and loss."""
+
+    problems: int
+    labelled: int  # problems whose final round had at least one answer
+    unanimous: float
+    label_precision: Accuracy  # labels equal to the gold answer, over labelled problems (diagnostic only)
+    data: dict[str, dict[str, int]]  # per agent: generation / critic / critic_minus / critic_plus_*
+    losses: dict[str, float | None]  # per role
+
+
+class IterationMetrics(BaseModel):
+    iteration: int
+    test: DebateMetrics
+    train: TrainStats | None = None  # None for iteration 0 (the base model)
+    seconds: dict[str, float]  # per stage
+    compute: Compute = Field(default_factory=Compute)
+    diversity: Diversity | None = None  # None with a single agent, or when diversity.enabled is off

@@ -17,7 +17,7 @@ For agent n and a problem with majority label y (the final round's vote):
     i.e. Binomial(|D^C-_n|, 1/2) capped by |D^C+_n| (about two thirds D^C-).
 
   Halves round up. Which answer a turn counts with (a truncated response abstains by default) is
-  the run's :class:`~maft.voting.VoteRule`, the same as for the vote.
+  the run's :class:`~maft.debate.voting.VoteRule`, the same as for the vote.
 
 Only agent n's own responses enter its datasets, and the gold answer is never looked at.
 
@@ -40,11 +40,11 @@ from typing import Literal, get_args
 
 from pydantic import BaseModel
 
-from maft.debate import Turn, by_problem, rounds_of
+from maft.debate.transcript import Turn, by_problem, rounds_of
 from maft.engines import Message
 from maft.tasks import Task
 from maft.types import CriticMix
-from maft.voting import ProblemVote, VoteRule
+from maft.debate.voting import ProblemVote, VoteRule
 
 Kind = Literal["generation", "critic-", "critic+", "majority", "rationalized"]
 CRITIC_MIXES: tuple[str, ...] = get_args(CriticMix)

@@ -245,7 +245,7 @@ def _for_math_verify(answer: str) -> str:
 # which would re-run an unguarded user script (its __main__). One lock serialises checks, so a
 # check's timeout never includes queueing behind another check.
 
-_SRC_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the folder holding maft/
+_SRC_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the folder holding maft/
 _lock = threading.Lock()
 
 
@@ -256,7 +256,7 @@ class _Worker:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [_SRC_ROOT, os.environ.get("PYTHONPATH")])))
         self.pid = os.getpid()
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from maft.grading import _serve; _serve()"],
+            [sys.executable, "-c", "from maft.tasks.grading import _serve; _serve()"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
         )
         self.replies: queue.Queue[str | None] = queue.Queue()

@@ -10,35 +10,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from pydantic import BaseModel
-
 from maft import prompts
-from maft.engines import Engine, Message, Request, Sampling
+from maft.engines import AgentEngine, Engine, Message, Request, Sampling
 from maft.tasks import Problem, Task
+from maft.agents import AdapterFor, Agents
+from maft.config import RunConfig
+from maft.debate.transcript import Turn
+from maft.debate.voting import VoteRule
 from maft.types import Summarizer
 
-
-#: (agent, round) -> the adapter that answers (None: the base model).
-AdapterFor = Callable[[int, int], "str | None"]
 
 
 def base_model(agent: int, round: int) -> str | None:
     return None
-
-
-class Turn(BaseModel):
-    """One agent's response in one round of the debate on one problem."""
-
-    problem_id: str
-    agent: int
-    round: int  # 1-based
-    adapter: str | None
-    messages: list[Message]  # the conversation the agent was given (ends with a user message)
-    response: str
-    answer: str | None  # extracted; None is an abstention
-    correct: bool  # graded against the gold answer: for evaluation only, never for training data
-    completion_tokens: int
-    truncated: bool = False  # the response stopped at max_new_tokens
 
 
 def _others(turns: Sequence[Turn], agent: int) -> list[Turn]:
@@ -63,7 +47,7 @@ def debate(
 
     ``progress``: True, or a label (e.g. the stage's name), shows a progress bar per engine call.
     ``answer_of``: the answer a turn shows in the ``answers`` summary (the run's
-    :meth:`maft.voting.VoteRule.answer`, so that a truncated response shows as "no answer" when it
+    :meth:`maft.debate.voting.VoteRule.answer`, so that a truncated response shows as "no answer" when it
     abstains from the vote; default: the extracted answer)."""
     if agents < 1 or rounds < 1:
         raise ValueError(f"a debate needs agents >= 1 and rounds >= 1, got {agents} x {rounds}")
@@ -161,13 +145,22 @@ def _critic_messages(
     return [[prompts.critic_message(summary=s, answer_format=task.answer_format) for s in row] for row in summaries]
 
 
-def rounds_of(turns: Sequence[Turn]) -> int:
-    return max((t.round for t in turns), default=0)
+def sampling(config: RunConfig) -> Sampling:
+    """The run's sampling settings for every debate request."""
+    d = config.debate
+    return Sampling(temperature=d.temperature, top_p=d.top_p, max_new_tokens=d.max_new_tokens)
 
 
-def by_problem(turns: Sequence[Turn]) -> dict[str, dict[tuple[int, int], Turn]]:
-    """problem id -> {(agent, round): turn}."""
-    out: dict[str, dict[tuple[int, int], Turn]] = {}
-    for t in turns:
-        out.setdefault(t.problem_id, {})[(t.agent, t.round)] = t
-    return out
+def run_debate(
+    engine: AgentEngine, config: RunConfig, task: Task, problems: Sequence[Problem], agents: Agents, *, seed: int,
+    progress: bool | str,
+    held_out: bool = True,
+) -> list[Turn]:
+    """``agents`` debate ``problems`` with the run's debate settings (the loop's and transfer's debates);
+    a ``held_out`` debate has the shape ``debate.test_agents`` x ``debate.test_rounds``."""
+    d = config.debate
+    n, m = d.shape(held_out)
+    return debate(
+        engine, task, problems, agents=n, rounds=m, summarizer=d.summarizer, sampling=sampling(config),
+        adapter_for=engine.serve(agents), seed=seed, progress=progress, answer_of=VoteRule.of(config).answer,
+    )

@@ -16,12 +16,12 @@ from rich.console import Console
 from rich.markup import escape
 
 from maft.agents import agents_at
-from maft.metrics import DebateMetrics, debate_metrics
+from maft.evaluation.metrics import DebateMetrics, debate_metrics
 from maft.store import RunStore, atomic_dir, write_json, write_jsonl
 from maft.serving import check_serving, make_engine
-from maft.society import run_debate
+from maft.debate.protocol import run_debate
 from maft.tasks import get_task
-from maft.voting import VoteRule
+from maft.debate.voting import VoteRule
 
 
 def transfer(

@@ -3,7 +3,7 @@
 After the training debate, every round-1 response whose answer is not the gold answer (an abstention
 included) is asked again, by the same agent, with the gold answer given as a hint
 (:func:`maft.prompts.rationalization_hint`). The new responses are returned as round-1 :class:`Turn`
-records whose ``messages`` hold the hinted question; :func:`maft.finetune_data.rationalized_examples`
+records whose ``messages`` hold the hinted question; :func:`maft.data.agent_data.rationalized_examples`
 keeps those that reach the gold answer, under the original question without the hint.
 
 This uses ground truth, as STaR does; no maft method calls it.
@@ -14,10 +14,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from maft import prompts
-from maft.debate import AdapterFor, Turn
+from maft.agents import AdapterFor
+from maft.debate.transcript import Turn
 from maft.engines import Engine, Request, Sampling
 from maft.tasks import Problem, Task
-from maft.voting import VoteRule
+from maft.debate.voting import VoteRule
 
 
 def rationalize(

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from maft.config import ExecutionConfig, TrainConfig
-from maft.training import StepCallback, TrainResult
+from maft.training.sft import StepCallback, TrainResult
 
 
 @dataclass(frozen=True)
@@ -36,9 +36,9 @@ OnDone = Callable[[TrainJob, TrainResult], None]
 
 def run_job(job: TrainJob, on_step: StepCallback | None = None, threads: int | None = None) -> TrainResult:
     """Train one role (in whatever process this is called)."""
-    from maft.finetune_data import Example
+    from maft.data.agent_data import Example
     from maft.store import read_jsonl
-    from maft.training import finetune
+    from maft.training.sft import finetune
 
     if threads:
         import torch

@@ -20,7 +20,7 @@ from maft.types import TieBreak, Truncated
 
 if TYPE_CHECKING:
     from maft.config import RunConfig
-    from maft.debate import Turn
+    from maft.debate.transcript import Turn
     from maft.tasks import Problem, Task
 
 

@@ -1,6 +1,6 @@
-"""The tables of a run, built once as :class:`maft.tables.Table` and rendered for the terminal (``maft run``),
-summary.md and the HTML report (:mod:`maft.report`): accuracy per iteration, per agent and round, the
-diversity measures, and stage times. The numbers in them are defined and formatted in :mod:`maft.tables`.
+"""The tables of a run, built once as :class:`maft.report.tables.Table` and rendered for the terminal (``maft run``),
+summary.md and the HTML report (:mod:`maft.report.html`): accuracy per iteration, per agent and round, the
+diversity measures, and stage times. The numbers in them are defined and formatted in :mod:`maft.report.tables`.
 """
 
 from __future__ import annotations
@@ -9,13 +9,13 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from maft.config import RunConfig
-from maft.tables import MISSING, Table, acc, count, markdown, num, pct, rich_table, secs
+from maft.report.tables import MISSING, Table, acc, count, markdown, num, pct, rich_table, secs
 
 if TYPE_CHECKING:
     import rich.table
 
-    from maft.metrics import Diversity
-    from maft.society import IterationMetrics
+    from maft.evaluation.metrics import Diversity
+    from maft.evaluation.metrics import IterationMetrics
 
 ITERATION_NOTE = (
     "Iteration 0 is the base model. Majority: the final round's majority vote. Agent columns: the mean accuracy "

@@ -42,7 +42,7 @@ from pydantic import BaseModel
 
 from maft.agents import saved_kind
 from maft.config import TrainConfig
-from maft.finetune_data import Example
+from maft.data.agent_data import Example
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

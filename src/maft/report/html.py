@@ -5,8 +5,8 @@
 The report folder holds ``index.html`` (config, tables, plots, a transcript browser), ``accuracy.png``,
 ``diversity.png`` (when there are diversity measures) and ``transcripts.js`` (every held-out debate turn,
 loaded by a plain ``<script>`` so the page works from file://). No network resources: the stylesheet and
-the transcript browser's script are package data (``maft/report_assets/report.css``, ``report.js``), inlined
-into the page. The tables are those of summary.md and comparison.md (:mod:`maft.summary`, :mod:`maft.compare`),
+the transcript browser's script are package data (``maft/report/assets/report.css``, ``report.js``), inlined
+into the page. The tables are those of summary.md and comparison.md (:mod:`maft.report.summary`, :mod:`maft.compare`),
 rendered as HTML. Every file is written atomically (temporary file + rename): a killed ``maft report`` leaves
 the previous files intact.
 """
@@ -23,12 +23,12 @@ from pathlib import Path
 
 from maft.compare import MethodResult, accuracy_table, diversity_tables, methods_table
 from maft.config import RunConfig
-from maft.debate import Turn
-from maft.metrics import Accuracy, Diversity
-from maft.society import IterationMetrics
+from maft.debate.transcript import Turn
+from maft.evaluation.metrics import Accuracy, Diversity
+from maft.evaluation.metrics import IterationMetrics
 from maft.store import RunDirError, RunStore, atomic_file, read_jsonl, write_text
-from maft.summary import diversity, per_agent, per_iteration, title
-from maft.tables import html
+from maft.report.summary import diversity, per_agent, per_iteration, title
+from maft.report.tables import html
 
 MEASURES = {  # the diversity measures plotted (those measured), and their axis labels
     "answer_agreement": "answer agreement",
@@ -325,5 +325,5 @@ def _page(report: Report, has_diversity: bool) -> str:
 
 @cache
 def asset(name: str) -> str:
-    """A file of ``maft/report_assets`` (package data): the page's stylesheet or script."""
-    return (files("maft") / "report_assets" / name).read_text(encoding="utf-8")
+    """A file of ``maft/report/assets`` (package data): the page's stylesheet or script."""
+    return (files("maft.report") / "assets" / name).read_text(encoding="utf-8")

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from pydantic import BaseModel
 
 from maft.engines import Engine, Request, Sampling
-from maft.metrics import Accuracy, accuracy
+from maft.evaluation.metrics import Accuracy, accuracy
 from maft.tasks import Problem, Task
-from maft.voting import majority_vote, tie_key
+from maft.debate.voting import majority_vote, tie_key
 
 
 class SampleRecord(BaseModel):

@@ -37,9 +37,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from maft.agents import role_for
-from maft.debate import AdapterFor, Turn, by_problem
+from maft.agents import AdapterFor
+from maft.debate.transcript import Turn, by_problem
 from maft.engines import Request, Scorer
-from maft.metrics import Diversity, agreement
+from maft.evaluation.metrics import Diversity, agreement
 from maft.tasks import Task
 
 if TYPE_CHECKING:

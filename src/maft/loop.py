@@ -21,7 +21,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -29,37 +28,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from maft.agents import SINGLE, Agents, agents_at, roles, saved_kind, trained_roles
 from maft.checks import check_model, check_questions
 from maft.config import RunConfig
-from maft.debate import Turn, debate
-from maft.engines import Sampling
-from maft.engines.base import Engine
-from maft.finetune_data import build_agent_data, majority_pairs, rationalized_examples
-from maft.metrics import Accuracy, Compute, DebateMetrics, Diversity, accuracy, debate_metrics
-from maft.rationalization import rationalize
+from maft.debate.transcript import Turn
+from maft.debate.protocol import run_debate, sampling
+from maft.data.agent_data import build_agent_data, majority_pairs, rationalized_examples
+from maft.evaluation.metrics import Accuracy, Compute, Diversity, IterationMetrics, TrainStats, accuracy, debate_metrics
+from maft.data.rationalization import rationalize
 from maft.serving import base_model, check_serving, make_engine
 from maft.store import RunDirError, RunStore, atomic_dir, publish_dir, read_jsonl, temporary_dir, write_json, write_jsonl, write_text
-from maft.training import TrainResult, check_critic_loss
+from maft.training.sft import TrainResult, check_critic_loss
 from maft.tasks import Splits, Task, get_task
-from maft.voting import ProblemVote, VoteRule, vote_final_round
-
-
-class TrainStats(BaseModel):
-    """What iteration l learned from: the training debate's labels and each role's data and loss."""
-
-    problems: int
-    labelled: int  # problems whose final round had at least one answer
-    unanimous: float
-    label_precision: Accuracy  # labels equal to the gold answer, over labelled problems (diagnostic only)
-    data: dict[str, dict[str, int]]  # per agent: generation / critic / critic_minus / critic_plus_*
-    losses: dict[str, float | None]  # per role
-
-
-class IterationMetrics(BaseModel):
-    iteration: int
-    test: DebateMetrics
-    train: TrainStats | None = None  # None for iteration 0 (the base model)
-    seconds: dict[str, float]  # per stage
-    compute: Compute = Field(default_factory=Compute)
-    diversity: Diversity | None = None  # None with a single agent, or when diversity.enabled is off
+from maft.debate.voting import ProblemVote, VoteRule, vote_final_round
 
 
 def prepare(config: RunConfig) -> tuple[Task, Splits]:
@@ -68,7 +46,7 @@ def prepare(config: RunConfig) -> tuple[Task, Splits]:
     check_serving(config)  # unreachable servers, missing flags or installations: refused before any compute
     check_critic_loss(base_model(config), config.train, rounds=config.debate.rounds)  # a template TRL can mask
     if config.diversity.enabled and config.diversity.embeddings == "on":
-        from maft.diversity import check_embeddings
+        from maft.evaluation.diversity import check_embeddings
 
         check_embeddings(config.diversity)  # missing extra, encoder directory, or uncached hub id while offline
     task = get_task(config.task.name, **config.task.options)
@@ -80,25 +58,6 @@ def prepare(config: RunConfig) -> tuple[Task, Splits]:
         )
     check_questions([*splits.train, *splits.test])
     return task, splits
-
-
-def sampling(config: RunConfig) -> Sampling:
-    d = config.debate
-    return Sampling(temperature=d.temperature, top_p=d.top_p, max_new_tokens=d.max_new_tokens)
-
-
-def run_debate(
-    engine: Engine, config: RunConfig, task: Task, problems: list, agents: Agents, *, seed: int, progress: bool | str,
-    held_out: bool = True,
-) -> list[Turn]:
-    """``agents`` debate ``problems`` with the run's debate settings (the loop's and transfer's debates);
-    a ``held_out`` debate has the shape ``debate.test_agents`` x ``debate.test_rounds``."""
-    d = config.debate
-    n, m = d.shape(held_out)
-    return debate(
-        engine, task, problems, agents=n, rounds=m, summarizer=d.summarizer, sampling=sampling(config),
-        adapter_for=engine.serve(agents), seed=seed, progress=progress, answer_of=VoteRule.of(config).answer,
-    )
 
 
 class Society:
@@ -207,7 +166,7 @@ class Society:
             self._stage(f"iter_{it}/metrics", lambda: self._write_metrics(it))
         metrics = [self.load_metrics(it) for it in range(cfg.iterations + 1)]
         write_json(self.store.root / "metrics.json", [m.model_dump(mode="json") for m in metrics])
-        from maft.summary import summary_markdown
+        from maft.report.summary import summary_markdown
 
         write_text(self.store.root / "summary.md", summary_markdown(cfg, metrics, self.store.manifest))
         return metrics
@@ -296,7 +255,7 @@ class Society:
 
     def _train(self, it: int) -> None:
         """Finetune every role of iteration ``it`` not finished yet; each is a stage of its own."""
-        from maft.scheduler import TrainJob, run_local, run_ray
+        from maft.training.scheduler import TrainJob, run_local, run_ray
 
         cfg = self.config
         d = self.store.iter_dir(it)
@@ -407,7 +366,7 @@ class Society:
             return
 
         def work() -> dict:
-            from maft.diversity import EmbeddingsUnavailable, diversity, load_embedder
+            from maft.evaluation.diversity import EmbeddingsUnavailable, diversity, load_embedder
 
             embedder = None
             if cfg.embeddings != "off":

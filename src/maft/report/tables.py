@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:
     import rich.table
 
-    from maft.metrics import Accuracy
+    from maft.evaluation.metrics import Accuracy
 
 MISSING = "-"
 BEST_NOTE = (
