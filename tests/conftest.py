@@ -15,8 +15,13 @@ def recipe_checkpoint(tmp_path_factory):
     """A checkpoint made by the real recipe on a tiny budget (untrained, but a real loadable model)."""
     from maft.tiny.recipe import ModelShape, RecipeConfig, pretrain
 
-    cfg = RecipeConfig(steps=6, batch_size=4, tokenizer_corpus=300, warmup_steps=2,
-                       model=ModelShape(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64))
+    cfg = RecipeConfig(
+        steps=6,
+        batch_size=4,
+        tokenizer_corpus=300,
+        warmup_steps=2,
+        model=ModelShape(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64),
+    )
     return pretrain(cfg, tmp_path_factory.mktemp("recipe") / "tiny", progress=False)
 
 

@@ -86,8 +86,21 @@ def transformers_serve(log: Path, port: int | None = None) -> Server:
 
 def vllm_serve(python: str, model: Path, log: Path, *, lora: bool = True, max_lora_rank: int = 8) -> Server:
     port = free_port()
-    command = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--host", "127.0.0.1",
-               "--port", str(port), "--dtype", "float32", "--max-model-len", "1024"]
+    command = [
+        python,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(model),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dtype",
+        "float32",
+        "--max-model-len",
+        "1024",
+    ]
     if lora:
         command += ["--enable-lora", "--max-lora-rank", str(max_lora_rank), "--max-loras", "4", "--max-cpu-loras", "16"]
     env = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}
@@ -141,8 +154,13 @@ class FaultProxy:
                         if fault[2]:
                             self.send_header("retry-after", fault[2])
                     else:
-                        r = httpx.request(method, proxy.target + self.path, content=body,
-                                          headers={"content-type": "application/json"}, timeout=600)
+                        r = httpx.request(
+                            method,
+                            proxy.target + self.path,
+                            content=body,
+                            headers={"content-type": "application/json"},
+                            timeout=600,
+                        )
                         payload = r.content
                         self.send_response(r.status_code)
                     self.send_header("content-type", "application/json")

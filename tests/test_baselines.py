@@ -9,17 +9,26 @@ import pytest
 from maft.baselines import DEFAULT_METHODS, METHODS, method_overrides
 from maft.compare import MethodResult, compare, load_compare_config
 from maft.config import ConfigError
-from maft.debate.transcript import Turn
 from maft.data.agent_data import Example
-from maft.store import read_jsonl
+from maft.debate.transcript import Turn
 from maft.debate.voting import ProblemVote
+from maft.store import read_jsonl
 
 pytestmark = pytest.mark.slow
 
 SMALL = ["iterations=1", "debate.agents=2", "task.n_train=10", "task.n_test=6", "train.epochs=1", "train.batch_size=4"]
 METHODS_RUN = [
-    "single", "majority", "debate", "star", "star_no_rationalization", "majority_ft", "single_agent_ft",
-    "single_agent_ft_no_debate", "single_agent_ft_all_data", "gen_only", "critic_only",
+    "single",
+    "majority",
+    "debate",
+    "star",
+    "star_no_rationalization",
+    "majority_ft",
+    "single_agent_ft",
+    "single_agent_ft_no_debate",
+    "single_agent_ft_all_data",
+    "gen_only",
+    "critic_only",
 ]
 
 
@@ -62,7 +71,9 @@ def test_the_methods_not_run_here_are_their_named_overrides():
     t2, ft = cfg("single_agent_ft_t2"), cfg("single_agent_ft")
     assert t2.debate.temperature == 2.0 and t2.model_copy(update={"debate": ft.debate, "method": ft.method}) == ft
     concat = cfg("no_summary")
-    assert concat.debate.summarizer == "concat" and concat.model_copy(update={"debate": cfg("maft").debate, "method": "maft"}) == cfg("maft")
+    assert concat.debate.summarizer == "concat" and concat.model_copy(
+        update={"debate": cfg("maft").debate, "method": "maft"}
+    ) == cfg("maft")
 
 
 def test_comparison_files_and_results(comparison):
@@ -136,11 +147,19 @@ def test_star_asks_every_miss_again_with_the_gold_hint_and_adds_the_right_ones(c
 
 def test_majority_ft_and_single_agent_ft_all_data_train_one_shared_model_on_the_agents_data(comparison):
     out, results = comparison
-    for method, kinds in [("majority_ft", {"generation"}), ("single_agent_ft_all_data", {"generation", "critic-", "critic+"})]:
+    for method, kinds in [
+        ("majority_ft", {"generation"}),
+        ("single_agent_ft_all_data", {"generation", "critic-", "critic+"}),
+    ]:
         assert agents_of(out, method) == ["single"]
         union = read_jsonl(out / method / "iter_1/data/single.jsonl", Example)
-        per_agent = [e for n in range(2) for kind in ("gen", "critic") if (out / method / f"iter_1/data/{kind}_{n}.jsonl").exists()
-                     for e in read_jsonl(out / method / f"iter_1/data/{kind}_{n}.jsonl", Example)]
+        per_agent = [
+            e
+            for n in range(2)
+            for kind in ("gen", "critic")
+            if (out / method / f"iter_1/data/{kind}_{n}.jsonl").exists()
+            for e in read_jsonl(out / method / f"iter_1/data/{kind}_{n}.jsonl", Example)
+        ]
         assert sorted(e.model_dump_json() for e in union) == sorted(e.model_dump_json() for e in per_agent)
         assert {e.agent for e in union} == {0, 1} and {e.kind for e in union} <= kinds
         assert {t.adapter for t in turns(out, method, 1)} == {"single"}  # one model answers as every agent
@@ -148,23 +167,31 @@ def test_majority_ft_and_single_agent_ft_all_data_train_one_shared_model_on_the_
     assert {t.round for t in turns(out, "majority_ft", 1)} == {1}
 
 
-def test_single_agent_ft_is_section_2_2_one_model_on_majority_responses_as_question_response_pairs(comparison, arithmetic):
+def test_single_agent_ft_is_section_2_2_one_model_on_majority_responses_as_question_response_pairs(
+    comparison, arithmetic
+):
     out, results = comparison
     problems = {p.id: p for p in arithmetic.splits(10, 6, seed=0).train}
     train = turns(out, "single_agent_ft", 1, "train")
     votes = {v.problem_id: v.label for v in read_jsonl(out / "single_agent_ft/iter_1/votes.jsonl", ProblemVote)}
     final = [t for t in train if t.round == 2]
-    expected = [(t.problem_id, t.agent, t.response) for t in final
-                if votes[t.problem_id] is not None and arithmetic.equivalent(t.answer, votes[t.problem_id]) and not t.truncated]
+    expected = [
+        (t.problem_id, t.agent, t.response)
+        for t in final
+        if votes[t.problem_id] is not None and arithmetic.equivalent(t.answer, votes[t.problem_id]) and not t.truncated
+    ]
     data = read_jsonl(out / "single_agent_ft/iter_1/data/single.jsonl", Example)
     assert expected and [(e.problem_id, e.agent, e.completion[0]["content"]) for e in data] == expected
-    assert all(e.kind == "majority" and e.prompt == [{"role": "user", "content": arithmetic.prompt(problems[e.problem_id])}]
-               for e in data)
+    assert all(
+        e.kind == "majority" and e.prompt == [{"role": "user", "content": arithmetic.prompt(problems[e.problem_id])}]
+        for e in data
+    )
     assert agents_of(out, "single_agent_ft") == ["single"]
     assert {(t.round, t.adapter) for t in turns(out, "single_agent_ft", 1)} == {(1, "single"), (2, "single")}
     # without debate: the same training (same debate, same data), then that model answering alone
     assert (out / "single_agent_ft_no_debate/iter_1/data/single.jsonl").read_text() == (
-        out / "single_agent_ft/iter_1/data/single.jsonl").read_text()
+        out / "single_agent_ft/iter_1/data/single.jsonl"
+    ).read_text()
     alone = turns(out, "single_agent_ft_no_debate", 1)
     assert len(alone) == 6 and {(t.agent, t.round, t.adapter) for t in alone} == {(0, 1, "single")}
     assert results["single_agent_ft_no_debate"].accuracy[1].mean == pytest.approx(sum(t.correct for t in alone) / 6)

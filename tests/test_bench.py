@@ -21,8 +21,14 @@ AGENTS, PROMPTS, NEW = 2, 3, 8
 
 @pytest.fixture(scope="module")
 def result():
-    cfg = BenchConfig(agents=AGENTS, prompts=PROMPTS, new_tokens=NEW, paths=["authors", "hf-merged", "hf-mixed"],
-                      device="cpu", isolate=False)
+    cfg = BenchConfig(
+        agents=AGENTS,
+        prompts=PROMPTS,
+        new_tokens=NEW,
+        paths=["authors", "hf-merged", "hf-mixed"],
+        device="cpu",
+        isolate=False,
+    )
     return bench_generate(cfg)
 
 
@@ -46,12 +52,25 @@ def test_ratios_are_relative_to_the_authors_pattern(result):
 
 def test_json_has_the_fields(result, tmp_path):
     data = json.loads(write(result, tmp_path / "b.json").read_text())
-    assert data["workload"] == {"agents": AGENTS, "prompts": PROMPTS, "new_tokens": NEW, "requests": AGENTS * PROMPTS,
-                                "expected_tokens": AGENTS * PROMPTS * NEW, "ignore_eos": True}
+    assert data["workload"] == {
+        "agents": AGENTS,
+        "prompts": PROMPTS,
+        "new_tokens": NEW,
+        "requests": AGENTS * PROMPTS,
+        "expected_tokens": AGENTS * PROMPTS * NEW,
+        "ignore_eos": True,
+    }
     assert data["model"]["name"] == "tiny" and data["model"]["parameters"] > 0
     for row in data["paths"]:
-        assert {"tokens_per_s", "requests_per_s", "seconds_per_round", "ratio_to_authors", "peak_memory_mib",
-                "generated_tokens", "note"} <= set(row)
+        assert {
+            "tokens_per_s",
+            "requests_per_s",
+            "seconds_per_round",
+            "ratio_to_authors",
+            "peak_memory_mib",
+            "generated_tokens",
+            "note",
+        } <= set(row)
         assert "roofline_fraction" not in row  # a CPU without --bandwidth-gbs has no roofline
 
 
@@ -61,9 +80,28 @@ def test_cli_writes_json_and_table(tmp_path):
     from maft.cli import app
 
     out = tmp_path / "cli.json"
-    res = CliRunner().invoke(app, ["bench", "generate", "--agents", "1", "--prompts", "2", "--new-tokens", "4",
-                                   "--paths", "hf-merged", "--out", str(out), "--device", "cpu", "--no-isolate",
-                                   "--bandwidth-gbs", "10"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "generate",
+            "--agents",
+            "1",
+            "--prompts",
+            "2",
+            "--new-tokens",
+            "4",
+            "--paths",
+            "hf-merged",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--no-isolate",
+            "--bandwidth-gbs",
+            "10",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "one debate round" in res.output and "hf-merged" in res.output
     row = json.loads(out.read_text())["paths"][0]

@@ -11,7 +11,14 @@ import time
 
 import pytest
 
-from maft.checks import MAX_QUESTION_CHARS, SetupError, check_device, check_lora_targets, check_model_files, module_names
+from maft.checks import (
+    MAX_QUESTION_CHARS,
+    SetupError,
+    check_device,
+    check_lora_targets,
+    check_model_files,
+    module_names,
+)
 from maft.config import load_config
 from maft.loop import prepare
 from maft.tiny import default_checkpoint
@@ -35,8 +42,12 @@ def test_a_truncated_weights_file_is_refused(copy_of_tiny):
 def test_a_garbage_config_is_refused_through_the_cli_before_a_run_directory_exists(copy_of_tiny, tmp_path):
     (copy_of_tiny / "config.json").write_text("{not json")
     root = tmp_path / "run"
-    result = subprocess.run([sys.executable, "-m", "maft.cli", "run", "--out", str(root), "--set", f"model.name={copy_of_tiny}"],
-                            capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
+    result = subprocess.run(
+        [sys.executable, "-m", "maft.cli", "run", "--out", str(root), "--set", f"model.name={copy_of_tiny}"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     assert result.returncode == 2, result.stdout + result.stderr
     assert "config.json cannot be read" in result.stdout and "Traceback" not in result.stdout + result.stderr
     assert not root.exists()
@@ -86,7 +97,9 @@ def test_prepare_refuses_bad_device_targets_and_huge_questions_before_any_model_
     with pytest.raises(SetupError, match="nope"):
         prepare(load_config(None, ["train.lora_target_modules=[nope]"]))
     prepare(load_config(None, ["train.lora_target_modules=nope", "iterations=0"]))  # no finetuning: not checked
-    rows = [{"question": f"{i}+1?", "answer": str(i + 1)} for i in range(3)] + [{"question": "x" * (MAX_QUESTION_CHARS + 1), "answer": "1"}]
+    rows = [{"question": f"{i}+1?", "answer": str(i + 1)} for i in range(3)] + [
+        {"question": "x" * (MAX_QUESTION_CHARS + 1), "answer": "1"}
+    ]
     path = tmp_path / "t.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     task = ["task.name=jsonl", f"task.options={{path: {path}}}", "task.n_train=1", "task.n_test=3", "iterations=0"]

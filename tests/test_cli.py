@@ -31,7 +31,12 @@ def error_lines(output: str) -> list[str]:
 def test_task_options_are_read_as_config_overrides():
     items = ["levels=[1, 2]", "high=35", "path=data/gsm8k.jsonl", "split=null", "name=bare words", "empty="]
     assert _task_options(items) == {
-        "levels": [1, 2], "high": 35, "path": "data/gsm8k.jsonl", "split": None, "name": "bare words", "empty": "",
+        "levels": [1, 2],
+        "high": 35,
+        "path": "data/gsm8k.jsonl",
+        "split": None,
+        "name": "bare words",
+        "empty": "",
     }
     for item in items:  # the same values as --set task.options.<key>=<value>
         key, value = item.split("=", 1)
@@ -88,8 +93,13 @@ def test_piped_output_of_a_real_process_never_wraps_a_table_row():
         "from maft.cli import console; console.print(wide_table())"
     )
     env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
-    out = subprocess.run([sys.executable, "-c", script, str(Path(__file__).parent)], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, env=env, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(Path(__file__).parent)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    ).stdout
     row = [line for line in out.splitlines() if "12345.678" in line]
     assert len(row) == 1 and all(f"{12345.678 + i:.3f} ± 1.234" in row[0] for i in range(14)), out
 
@@ -98,7 +108,9 @@ def test_piped_output_of_a_real_process_never_wraps_a_table_row():
 def test_the_embeddings_install_hint_comes_out_literally(tmp_path, monkeypatch):
     import maft.evaluation.diversity
 
-    monkeypatch.setattr(maft.evaluation.diversity, "encoder_problem", lambda encoder: maft.evaluation.diversity.EXTRA_HINT)
+    monkeypatch.setattr(
+        maft.evaluation.diversity, "encoder_problem", lambda encoder: maft.evaluation.diversity.EXTRA_HINT
+    )
     res = invoke("run", "--out", str(tmp_path / "run"), "--set", "diversity.embeddings=on")
     assert res.exit_code == 2, res.output
     assert "pip install 'maft[embeddings]'" in res.output and not (tmp_path / "run").exists()
@@ -111,11 +123,30 @@ def test_the_embeddings_install_hint_mid_run_is_one_literal_error_line(tmp_path,
     def unavailable(*args, **kwargs):
         raise maft.evaluation.diversity.EmbeddingsUnavailable(maft.evaluation.diversity.EXTRA_HINT)
 
-    monkeypatch.setattr(maft.evaluation.diversity, "encoder_problem", lambda encoder: None)  # installed when the run starts
+    monkeypatch.setattr(
+        maft.evaluation.diversity, "encoder_problem", lambda encoder: None
+    )  # installed when the run starts
     monkeypatch.setattr(maft.evaluation.diversity, "load_embedder", unavailable)  # gone when the diversity stage comes
-    res = invoke("run", "--out", str(tmp_path / "run"), "--quiet", "--iterations", "0", "--set", "debate.agents=2",
-                 "--set", "task.n_train=2", "--set", "task.n_test=2", "--set", "debate.max_new_tokens=16",
-                 "--set", "diversity.embeddings=on", "--set", "diversity.likelihood=false")
+    res = invoke(
+        "run",
+        "--out",
+        str(tmp_path / "run"),
+        "--quiet",
+        "--iterations",
+        "0",
+        "--set",
+        "debate.agents=2",
+        "--set",
+        "task.n_train=2",
+        "--set",
+        "task.n_test=2",
+        "--set",
+        "debate.max_new_tokens=16",
+        "--set",
+        "diversity.embeddings=on",
+        "--set",
+        "diversity.likelihood=false",
+    )
     assert res.exit_code == 1, res.output
     assert "error: embedding dissimilarity needs the optional extra: pip install 'maft[embeddings]'" in res.output
     assert "Traceback" not in res.output and f"maft run --resume {tmp_path / 'run'}" in res.output
@@ -202,8 +233,18 @@ def test_transfer_help_says_what_it_does():
 @pytest.mark.slow
 def test_transfer_debates_another_task_and_evaluate_run_is_its_deprecated_alias(tmp_path):
     root = tmp_path / "[embeddings]run"  # brackets in a path are printed as they are
-    small = ["--set", "debate.agents=2", "--set", "task.n_train=2", "--set", "task.n_test=2",
-             "--set", "debate.max_new_tokens=16", "--set", "diversity.enabled=false"]
+    small = [
+        "--set",
+        "debate.agents=2",
+        "--set",
+        "task.n_train=2",
+        "--set",
+        "task.n_test=2",
+        "--set",
+        "debate.max_new_tokens=16",
+        "--set",
+        "diversity.enabled=false",
+    ]
     res = invoke("run", "--out", str(root), "--quiet", "--iterations", "0", *small)
     assert res.exit_code == 0 and f"run directory {root} (config hash" in res.output, res.output
     res = invoke("transfer", str(root), "--task", "arithmetic", "--option", "high=12", "--n", "2", "--quiet")

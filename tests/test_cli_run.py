@@ -15,13 +15,30 @@ import pytest
 pytestmark = pytest.mark.slow
 
 FIXTURES = Path(__file__).parent / "fixtures"
-SMALL = ["--set", "debate.agents=2", "--set", "task.n_train=10", "--set", "task.n_test=6",
-         "--set", "train.epochs=1", "--set", "train.batch_size=4", "--iterations", "2"]
+SMALL = [
+    "--set",
+    "debate.agents=2",
+    "--set",
+    "task.n_train=10",
+    "--set",
+    "task.n_test=6",
+    "--set",
+    "train.epochs=1",
+    "--set",
+    "train.batch_size=4",
+    "--iterations",
+    "2",
+]
 
 
 def maft(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "maft.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, "COLUMNS": "200"}, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "maft.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+        **kwargs,
+    )
 
 
 def stages(root: Path) -> dict:
@@ -30,8 +47,11 @@ def stages(root: Path) -> dict:
 
 def test_kill_9_mid_run_then_resume_redoes_no_finished_stage(tmp_path):
     root = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "maft.cli", "run", "--out", str(root), "--quiet", *SMALL],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "maft.cli", "run", "--out", str(root), "--quiet", *SMALL],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 300
     try:
         while time.monotonic() < deadline and proc.poll() is None:
@@ -72,7 +92,9 @@ def test_resume_refuses_a_changed_config_and_new_run_refuses_an_existing_dir(tmp
     assert "refusing to resume" in changed.stdout and "debate.agents: 2 -> 3" in changed.stdout
     again = maft("run", "--out", str(root))
     assert again.returncode == 2 and "--resume" in again.stdout
-    smaller = maft("run", "--resume", str(root), "--set", "execution.generation_batch_size=8")  # execution settings may change
+    smaller = maft(
+        "run", "--resume", str(root), "--set", "execution.generation_batch_size=8"
+    )  # execution settings may change
     assert smaller.returncode == 0, smaller.stdout + smaller.stderr
     assert "changed on resume: execution.generation_batch_size: 128 -> 8" in smaller.stdout
     assert "batch_size: 8" in (root / "config.yaml").read_text()
@@ -86,8 +108,17 @@ def test_resume_refuses_a_changed_config_and_new_run_refuses_an_existing_dir(tmp
         (["--set", "task.name=nope"], "unknown task 'nope'"),
         (["--set", "task.name=jsonl", "--set", "task.options.path=/no/such.jsonl"], "/no/such.jsonl"),
         (["--set", "model.name=/no/such/model"], "/no/such/model"),
-        (["--set", "task.name=jsonl", "--set", f"task.options.path={FIXTURES / 'custom.jsonl'}", "--set", "task.n_train=100"],
-         "only 6 exist"),
+        (
+            [
+                "--set",
+                "task.name=jsonl",
+                "--set",
+                f"task.options.path={FIXTURES / 'custom.jsonl'}",
+                "--set",
+                "task.n_train=100",
+            ],
+            "only 6 exist",
+        ),
     ],
 )
 def test_bad_input_is_refused_before_any_run_directory_exists(tmp_path, args, message):
@@ -105,7 +136,9 @@ def test_compare_then_report_from_the_command_line(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "majority vote over N independent samples" in result.stdout and "the report" in result.stdout
     lines = (out / "comparison.md").read_text().splitlines()
-    main = [line.split(" | ") for line in lines if line.startswith(("| single |", "| majority |")) and line.count("|") == 9]
+    main = [
+        line.split(" | ") for line in lines if line.startswith(("| single |", "| majority |")) and line.count("|") == 9
+    ]
     assert [row[0] for row in main] == ["| single", "| majority"]
     assert all(row[5] == "0" for row in main)  # no training examples without finetuning
     result = maft("report", str(out))

@@ -104,7 +104,12 @@ def test_override_through_a_non_section_is_rejected():
 
 @pytest.mark.parametrize(
     ("override", "key"),
-    [("debate.agentz=5", "debate.agentz"), ("trian.epochs=1", "trian"), ("model.nme=x", "model.nme"), ("seeed=1", "seeed")],
+    [
+        ("debate.agentz=5", "debate.agentz"),
+        ("trian.epochs=1", "trian"),
+        ("model.nme=x", "model.nme"),
+        ("seeed=1", "seeed"),
+    ],
 )
 def test_unknown_keys_are_rejected_naming_the_key(override, key):
     with pytest.raises(ConfigError) as info:
@@ -205,8 +210,13 @@ def test_hash_is_stable_across_equal_configs(tmp_path):
     import subprocess
     import sys
 
-    fresh = subprocess.run([sys.executable, "-c", "from maft.config import RunConfig; print(RunConfig().hash())"],
-                           capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "12345"}, check=True)
+    fresh = subprocess.run(
+        [sys.executable, "-c", "from maft.config import RunConfig; print(RunConfig().hash())"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONHASHSEED": "12345"},
+        check=True,
+    )
     assert fresh.stdout.strip() == h
 
 
@@ -219,8 +229,19 @@ def test_hash_ignores_the_order_of_option_keys():
 
 @pytest.mark.parametrize(
     "override",
-    ["seed=1", "debate.agents=4", "debate.top_p=0.95", "task.options={path: x.jsonl}", "train.bf16=true", "model.name=m",
-     "model.server_kind=sglang", "model.dtype=float32", "train.lora_r=4", "data.label=gold", "diversity.enabled=false"],
+    [
+        "seed=1",
+        "debate.agents=4",
+        "debate.top_p=0.95",
+        "task.options={path: x.jsonl}",
+        "train.bf16=true",
+        "model.name=m",
+        "model.server_kind=sglang",
+        "model.dtype=float32",
+        "train.lora_r=4",
+        "data.label=gold",
+        "diversity.enabled=false",
+    ],
 )
 def test_hash_changes_with_any_value(override):
     assert load_config(None, [override]).hash() != RunConfig().hash()
@@ -269,7 +290,14 @@ def test_the_paper_preset_holds_the_papers_choices():
 
     cfg = load_config(Path(__file__).parents[1] / "configs" / "paper.yaml")
     d, data, t = cfg.debate, cfg.data, cfg.train
-    assert (d.agents, d.rounds, d.summarizer, d.tie_break, d.temperature, d.top_p) == (3, 2, "model", "random", 1.0, 0.9)
+    assert (d.agents, d.rounds, d.summarizer, d.tie_break, d.temperature, d.top_p) == (
+        3,
+        2,
+        "model",
+        "random",
+        1.0,
+        0.9,
+    )
     assert (cfg.task.name, cfg.task.n_train, cfg.task.n_test, cfg.iterations) == ("math", 500, 500, 5)
     assert data.critic_mix == "authors" and t.critic_loss == "all_turns"
     assert (t.method, t.learning_rate, t.epochs, t.batch_size * t.gradient_accumulation_steps) == ("full", 1e-5, 2, 192)
@@ -298,11 +326,24 @@ def test_every_execution_setting_is_left_out_of_the_hash():
 
     base = RunConfig()
     changed = {
-        "device": "cpu", "generation_batch_size": 3, "merge_adapters": True, "server": "managed",
-        "urls": ["http://127.0.0.1:1/v1"], "served_name": "x", "api_key_env": "K", "concurrency": 2,
-        "request_timeout": 1.0, "max_retries": 0, "server_python": "/p", "server_args": ["--a"],
-        "server_devices": ["0"], "stop_server_for_training": True, "scheduler": "ray", "ray_address": "auto",
-        "gpus_per_job": 0.5, "cpus_per_job": 2.0,
+        "device": "cpu",
+        "generation_batch_size": 3,
+        "merge_adapters": True,
+        "server": "managed",
+        "urls": ["http://127.0.0.1:1/v1"],
+        "served_name": "x",
+        "api_key_env": "K",
+        "concurrency": 2,
+        "request_timeout": 1.0,
+        "max_retries": 0,
+        "server_python": "/p",
+        "server_args": ["--a"],
+        "server_devices": ["0"],
+        "stop_server_for_training": True,
+        "scheduler": "ray",
+        "ray_address": "auto",
+        "gpus_per_job": 0.5,
+        "cpus_per_job": 2.0,
     }
     assert set(changed) == set(ExecutionConfig.model_fields)  # a new execution field must be listed here
     for key, value in changed.items():
@@ -313,11 +354,16 @@ def test_every_execution_setting_is_left_out_of_the_hash():
 def test_execution_keys_written_under_model_or_train_move_to_execution():
     """Configs and run directories from before the execution section still load, with the same hash."""
     old = RunConfig.model_validate(
-        {"model": {"batch_size": 8, "device": "cpu", "urls": ["http://h/v1"]}, "train": {"scheduler": "ray", "lr_scheduler": "linear"}}
+        {
+            "model": {"batch_size": 8, "device": "cpu", "urls": ["http://h/v1"]},
+            "train": {"scheduler": "ray", "lr_scheduler": "linear"},
+        }
     )
     new = RunConfig.model_validate(
-        {"execution": {"generation_batch_size": 8, "device": "cpu", "urls": ["http://h/v1"], "scheduler": "ray"},
-         "train": {"lr_scheduler": "linear"}}
+        {
+            "execution": {"generation_batch_size": 8, "device": "cpu", "urls": ["http://h/v1"], "scheduler": "ray"},
+            "train": {"lr_scheduler": "linear"},
+        }
     )
     assert old == new and old.hash() == new.hash()
     assert old.execution.generation_batch_size == 8 and old.train.lr_scheduler == "linear"

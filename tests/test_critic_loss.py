@@ -131,9 +131,7 @@ def test_all_turns_puts_loss_on_every_assistant_turn_final_on_the_last(tok, tmp_
 def test_single_turn_examples_carry_the_same_loss_either_way(tok, tmp_path):
     gen = generation()
     [final] = prepared([gen], FINAL, tmp_path / "final")
-    assert loss_runs(*final, tok) == [
-        ("<|assistant|>\n", A1 + "<|end|>\n")
-    ]
+    assert loss_runs(*final, tok) == [("<|assistant|>\n", A1 + "<|end|>\n")]
     # a shared model's data mixes both: the whole set goes through assistant-only loss
     [mixed_gen, (_, mixed_critic_labels)] = prepared([gen, critic()], ALL_TURNS, tmp_path / "mixed")
     assert mixed_gen == final
@@ -171,8 +169,11 @@ def stripped_checkpoint(tmp_path):
 def test_a_template_without_markers_is_refused_before_any_compute(tmp_path):
     copy = stripped_checkpoint(tmp_path)
     assert not has_generation_markers(AutoTokenizer.from_pretrained(copy).chat_template)
-    with pytest.raises(ValueError, match=r"critic_loss=all_turns .* without \{% generation %\} markers.*"
-                                         r"use train\.critic_loss=final"):
+    with pytest.raises(
+        ValueError,
+        match=r"critic_loss=all_turns .* without \{% generation %\} markers.*"
+        r"use train\.critic_loss=final",
+    ):
         check_critic_loss(str(copy), ALL_TURNS)
     for fine in (FINAL, ALL_TURNS.model_copy(update={"roles": "generation"})):
         check_critic_loss(str(copy), fine)  # no critic trains on every turn: nothing to refuse

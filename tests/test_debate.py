@@ -35,7 +35,9 @@ def test_answers_digest_one_call_per_round_and_three_rounds(engine, arithmetic, 
     for t in turns:
         assert len(t.messages) == 2 * t.round - 1 and t.messages[-1]["role"] == "user"
         if t.round > 1:
-            assert t.messages[:-2] == grid[(t.problem_id, t.agent, t.round - 1)].messages  # the agent's own conversation
+            assert (
+                t.messages[:-2] == grid[(t.problem_id, t.agent, t.round - 1)].messages
+            )  # the agent's own conversation
             assert t.messages[-2]["content"] == grid[(t.problem_id, t.agent, t.round - 1)].response
             others = [grid[(t.problem_id, n, t.round - 1)].answer for n in range(3) if n != t.agent]
             shown = ", ".join(a if a is not None else "no answer" for a in others)
@@ -49,13 +51,24 @@ def test_concat_shows_the_other_agents_full_responses_of_the_previous_round(engi
     for t in (t for t in turns if t.round == 2):
         others = [grid[(t.problem_id, n, 1)].response for n in range(3) if n != t.agent]
         expected = "\n\n".join(f"One agent solution: {r}" for r in others)
-        assert t.messages[-1]["content"].startswith(f"These are the solutions to the problem from other agents:\n\n{expected}\n\n")
+        assert t.messages[-1]["content"].startswith(
+            f"These are the solutions to the problem from other agents:\n\n{expected}\n\n"
+        )
 
 
 def test_model_summaries_come_from_the_base_model_in_one_call(engine, arithmetic, problems):
     counting = CountingEngine(engine)
-    turns = debate(counting, arithmetic, problems, agents=2, rounds=2, summarizer="model", sampling=SAMPLING,
-                   adapter_for=lambda agent, round: None, seed=3)
+    turns = debate(
+        counting,
+        arithmetic,
+        problems,
+        agents=2,
+        rounds=2,
+        summarizer="model",
+        sampling=SAMPLING,
+        adapter_for=lambda agent, round: None,
+        seed=3,
+    )
     assert [len(c) for c in counting.calls] == [8, 8, 8]  # round 1, summaries, round 2
     summary_requests = counting.calls[1]
     assert all(r.adapter is None and "Summarize these solutions" in r.messages[0]["content"] for r in summary_requests)
@@ -76,10 +89,19 @@ def test_generation_agents_answer_round_one_and_critics_later(engine, arithmetic
             return self.engine.generate(base, seed=seed, progress=progress)
 
     recording = Recording(engine)
-    debate(recording, arithmetic, problems[:2], agents=2, rounds=3, sampling=SAMPLING,
-           adapter_for=lambda agent, round: f"gen_{agent}" if round == 1 else f"critic_{agent}")
+    debate(
+        recording,
+        arithmetic,
+        problems[:2],
+        agents=2,
+        rounds=3,
+        sampling=SAMPLING,
+        adapter_for=lambda agent, round: f"gen_{agent}" if round == 1 else f"critic_{agent}",
+    )
     assert [[r.adapter for r in call] for call in recording.calls] == [
-        ["gen_0", "gen_1"] * 2, ["critic_0", "critic_1"] * 2, ["critic_0", "critic_1"] * 2,
+        ["gen_0", "gen_1"] * 2,
+        ["critic_0", "critic_1"] * 2,
+        ["critic_0", "critic_1"] * 2,
     ]
 
 
@@ -94,8 +116,17 @@ def test_a_truncated_answer_shows_as_no_answer_when_it_abstains(engine, arithmet
     short = Sampling(max_new_tokens=24)  # cuts the tiny model's solutions mid-way, after some numbers
     shown = {}
     for rule in (VoteRule(truncated="abstain"), VoteRule(truncated="keep")):
-        turns = debate(engine, arithmetic, problems, agents=3, rounds=2, summarizer="answers", sampling=short, seed=3,
-                       answer_of=rule.answer)
+        turns = debate(
+            engine,
+            arithmetic,
+            problems,
+            agents=3,
+            rounds=2,
+            summarizer="answers",
+            sampling=short,
+            seed=3,
+            answer_of=rule.answer,
+        )
         grid = {(t.problem_id, t.agent, t.round): t for t in turns}
         first = [t for t in turns if t.round == 1]
         assert all(t.truncated for t in first) and any(t.answer is not None for t in first)

@@ -8,25 +8,47 @@ import math
 import pytest
 
 from maft.debate.transcript import Turn
-from maft.evaluation.diversity import diversity, embedding_dissimilarity, likelihood_divergence
 from maft.engines import Request, Score
+from maft.evaluation.diversity import diversity, embedding_dissimilarity, likelihood_divergence
 
 PROMPT = [{"role": "user", "content": "What is 2 + 3?"}]
 
 
-def turn(problem: str, agent: int, answer: str | None, response: str | None = None, round: int = 1,
-         messages: list[dict[str, str]] | None = None) -> Turn:
-    return Turn(problem_id=problem, agent=agent, round=round, adapter=None, messages=messages or PROMPT,
-                response=response if response is not None else f"so \\boxed{{{answer}}}", answer=answer,
-                correct=False, completion_tokens=3)
+def turn(
+    problem: str,
+    agent: int,
+    answer: str | None,
+    response: str | None = None,
+    round: int = 1,
+    messages: list[dict[str, str]] | None = None,
+) -> Turn:
+    return Turn(
+        problem_id=problem,
+        agent=agent,
+        round=round,
+        adapter=None,
+        messages=messages or PROMPT,
+        response=response if response is not None else f"so \\boxed{{{answer}}}",
+        answer=answer,
+        correct=False,
+        completion_tokens=3,
+    )
 
 
 def test_answer_agreement_and_consensus_by_hand(arithmetic):
     turns = [
-        turn("p0", 0, "5"), turn("p0", 1, "5.0"), turn("p0", 2, "5"),  # 3 of 3 pairs agree (5 == 5.0)
-        turn("p1", 0, "5"), turn("p1", 1, "6"), turn("p1", 2, "5"),  # 1 of 3
-        turn("p2", 0, None), turn("p2", 1, None), turn("p2", 2, "7"),  # abstentions agree with nothing: 0 of 3
-        turn("p2", 0, "7", round=2), turn("p2", 1, "7", round=2), turn("p2", 2, "7", round=2),  # other rounds ignored
+        turn("p0", 0, "5"),
+        turn("p0", 1, "5.0"),
+        turn("p0", 2, "5"),  # 3 of 3 pairs agree (5 == 5.0)
+        turn("p1", 0, "5"),
+        turn("p1", 1, "6"),
+        turn("p1", 2, "5"),  # 1 of 3
+        turn("p2", 0, None),
+        turn("p2", 1, None),
+        turn("p2", 2, "7"),  # abstentions agree with nothing: 0 of 3
+        turn("p2", 0, "7", round=2),
+        turn("p2", 1, "7", round=2),
+        turn("p2", 2, "7", round=2),  # other rounds ignored
     ]
     d = diversity(turns, arithmetic, round=1)
     assert (d.agents, d.problems, d.round) == (3, 3, 1)
@@ -127,8 +149,14 @@ def test_the_diversity_stage_measures_the_critics_and_skips_a_missing_encoder_un
     from maft.store import RunStore
 
     missing = tmp_path / "no-encoder"
-    overrides = ["iterations=0", "debate.agents=2", "task.n_test=4", "debate.max_new_tokens=48",
-                 f"diversity.encoder={missing}", "diversity.paper_likelihoods=true"]
+    overrides = [
+        "iterations=0",
+        "debate.agents=2",
+        "task.n_test=4",
+        "debate.max_new_tokens=48",
+        f"diversity.encoder={missing}",
+        "diversity.paper_likelihoods=true",
+    ]
     console = Console(record=True, width=1000)
     store = RunStore.create(tmp_path / "r", load_config(None, overrides))
     [base] = Society(store, console=console, progress=False).run()
@@ -180,8 +208,10 @@ def test_likelihood_divergence_between_different_agents(adapters_for_diversity, 
     engine, names = adapters_for_diversity
     rows = [[turn("p0", n, None, t) for n, t in enumerate(["so \\boxed{5}", "2 + 3 = 5 so \\boxed{5}"])]]
     cross, own, kl = likelihood_divergence(rows, engine, lambda a, r: names[a], round=1)
-    s = [[engine.score([Request(PROMPT, adapter=names[a])], [rows[0][b].response])[0]
-          for b in range(2)] for a in range(2)]
+    s = [
+        [engine.score([Request(PROMPT, adapter=names[a])], [rows[0][b].response])[0] for b in range(2)]
+        for a in range(2)
+    ]
     assert cross == pytest.approx((s[0][1].nll_per_token + s[1][0].nll_per_token) / 2, rel=1e-4)
     assert own == pytest.approx((s[0][0].nll_per_token + s[1][1].nll_per_token) / 2, rel=1e-4)
     n = [[x.nll_per_token for x in row] for row in s]
@@ -194,8 +224,14 @@ def test_critic_likelihoods_and_kl_from_base_by_hand(adapters_for_diversity, ari
     first = ["so \\boxed{5}", "2 + 3 = 5 so \\boxed{5}"]
     final = ["I keep \\boxed{5}", "the others agree: \\boxed{5}"]
     # each critic answers in its own conversation: its round-1 exchange, then the others' answers
-    convs = [[*PROMPT, {"role": "assistant", "content": first[n]},
-              {"role": "user", "content": f"Another agent answered {first[1 - n]!r}. Your answer?"}] for n in range(2)]
+    convs = [
+        [
+            *PROMPT,
+            {"role": "assistant", "content": first[n]},
+            {"role": "user", "content": f"Another agent answered {first[1 - n]!r}. Your answer?"},
+        ]
+        for n in range(2)
+    ]
     turns = [turn("p0", n, "5", first[n]) for n in range(2)]
     turns += [turn("p0", n, "5", final[n], round=2, messages=convs[n]) for n in range(2)]
     role = {(a, m): f"{'gen' if m == 1 else 'critic'}_{a}" for a in range(2) for m in (1, 2)}
@@ -208,14 +244,21 @@ def test_critic_likelihoods_and_kl_from_base_by_hand(adapters_for_diversity, ari
     c = [[nll(f"critic_{a}", convs[b], final[b]) for b in range(2)] for a in range(2)]  # in b's conversation
     base_first = [nll(None, PROMPT, first[n]) for n in range(2)]
     base_final = [nll(None, convs[n], final[n]) for n in range(2)]
-    approx = lambda x: pytest.approx(x, rel=1e-4, abs=1e-6)  # batched vs single scoring
+
+    def approx(x):  # batched vs single scoring
+        return pytest.approx(x, rel=1e-4, abs=1e-6)
+
     assert d.cross_nll == approx((g[0][1] + g[1][0]) / 2) and d.self_nll == approx((g[0][0] + g[1][1]) / 2)
     assert d.critic_round == 2
     assert d.critic_cross_nll == approx((c[0][1] + c[1][0]) / 2)
     assert d.critic_self_nll == approx((c[0][0] + c[1][1]) / 2)
     assert d.critic_kl == approx(((c[0][1] - c[1][1]) + (c[1][0] - c[0][0])) / 2)
-    expected = {"gen_0": base_first[0] - g[0][0], "gen_1": base_first[1] - g[1][1],
-                "critic_0": base_final[0] - c[0][0], "critic_1": base_final[1] - c[1][1]}
+    expected = {
+        "gen_0": base_first[0] - g[0][0],
+        "gen_1": base_first[1] - g[1][1],
+        "critic_0": base_final[0] - c[0][0],
+        "critic_1": base_final[1] - c[1][1],
+    }
     assert d.kl_from_base_by_role == pytest.approx(expected, rel=1e-4, abs=1e-6)
     assert d.kl_from_base == approx(sum(expected.values()) / 4)
     assert not math.isclose(d.critic_kl, 0) and all(not math.isclose(v, 0) for v in expected.values())

@@ -151,7 +151,9 @@ def test_score_uses_each_requests_agent_merged_or_not(adapters, arithmetic):
     from peft import PeftModel
 
     base = AutoModelForCausalLM.from_pretrained(default_checkpoint()).eval()
-    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(default_checkpoint()), str(adapters["gen_0"])).eval()
+    tuned = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(default_checkpoint()), str(adapters["gen_0"])
+    ).eval()
     problems = arithmetic.splits(0, 3, seed=9).test
     requests = [ask(arithmetic, p, a) for p in problems for a in (None, "gen_0")]
     completion = "Let me compute. \\boxed{5}"
@@ -214,11 +216,13 @@ def test_request_seeds_follow_the_request_not_its_position():
     assert request_seeds([requests[0]] * 3, 5) == [seeds[0], seeds[6], seeds[7]]  # copy k: occurrence k
     assert request_seeds([Request(msgs[0], sampling=Sampling(temperature=1))], 5) == seeds[:1]  # 1 == 1.0
     # stable across processes (no hash randomisation): a fresh interpreter computes the same seeds
-    code = ("import json,sys; from maft.engines.base import Request, Sampling, request_seeds;"
-            "m=[[{'role':'user','content':f'question {i}'}] for i in range(6)];"
-            "r=[Request(x) for x in m]+[Request(m[0])]*2+[Request(m[0],adapter='gen_0')];"
-            "r+=[Request(m[1],sampling=Sampling(temperature=0.7)),Request([{'role':'user','content':'é ✓'}])];"
-            "print(json.dumps(request_seeds(r,5)))")
+    code = (
+        "import json,sys; from maft.engines.base import Request, Sampling, request_seeds;"
+        "m=[[{'role':'user','content':f'question {i}'}] for i in range(6)];"
+        "r=[Request(x) for x in m]+[Request(m[0])]*2+[Request(m[0],adapter='gen_0')];"
+        "r+=[Request(m[1],sampling=Sampling(temperature=0.7)),Request([{'role':'user','content':'é ✓'}])];"
+        "print(json.dumps(request_seeds(r,5)))"
+    )
     env = {**os.environ, "PYTHONHASHSEED": "123"}
     fresh = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert json.loads(fresh) == seeds
@@ -283,7 +287,9 @@ def _draws(logits, temperature, top_p, n_seeds=8000, steps=5):
 
     sampler = GumbelMaxSampler(range(10**6, 10**6 + n_seeds), prompt_width=4, temperature=temperature, top_p=top_p)
     scores = logits.repeat(n_seeds, 1)
-    picks = torch.cat([sampler(torch.zeros(n_seeds, 4 + k, dtype=torch.long), scores.clone()).argmax(-1) for k in range(steps)])
+    picks = torch.cat(
+        [sampler(torch.zeros(n_seeds, 4 + k, dtype=torch.long), scores.clone()).argmax(-1) for k in range(steps)]
+    )
     return torch.bincount(picks, minlength=len(logits)).double() / len(picks)
 
 
@@ -295,8 +301,11 @@ def test_gumbel_max_sampler_draws_from_the_tempered_softmax():
         assert (freq - expected).abs().max() < 0.012, (temperature, freq, expected)
     # the tolerance rejects broken samplers: argmax, uniform, or one that ignores the temperature
     freq = _draws(logits, 0.7, 1.0)
-    for wrong in (torch.nn.functional.one_hot(torch.tensor(0), 6).double(), torch.full((6,), 1 / 6, dtype=torch.float64),
-                  torch.softmax(logits.double(), -1)):
+    for wrong in (
+        torch.nn.functional.one_hot(torch.tensor(0), 6).double(),
+        torch.full((6,), 1 / 6, dtype=torch.float64),
+        torch.softmax(logits.double(), -1),
+    ):
         assert (freq - wrong).abs().max() > 0.05
 
 

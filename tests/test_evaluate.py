@@ -4,9 +4,9 @@ import pytest
 from typer.testing import CliRunner
 
 from maft.cli import app
+from maft.debate.voting import majority_vote, tie_key
 from maft.engines import Sampling
 from maft.evaluation.single_agent import evaluate
-from maft.debate.voting import majority_vote, tie_key
 
 
 def test_evaluate_majority_of_k(engine, arithmetic):
@@ -20,7 +20,15 @@ def test_evaluate_majority_of_k(engine, arithmetic):
     single = sum(r.correct for r in result.records) / 36
     assert abs(result.single.mean - single) < 1e-9
     majority = [
-        arithmetic.is_correct(majority_vote([r.answer for r in result.records[3 * i : 3 * i + 3]], arithmetic.equivalent, tie_break="random", key=tie_key(0, p.id)).answer, p)
+        arithmetic.is_correct(
+            majority_vote(
+                [r.answer for r in result.records[3 * i : 3 * i + 3]],
+                arithmetic.equivalent,
+                tie_break="random",
+                key=tie_key(0, p.id),
+            ).answer,
+            p,
+        )
         for i, p in enumerate(problems)
     ]
     assert abs(result.majority.mean - sum(majority) / 12) < 1e-9

@@ -7,10 +7,10 @@ import random
 
 import pytest
 
-from maft.debate.transcript import Turn
 from maft.data.agent_data import build_agent_data
-from maft.tasks import Problem
+from maft.debate.transcript import Turn
 from maft.debate.voting import VoteRule, vote_final_round
+from maft.tasks import Problem
 
 
 def response(problem_id: str, agent: int, round: int, answer: str | None) -> str:
@@ -105,7 +105,12 @@ def turn(turns, problem_id, agent, round):
 def test_labels_of_the_hand_written_debate(debate):
     _, votes = debate
     assert [(v.problem_id, v.label) for v in votes] == [
-        ("p1", "4"), ("p2", "10"), ("p3", "8"), ("p4", "12"), ("p5", "2"), ("p6", None),
+        ("p1", "4"),
+        ("p2", "10"),
+        ("p3", "8"),
+        ("p4", "12"),
+        ("p5", "2"),
+        ("p6", None),
     ]
 
 
@@ -157,11 +162,11 @@ def test_w_half_adds_a_rounded_sample_of_critic_plus(arithmetic, debate):
         used = math.floor(0.5 * len(plus) + 0.5)  # halves round up: 1 -> 1, 3 -> 2, 4 -> 2
         assert ids(d.generation) == generation  # w never touches D^G
         assert ids(d.critic[: len(minus)]) == minus
-        sampled = ids(d.critic[len(minus):])
+        sampled = ids(d.critic[len(minus) :])
         assert len(sampled) == used
         assert len(set(sampled)) == used and set(sampled) <= set(plus)
         assert sampled == [p for p in plus if p in sampled]  # problem order is kept
-        assert {e.kind for e in d.critic[len(minus):]} <= {"critic+"}
+        assert {e.kind for e in d.critic[len(minus) :]} <= {"critic+"}
     assert [d.counts()["critic_plus_used"] for d in data] == [2, 2, 1]
     assert [len(d.critic) for d in data] == [4, 2, 3]
 
@@ -298,7 +303,10 @@ def test_three_rounds_critic_uses_final_round_and_split_uses_round_one(arithmeti
 def test_truncated_responses_give_no_data_under_abstain(arithmetic, debate):
     turns, _ = debate
     # p5: every answer is "2". Agent 0's round-1 and agent 1's final response were cut off at max_new_tokens.
-    cut = [t.model_copy(update={"truncated": (t.problem_id, t.agent, t.round) in {("p5", 0, 1), ("p5", 1, 2)}}) for t in turns]
+    cut = [
+        t.model_copy(update={"truncated": (t.problem_id, t.agent, t.round) in {("p5", 0, 1), ("p5", 1, 2)}})
+        for t in turns
+    ]
     keep, abstain = VoteRule(truncated="keep"), VoteRule(truncated="abstain")
     votes = vote_final_round(cut, arithmetic, PROBLEMS, abstain)
     assert next(v for v in votes if v.problem_id == "p5").label == "2"  # two of three still vote
@@ -307,12 +315,19 @@ def test_truncated_responses_give_no_data_under_abstain(arithmetic, debate):
     data = build_agent_data(cut, votes, arithmetic, agents=3, critic_plus_fraction=1.0, rule=abstain)
     # agent 0: its cut round-1 response leaves D^G; its final "2" now corrected an abstention: D^C-
     assert ids(data[0].generation) == ["p1", "p3"]
-    assert [(e.problem_id, e.kind) for e in data[0].critic] == [("p2", "critic-"), ("p4", "critic-"), ("p5", "critic-"),
-                                                                 ("p1", "critic+"), ("p3", "critic+")]
+    assert [(e.problem_id, e.kind) for e in data[0].critic] == [
+        ("p2", "critic-"),
+        ("p4", "critic-"),
+        ("p5", "critic-"),
+        ("p1", "critic+"),
+        ("p3", "critic+"),
+    ]
     # agent 1: its cut final response is no critic data (its round-1 response still is generation data)
     assert "p5" in ids(data[1].generation) and "p5" not in ids(data[1].critic)
     assert [d.model_dump() for d in data[2:]] == [d.model_dump() for d in kept[2:]]
-    assert build_agent_data(cut, votes, arithmetic, agents=3, critic_plus_fraction=1.0) == data  # abstain is the default
+    assert (
+        build_agent_data(cut, votes, arithmetic, agents=3, critic_plus_fraction=1.0) == data
+    )  # abstain is the default
 
 
 # -- the critic data mix ------------------------------------------------------------------------------
@@ -335,7 +350,7 @@ def check_mix(data):
     for d in data:
         _, minus, plus = EXPECTED[d.agent]
         assert ids(d.critic[: len(minus)]) == minus
-        rest = ids(d.critic[len(minus):])
+        rest = ids(d.critic[len(minus) :])
         assert set(rest) <= set(plus) and rest == [p for p in plus if p in rest]
         assert d.critic_minus == len(minus) and d.critic_plus == len(plus)
 
@@ -389,7 +404,7 @@ def test_fraction_rule_is_todays_rule_exactly(arithmetic, debate):
     for seed in range(20):
         for w in (0.5, 0.3, 1.0):
             data = mix(arithmetic, debate, seed=seed, critic_mix="fraction", critic_plus_fraction=w)
-            assert [ids(d.critic)[d.critic_minus:] for d in data] == old(seed, w)
+            assert [ids(d.critic)[d.critic_minus :] for d in data] == old(seed, w)
         default = mix(arithmetic, debate, seed=seed)  # fraction 0.5 is the default
         assert [d.model_dump() for d in default] == [
             d.model_dump() for d in mix(arithmetic, debate, seed=seed, critic_mix="fraction", critic_plus_fraction=0.5)
@@ -398,7 +413,8 @@ def test_fraction_rule_is_todays_rule_exactly(arithmetic, debate):
 
 
 def test_authors_rule_exact_counts_for_fixed_seeds(arithmetic, debate):
-    # one coin per D^C- example: agent 0 (2 coins, 3 available) 0-2; agent 1 (no coins) 0; agent 2 (2 coins, 1 available) 0-1
+    # one coin per D^C- example: agent 0 (2 coins, 3 available) 0-2; agent 1 (no coins) 0;
+    # agent 2 (2 coins, 1 available) 0-1
     seen = []
     for seed in range(8):
         data = mix(arithmetic, debate, seed=seed, critic_mix="authors")
@@ -412,7 +428,9 @@ def test_authors_rule_exact_counts_for_fixed_seeds(arithmetic, debate):
     assert all(u[1] == 0 and u[0] <= 2 and u[2] <= 1 for u in seen)
     assert {u[0] for u in seen} == {0, 1, 2}  # the coins do vary with the seed
     again = mix(arithmetic, debate, seed=5, critic_mix="authors")
-    assert [d.model_dump() for d in again] == [d.model_dump() for d in mix(arithmetic, debate, seed=5, critic_mix="authors")]
+    assert [d.model_dump() for d in again] == [
+        d.model_dump() for d in mix(arithmetic, debate, seed=5, critic_mix="authors")
+    ]
 
 
 # critic_plus_used per agent for seeds 0..7 (agent n's coins come from random.Random(f"{seed}:critic+:{n}"))
@@ -460,8 +478,18 @@ def test_majority_pairs_are_every_final_response_matching_the_label_under_the_qu
     pairs = majority_pairs(turns, votes, arithmetic)
     # final round (round 2) answers against the labels p1=4, p2=10, p3=8, p4=12, p5=2 (p6 has none), by hand
     assert [(e.problem_id, e.agent) for e in pairs] == [
-        ("p1", 0), ("p1", 1), ("p1", 2), ("p2", 0), ("p2", 1), ("p3", 0), ("p3", 1), ("p4", 0), ("p4", 2),
-        ("p5", 0), ("p5", 1), ("p5", 2),
+        ("p1", 0),
+        ("p1", 1),
+        ("p1", 2),
+        ("p2", 0),
+        ("p2", 1),
+        ("p3", 0),
+        ("p3", 1),
+        ("p4", 0),
+        ("p4", 2),
+        ("p5", 0),
+        ("p5", 1),
+        ("p5", 2),
     ]
     problems = {p.id: p for p in PROBLEMS}
     for e in pairs:
@@ -475,15 +503,23 @@ def test_rationalized_examples_keep_hinted_responses_that_reach_the_label_under_
 
     def hinted(problem_id, agent, answer):
         return Turn(
-            problem_id=problem_id, agent=agent, round=1, adapter=None,
+            problem_id=problem_id,
+            agent=agent,
+            round=1,
+            adapter=None,
             messages=[{"role": "user", "content": f"{problem_id} question\n\nHint: the correct answer is ..."}],
-            response=response(problem_id, agent, 1, answer), answer=answer, correct=False, completion_tokens=5,
+            response=response(problem_id, agent, 1, answer),
+            answer=answer,
+            correct=False,
+            completion_tokens=5,
         )
 
     questions = {p: {"role": "user", "content": f"{p} question"} for p in ("p1", "p2", "p3")}
     labels = {"p1": "4", "p2": "10", "p3": None}
     out = rationalized_examples(
-        [hinted("p1", 0, "4.0"), hinted("p1", 1, "5"), hinted("p2", 0, None), hinted("p3", 0, "6")], questions, labels,
+        [hinted("p1", 0, "4.0"), hinted("p1", 1, "5"), hinted("p2", 0, None), hinted("p3", 0, "6")],
+        questions,
+        labels,
         arithmetic,
     )
     assert [(e.problem_id, e.agent, e.kind) for e in out] == [("p1", 0, "rationalized")]

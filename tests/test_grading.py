@@ -7,7 +7,6 @@ import pytest
 from maft.tasks import grading
 from maft.tasks.grading import equivalent, extract_answer, last_boxed, normalize, to_number
 
-
 # --- extraction -----------------------------------------------------------------------------
 
 
@@ -197,8 +196,14 @@ def test_the_fallback_is_a_property_of_the_task(tmp_path):
         "jsonl choice": get_task("jsonl", path=str(numeric_file), grader="choice"),
     }
     falls_back = {name: task.answer_fallback for name, task in tasks.items()}
-    assert falls_back == {"arithmetic": True, "gsm8k": True, "math": False, "jsonl numeric": True,
-                          "jsonl math": False, "jsonl choice": True}
+    assert falls_back == {
+        "arithmetic": True,
+        "gsm8k": True,
+        "math": False,
+        "jsonl numeric": True,
+        "jsonl math": False,
+        "jsonl choice": True,
+    }
     for name, task in tasks.items():
         for text, fallback in UNBOXED:
             assert task.extract(text) == (fallback if falls_back[name] else None), (name, text)

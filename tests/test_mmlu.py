@@ -162,8 +162,16 @@ def test_grading():
     assert not correct("\\boxed{A}, no wait, \\boxed{C}")
     assert task.extract("\\boxed{C}") == "C" and task.extract("\\boxed{(d) Earth}") == "D"
     # No boxed letter: an abstention, never correct (no fallback to the last number or a bare letter).
-    for response in ("The answer is B.", "It orbits in 88 days, answer (B)", "#### B", "\\boxed{88}", "\\boxed{E}",
-                     "\\boxed{Mercury}", "\\boxed{B", ""):
+    for response in (
+        "The answer is B.",
+        "It orbits in 88 days, answer (B)",
+        "#### B",
+        "\\boxed{88}",
+        "\\boxed{E}",
+        "\\boxed{Mercury}",
+        "\\boxed{B",
+        "",
+    ):
         assert task.extract(response) is None, response
         assert not correct(response)
     assert task.equivalent("B", "B") and not task.equivalent("B", "C") and not task.equivalent(None, None)

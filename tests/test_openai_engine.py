@@ -14,18 +14,18 @@ import threading
 import time
 
 import pytest
+from servers import FaultProxy, transformers_serve
 
 from maft.agents import Agents, agents_at
 from maft.config import load_config
 from maft.debate.transcript import Turn
 from maft.engines import Request, Sampling
 from maft.engines.openai import EngineError, OpenAIEngine
-from maft.serving import check_serving
-from maft.servers import ServerError, TransformersServer  # noqa: F401
 from maft.loop import Society
+from maft.servers import ServerError, TransformersServer  # noqa: F401
+from maft.serving import check_serving
 from maft.store import RunStore, read_jsonl
 from maft.tiny import default_checkpoint
-from servers import FaultProxy, transformers_serve
 
 pytestmark = pytest.mark.slow
 TINY = str(default_checkpoint().resolve())
@@ -48,8 +48,10 @@ def proxy(server):
 
 
 def ask(arithmetic, n, sampling=SAMPLED, seed=7):
-    return [Request([{"role": "user", "content": arithmetic.prompt(p)}], sampling=sampling)
-            for p in arithmetic.splits(0, n, seed=seed).test]
+    return [
+        Request([{"role": "user", "content": arithmetic.prompt(p)}], sampling=sampling)
+        for p in arithmetic.splits(0, n, seed=seed).test
+    ]
 
 
 def texts(engine, requests, seed=0):
@@ -115,7 +117,9 @@ def test_unknown_model_stops_after_the_retries(server, arithmetic):
     # transformers serve answers 500 for a model it cannot load (on a busy machine it has also dropped the
     # connection instead, once in four CI runs): either way retried, then one clear error naming the endpoint
     engine = OpenAIEngine(server.url, "/no/such/model", max_retries=1, backoff=0.01)
-    with pytest.raises(EngineError, match=r"failed 2 times \((InternalServerError|APIConnectionError).*endpoints: http"):
+    with pytest.raises(
+        EngineError, match=r"failed 2 times \((InternalServerError|APIConnectionError).*endpoints: http"
+    ):
         engine.generate(ask(arithmetic, 1))
 
 
@@ -194,9 +198,22 @@ def test_merged_agents_served_by_path_and_checked_by_the_canary(server, tmp_path
 def test_unreachable_url_refused_before_a_run_directory(tmp_path):
     out = tmp_path / "run"
     result = subprocess.run(
-        [sys.executable, "-m", "maft.cli", "run", "--out", str(out), "--set", "model.engine=openai",
-         "--set", "execution.urls=[http://127.0.0.1:9/v1]", "--quiet"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "maft.cli",
+            "run",
+            "--out",
+            str(out),
+            "--set",
+            "model.engine=openai",
+            "--set",
+            "execution.urls=[http://127.0.0.1:9/v1]",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2, result.stdout + result.stderr
     assert "no answer from http://127.0.0.1:9/v1" in " ".join(result.stdout.split())
@@ -206,25 +223,39 @@ def test_unreachable_url_refused_before_a_run_directory(tmp_path):
 def test_api_kind_refuses_finetuning_up_front():
     with pytest.raises(Exception, match="without adapters"):
         load_config(None, ["model.engine=openai", "model.server_kind=api", "execution.urls=[http://x/v1]"])
-    cfg = load_config(None, ["model.engine=openai", "model.server_kind=api", "execution.urls=[http://127.0.0.1:9/v1]", "iterations=0"])
+    cfg = load_config(
+        None, ["model.engine=openai", "model.server_kind=api", "execution.urls=[http://127.0.0.1:9/v1]", "iterations=0"]
+    )
     with pytest.raises(ServerError, match="no answer"):
         check_serving(cfg)
 
 
 def test_maft_run_on_transformers_serve(server, tmp_path):
     """One iteration of the loop through the server: transcripts and metrics as with the hf engine."""
-    cfg = load_config(None, [
-        "model.engine=openai", "model.server_kind=transformers", f"execution.urls=[{server.url}]", "iterations=1",
-        "debate.agents=2", "task.n_train=12", "task.n_test=8", "diversity.embeddings=off", "debate.max_new_tokens=96",
-        "train.batch_size=4",
-    ])
+    cfg = load_config(
+        None,
+        [
+            "model.engine=openai",
+            "model.server_kind=transformers",
+            f"execution.urls=[{server.url}]",
+            "iterations=1",
+            "debate.agents=2",
+            "task.n_train=12",
+            "task.n_test=8",
+            "diversity.embeddings=off",
+            "debate.max_new_tokens=96",
+            "train.batch_size=4",
+        ],
+    )
     store = RunStore.create(tmp_path / "run", cfg)
     society = Society(store, progress=False)
     metrics = society.run()
     society.close()
     assert [m.iteration for m in metrics] == [0, 1]
     turns = read_jsonl(store.root / "iter_1/debate_test.jsonl", Turn)
-    assert {(t.round, t.adapter) for t in turns} == {(1, f"gen_{n}") for n in range(2)} | {(2, f"critic_{n}") for n in range(2)}
+    assert {(t.round, t.adapter) for t in turns} == {(1, f"gen_{n}") for n in range(2)} | {
+        (2, f"critic_{n}") for n in range(2)
+    }
     assert metrics[1].test.majority.n == 8 and metrics[0].diversity is not None
     assert metrics[0].diversity.cross_nll is None  # transformers serve gives no prompt log-probabilities
     stage = json.loads((store.root / "manifest.json").read_text())["stages"]["iter_1/debate_test"]
@@ -239,11 +270,22 @@ def test_maft_run_on_transformers_serve(server, tmp_path):
 def test_a_server_lost_mid_stage_stops_the_run_and_resume_redoes_only_that_stage(server, tmp_path):
     proxy = FaultProxy(server.url.removesuffix("/v1"))
     try:
-        cfg = load_config(None, [
-            "model.engine=openai", "model.server_kind=transformers", f"execution.urls=[{proxy.url}]", "execution.max_retries=1",
-            "iterations=1", "debate.agents=2", "task.n_train=6", "task.n_test=4", "diversity.embeddings=off",
-            "debate.max_new_tokens=64", "train.batch_size=4",
-        ])
+        cfg = load_config(
+            None,
+            [
+                "model.engine=openai",
+                "model.server_kind=transformers",
+                f"execution.urls=[{proxy.url}]",
+                "execution.max_retries=1",
+                "iterations=1",
+                "debate.agents=2",
+                "task.n_train=6",
+                "task.n_test=4",
+                "diversity.embeddings=off",
+                "debate.max_new_tokens=64",
+                "train.batch_size=4",
+            ],
+        )
         # iter_0/debate_test is 4 problems x 2 agents x 2 rounds = 16 requests; the server dies 5 requests
         # into iter_1/debate_train
         proxy.down_after(16 + 5)
@@ -274,8 +316,23 @@ def test_maft_evaluate_against_a_server_equals_the_hf_engine_greedy(server, tmp_
     outputs = []
     for extra in (["--url", server.url], []):
         out = tmp_path / f"eval{len(outputs)}.json"
-        result = CliRunner().invoke(app, ["evaluate", "--n", "4", "--temperature", "0", "--max-new-tokens", "96",
-                                          "--model", TINY, "--out", str(out), *extra])
+        result = CliRunner().invoke(
+            app,
+            [
+                "evaluate",
+                "--n",
+                "4",
+                "--temperature",
+                "0",
+                "--max-new-tokens",
+                "96",
+                "--model",
+                TINY,
+                "--out",
+                str(out),
+                *extra,
+            ],
+        )
         assert result.exit_code == 0, result.output
         outputs.append([r["response"] for r in json.loads(out.read_text())["records"]])
     assert outputs[0] == outputs[1]
@@ -290,10 +347,30 @@ def test_a_managed_server_ends_with_maft(tmp_path, how):
 
     out = tmp_path / "run"
     maft = subprocess.Popen(
-        [sys.executable, "-m", "maft.cli", "run", "--out", str(out), "--quiet", "--set", "model.engine=openai",
-         "--set", "model.server_kind=transformers", "--set", "execution.server=managed", "--set", "iterations=0",
-         "--set", "task.n_test=300", "--set", "diversity.enabled=false"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "maft.cli",
+            "run",
+            "--out",
+            str(out),
+            "--quiet",
+            "--set",
+            "model.engine=openai",
+            "--set",
+            "model.server_kind=transformers",
+            "--set",
+            "execution.server=managed",
+            "--set",
+            "iterations=0",
+            "--set",
+            "task.n_test=300",
+            "--set",
+            "diversity.enabled=false",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     log = out / "server-0.log"
     try:

@@ -12,7 +12,9 @@ import random
 import pytest
 
 from maft.agents import Agents
+from maft.data.agent_data import build_agent_data, majority_pairs
 from maft.debate.protocol import debate
+from maft.debate.voting import VoteRule, tie_key, vote_final_round
 from maft.engines import Request
 from maft.engines.scripted import (
     ABSTAIN,
@@ -23,10 +25,8 @@ from maft.engines.scripted import (
     table,
     truncated,
 )
-from maft.data.agent_data import build_agent_data, majority_pairs
 from maft.evaluation.metrics import debate_metrics
 from maft.tasks import Problem, get_task
-from maft.debate.voting import VoteRule, tie_key, vote_final_round
 
 TASK = get_task("arithmetic")
 FIRST = VoteRule(tie_break="first")
@@ -44,8 +44,17 @@ def run(grid, *, rule=FIRST, summarizer="answers", agents=None, gold=None, seed=
     problems = problems_for(grid, gold)
     rows = next(iter(grid.values()))
     engine = ScriptedEngine(table(TASK, problems, grid))
-    turns = debate(engine, TASK, problems, agents=len(rows[0]), rounds=len(rows), summarizer=summarizer,
-                   adapter_for=engine.serve(agents or Agents(0)), answer_of=rule.answer, seed=seed)
+    turns = debate(
+        engine,
+        TASK,
+        problems,
+        agents=len(rows[0]),
+        rounds=len(rows),
+        summarizer=summarizer,
+        adapter_for=engine.serve(agents or Agents(0)),
+        answer_of=rule.answer,
+        seed=seed,
+    )
     votes = vote_final_round(turns, TASK, problems, rule)
     data = build_agent_data(turns, votes, TASK, agents=len(rows[0]), critic_plus_fraction=1.0, rule=rule)
     grid_turns = {(t.problem_id, t.agent, t.round): t for t in turns}
@@ -136,7 +145,9 @@ def test_three_rounds_critics_see_the_previous_round_and_data_comes_from_the_fin
         ],
     }
     engine, _, _, votes, data, turns = run(grid)
-    assert [[(c.agent, c.round) for c in call] for call in engine.calls] == [[(n, m) for n in range(4)] for m in (1, 2, 3)]
+    assert [[(c.agent, c.round) for c in call] for call in engine.calls] == [
+        [(n, m) for n in range(4)] for m in (1, 2, 3)
+    ]
     assert votes["p"].label == "4" and votes["p"].classes == [[0, 1, 2], [3]]
     shown = {m: [engine.calls[m - 1][n].messages[-1]["content"] for n in range(4)] for m in (2, 3)}
     assert shown[2][0].startswith(DIGEST.format("4, 3, 4"))  # round 1's answers
@@ -236,7 +247,8 @@ def test_served_agents_answer_as_their_roles():
     engine = ScriptedEngine(script)
     turns = debate(engine, TASK, problems, agents=2, rounds=3, adapter_for=engine.serve(agents))
     assert [[(c.adapter, c.role) for c in call] for call in engine.calls] == [
-        [(None, "gen_0"), (None, "gen_1")], [("critic_0", "critic_0"), ("critic_1", "critic_1")],
+        [(None, "gen_0"), (None, "gen_1")],
+        [("critic_0", "critic_0"), ("critic_1", "critic_1")],
         [("critic_0", "critic_0"), ("critic_1", "critic_1")],
     ]
     assert [(t.round, t.answer) for t in turns] == [(1, "1"), (1, "1"), (2, "2"), (2, "2"), (3, "2"), (3, "2")]

@@ -20,13 +20,28 @@ from maft.config import RunConfig, load_config
 from maft.store import RunDirError, RunStore, write_json, write_text
 
 FIXTURES = Path(__file__).parent / "fixtures"
-TINY = ["--set", "debate.agents=1", "--set", "debate.rounds=1", "--set", "task.n_train=2", "--set", "task.n_test=2",
-        "--set", "debate.max_new_tokens=16", "--set", "diversity.enabled=false", "--iterations", "0", "--quiet"]
+TINY = [
+    "--set",
+    "debate.agents=1",
+    "--set",
+    "debate.rounds=1",
+    "--set",
+    "task.n_train=2",
+    "--set",
+    "task.n_test=2",
+    "--set",
+    "debate.max_new_tokens=16",
+    "--set",
+    "diversity.enabled=false",
+    "--iterations",
+    "0",
+    "--quiet",
+]
 ENV = {**os.environ, "COLUMNS": "1000"}  # rich wraps at the terminal width; one message = one line here
 
 #: Runs a script and SIGKILLs it right after it opens, for writing, a file whose name ends with argv[1]
 #: (the open has happened: the kill comes at the next Python event after the audit hook).
-KILLER = r'''
+KILLER = r"""
 import os, runpy, signal, sys
 suffix, armed = sys.argv[1], False
 def hook(event, args):
@@ -44,12 +59,17 @@ def profile(frame, event, arg):
 sys.addaudithook(hook)
 sys.argv = sys.argv[2:]
 runpy.run_path(sys.argv[0], run_name="__main__")
-'''
+"""
 
 
 def maft(*args: str, prefix: list[str] | None = None, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([*(prefix or []), sys.executable, "-m", "maft.cli", *map(str, args)], capture_output=True,
-                          text=True, env=ENV, **kwargs)
+    return subprocess.run(
+        [*(prefix or []), sys.executable, "-m", "maft.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        **kwargs,
+    )
 
 
 def one_line_error(result: subprocess.CompletedProcess, *needles: str) -> str:
@@ -67,8 +87,11 @@ def one_line_error(result: subprocess.CompletedProcess, *needles: str) -> str:
 def run_killed(tmp_path: Path, suffix: str, script: str, *args: str) -> None:
     (tmp_path / "killer.py").write_text(KILLER)
     (tmp_path / "script.py").write_text(script)
-    proc = subprocess.run([sys.executable, str(tmp_path / "killer.py"), suffix, str(tmp_path / "script.py"), *args],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(tmp_path / "killer.py"), suffix, str(tmp_path / "script.py"), *args],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr  # it was killed where asked
 
 
@@ -140,8 +163,19 @@ def test_wrong_typed_jsonl_fields_are_refused_before_any_run_directory_exists(tm
     data = tmp_path / "typed.jsonl"
     data.write_text("".join(json.dumps({"question": {"x": 1}, "answer": [1]}) + "\n" for _ in range(100)))
     root = tmp_path / "run"
-    result = maft("run", "--out", root, "--set", "task.name=jsonl", "--set", f"task.options.path={data}",
-                  "--set", "task.n_train=10", "--set", "task.n_test=10")
+    result = maft(
+        "run",
+        "--out",
+        root,
+        "--set",
+        "task.name=jsonl",
+        "--set",
+        f"task.options.path={data}",
+        "--set",
+        "task.n_train=10",
+        "--set",
+        "task.n_test=10",
+    )
     assert result.returncode == 2
     one_line_error(result, str(data), "row 1", "'question'", "must be a string", "got an object")
     assert not root.exists()
@@ -298,14 +332,35 @@ def _private_tmpfs(mount: Path, script: str) -> subprocess.CompletedProcess:
     if not shutil.which("unshare"):
         pytest.skip("no unshare: cannot make a small filesystem")
     userns = [] if os.geteuid() == 0 else ["--map-root-user"]
-    probe = subprocess.run(["unshare", *userns, "--mount", "--propagation", "private", "sh", "-c",
-                            f"mount -t tmpfs -o size=1m tmpfs '{mount}'"], capture_output=True)
+    probe = subprocess.run(
+        [
+            "unshare",
+            *userns,
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            f"mount -t tmpfs -o size=1m tmpfs '{mount}'",
+        ],
+        capture_output=True,
+    )
     if probe.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {probe.stderr.decode().strip()}")
     return subprocess.run(
-        ["unshare", *userns, "--mount", "--propagation", "private", "sh", "-c",
-         f"mount -t tmpfs -o size=1m tmpfs '{mount}' && {script}"],
-        capture_output=True, text=True, env=ENV,
+        [
+            "unshare",
+            *userns,
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            f"mount -t tmpfs -o size=1m tmpfs '{mount}' && {script}",
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV,
     )
 
 
@@ -386,8 +441,10 @@ def test_a_truncated_output_is_redone_on_resume(run_copy):
     path.write_bytes(whole[: len(whole) // 2])
     result = maft("run", "--resume", run_copy, "--quiet")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert (f"iter_0/debate_test: its output iter_0/debate_test.jsonl changed size ({len(whole)} -> {len(whole) // 2}"
-            " bytes); the stage will be redone") in result.stdout
+    assert (
+        f"iter_0/debate_test: its output iter_0/debate_test.jsonl changed size ({len(whole)} -> {len(whole) // 2}"
+        " bytes); the stage will be redone"
+    ) in result.stdout
     assert "iter_0/debate_test: done in" in result.stdout
     assert "iter_0/debate_test: redone with" in result.stdout  # and what that means for iter_0/metrics
     assert len(path.read_text().splitlines()) == len(whole.decode().splitlines())
@@ -398,8 +455,15 @@ def test_store_marks_changed_and_missing_outputs_and_cascades_only_on_other_outp
     root = tmp_path / "run"
     store = RunStore.create(root, config)
     said: list[str] = []
-    names = ["iter_1/debate_train", "iter_1/data", "iter_1/train/gen_0", "iter_1/train/critic_0",
-             "iter_1/debate_test", "iter_1/metrics", "iter_2/debate_train"]
+    names = [
+        "iter_1/debate_train",
+        "iter_1/data",
+        "iter_1/train/gen_0",
+        "iter_1/train/critic_0",
+        "iter_1/debate_test",
+        "iter_1/metrics",
+        "iter_2/debate_train",
+    ]
     write_text(root / "iter_1/debate_train.jsonl", "{}\n")
     write_json(root / "iter_1/data/counts.json", {"a": 1})
     for role in ("gen_0", "critic_0"):
@@ -422,7 +486,9 @@ def test_store_marks_changed_and_missing_outputs_and_cascades_only_on_other_outp
     ]
     assert [n for n in names if not store.done(n)] == ["iter_1/debate_train", "iter_1/train/gen_0"]
     assert [n for n in names if not RunStore.open(root, say=said.append).done(n)] == [  # recorded in the manifest
-        "iter_1/debate_train", "iter_1/train/gen_0"]
+        "iter_1/debate_train",
+        "iter_1/train/gen_0",
+    ]
 
     # redone with the recorded outputs: the later stages are kept
     said.clear()
@@ -434,8 +500,12 @@ def test_store_marks_changed_and_missing_outputs_and_cascades_only_on_other_outp
     said.clear()
     write_text(root / "iter_1/agents/gen_0/adapter_config.json", "other weights")
     store.finish("iter_1/train/gen_0", 2.0)
-    assert said == [("iter_1/train/gen_0: redone with other outputs than before; the stages that read them are "
-                     "redone too: iter_1/debate_test, iter_1/metrics, iter_2/debate_train")]
+    assert said == [
+        (
+            "iter_1/train/gen_0: redone with other outputs than before; the stages that read them are "
+            "redone too: iter_1/debate_test, iter_1/metrics, iter_2/debate_train"
+        )
+    ]
     assert [n for n in names if not store.done(n)] == ["iter_1/debate_test", "iter_1/metrics", "iter_2/debate_train"]
     # a held-out stage redone with other outputs concerns its own iteration only
     said.clear()
@@ -449,8 +519,10 @@ def test_store_marks_changed_and_missing_outputs_and_cascades_only_on_other_outp
 # == 6. crash windows ================================================================================================
 def test_a_kill_during_run_directory_creation_leaves_no_half_made_run(tmp_path):
     root = tmp_path / "run"
-    script = ("import sys\nfrom pathlib import Path\nfrom maft.config import RunConfig\n"
-              "from maft.store import RunStore\nRunStore.create(Path(sys.argv[1]), RunConfig())\n")
+    script = (
+        "import sys\nfrom pathlib import Path\nfrom maft.config import RunConfig\n"
+        "from maft.store import RunStore\nRunStore.create(Path(sys.argv[1]), RunConfig())\n"
+    )
     run_killed(tmp_path, "versions.json", script, str(root))  # killed with config.yaml written, versions.json open
     assert not root.exists() or (root / "manifest.json").is_file()
     store = RunStore.create(root, RunConfig())  # the same --out works
@@ -462,8 +534,10 @@ def test_a_kill_during_run_directory_creation_leaves_no_half_made_run(tmp_path):
 def test_a_kill_while_filling_an_existing_empty_directory_is_accepted_by_the_next_out(tmp_path):
     root = tmp_path / "run"
     root.mkdir()
-    script = ("import sys\nfrom pathlib import Path\nfrom maft.config import RunConfig\n"
-              "from maft.store import RunStore\nRunStore.create(Path(sys.argv[1]), RunConfig())\n")
+    script = (
+        "import sys\nfrom pathlib import Path\nfrom maft.config import RunConfig\n"
+        "from maft.store import RunStore\nRunStore.create(Path(sys.argv[1]), RunConfig())\n"
+    )
     run_killed(tmp_path, "config.yaml", script, str(root))  # versions.json in place, config.yaml open
     assert not (root / "manifest.json").exists() and (root / "versions.json").is_file()
     with pytest.raises(RunDirError, match=f"the creation of the run {root} was interrupted; start it again with --out"):
@@ -507,10 +581,26 @@ def test_a_kill_while_the_report_writes_its_plot_keeps_the_previous_plot(run_cop
 @pytest.mark.slow
 def test_ctrl_c_during_finetuning_leaves_no_temporary_folder(tmp_path):
     root = tmp_path / "run"
-    args = [*TINY[:-3], "--set", "task.n_train=4", "--set", "debate.max_new_tokens=128", "--set", "train.epochs=200",
-            "--iterations", "1", "--quiet"]
-    proc = subprocess.Popen([sys.executable, "-m", "maft.cli", "run", "--out", str(root), *args], env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    args = [
+        *TINY[:-3],
+        "--set",
+        "task.n_train=4",
+        "--set",
+        "debate.max_new_tokens=128",
+        "--set",
+        "train.epochs=200",
+        "--iterations",
+        "1",
+        "--quiet",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "maft.cli", "run", "--out", str(root), *args],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     tmp = root / "iter_1" / "agents" / ".tmp-gen_0"
     deadline = time.monotonic() + 400
     try:
@@ -537,9 +627,16 @@ def test_open_takes_the_lock_before_reading_the_manifest(tmp_path, config):
     RunStore.create(root, config)
     store_module._LOCKS.pop(root.resolve()).close()  # as if this process had exited
     holder = subprocess.Popen(
-        [sys.executable, "-c", ("import time; from pathlib import Path; from maft.store import RunStore; "
-                                f"RunStore.open(Path({str(root)!r})); print('locked', flush=True); time.sleep(60)")],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            (
+                "import time; from pathlib import Path; from maft.store import RunStore; "
+                f"RunStore.open(Path({str(root)!r})); print('locked', flush=True); time.sleep(60)"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "locked"

@@ -13,11 +13,10 @@ from test_tables import Grids, markdown_grids, rich_grid
 from maft.compare import MethodResult, comparison_markdown, comparison_table
 from maft.config import RunConfig
 from maft.debate.transcript import Turn
-from maft.evaluation.metrics import Accuracy, Compute, DebateMetrics, Diversity
+from maft.evaluation.metrics import Accuracy, Compute, DebateMetrics, Diversity, IterationMetrics, TrainStats
 from maft.report.html import asset, write_report
-from maft.evaluation.metrics import IterationMetrics, TrainStats
-from maft.store import RunStore, write_json, write_jsonl, write_text
 from maft.report.summary import iteration_table, summary_markdown
+from maft.store import RunStore, write_json, write_jsonl, write_text
 
 try:
     from selenium import webdriver
@@ -56,61 +55,104 @@ def make_turns(iteration: int, problems: int, agents: int, rounds: int) -> list[
                 response = f"iteration {iteration}, agent {n}, round {m}: the answer is {answer}"
                 if (i, n, m) == (1, 0, 1):
                     response += " " + NASTY
-                turns.append(Turn(problem_id=f"p{i:02d}", agent=n, round=m, adapter=None, messages=messages,
-                                  response=response, answer=answer, correct=correct, completion_tokens=10 + i))
+                turns.append(
+                    Turn(
+                        problem_id=f"p{i:02d}",
+                        agent=n,
+                        round=m,
+                        adapter=None,
+                        messages=messages,
+                        response=response,
+                        answer=answer,
+                        correct=correct,
+                        completion_tokens=10 + i,
+                    )
+                )
     return turns
 
 
-def make_metrics(l: int, agents: int, rounds: int, diversity: bool, paper: bool = False) -> IterationMetrics:
+def make_metrics(it: int, agents: int, rounds: int, diversity: bool, paper: bool = False) -> IterationMetrics:
     test = DebateMetrics(
         problems=3,
-        majority=acc(0.5 + 0.1 * l),
-        round_agent=[acc(0.4 + 0.1 * l + 0.01 * r) for r in range(rounds)],
-        round_majority=[acc(0.45 + 0.1 * l + 0.01 * r) for r in range(rounds)],
-        agent_round=[[acc(0.3 + 0.1 * l + 0.01 * n + 0.001 * r) for r in range(rounds)] for n in range(agents)],
+        majority=acc(0.5 + 0.1 * it),
+        round_agent=[acc(0.4 + 0.1 * it + 0.01 * r) for r in range(rounds)],
+        round_majority=[acc(0.45 + 0.1 * it + 0.01 * r) for r in range(rounds)],
+        agent_round=[[acc(0.3 + 0.1 * it + 0.01 * n + 0.001 * r) for r in range(rounds)] for n in range(agents)],
         unanimous=0.25,
         pairwise_agreement=0.5,
         abstention_rate=0.0,
         generated_tokens=100,
     )
     train = None
-    if l > 0:
+    if it > 0:
         data = {f"agent_{n}": {"generation": 4, "critic": 3} for n in range(agents)}
-        train = TrainStats(problems=6, labelled=6, unanimous=0.5, label_precision=acc(0.75), data=data,
-                           losses={"gen_0": 1.0})
+        train = TrainStats(
+            problems=6, labelled=6, unanimous=0.5, label_precision=acc(0.75), data=data, losses={"gen_0": 1.0}
+        )
     div = None
     if diversity:
-        div = Diversity(agents=agents, problems=3, answer_agreement=0.8 - 0.1 * l, consensus=0.6 - 0.1 * l,
-                        cross_nll=1.5 + 0.25 * l, self_nll=1.0, kl=0.5 + 0.125 * l)
+        div = Diversity(
+            agents=agents,
+            problems=3,
+            answer_agreement=0.8 - 0.1 * it,
+            consensus=0.6 - 0.1 * it,
+            cross_nll=1.5 + 0.25 * it,
+            self_nll=1.0,
+            kl=0.5 + 0.125 * it,
+        )
         if paper:  # diversity.paper_likelihoods: the critics' final round and each role's KL from the base model
-            by_role = {f"{kind}_{n}": 0.01 * l * (n + 1) + (0.005 * l if kind == "critic" else 0.0)
-                       for kind in ("gen", "critic") for n in range(agents)}
-            div = div.model_copy(update={
-                "critic_round": rounds, "critic_cross_nll": 1.25 + 0.125 * l, "critic_self_nll": 0.75,
-                "critic_kl": 0.5 + 0.0625 * l, "kl_from_base": sum(by_role.values()) / len(by_role),
-                "kl_from_base_by_role": by_role,
-            })
-    compute = Compute(train_generated_tokens=1000 * l, test_generated_tokens=100, train_examples=14 * l,
-                      train_seconds=10.0 * l, seconds=20.0 + 10 * l)
-    return IterationMetrics(iteration=l, test=test, train=train, seconds={"debate_test": 5.0 + l},
-                            compute=compute, diversity=div)
+            by_role = {
+                f"{kind}_{n}": 0.01 * it * (n + 1) + (0.005 * it if kind == "critic" else 0.0)
+                for kind in ("gen", "critic")
+                for n in range(agents)
+            }
+            div = div.model_copy(
+                update={
+                    "critic_round": rounds,
+                    "critic_cross_nll": 1.25 + 0.125 * it,
+                    "critic_self_nll": 0.75,
+                    "critic_kl": 0.5 + 0.0625 * it,
+                    "kl_from_base": sum(by_role.values()) / len(by_role),
+                    "kl_from_base_by_role": by_role,
+                }
+            )
+    compute = Compute(
+        train_generated_tokens=1000 * it,
+        test_generated_tokens=100,
+        train_examples=14 * it,
+        train_seconds=10.0 * it,
+        seconds=20.0 + 10 * it,
+    )
+    return IterationMetrics(
+        iteration=it, test=test, train=train, seconds={"debate_test": 5.0 + it}, compute=compute, diversity=div
+    )
 
 
-def make_run(root: Path, *, iterations: int = 2, agents: int = 2, rounds: int = 2, problems: int = 3,
-             diversity: bool = True, paper: bool = False) -> tuple[list[IterationMetrics], list[Turn]]:
+def make_run(
+    root: Path,
+    *,
+    iterations: int = 2,
+    agents: int = 2,
+    rounds: int = 2,
+    problems: int = 3,
+    diversity: bool = True,
+    paper: bool = False,
+) -> tuple[list[IterationMetrics], list[Turn]]:
     """A finished run directory: config.yaml, manifest.json, metrics.json, iter_<l>/debate_test.jsonl."""
-    config = RunConfig.model_validate({
-        "iterations": iterations,
-        "debate": {"agents": agents, "rounds": rounds},
-        "task": {"n_train": 2 * problems, "n_test": problems},
-    })
+    config = RunConfig.model_validate(
+        {
+            "iterations": iterations,
+            "debate": {"agents": agents, "rounds": rounds},
+            "task": {"n_train": 2 * problems, "n_test": problems},
+        }
+    )
     write_text(root / "config.yaml", config.to_yaml())
     write_json(root / "manifest.json", {"config_hash": config.hash(), "stages": {}})
-    metrics = [make_metrics(l, agents, rounds, diversity, paper) for l in range(iterations + 1)]
+    metrics = [make_metrics(it, agents, rounds, diversity, paper) for it in range(iterations + 1)]
     write_json(root / "metrics.json", [m.model_dump(mode="json") for m in metrics])
     turns = []
-    for l in range(iterations + 1):
-        write_jsonl(root / f"iter_{l}" / "debate_test.jsonl", t := make_turns(l, problems, agents, rounds))
+    for it in range(iterations + 1):
+        write_jsonl(root / f"iter_{it}" / "debate_test.jsonl", t := make_turns(it, problems, agents, rounds))
         turns += t
     return metrics, turns
 
@@ -127,14 +169,27 @@ def make_comparison(root: Path, paper: bool = False) -> tuple[list[MethodResult]
     """``paper``: maft and debate measured the paper's likelihoods too."""
     results, turns = [], {}
     for method, finetunes, gold, iterations, agents, rounds, diversity in METHODS:
-        metrics, turns[method] = make_run(root / method, iterations=iterations, agents=agents, rounds=rounds,
-                                          diversity=diversity, paper=paper and diversity)
+        metrics, turns[method] = make_run(
+            root / method,
+            iterations=iterations,
+            agents=agents,
+            rounds=rounds,
+            diversity=diversity,
+            paper=paper and diversity,
+        )
         bonus = {"maft": 0.02, "star": 0.01, "debate": 0.04, "single": -0.05}[method]
-        results.append(MethodResult(
-            method=method, description=f"the {method} method", run_dir=method, uses_gold_labels=gold,
-            finetunes=finetunes, accuracy=[acc(m.test.majority.mean + bonus) for m in metrics],
-            compute=[m.compute for m in metrics], diversity=[m.diversity for m in metrics],
-        ))
+        results.append(
+            MethodResult(
+                method=method,
+                description=f"the {method} method",
+                run_dir=method,
+                uses_gold_labels=gold,
+                finetunes=finetunes,
+                accuracy=[acc(m.test.majority.mean + bonus) for m in metrics],
+                compute=[m.compute for m in metrics],
+                diversity=[m.diversity for m in metrics],
+            )
+        )
     write_json(root / "comparison.json", [r.model_dump(mode="json") for r in results])
     return results, turns
 
@@ -144,7 +199,7 @@ def read_transcripts(report: Path) -> tuple[list[dict], dict[str, str]]:
     records, questions = text.split("\n")[:2]
     prefix_r, prefix_q = "window.MAFT_TRANSCRIPTS = ", "window.MAFT_QUESTIONS = "
     assert records.startswith(prefix_r) and questions.startswith(prefix_q)
-    return json.loads(records[len(prefix_r):-1]), json.loads(questions[len(prefix_q):-1])
+    return json.loads(records[len(prefix_r) : -1]), json.loads(questions[len(prefix_q) : -1])
 
 
 def assert_png(path: Path) -> None:
@@ -234,8 +289,11 @@ def test_no_diversity(tmp_path):
 def test_not_a_report_source(tmp_path, make):
     source = tmp_path / "nothing"
     make(source)
-    with pytest.raises(FileNotFoundError, match=r"nothing .*expected a finished run directory \(with metrics.json\) "
-                                                r"or a comparison directory \(with comparison.json\)"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"nothing .*expected a finished run directory \(with metrics.json\) "
+        r"or a comparison directory \(with comparison.json\)",
+    ):
         write_report(source)
 
 
@@ -249,20 +307,73 @@ METHODS_TABLE = "Accuracy % ± SE on held-out problems (final-round majority vot
 def test_summary_console_and_report_show_the_same_numbers(tmp_path):
     run = tmp_path / "run"
     metrics, _ = make_run(run, paper=True)
-    manifest = {"config_hash": "abc", "stages": {"iter_0/debate_test": {"seconds": 3.25}, "iter_1/metrics": {"seconds": 1.0}}}
+    manifest = {
+        "config_hash": "abc",
+        "stages": {"iter_0/debate_test": {"seconds": 3.25}, "iter_1/metrics": {"seconds": 1.0}},
+    }
     md = dict(markdown_grids(summary_markdown(RunStore.saved_config(run), metrics, manifest)).tables)
     page = dict(Grids(write_report(run).read_text()).tables)
     assert list(page) == [ITERATIONS, DIVERSITY, LIKELIHOODS, "Per agent and round (held-out accuracy %)"]
-    assert list(md) == [ITERATIONS, "Per agent and round (held-out accuracy %)", DIVERSITY, LIKELIHOODS, "Stage times (seconds)"]
+    assert list(md) == [
+        ITERATIONS,
+        "Per agent and round (held-out accuracy %)",
+        DIVERSITY,
+        LIKELIHOODS,
+        "Stage times (seconds)",
+    ]
     assert all(page[title] == md[title] for title in page)
     assert rich_grid(iteration_table(metrics)) == md[ITERATIONS]
-    assert md[ITERATIONS][3] == ["2", "70.0 ± 5.0", "60.0 ± 5.0", "61.0 ± 5.0", "25.0", "75.0 ± 5.0", "8", "6", "2,100", "28", "7"]
+    assert md[ITERATIONS][3] == [
+        "2",
+        "70.0 ± 5.0",
+        "60.0 ± 5.0",
+        "61.0 ± 5.0",
+        "25.0",
+        "75.0 ± 5.0",
+        "8",
+        "6",
+        "2,100",
+        "28",
+        "7",
+    ]
     assert md[DIVERSITY][0] == ["iter", "answer agreement", "consensus", "cross NLL", "self NLL", "KL"]  # no embeddings
     assert md[DIVERSITY][3] == ["2", "0.6000", "0.4000", "2.0000", "1.0000", "0.7500"]
-    assert md[LIKELIHOODS][0] == ["iter", "critic round", "critic cross NLL", "critic self NLL", "critic KL", "KL from base",
-                                  "gen_0", "gen_1", "critic_0", "critic_1"]
-    assert md[LIKELIHOODS][1] == ["0", "2", "1.2500", "0.7500", "0.5000", "0.0000", "0.0000", "0.0000", "0.0000", "0.0000"]
-    assert md[LIKELIHOODS][3] == ["2", "2", "1.5000", "0.7500", "0.6250", "0.0350", "0.0200", "0.0400", "0.0300", "0.0500"]
+    assert md[LIKELIHOODS][0] == [
+        "iter",
+        "critic round",
+        "critic cross NLL",
+        "critic self NLL",
+        "critic KL",
+        "KL from base",
+        "gen_0",
+        "gen_1",
+        "critic_0",
+        "critic_1",
+    ]
+    assert md[LIKELIHOODS][1] == [
+        "0",
+        "2",
+        "1.2500",
+        "0.7500",
+        "0.5000",
+        "0.0000",
+        "0.0000",
+        "0.0000",
+        "0.0000",
+        "0.0000",
+    ]
+    assert md[LIKELIHOODS][3] == [
+        "2",
+        "2",
+        "1.5000",
+        "0.7500",
+        "0.6250",
+        "0.0350",
+        "0.0200",
+        "0.0400",
+        "0.0300",
+        "0.0500",
+    ]
     assert md["Stage times (seconds)"][-1] == ["total", "4.2"]
 
 
@@ -276,16 +387,35 @@ def test_comparison_console_and_report_show_the_same_numbers(tmp_path):
     assert [row[-1] for row in page[METHODS_TABLE]] == ["description", *(r.description for r in results)]
     assert all(page[title] == md[title] for title in list(page)[1:])
     assert rich_grid(comparison_table(results)) == md[METHODS_TABLE]
-    assert md[METHODS_TABLE][1] == ["maft", "52.0 ± 5.0", "72.0 ± 5.0 (iter 2)", "72.0 ± 5.0 (iter 2)", "3,300", "42", "90", "majority"]
+    assert md[METHODS_TABLE][1] == [
+        "maft",
+        "52.0 ± 5.0",
+        "72.0 ± 5.0 (iter 2)",
+        "72.0 ± 5.0 (iter 2)",
+        "3,300",
+        "42",
+        "90",
+        "majority",
+    ]
     assert md[METHODS_TABLE][4] == ["single", "45.0 ± 5.0", "45.0 ± 5.0", "-", "100", "0", "20", "-"]
-    assert [row[:2] for row in md[LIKELIHOODS]] == [["method", "iter"], ["maft", "0"], ["maft", "1"], ["maft", "2"], ["debate", "0"]]
+    assert [row[:2] for row in md[LIKELIHOODS]] == [
+        ["method", "iter"],
+        ["maft", "0"],
+        ["maft", "1"],
+        ["maft", "2"],
+        ["debate", "0"],
+    ]
 
 
 def test_the_best_iteration_is_the_earliest_highest_and_said_to_be_descriptive(tmp_path):
     root = tmp_path / "cmp"
     results, _ = make_comparison(root)
-    maft = results[0].model_copy(update={"accuracy": [acc(0.5), acc(0.75), acc(0.6), acc(0.75)],
-                                         "compute": results[0].compute + [results[0].compute[-1]]})
+    maft = results[0].model_copy(
+        update={
+            "accuracy": [acc(0.5), acc(0.75), acc(0.6), acc(0.75)],
+            "compute": results[0].compute + [results[0].compute[-1]],
+        }
+    )
     text = comparison_markdown([maft], RunStore.saved_config(root / "maft"))
     assert dict(markdown_grids(text).tables)[METHODS_TABLE][1][2:4] == ["75.0 ± 5.0 (iter 3)", "75.0 ± 5.0 (iter 1)"]
     assert "best %\\*" in text and "\\*Best: the iteration with the highest held-out accuracy" in text
@@ -316,7 +446,9 @@ def test_the_report_assets_are_package_data(tmp_path):
     make_run(tmp_path / "run")
     page = write_report(tmp_path / "run").read_text()
     assert f"<style>\n{asset('report.css')}</style>" in page and "table.metrics .l { text-align: left; }" in page
-    assert f"const SHOWN = 200;\n{asset('report.js')}</script>" in page and "window.MAFT_TRANSCRIPTS" in asset("report.js")
+    assert f"const SHOWN = 200;\n{asset('report.js')}</script>" in page and "window.MAFT_TRANSCRIPTS" in asset(
+        "report.js"
+    )
 
 
 # -- the page in headless Chromium ------------------------------------------------------------------------
@@ -336,7 +468,9 @@ def driver():
 
 def shown(driver) -> list[str]:
     """The head line of each rendered turn."""
-    return driver.execute_script("return [...document.querySelectorAll('#transcripts .turn .head')].map(e => e.textContent)")
+    return driver.execute_script(
+        "return [...document.querySelectorAll('#transcripts .turn .head')].map(e => e.textContent)"
+    )
 
 
 def set_filter(driver, id: str, value: str) -> None:
@@ -352,14 +486,17 @@ def check_page(driver, index: Path, tables: dict[str, int], total: int) -> None:
     driver.get(index.as_uri())
     for id, rows in tables.items():
         assert len(driver.find_elements(By.CSS_SELECTOR, f"table.metrics#{id} tbody tr")) == rows, id
-    images = driver.execute_script("return [...document.images].map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])")
+    images = driver.execute_script(
+        "return [...document.images].map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])"
+    )
     assert images and all(complete and width > 0 for _, complete, width in images), images
     assert driver.execute_script("return window.MAFT_TRANSCRIPTS.length") == total
     more = ", showing first 200" if total > 200 else ""
     assert driver.find_element(By.ID, "t-count").text == f"{total} of {total} turns{more}"
     assert len(shown(driver)) == min(total, 200)
     assert driver.execute_script("return document.querySelectorAll('#transcripts b').length") == 0
-    assert driver.execute_script(f"return [...document.querySelectorAll('#transcripts pre')].some(p => p.textContent.endsWith({json.dumps(NASTY)}))")
+    ends_with_nasty = f"p => p.textContent.endsWith({json.dumps(NASTY)})"
+    assert driver.execute_script(f"return [...document.querySelectorAll('#transcripts pre')].some({ends_with_nasty})")
 
 
 def test_run_page_in_browser(tmp_path, driver):
@@ -409,4 +546,3 @@ def test_comparison_page_in_browser(tmp_path, driver):
     assert all("problem p01" in h for h in heads)
     set_filter(driver, "f-correct", "correct")
     assert len(shown(driver)) == sum(t.problem_id == "p01" and t.correct for ts in turns.values() for t in ts)
-

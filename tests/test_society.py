@@ -7,14 +7,14 @@ import json
 import pytest
 from safetensors.torch import load_file
 
-from maft.config import load_config
-from maft.debate.transcript import Turn
-from maft.data.agent_data import Example
 from maft.agents import roles
+from maft.config import load_config
+from maft.data.agent_data import Example
+from maft.debate.transcript import Turn
+from maft.debate.voting import ProblemVote
 from maft.evaluation.metrics import IterationMetrics
 from maft.loop import Society
 from maft.store import RunStore, read_jsonl
-from maft.debate.voting import ProblemVote
 
 pytestmark = pytest.mark.slow
 
@@ -40,22 +40,45 @@ def finished_run(tmp_path_factory):
 def test_run_directory_holds_every_stage_output(finished_run):
     root, store, _ = finished_run
     expected = [
-        "config.yaml", "manifest.json", "versions.json", "metrics.json", "summary.md",
-        "iter_0/debate_test.jsonl", "iter_0/diversity.json", "iter_0/metrics.json",
-        "iter_1/debate_train.jsonl", "iter_1/votes.jsonl", "iter_1/data/counts.json",
-        "iter_1/debate_test.jsonl", "iter_1/diversity.json", "iter_1/metrics.json",
+        "config.yaml",
+        "manifest.json",
+        "versions.json",
+        "metrics.json",
+        "summary.md",
+        "iter_0/debate_test.jsonl",
+        "iter_0/diversity.json",
+        "iter_0/metrics.json",
+        "iter_1/debate_train.jsonl",
+        "iter_1/votes.jsonl",
+        "iter_1/data/counts.json",
+        "iter_1/debate_test.jsonl",
+        "iter_1/diversity.json",
+        "iter_1/metrics.json",
     ]
     expected += [f"iter_1/data/{r}.jsonl" for r in roles(2)]
-    expected += [f"iter_1/agents/{r}/{f}" for r in roles(2) for f in ("adapter_config.json", "adapter_model.safetensors", "maft_train.json")]
+    expected += [
+        f"iter_1/agents/{r}/{f}"
+        for r in roles(2)
+        for f in ("adapter_config.json", "adapter_model.safetensors", "maft_train.json")
+    ]
     assert [p for p in expected if not (root / p).is_file()] == []
     # no scratch left behind: the publishing folders (store.temporary_dir) and the trainer's output (training.py)
     assert not list(root.rglob(".tmp-*")) and not list(root.rglob(".trainer"))
     import torch
+
     assert json.loads((root / "versions.json").read_text())["torch"] == torch.__version__
     stages = store.manifest["stages"]
     assert list(stages) == [
-        "iter_0/debate_test", "iter_0/diversity", "iter_0/metrics", "iter_1/debate_train", "iter_1/votes", "iter_1/data",
-        *[f"iter_1/train/{r}" for r in roles(2)], "iter_1/debate_test", "iter_1/diversity", "iter_1/metrics",
+        "iter_0/debate_test",
+        "iter_0/diversity",
+        "iter_0/metrics",
+        "iter_1/debate_train",
+        "iter_1/votes",
+        "iter_1/data",
+        *[f"iter_1/train/{r}" for r in roles(2)],
+        "iter_1/debate_test",
+        "iter_1/diversity",
+        "iter_1/metrics",
     ]
 
 
@@ -76,7 +99,10 @@ def test_debate_transcripts_follow_the_protocol(finished_run):
             assert f"The other agents' answers are: {shown}." in t.messages[2]["content"]
     test = read_jsonl(root / "iter_1/debate_test.jsonl", Turn)
     assert {(t.agent, t.round, t.adapter) for t in test} == {
-        (0, 1, "gen_0"), (1, 1, "gen_1"), (0, 2, "critic_0"), (1, 2, "critic_1"),
+        (0, 1, "gen_0"),
+        (1, 1, "gen_1"),
+        (0, 2, "critic_0"),
+        (1, 2, "critic_1"),
     }
 
 
@@ -157,13 +183,13 @@ def test_transfer_debates_another_task_with_the_finetuned_agents(finished_run):
     gsm8k = {"path": str(Path(__file__).parent / "fixtures" / "gsm8k_dir")}
     results = transfer(root, "gsm8k", options=gsm8k, n=3, progress=False)
     assert list(results) == [0, 1]  # the base model for reference, and the last iteration
-    for l, adapters in [(0, {None}), (1, {"gen_0", "gen_1", "critic_0", "critic_1"})]:
-        d = transfer_dir(root, "gsm8k", gsm8k) / f"iter_{l}"
+    for it, adapters in [(0, {None}), (1, {"gen_0", "gen_1", "critic_0", "critic_1"})]:
+        d = transfer_dir(root, "gsm8k", gsm8k) / f"iter_{it}"
         turns = read_jsonl(d / "debate_test.jsonl", Turn)
         assert {t.adapter for t in turns} == adapters and len(turns) == 3 * 2 * 2
         assert "ducks" in " ".join(t.messages[0]["content"] for t in turns)  # gsm8k questions, not arithmetic
-        assert DebateMetrics.model_validate_json((d / "metrics.json").read_text()) == results[l]
-        assert results[l].problems == 3
+        assert DebateMetrics.model_validate_json((d / "metrics.json").read_text()) == results[it]
+        assert results[it].problems == 3
     mtime = (transfer_dir(root, "gsm8k", gsm8k) / "iter_1/debate_test.jsonl").stat().st_mtime_ns
     assert transfer(root, "gsm8k", options=gsm8k, n=3, iterations=[1], progress=False) == {1: results[1]}
     assert (transfer_dir(root, "gsm8k", gsm8k) / "iter_1/debate_test.jsonl").stat().st_mtime_ns == mtime  # kept
@@ -171,8 +197,12 @@ def test_transfer_debates_another_task_with_the_finetuned_agents(finished_run):
     transfer(root, "arithmetic", options={"high": 12}, n=3, iterations=[1], progress=False)
     transfer(root, "arithmetic", options={"high": 20}, n=3, iterations=[1], progress=False)
     small, large = (transfer_dir(root, "arithmetic", {"high": h}) for h in (12, 20))
-    assert small != large and sorted(p.name for p in (root / "transfer").iterdir()) == sorted([small.name, large.name, transfer_dir(root, "gsm8k", gsm8k).name])
-    questions = [{t.messages[0]["content"] for t in read_jsonl(d / "iter_1/debate_test.jsonl", Turn)} for d in (small, large)]
+    assert small != large and sorted(p.name for p in (root / "transfer").iterdir()) == sorted(
+        [small.name, large.name, transfer_dir(root, "gsm8k", gsm8k).name]
+    )
+    questions = [
+        {t.messages[0]["content"] for t in read_jsonl(d / "iter_1/debate_test.jsonl", Turn)} for d in (small, large)
+    ]
     assert questions[0] != questions[1]
     assert json.loads((small / "iter_1/spec.json").read_text())["options"] == {"high": 12}
     with pytest.raises(ValueError, match="not finished"):

@@ -8,10 +8,10 @@ import pytest
 import yaml
 
 from maft.config import RunConfig, load_config
-from maft.debate.transcript import Turn
 from maft.data.agent_data import Example
-from maft.store import RunDirError, RunStore, atomic_dir, read_jsonl, write_json, write_jsonl, write_text
+from maft.debate.transcript import Turn
 from maft.debate.voting import ProblemVote
+from maft.store import RunDirError, RunStore, atomic_dir, read_jsonl, write_json, write_jsonl, write_text
 
 
 @pytest.fixture
@@ -218,8 +218,15 @@ def test_jsonl_round_trip_of_pydantic_models(tmp_path):
             completion_tokens=12,
         ),
         Turn(
-            problem_id="p2", agent=0, round=1, adapter=None, messages=[{"role": "user", "content": "q"}],
-            response="no idea", answer=None, correct=False, completion_tokens=0,
+            problem_id="p2",
+            agent=0,
+            round=1,
+            adapter=None,
+            messages=[{"role": "user", "content": "q"}],
+            response="no idea",
+            answer=None,
+            correct=False,
+            completion_tokens=0,
         ),
     ]
     path = tmp_path / "iter_0" / "turns.jsonl"
@@ -236,8 +243,13 @@ def test_jsonl_round_trip_of_pydantic_models(tmp_path):
     assert back == votes and back[1].label is None and back[0].classes == [[0, 2], [1]]
 
     examples = [
-        Example(prompt=[{"role": "user", "content": "q"}], completion=[{"role": "assistant", "content": "a"}],
-                problem_id="p1", agent=2, kind="critic-")
+        Example(
+            prompt=[{"role": "user", "content": "q"}],
+            completion=[{"role": "assistant", "content": "a"}],
+            problem_id="p1",
+            agent=2,
+            kind="critic-",
+        )
     ]
     write_jsonl(tmp_path / "data.jsonl", iter(examples))  # any iterable, e.g. a generator
     assert read_jsonl(tmp_path / "data.jsonl", Example) == examples
@@ -245,14 +257,18 @@ def test_jsonl_round_trip_of_pydantic_models(tmp_path):
 
 def test_jsonl_dicts_empty_files_and_blank_lines(tmp_path):
     path = tmp_path / "x.jsonl"
-    write_jsonl(path, [{"problem_id": "p", "label": "1", "count": 1, "voters": 1, "agents": 1,
-                        "classes": [[0]], "correct": True}])
+    write_jsonl(
+        path,
+        [{"problem_id": "p", "label": "1", "count": 1, "voters": 1, "agents": 1, "classes": [[0]], "correct": True}],
+    )
     (vote,) = read_jsonl(path, ProblemVote)
     assert vote.label == "1" and vote.unanimous
     write_jsonl(path, [])
     assert path.read_text() == "" and read_jsonl(path, ProblemVote) == []
-    path.write_text('\n{"problem_id": "p", "label": null, "count": 0, "voters": 0, "agents": 2, '
-                    '"classes": [], "correct": false}\n\n')
+    path.write_text(
+        '\n{"problem_id": "p", "label": null, "count": 0, "voters": 0, "agents": 2, '
+        '"classes": [], "correct": false}\n\n'
+    )
     assert [v.label for v in read_jsonl(path, ProblemVote)] == [None]
 
 
@@ -267,9 +283,14 @@ def test_a_run_in_use_by_another_process_is_refused(tmp_path):
     RunStore.create(root, RunConfig())
     store_module._LOCKS.pop(root.resolve()).close()  # as if this process had exited
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import time; from pathlib import Path; from maft.store import RunStore; "
-         f"RunStore.open(Path({str(root)!r})); print('locked', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import time; from pathlib import Path; from maft.store import RunStore; "
+            f"RunStore.open(Path({str(root)!r})); print('locked', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "locked"

@@ -12,7 +12,21 @@ from rich.console import Console
 from rich.text import Text
 
 from maft.evaluation.metrics import Accuracy
-from maft.report.tables import BEST_NOTE, Column, Table, acc, at, best_iteration, count, html, markdown, num, pct, rich_table, secs
+from maft.report.tables import (
+    BEST_NOTE,
+    Column,
+    Table,
+    acc,
+    at,
+    best_iteration,
+    count,
+    html,
+    markdown,
+    num,
+    pct,
+    rich_table,
+    secs,
+)
 
 NASTY = [
     "a | b",  # a pipe splits a Markdown row
@@ -109,7 +123,7 @@ def test_alignment_and_footer():
     assert [c for c in grids.classes[0][1]] == [None, "text-align:right", None]
     page = Grids(html(table))
     assert page.classes[0][1] == ["l", None, "l"]
-    assert "<tfoot><tr><td class=\"l\">total</td><td>1,234</td>" in html(table)
+    assert '<tfoot><tr><td class="l">total</td><td>1,234</td>' in html(table)
     console = rich_table(table)
     assert [c.justify for c in console.columns] == ["left", "right", "left"]
     assert console.rows[-1].style == "bold" and console.rows[-2].end_section

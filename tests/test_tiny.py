@@ -120,7 +120,9 @@ def test_shipped_checkpoint_answers_in_format(engine, arithmetic):
     assert engine.model_name == str(default_checkpoint())
     problems = arithmetic.splits(0, 40, seed=7).test
     greedy = Sampling(temperature=0, max_new_tokens=160)
-    gens = engine.generate([Request([{"role": "user", "content": arithmetic.prompt(p)}], sampling=greedy) for p in problems])
+    gens = engine.generate(
+        [Request([{"role": "user", "content": arithmetic.prompt(p)}], sampling=greedy) for p in problems]
+    )
     answers = [arithmetic.extract(g.text) for g in gens]
     assert all(g.text.endswith("}.") and "\\boxed{" in g.text for g in gens)
     assert all(a is not None for a in answers)
@@ -145,8 +147,10 @@ def test_cli_tiny_train_with_config_file(tmp_path):
     from maft.cli import app
 
     cfg = tmp_path / "recipe.yaml"
-    cfg.write_text("steps: 2\nseed: 3\nbatch_size: 2\ntokenizer_corpus: 200\nwarmup_steps: 1\nsynth: {subtraction: direct}\n"
-                   "model: {hidden_size: 16, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 32}\n")
+    cfg.write_text(
+        "steps: 2\nseed: 3\nbatch_size: 2\ntokenizer_corpus: 200\nwarmup_steps: 1\nsynth: {subtraction: direct}\n"
+        "model: {hidden_size: 16, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 32}\n"
+    )
     res = CliRunner().invoke(app, ["tiny", "train", "--out", str(tmp_path / "m"), "--config", str(cfg), "--lr", "0.01"])
     assert res.exit_code == 0, res.output
     saved = json.loads((tmp_path / "m" / "maft_recipe.json").read_text())["recipe"]
@@ -158,12 +162,17 @@ def test_cli_tiny_train_with_config_file(tmp_path):
 def test_recipe_continues_from_a_checkpoint(recipe_checkpoint, tmp_path):
     from maft.tiny.recipe import RecipeConfig, pretrain
 
-    out = pretrain(RecipeConfig(steps=2, batch_size=2, warmup_steps=1, init_from=str(recipe_checkpoint)), tmp_path / "c",
-                   progress=False)
+    out = pretrain(
+        RecipeConfig(steps=2, batch_size=2, warmup_steps=1, init_from=str(recipe_checkpoint)),
+        tmp_path / "c",
+        progress=False,
+    )
     before = AutoModelForCausalLM.from_pretrained(recipe_checkpoint)
     after = AutoModelForCausalLM.from_pretrained(out)
     assert after.config.hidden_size == before.config.hidden_size == 32  # the shape came from the checkpoint
-    assert AutoTokenizer.from_pretrained(out).get_vocab() == AutoTokenizer.from_pretrained(recipe_checkpoint).get_vocab()
+    assert (
+        AutoTokenizer.from_pretrained(out).get_vocab() == AutoTokenizer.from_pretrained(recipe_checkpoint).get_vocab()
+    )
     assert any((a != b).any() for a, b in zip(after.parameters(), before.parameters()))  # and it trained
     stats = json.loads((out / "maft_recipe.json").read_text())["stats"]
     assert stats["continued_from"]["recipe"]["steps"] == 6

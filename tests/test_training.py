@@ -10,9 +10,9 @@ import pytest
 from safetensors.torch import load_file
 
 from maft.config import TrainConfig
+from maft.data.agent_data import Example
 from maft.engines import Request, Sampling
 from maft.engines.hf import HFEngine
-from maft.data.agent_data import Example
 from maft.tasks.arithmetic import Expression
 from maft.tiny import default_checkpoint
 from maft.tiny.synth import solve
@@ -28,9 +28,15 @@ def examples(arithmetic):
     out = []
     for p in arithmetic.splits(16, 1, seed=9).train:
         text, _ = solve(Expression(*map(int, re.findall(r"\d+", p.question))), rng, 0.0, "places")
-        out.append(Example(prompt=[{"role": "user", "content": arithmetic.prompt(p)}],
-                           completion=[{"role": "assistant", "content": text}],
-                           problem_id=p.id, agent=0, kind="generation"))
+        out.append(
+            Example(
+                prompt=[{"role": "user", "content": arithmetic.prompt(p)}],
+                completion=[{"role": "assistant", "content": text}],
+                problem_id=p.id,
+                agent=0,
+                kind="generation",
+            )
+        )
     return out
 
 

@@ -24,6 +24,7 @@ import httpx
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
+from servers import require_vllm, vllm_serve
 from transformers import AutoModelForCausalLM
 
 from maft.agents import Agents
@@ -33,8 +34,6 @@ from maft.servers.errors import ServerError
 from maft.servers.vllm import VLLMServer, served_models
 from maft.tiny import default_checkpoint
 from maft.tiny.widen import widen_heads
-
-from servers import require_vllm, vllm_serve
 
 pytestmark = pytest.mark.slow
 
@@ -93,7 +92,10 @@ def adapters(tiny32, tmp_path_factory):
     """Two iterations' agents: real random adapters for gen_0 and critic_0, saved for the widened model."""
     folder = tmp_path_factory.mktemp("agents")
     return {
-        it: {role: make_adapter(tiny32, folder / f"iter_{it}" / role, seed=10 * it + i) for i, role in enumerate(["gen_0", "critic_0"])}
+        it: {
+            role: make_adapter(tiny32, folder / f"iter_{it}" / role, seed=10 * it + i)
+            for i, role in enumerate(["gen_0", "critic_0"])
+        }
         for it in (1, 2)
     }
 
@@ -244,9 +246,20 @@ def test_preflight_refuses_a_server_without_lora_and_maft_run_creates_no_run_dir
         check_serving(load_config(None, [*overrides[:-1], "iterations=0"]))  # the base model alone needs no LoRA
         out = tmp_path / "run"
         result = subprocess.run(
-            [sys.executable, "-m", "maft.cli", "run", "--out", str(out), "--quiet",
-             *[a for o in overrides for a in ("--set", o)]],
-            capture_output=True, text=True, env={**os.environ, "COLUMNS": "250"}, timeout=300,
+            [
+                sys.executable,
+                "-m",
+                "maft.cli",
+                "run",
+                "--out",
+                str(out),
+                "--quiet",
+                *[a for o in overrides for a in ("--set", o)],
+            ],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "COLUMNS": "250"},
+            timeout=300,
         )
     finally:
         plain.stop()
@@ -278,12 +291,26 @@ def test_one_iteration_through_a_managed_vllm_server(vllm_python, tiny32, tmp_pa
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")  # the managed server inherits maft's environment
     # maft adds --lora-target-modules and --max-num-batched-tokens itself (serving.server_command)
     args = ",".join(f"'{a}'" for a in ["--dtype", "float32", "--max-model-len", "1024"])
-    cfg = load_config(None, [
-        f"model.name={tiny32}", "model.engine=openai", "model.server_kind=vllm", "execution.server=managed",
-        f"execution.server_python={vllm_python}", f"execution.server_args=[{args}]",
-        "iterations=1", "debate.agents=2", "debate.rounds=2", "debate.max_new_tokens=112",
-        "task.n_train=16", "task.n_test=12", "train.epochs=1", "train.batch_size=8", "diversity.embeddings=off",
-    ])
+    cfg = load_config(
+        None,
+        [
+            f"model.name={tiny32}",
+            "model.engine=openai",
+            "model.server_kind=vllm",
+            "execution.server=managed",
+            f"execution.server_python={vllm_python}",
+            f"execution.server_args=[{args}]",
+            "iterations=1",
+            "debate.agents=2",
+            "debate.rounds=2",
+            "debate.max_new_tokens=112",
+            "task.n_train=16",
+            "task.n_test=12",
+            "train.epochs=1",
+            "train.batch_size=8",
+            "diversity.embeddings=off",
+        ],
+    )
     root = tmp_path / "run"
     society = Society(RunStore.create(root, cfg), progress=False)
     try:
@@ -304,8 +331,9 @@ def test_one_iteration_through_a_managed_vllm_server(vllm_python, tiny32, tmp_pa
         assert len(turns) == (16 if split == "train" else 12) * 2 * 2
         answered_by = {(t.agent, t.round): t.adapter for t in turns}
         trained = it == 1 and split == "test"  # iteration 1's train debate is iteration 0's (base) agents
-        assert answered_by == {(a, r): (("gen_" if r == 1 else "critic_") + str(a) if trained else None)
-                               for a in range(2) for r in (1, 2)}
+        assert answered_by == {
+            (a, r): (("gen_" if r == 1 else "critic_") + str(a) if trained else None) for a in range(2) for r in (1, 2)
+        }
         assert all(t.completion_tokens > 0 for t in turns)
     for m in metrics:  # vLLM scores: the likelihood measures are there
         assert m.diversity is not None and m.diversity.cross_nll is not None and m.diversity.kl is not None

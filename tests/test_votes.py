@@ -7,9 +7,9 @@ import math
 import pytest
 
 from maft.debate.transcript import Turn
+from maft.debate.voting import VoteRule, vote_final_round
 from maft.evaluation.metrics import debate_metrics
 from maft.tasks import Problem
-from maft.debate.voting import VoteRule, vote_final_round
 
 FIRST = VoteRule(tie_break="first")  # the old fixed rule: ties go to the lowest agent index
 
@@ -257,9 +257,13 @@ def truncate(turns, which):
 
 def test_a_truncated_turn_abstains_under_abstain_and_keeps_its_answer_under_keep(arithmetic):
     problems = [Problem("p", "2+2", "4")]
-    turns = truncate(make_turns(arithmetic, problems, {"p": [["4", "4", "4"], ["7", "7", "4"]]}), {("p", 0, 2), ("p", 1, 2)})
+    turns = truncate(
+        make_turns(arithmetic, problems, {"p": [["4", "4", "4"], ["7", "7", "4"]]}), {("p", 0, 2), ("p", 1, 2)}
+    )
     cut = [t for t in turns if t.truncated]
-    assert [(t.answer, t.response) for t in cut] == [("7", "... \\boxed{7}")] * 2  # the record keeps its text and answer
+    assert [(t.answer, t.response) for t in cut] == [
+        ("7", "... \\boxed{7}")
+    ] * 2  # the record keeps its text and answer
     abstain, keep = VoteRule(truncated="abstain"), VoteRule(truncated="keep")
     assert [abstain.answer(t) for t in cut] == [None, None] and [keep.answer(t) for t in cut] == ["7", "7"]
     (v,) = vote_final_round(turns, arithmetic, problems, abstain)
@@ -302,7 +306,9 @@ def test_truncation_shares_by_hand(arithmetic):
     from maft.evaluation.metrics import truncation_shares
 
     problems = [Problem("a", "1+1", "2"), Problem("b", "1+2", "3")]
-    turns = make_turns(arithmetic, problems, {"a": [["2", "2"], ["2", "2"], ["2", "2"]], "b": [["3", "3"], ["3", "3"], ["3", "3"]]})
+    turns = make_turns(
+        arithmetic, problems, {"a": [["2", "2"], ["2", "2"], ["2", "2"]], "b": [["3", "3"], ["3", "3"], ["3", "3"]]}
+    )
     turns = truncate(turns, {("a", 0, 1), ("a", 0, 2), ("b", 1, 2), ("a", 1, 2)})
     assert truncation_shares(turns) == [1 / 4, 3 / 4, 0.0]
     assert truncation_shares([]) == []
@@ -312,7 +318,14 @@ def test_old_metrics_without_truncation_still_load():
     from maft.evaluation.metrics import DebateMetrics
 
     old = {
-        "problems": 1, "majority": {"mean": 1, "se": 0, "n": 1}, "round_agent": [], "round_majority": [],
-        "agent_round": [], "unanimous": 1, "pairwise_agreement": 1, "abstention_rate": 0, "generated_tokens": 0,
+        "problems": 1,
+        "majority": {"mean": 1, "se": 0, "n": 1},
+        "round_agent": [],
+        "round_majority": [],
+        "agent_round": [],
+        "unanimous": 1,
+        "pairwise_agreement": 1,
+        "abstention_rate": 0,
+        "generated_tokens": 0,
     }  # a metrics.json written before DebateMetrics.truncated existed
     assert DebateMetrics.model_validate(old).truncated == []

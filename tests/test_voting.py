@@ -3,9 +3,9 @@ from collections import Counter
 
 import pytest
 
-from maft.tasks import grading
-from maft.evaluation.metrics import accuracy
 from maft.debate.voting import VoteRule, majority_vote, tie_key
+from maft.evaluation.metrics import accuracy
+from maft.tasks import grading
 
 
 def numeric(a, b):
@@ -42,6 +42,7 @@ def test_accuracy_standard_error():
 
 # --- tie-break rules ----------------------------------------------------------------------------
 
+
 def old_majority_vote(answers, equivalent):
     """The rule before tie_break existed (verbatim): the first of the largest classes wins."""
     classes = []
@@ -61,7 +62,9 @@ def old_majority_vote(answers, equivalent):
 
 
 def winners(answers, seeds=range(200), problem_id="p"):
-    return Counter(majority_vote(answers, numeric, tie_break="random", key=tie_key(s, problem_id)).answer for s in seeds)
+    return Counter(
+        majority_vote(answers, numeric, tie_break="random", key=tie_key(s, problem_id)).answer for s in seeds
+    )
 
 
 def test_random_three_way_tie_is_spread_over_the_tied_classes():
@@ -101,8 +104,12 @@ def test_same_seed_and_problem_give_the_same_winner():
 
 
 def test_no_tie_gives_the_majority_whatever_the_seed():
-    for answers, majority in [(["1", "2", "2"], "2"), (["2", "1", "1", "2", "2"], "2"), (["4", None, None], "4"),
-                              (["8", "8.0", "9", "9", "8"], "8")]:
+    for answers, majority in [
+        (["1", "2", "2"], "2"),
+        (["2", "1", "1", "2", "2"], "2"),
+        (["4", None, None], "4"),
+        (["8", "8.0", "9", "9", "8"], "8"),
+    ]:
         assert winners(answers) == Counter({majority: 200}), answers
         vote = majority_vote(answers, numeric, tie_break="random", key="any")
         assert vote.tied == 1

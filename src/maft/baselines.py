@@ -77,13 +77,23 @@ METHODS: dict[str, Method] = {
         "ablation (Table 2, 'w/o critic'): only the generation agents finetuned (critics stay the base model)",
         {"train.roles": "generation"},
     ),
-    "critic_only": Method("ablation: only the critic agents finetuned (generators stay the base model)", {"train.roles": "critic"}),
+    "critic_only": Method(
+        "ablation: only the critic agents finetuned (generators stay the base model)", {"train.roles": "critic"}
+    ),
 }
 
 #: What ``maft compare`` runs when no methods are named: the paper's Table 1 methods, its section 2.2
 #: single-agent finetuning, and the two role ablations.
 DEFAULT_METHODS: list[str] = [
-    "maft", "single", "majority", "debate", "star", "majority_ft", "single_agent_ft", "gen_only", "critic_only",
+    "maft",
+    "single",
+    "majority",
+    "debate",
+    "star",
+    "majority_ft",
+    "single_agent_ft",
+    "gen_only",
+    "critic_only",
 ]
 
 

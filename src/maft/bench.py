@@ -47,10 +47,24 @@ DEFAULT_PATHS = ("authors", "hf-merged", "hf-mixed", "hf-cb")
 #: Named architecture shapes, built with random weights (no download): Llama 3.2 1B and Llama 3.1 8B
 #: shapes with a 32000-token vocabulary; prompts are tokenized with the tiny model's tokenizer.
 SHAPES: dict[str, dict[str, Any]] = {
-    "llama-1b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
-                     "num_key_value_heads": 8, "head_dim": 64, "tie_word_embeddings": True},
-    "llama-8b": {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
-                     "num_key_value_heads": 8, "head_dim": 128, "tie_word_embeddings": False},
+    "llama-1b": {
+        "hidden_size": 2048,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 16,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "head_dim": 64,
+        "tie_word_embeddings": True,
+    },
+    "llama-8b": {
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "tie_word_embeddings": False,
+    },
 }
 SHAPE_VOCAB = 32000
 
@@ -82,8 +96,10 @@ def parse_paths(text: str | Sequence[str]) -> list[str]:
     names = [p.strip() for p in (text.split(",") if isinstance(text, str) else text) if p.strip()]
     unknown = [p for p in names if p not in PATHS]
     if unknown or not names:
-        raise BenchError(f"unknown path{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown)) or '(none given)'}; "
-                         f"accepted: {', '.join(PATHS)}")
+        raise BenchError(
+            f"unknown path{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown)) or '(none given)'}; "
+            f"accepted: {', '.join(PATHS)}"
+        )
     return sorted(set(names), key=PATHS.index)
 
 
@@ -116,8 +132,10 @@ class BenchConfig:
         if "openai" in self.paths and not self.url:
             raise BenchError("the openai path needs --url (the server's base URL, e.g. http://127.0.0.1:8000/v1)")
         if self.model not in SHAPES and self.model != "tiny" and not (Path(self.model) / "config.json").is_file():
-            raise BenchError(f"--model {self.model!r} is not 'tiny', a local checkpoint (config.json) "
-                             f"or a shape ({', '.join(SHAPES)})")
+            raise BenchError(
+                f"--model {self.model!r} is not 'tiny', a local checkpoint (config.json) "
+                f"or a shape ({', '.join(SHAPES)})"
+            )
 
 
 @dataclass
@@ -164,8 +182,14 @@ def prepare(cfg: BenchConfig, workdir: Path) -> Setup:
     if cfg.model in SHAPES:
         model_dir = workdir / "model"
         tok = AutoTokenizer.from_pretrained(tiny)
-        config = LlamaConfig(**SHAPES[cfg.model], vocab_size=SHAPE_VOCAB, max_position_embeddings=4096,
-                             bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        config = LlamaConfig(
+            **SHAPES[cfg.model],
+            vocab_size=SHAPE_VOCAB,
+            max_position_embeddings=4096,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
         torch.manual_seed(cfg.seed)
         with torch.device(device):
             model = AutoModelForCausalLM.from_config(config, dtype=dtype)
@@ -200,8 +224,14 @@ def prepare(cfg: BenchConfig, workdir: Path) -> Setup:
     tok = AutoTokenizer.from_pretrained(model_dir)
     prompt_tokens = [len(_prompt_ids(tok, p)) for p in prompts]
     return Setup(
-        model_dir=str(model_dir), adapters=adapters, prompts=prompts, prompt_tokens=prompt_tokens, device=device,
-        dtype=dtype_name, num_parameters=num_parameters, adapter_parameters=adapter_parameters,
+        model_dir=str(model_dir),
+        adapters=adapters,
+        prompts=prompts,
+        prompt_tokens=prompt_tokens,
+        device=device,
+        dtype=dtype_name,
+        num_parameters=num_parameters,
+        adapter_parameters=adapter_parameters,
         kv_bytes_per_token=2 * config.num_hidden_layers * kv_heads * head_dim * element_bytes,
         element_bytes=element_bytes,
     )
@@ -215,8 +245,9 @@ def _prompt_ids(tok: Any, prompt: str) -> list[int]:
 def _sampling(cfg: BenchConfig, new_tokens: int | None = None, ignore_eos: bool = True):
     from maft.engines.base import Sampling
 
-    return Sampling(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=new_tokens or cfg.new_tokens,
-                    ignore_eos=ignore_eos)
+    return Sampling(
+        temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=new_tokens or cfg.new_tokens, ignore_eos=ignore_eos
+    )
 
 
 def _requests(setup: Setup, cfg: BenchConfig, agent_names: Sequence[str | None]) -> list:
@@ -224,8 +255,11 @@ def _requests(setup: Setup, cfg: BenchConfig, agent_names: Sequence[str | None])
     from maft.engines.base import Request
 
     sampling = _sampling(cfg)
-    return [Request([{"role": "user", "content": p}], adapter=a, sampling=sampling)
-            for a in agent_names for p in setup.prompts]
+    return [
+        Request([{"role": "user", "content": p}], adapter=a, sampling=sampling)
+        for a in agent_names
+        for p in setup.prompts
+    ]
 
 
 def _merged_models(setup: Setup) -> list:
@@ -242,8 +276,12 @@ def _merged_models(setup: Setup) -> list:
 
 
 def _gen_kwargs(cfg: BenchConfig, tok: Any, new_tokens: int) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens,
-                                  "pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id}
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": new_tokens,
+        "min_new_tokens": new_tokens,
+        "pad_token_id": tok.pad_token_id,
+        "eos_token_id": tok.eos_token_id,
+    }
     if cfg.temperature == 0:
         kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
     else:
@@ -271,7 +309,9 @@ def _authors(setup: Setup, cfg: BenchConfig) -> dict[str, Any]:
     def one(model: Any, prompt: torch.Tensor, kw: dict) -> int:
         model.to(setup.device)
         with torch.inference_mode():
-            out = model.generate(input_ids=prompt.to(setup.device), attention_mask=torch.ones_like(prompt).to(setup.device), **kw)
+            out = model.generate(
+                input_ids=prompt.to(setup.device), attention_mask=torch.ones_like(prompt).to(setup.device), **kw
+            )
         model.to("cpu")
         return int(out.shape[1] - prompt.shape[1])
 
@@ -280,15 +320,25 @@ def _authors(setup: Setup, cfg: BenchConfig) -> dict[str, Any]:
     start = time.perf_counter()
     tokens = sum(one(model, prompt, kwargs) for prompt in ids for model in models)
     _sync(setup.device)
-    return {"seconds": time.perf_counter() - start, "generated_tokens": tokens, "concurrency": 1,
-                "note": "one request at a time; each agent's merged model moved to the device for its request"}
+    return {
+        "seconds": time.perf_counter() - start,
+        "generated_tokens": tokens,
+        "concurrency": 1,
+        "note": "one request at a time; each agent's merged model moved to the device for its request",
+    }
 
 
 def _hf(setup: Setup, cfg: BenchConfig, merge: bool) -> dict[str, Any]:
     from maft.engines.hf import HFEngine
 
-    engine = HFEngine(setup.model_dir, device=setup.device, dtype=setup.dtype, batch_size=cfg.batch_size,
-                      merge_adapters=merge, threads=cfg.threads)
+    engine = HFEngine(
+        setup.model_dir,
+        device=setup.device,
+        dtype=setup.dtype,
+        batch_size=cfg.batch_size,
+        merge_adapters=merge,
+        threads=cfg.threads,
+    )
     for name, path in setup.adapters.items():
         engine.load_agent(name, path)
     names = list(setup.adapters)
@@ -301,10 +351,17 @@ def _hf(setup: Setup, cfg: BenchConfig, merge: bool) -> dict[str, Any]:
     _sync(setup.device)
     seconds = time.perf_counter() - start
     per_batch = min(cfg.batch_size, cfg.prompts if merge else len(requests))
-    note = ("agents merged into copies of the model; one agent per batch" if merge
-            else "one base model, unmerged adapters in mixed-adapter batches")
-    return {"seconds": seconds, "generated_tokens": sum(g.completion_tokens for g in out), "concurrency": per_batch,
-                "note": f"{note}; batch size {cfg.batch_size}"}
+    note = (
+        "agents merged into copies of the model; one agent per batch"
+        if merge
+        else "one base model, unmerged adapters in mixed-adapter batches"
+    )
+    return {
+        "seconds": seconds,
+        "generated_tokens": sum(g.completion_tokens for g in out),
+        "concurrency": per_batch,
+        "note": f"{note}; batch size {cfg.batch_size}",
+    }
 
 
 def _hf_cb(setup: Setup, cfg: BenchConfig) -> dict[str, Any]:
@@ -318,30 +375,44 @@ def _hf_cb(setup: Setup, cfg: BenchConfig) -> dict[str, Any]:
     ids = [_prompt_ids(tok, p) for p in setup.prompts]
     sample = cfg.temperature > 0
     # eos_token_id None: continuous batching disables the end-of-sequence stop (exactly max_new_tokens each)
-    gen = GenerationConfig(max_new_tokens=cfg.new_tokens, eos_token_id=None, pad_token_id=tok.pad_token_id,
-                           do_sample=sample, **({"temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": 0} if sample else {}))
+    gen = GenerationConfig(
+        max_new_tokens=cfg.new_tokens,
+        eos_token_id=None,
+        pad_token_id=tok.pad_token_id,
+        do_sample=sample,
+        **({"temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": 0} if sample else {}),
+    )
     cb = None
     if not setup.device.startswith("cuda"):  # sized for the workload: the automatic sizing is slow on a CPU
         page = 32
         blocks = len(ids) * math.ceil((max(map(len, ids)) + cfg.new_tokens) / page) + 8
         cb = ContinuousBatchingConfig(page_size=page, num_blocks=blocks, max_batch_tokens=2048, use_cuda_graph=False)
-    models[0].generate_batch(ids[:2], generation_config=GenerationConfig(**{**gen.to_dict(), "max_new_tokens": 2}),
-                             continuous_batching_config=cb, warmup=False)
+    models[0].generate_batch(
+        ids[:2],
+        generation_config=GenerationConfig(**{**gen.to_dict(), "max_new_tokens": 2}),
+        continuous_batching_config=cb,
+        warmup=False,
+    )
     _sync(setup.device)
     start = time.perf_counter()
     tokens, errors = 0, []
     for model in models:
-        out = model.generate_batch(ids, generation_config=gen, continuous_batching_config=cb,
-                                   warmup=setup.device.startswith("cuda"))
+        out = model.generate_batch(
+            ids, generation_config=gen, continuous_batching_config=cb, warmup=setup.device.startswith("cuda")
+        )
         tokens += sum(len(o.generated_tokens) for o in out.values())
         errors += [o.error for o in out.values() if o.error]
     _sync(setup.device)
     seconds = time.perf_counter() - start
     if errors:
         raise RuntimeError(f"generate_batch failed for {len(errors)} requests: {errors[0]}")
-    return {"seconds": seconds, "generated_tokens": tokens, "concurrency": len(ids),
-                "note": "no per-request adapters in transformers' continuous batching: each agent a merged copy, "
-                     "one generate_batch call per agent in turn"}
+    return {
+        "seconds": seconds,
+        "generated_tokens": tokens,
+        "concurrency": len(ids),
+        "note": "no per-request adapters in transformers' continuous batching: each agent a merged copy, "
+        "one generate_batch call per agent in turn",
+    }
 
 
 def _openai(setup: Setup, cfg: BenchConfig) -> dict[str, Any]:
@@ -354,15 +425,22 @@ def _openai(setup: Setup, cfg: BenchConfig) -> dict[str, Any]:
 
     kind = cfg.server_kind
     name = cfg.served_name or setup.model_dir
-    server = KINDS[kind](tag=f"bench-{run_tag(Path(setup.model_dir).parent / str(time.time_ns()))}") \
-        if kind in ADAPTER_SERVERS else None
+    server = (
+        KINDS[kind](tag=f"bench-{run_tag(Path(setup.model_dir).parent / str(time.time_ns()))}")
+        if kind in ADAPTER_SERVERS
+        else None
+    )
     extra: dict[str, Any] = {}
     ignore_eos = kind in ADAPTER_SERVERS
     if kind == "transformers":  # no ignore_eos field there: a generation config, in its JSON field, does it
-        extra["generation_config"] = json.dumps(dict(
-            max_new_tokens=cfg.new_tokens, min_new_tokens=cfg.new_tokens, do_sample=cfg.temperature > 0,
-            **({"top_k": 0} if cfg.temperature > 0 else {}),
-        ))
+        extra["generation_config"] = json.dumps(
+            dict(
+                max_new_tokens=cfg.new_tokens,
+                min_new_tokens=cfg.new_tokens,
+                do_sample=cfg.temperature > 0,
+                **({"top_k": 0} if cfg.temperature > 0 else {}),
+            )
+        )
     engine = OpenAIEngine(cfg.url, name, server=server, concurrency=cfg.concurrency, extra_body=extra)
     if server is not None:
         roles = {f"gen_{i}": Path(p) for i, p in enumerate(setup.adapters.values())}
@@ -382,8 +460,13 @@ def _openai(setup: Setup, cfg: BenchConfig) -> dict[str, Any]:
     if server is not None:
         for served in engine.names.values():
             httpx.post(f"{engine.endpoints[0].url}/unload_lora_adapter", json={"lora_name": served}, timeout=30)
-    return {"seconds": seconds, "generated_tokens": sum(g.completion_tokens for g in out),
-                "concurrency": min(cfg.concurrency, len(requests)), "note": note, "memory_scope": "client process only"}
+    return {
+        "seconds": seconds,
+        "generated_tokens": sum(g.completion_tokens for g in out),
+        "concurrency": min(cfg.concurrency, len(requests)),
+        "note": note,
+        "memory_scope": "client process only",
+    }
 
 
 def run_path(path: str, setup: Setup, cfg: BenchConfig) -> dict[str, Any]:
@@ -399,16 +482,25 @@ def run_path(path: str, setup: Setup, cfg: BenchConfig) -> dict[str, Any]:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     torch.manual_seed(cfg.seed)
-    runner = {"authors": _authors, "hf-merged": lambda s, c: _hf(s, c, True), "hf-mixed": lambda s, c: _hf(s, c, False),
-              "hf-cb": _hf_cb, "openai": _openai}[path]
+    runner = {
+        "authors": _authors,
+        "hf-merged": lambda s, c: _hf(s, c, True),
+        "hf-mixed": lambda s, c: _hf(s, c, False),
+        "hf-cb": _hf_cb,
+        "openai": _openai,
+    }[path]
     result = runner(setup, cfg)
     if cuda and path != "openai":
         result["peak_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20
         result.setdefault("memory_scope", "GPU, torch.cuda.max_memory_allocated")
     else:
         result["peak_memory_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-        result.setdefault("memory_scope", "peak RSS of the path's process" if cfg.isolate
-                          else "peak RSS of the whole benchmark process so far (not isolated)")
+        result.setdefault(
+            "memory_scope",
+            "peak RSS of the path's process"
+            if cfg.isolate
+            else "peak RSS of the whole benchmark process so far (not isolated)",
+        )
     return result
 
 
@@ -432,9 +524,15 @@ def machine(device: str) -> dict[str, Any]:
 
     from maft.engines.hf import cpu_threads
 
-    info: dict[str, Any] = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                                "cpu_threads": cpu_threads(), "python": sys.version.split()[0], "torch": torch.__version__,
-                                "transformers": transformers.__version__, "device": device}
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_threads": cpu_threads(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "device": device,
+    }
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name()
     return info
@@ -475,12 +573,19 @@ def bench_generate(cfg: BenchConfig, workdir: str | Path | None = None, *, echo:
                 say(f"[yellow]{escape(path)} omitted: {escape(omitted[path])}[/]")
                 continue
             requests = cfg.agents * cfg.prompts
-            row = {"path": path, "requests": requests, "generated_tokens": result["generated_tokens"],
-                       "expected_tokens": expected, "seconds_per_round": result["seconds"],
-                       "tokens_per_s": result["generated_tokens"] / result["seconds"],
-                       "requests_per_s": requests / result["seconds"], "concurrency": result["concurrency"],
-                       "peak_memory_mib": result["peak_memory_mib"], "memory_scope": result["memory_scope"],
-                       "note": result["note"]}
+            row = {
+                "path": path,
+                "requests": requests,
+                "generated_tokens": result["generated_tokens"],
+                "expected_tokens": expected,
+                "seconds_per_round": result["seconds"],
+                "tokens_per_s": result["generated_tokens"] / result["seconds"],
+                "requests_per_s": requests / result["seconds"],
+                "concurrency": result["concurrency"],
+                "peak_memory_mib": result["peak_memory_mib"],
+                "memory_scope": result["memory_scope"],
+                "note": result["note"],
+            }
             if bandwidth:
                 row["roofline_tokens_per_s"] = roofline(setup, cfg, path, result["concurrency"], bandwidth)
                 row["roofline_fraction"] = row["tokens_per_s"] / row["roofline_tokens_per_s"]
@@ -489,13 +594,27 @@ def bench_generate(cfg: BenchConfig, workdir: str | Path | None = None, *, echo:
         for row in rows:
             row["ratio_to_authors"] = row["tokens_per_s"] / base if base else None
         return {
-            "config": asdict(cfg), "machine": info, "bandwidth_gbs": bandwidth,
-            "model": {"name": cfg.model, "path": setup.model_dir if not own or cfg.model not in SHAPES else None,
-                       "parameters": setup.num_parameters, "adapter_parameters": setup.adapter_parameters,
-                       "dtype": setup.dtype, "mean_prompt_tokens": sum(setup.prompt_tokens) / len(setup.prompt_tokens)},
-            "workload": {"agents": cfg.agents, "prompts": cfg.prompts, "new_tokens": cfg.new_tokens, "requests": cfg.agents * cfg.prompts,
-                          "expected_tokens": expected, "ignore_eos": True},
-            "paths": rows, "omitted": omitted,
+            "config": asdict(cfg),
+            "machine": info,
+            "bandwidth_gbs": bandwidth,
+            "model": {
+                "name": cfg.model,
+                "path": setup.model_dir if not own or cfg.model not in SHAPES else None,
+                "parameters": setup.num_parameters,
+                "adapter_parameters": setup.adapter_parameters,
+                "dtype": setup.dtype,
+                "mean_prompt_tokens": sum(setup.prompt_tokens) / len(setup.prompt_tokens),
+            },
+            "workload": {
+                "agents": cfg.agents,
+                "prompts": cfg.prompts,
+                "new_tokens": cfg.new_tokens,
+                "requests": cfg.agents * cfg.prompts,
+                "expected_tokens": expected,
+                "ignore_eos": True,
+            },
+            "paths": rows,
+            "omitted": omitted,
         }
     finally:
         if own:
@@ -507,15 +626,33 @@ def table(result: dict[str, Any]):
     from rich.table import Table
 
     w = result["workload"]
-    t = Table(title=f"one debate round: {w['agents']} agents x {w['prompts']} prompts x {w['new_tokens']} new tokens "
-                    f"({result['model']['name']}, {result['machine']['device']})")
+    t = Table(
+        title=f"one debate round: {w['agents']} agents x {w['prompts']} prompts x {w['new_tokens']} new tokens "
+        f"({result['model']['name']}, {result['machine']['device']})"
+    )
     roof = any("roofline_fraction" in r for r in result["paths"])
-    for col in ["path", "tokens", "tokens/s", "requests/s", "s/round", "x authors", "peak MiB", *(["roofline"] if roof else [])]:
+    for col in [
+        "path",
+        "tokens",
+        "tokens/s",
+        "requests/s",
+        "s/round",
+        "x authors",
+        "peak MiB",
+        *(["roofline"] if roof else []),
+    ]:
         t.add_column(col, justify="left" if col == "path" else "right")
     for r in result["paths"]:
         ratio = f"{r['ratio_to_authors']:.2f}" if r["ratio_to_authors"] is not None else "-"
-        cells = [r["path"], str(r["generated_tokens"]), f"{r['tokens_per_s']:.0f}", f"{r['requests_per_s']:.2f}",
-                 f"{r['seconds_per_round']:.2f}", ratio, f"{r['peak_memory_mib']:.0f}"]
+        cells = [
+            r["path"],
+            str(r["generated_tokens"]),
+            f"{r['tokens_per_s']:.0f}",
+            f"{r['requests_per_s']:.2f}",
+            f"{r['seconds_per_round']:.2f}",
+            ratio,
+            f"{r['peak_memory_mib']:.0f}",
+        ]
         if roof:
             cells.append(f"{100 * r['roofline_fraction']:.1f}%" if "roofline_fraction" in r else "-")
         t.add_row(*cells)
@@ -524,11 +661,16 @@ def table(result: dict[str, Any]):
 
 def markdown(result: dict[str, Any]) -> str:
     """The result as a markdown table (for docs)."""
-    lines = ["| path | tokens | tokens/s | requests/s | s/round | x authors | peak MiB | note |", "|---|--:|--:|--:|--:|--:|--:|---|"]
+    lines = [
+        "| path | tokens | tokens/s | requests/s | s/round | x authors | peak MiB | note |",
+        "|---|--:|--:|--:|--:|--:|--:|---|",
+    ]
     for r in result["paths"]:
         ratio = f"{r['ratio_to_authors']:.2f}" if r["ratio_to_authors"] is not None else "-"
-        lines.append(f"| {r['path']} | {r['generated_tokens']} | {r['tokens_per_s']:.0f} | {r['requests_per_s']:.2f} | "
-                     f"{r['seconds_per_round']:.2f} | {ratio} | {r['peak_memory_mib']:.0f} | {r['note']} |")
+        lines.append(
+            f"| {r['path']} | {r['generated_tokens']} | {r['tokens_per_s']:.0f} | {r['requests_per_s']:.2f} | "
+            f"{r['seconds_per_round']:.2f} | {ratio} | {r['peak_memory_mib']:.0f} | {r['note']} |"
+        )
     return "\n".join(lines)
 
 
@@ -539,4 +681,14 @@ def write(result: dict[str, Any], out: str | Path) -> Path:
     return out
 
 
-__all__ = ["PATHS", "SHAPES", "BenchConfig", "BenchError", "bench_generate", "markdown", "parse_paths", "table", "write"]
+__all__ = [
+    "PATHS",
+    "SHAPES",
+    "BenchConfig",
+    "BenchError",
+    "bench_generate",
+    "markdown",
+    "parse_paths",
+    "table",
+    "write",
+]

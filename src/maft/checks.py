@@ -70,7 +70,9 @@ def _check_weights(path: Path) -> None:
             with safe_open(str(f), "pt") as opened:
                 opened.keys()
         except Exception as e:
-            raise SetupError(f"model weights {f} are unreadable or incomplete ({_first_line(e)}): copy them again") from None
+            raise SetupError(
+                f"model weights {f} are unreadable or incomplete ({_first_line(e)}): copy them again"
+            ) from None
 
 
 def check_device(device: str) -> None:
@@ -108,7 +110,9 @@ def check_lora_targets(targets: Sequence[str] | str, names: Sequence[str]) -> No
         return
     if isinstance(targets, str):
         if not any(re.fullmatch(targets, n) for n in names):
-            raise SetupError(f"train.lora_target_modules {targets!r} (a regular expression) matches no module of the model")
+            raise SetupError(
+                f"train.lora_target_modules {targets!r} (a regular expression) matches no module of the model"
+            )
         return
     leaves = sorted({n.rsplit(".", 1)[-1] for n in names})
     missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
@@ -123,8 +127,8 @@ def check_questions(problems: Sequence[Problem]) -> None:
     for p in problems:
         if len(p.question) > MAX_QUESTION_CHARS:
             raise SetupError(
-                f"problem {p.id!r} has a question of {len(p.question):,} characters (more than {MAX_QUESTION_CHARS:,}): "
-                "remove it from the task file"
+                f"problem {p.id!r} has a question of {len(p.question):,} characters "
+                f"(more than {MAX_QUESTION_CHARS:,}): remove it from the task file"
             )
 
 

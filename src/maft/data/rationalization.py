@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from maft import prompts
 from maft.agents import AdapterFor
 from maft.debate.transcript import Turn
+from maft.debate.voting import VoteRule
 from maft.engines import Engine, Request, Sampling
 from maft.tasks import Problem, Task
-from maft.debate.voting import VoteRule
 
 
 def rationalize(
@@ -44,8 +44,14 @@ def rationalize(
     )
     requests = [
         Request(
-            messages=[{"role": "user", "content": prompts.rationalization_hint(task.prompt(by_id[t.problem_id]),
-                                                                             by_id[t.problem_id].answer)}],
+            messages=[
+                {
+                    "role": "user",
+                    "content": prompts.rationalization_hint(
+                        task.prompt(by_id[t.problem_id]), by_id[t.problem_id].answer
+                    ),
+                }
+            ],
             adapter=adapter_for(t.agent, 1),
             sampling=sampling,
         )
@@ -56,9 +62,18 @@ def rationalize(
     for t, r, g in zip(missed, requests, generations):
         answer = task.extract(g.text)
         p = by_id[t.problem_id]
-        out.append(Turn(
-            problem_id=t.problem_id, agent=t.agent, round=1, adapter=r.adapter, messages=r.messages, response=g.text,
-            answer=answer, correct=task.is_correct(answer, p), completion_tokens=g.completion_tokens,
-            truncated=g.truncated,
-        ))
+        out.append(
+            Turn(
+                problem_id=t.problem_id,
+                agent=t.agent,
+                round=1,
+                adapter=r.adapter,
+                messages=r.messages,
+                response=g.text,
+                answer=answer,
+                correct=task.is_correct(answer, p),
+                completion_tokens=g.completion_tokens,
+                truncated=g.truncated,
+            )
+        )
     return out

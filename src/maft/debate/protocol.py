@@ -11,14 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from maft import prompts
-from maft.engines import AgentEngine, Engine, Message, Request, Sampling
-from maft.tasks import Problem, Task
 from maft.agents import AdapterFor, Agents
 from maft.config import RunConfig
 from maft.debate.transcript import Turn
 from maft.debate.voting import VoteRule
+from maft.engines import AgentEngine, Engine, Message, Request, Sampling
+from maft.tasks import Problem, Task
 from maft.types import Summarizer
-
 
 
 def base_model(agent: int, round: int) -> str | None:
@@ -59,8 +58,15 @@ def debate(
     for m in range(1, rounds + 1):
         if m > 1:
             critiques = _critic_messages(
-                engine, task, previous, agents, summarizer, sampling, seed * 1000 + 2 * m,
-                _label(progress, f"summaries {m - 1}"), answer_of or (lambda t: t.answer),
+                engine,
+                task,
+                previous,
+                agents,
+                summarizer,
+                sampling,
+                seed * 1000 + 2 * m,
+                _label(progress, f"summaries {m - 1}"),
+                answer_of or (lambda t: t.answer),
             )
             for i in range(len(problems)):
                 for n in range(agents):
@@ -124,16 +130,24 @@ def _critic_messages(
     responses (concat), their answers (answers), or the base model's summary of their responses (model)."""
     if summarizer == "concat":
         return [
-            [prompts.critic_message(responses=[t.response for t in _others(row, n)], answer_format=task.answer_format)
-             for n in range(agents)]
+            [
+                prompts.critic_message(
+                    responses=[t.response for t in _others(row, n)], answer_format=task.answer_format
+                )
+                for n in range(agents)
+            ]
             for row in previous
         ]
     if summarizer == "answers":
-        summaries = [[prompts.answers_digest([answer_of(t) for t in _others(row, n)]) for n in range(agents)] for row in previous]
+        summaries = [
+            [prompts.answers_digest([answer_of(t) for t in _others(row, n)]) for n in range(agents)] for row in previous
+        ]
     else:  # model: one summary request per (problem, agent), all in one engine call
         requests = [
             Request(
-                messages=[{"role": "user", "content": prompts.summarizer_request([t.response for t in _others(row, n)])}],
+                messages=[
+                    {"role": "user", "content": prompts.summarizer_request([t.response for t in _others(row, n)])}
+                ],
                 adapter=None,
                 sampling=sampling,
             )
@@ -152,7 +166,13 @@ def sampling(config: RunConfig) -> Sampling:
 
 
 def run_debate(
-    engine: AgentEngine, config: RunConfig, task: Task, problems: Sequence[Problem], agents: Agents, *, seed: int,
+    engine: AgentEngine,
+    config: RunConfig,
+    task: Task,
+    problems: Sequence[Problem],
+    agents: Agents,
+    *,
+    seed: int,
     progress: bool | str,
     held_out: bool = True,
 ) -> list[Turn]:
@@ -161,6 +181,15 @@ def run_debate(
     d = config.debate
     n, m = d.shape(held_out)
     return debate(
-        engine, task, problems, agents=n, rounds=m, summarizer=d.summarizer, sampling=sampling(config),
-        adapter_for=engine.serve(agents), seed=seed, progress=progress, answer_of=VoteRule.of(config).answer,
+        engine,
+        task,
+        problems,
+        agents=n,
+        rounds=m,
+        summarizer=d.summarizer,
+        sampling=sampling(config),
+        adapter_for=engine.serve(agents),
+        seed=seed,
+        progress=progress,
+        answer_of=VoteRule.of(config).answer,
     )

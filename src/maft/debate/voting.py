@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from maft.tasks import Problem, Task
 
 
-
 @dataclass(frozen=True)
 class Vote:
     """The outcome of a vote. ``answer`` is None when every answer abstained (no label)."""
@@ -75,7 +74,9 @@ def majority_vote(
     best = largest[0]
     if len(largest) > 1 and tie_break == "random":
         if key is None:
-            raise ValueError("tie_break='random' needs a key (the run seed and the problem id: tie_key(seed, problem_id))")
+            raise ValueError(
+                "tie_break='random' needs a key (the run seed and the problem id: tie_key(seed, problem_id))"
+            )
         best = largest[random.Random(key).randrange(len(largest))]
     return Vote(answer=answers[best[0]], count=size, voters=sum(map(len, classes)), classes=classes, tied=len(largest))
 

@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from maft.agents import Agents
-    from maft.agents import AdapterFor
+    from maft.agents import AdapterFor, Agents
 
 Message = dict[str, str]
 
@@ -60,10 +59,16 @@ def _canonical(request: Request) -> str:
         {
             "messages": [dict(m) for m in request.messages],
             "adapter": request.adapter,
-            "sampling": {"temperature": float(s.temperature), "top_p": float(s.top_p),
-                         "max_new_tokens": int(s.max_new_tokens), "ignore_eos": bool(s.ignore_eos)},
+            "sampling": {
+                "temperature": float(s.temperature),
+                "top_p": float(s.top_p),
+                "max_new_tokens": int(s.max_new_tokens),
+                "ignore_eos": bool(s.ignore_eos),
+            },
         },
-        sort_keys=True, ensure_ascii=False, separators=(",", ":"),
+        sort_keys=True,
+        ensure_ascii=False,
+        separators=(",", ":"),
     )
 
 
@@ -114,9 +119,7 @@ class Score:
 class Engine(Protocol):
     """Anything that turns requests into generations, in order."""
 
-    def generate(
-        self, requests: Sequence[Request], *, seed: int = 0, progress: bool | str = False
-    ) -> list[Generation]:
+    def generate(self, requests: Sequence[Request], *, seed: int = 0, progress: bool | str = False) -> list[Generation]:
         """Texts for ``requests``, in order; ``progress`` (True, or a label for the bar) shows a progress bar."""
         ...
 

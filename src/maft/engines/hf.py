@@ -109,7 +109,11 @@ class GumbelMaxSampler(LogitsProcessor):
     in the running when they are few (a top-p nucleus); being a pure function, it is the same either way."""
 
     def __init__(
-        self, seeds: Sequence[int], prompt_width: int, temperature: float, top_p: float,
+        self,
+        seeds: Sequence[int],
+        prompt_width: int,
+        temperature: float,
+        top_p: float,
         device: torch.device | str = "cpu",
     ) -> None:
         if temperature <= 0:
@@ -178,7 +182,9 @@ class HFEngine:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         if self.tokenizer.chat_template is None:
             raise ValueError(f"{self.model_name} has no chat template; maft drives models through apply_chat_template")
-        torch_dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+        torch_dtype = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
+            dtype
+        ]
         self.model = AutoModelForCausalLM.from_pretrained(self.model_name, dtype=torch_dtype).to(self.device).eval()
         self.batch_size = batch_size
         self.num_parameters = sum(p.numel() for p in self.model.parameters())
@@ -249,9 +255,7 @@ class HFEngine:
         text = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def generate(
-        self, requests: Sequence[Request], *, seed: int = 0, progress: bool | str = False
-    ) -> list[Generation]:
+    def generate(self, requests: Sequence[Request], *, seed: int = 0, progress: bool | str = False) -> list[Generation]:
         """Generate for all ``requests`` (in order). Each request is sampled with its own seed
         (``request_seeds(requests, seed)``), so its text does not depend on the batch size or on the
         other requests of the call; identical requests in one call draw different samples."""
@@ -269,7 +273,9 @@ class HFEngine:
                 )
                 for i, text, n, end in zip(idx, texts, counts, ended):
                     out[i] = Generation(
-                        text=text, prompt_tokens=len(prompts[i]), completion_tokens=n,
+                        text=text,
+                        prompt_tokens=len(prompts[i]),
+                        completion_tokens=n,
                         truncated=not end and n >= sampling.max_new_tokens,
                     )
                 bar.update(task, advance=len(idx))
@@ -308,7 +314,9 @@ class HFEngine:
         its own. Generation also groups by sampling settings. Longest first: memory errors show early."""
         groups: dict[tuple[Sampling | None, str | None], list[int]] = defaultdict(list)
         for i, r in enumerate(requests):
-            groups[(r.sampling if by_sampling else None, r.adapter if r.adapter in self.full_models else None)].append(i)
+            groups[(r.sampling if by_sampling else None, r.adapter if r.adapter in self.full_models else None)].append(
+                i
+            )
         batches = []
         for (sampling, full), idx in groups.items():
             idx.sort(key=lambda i: lengths[i], reverse=True)
@@ -368,7 +376,10 @@ class HFEngine:
             "max_new_tokens": sampling.max_new_tokens,
             "pad_token_id": tok.pad_token_id,
             "eos_token_id": tok.eos_token_id,
-            "do_sample": False, "temperature": None, "top_p": None, "top_k": None,
+            "do_sample": False,
+            "temperature": None,
+            "top_p": None,
+            "top_k": None,
         }
         if sampling.ignore_eos:
             kwargs["min_new_tokens"] = sampling.max_new_tokens

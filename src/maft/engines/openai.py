@@ -160,9 +160,7 @@ class OpenAIEngine:
             self.server.release(self)
 
     # -- generation -------------------------------------------------------------------------------
-    def generate(
-        self, requests: Sequence[Request], *, seed: int = 0, progress: bool | str = False
-    ) -> list[Generation]:
+    def generate(self, requests: Sequence[Request], *, seed: int = 0, progress: bool | str = False) -> list[Generation]:
         """Texts for ``requests``, in order; each is sampled with its own seed, ``request_seeds32(requests,
         seed)`` (from the request's content and its occurrence among identical ones, not its position)."""
         self._ensure()
@@ -291,14 +289,21 @@ class OpenAIEngine:
             endpoint.requests += 1
             try:
                 return await call(clients[endpoint.url])
-            except (openai.APIConnectionError, openai.APITimeoutError, openai.RateLimitError, openai.InternalServerError) as e:
+            except (
+                openai.APIConnectionError,
+                openai.APITimeoutError,
+                openai.RateLimitError,
+                openai.InternalServerError,
+            ) as e:
                 kind = type(e).__name__
                 error: Exception = e
             except openai.APIStatusError as e:
                 if e.status_code >= 500:  # 5xx without a class of its own
                     kind, error = f"HTTP {e.status_code}", e
                 else:
-                    raise EngineError(f"{endpoint.url} refused a request (HTTP {e.status_code}): {_message(e)}") from None
+                    raise EngineError(
+                        f"{endpoint.url} refused a request (HTTP {e.status_code}): {_message(e)}"
+                    ) from None
             finally:
                 endpoint.outstanding -= 1
             endpoint.failures += 1

@@ -48,8 +48,7 @@ from maft.agents import role_for
 from maft.engines.base import Generation, Request, Score
 
 if TYPE_CHECKING:
-    from maft.agents import Agents
-    from maft.agents import AdapterFor
+    from maft.agents import AdapterFor, Agents
     from maft.tasks import Problem, Task
 
 #: The served name of the base model answering as some (agent, round).

@@ -36,8 +36,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from maft.agents import role_for
-from maft.agents import AdapterFor
+from maft.agents import AdapterFor, role_for
 from maft.debate.transcript import Turn, by_problem
 from maft.engines import Request, Scorer
 from maft.evaluation.metrics import Diversity, agreement
@@ -149,7 +148,8 @@ def resolve_encoder(encoder: str) -> str:
     where = "the Hugging Face cache (the hub is offline: HF_HUB_OFFLINE)" if offline else "the cache or on the hub"
     raise EmbeddingsUnavailable(
         f"diversity.encoder={encoder!r} is neither a local directory nor found in {where}"
-        + (f" ({', '.join(sorted(set(errors)))})" if errors else "") + f": {ENCODER_HINT}"
+        + (f" ({', '.join(sorted(set(errors)))})" if errors else "")
+        + f": {ENCODER_HINT}"
     )
 
 
@@ -181,9 +181,7 @@ def diversity(
     if agents < 2:
         raise ValueError("diversity across agents needs at least 2 agents")
     pairwise, unanimous = agreement([[t.answer for t in row] for row in rows], task)
-    result = Diversity(
-        round=round, agents=agents, problems=len(rows), answer_agreement=pairwise, consensus=unanimous
-    )
+    result = Diversity(round=round, agents=agents, problems=len(rows), answer_agreement=pairwise, consensus=unanimous)
     if embedder is not None:
         result.embedding_dissimilarity = embedding_dissimilarity(rows, embedder)
         result.encoder = encoder
@@ -243,8 +241,9 @@ def _pairs(rows: list[list[Turn]], round: int, adapter_for: AdapterFor, pending:
     """[problem][a][b]: the index of b's response of round ``round``, scored by agent a of that round in b's
     own conversation (in round 1 every agent has the same prompt)."""
     agents = len(rows[0])
-    return [[[pending.add(row[b], adapter_for(a, round)) for b in range(agents)] for a in range(agents)]
-            for row in rows]
+    return [
+        [[pending.add(row[b], adapter_for(a, round)) for b in range(agents)] for a in range(agents)] for row in rows
+    ]
 
 
 def _divergence(index: list, nll: list[float]) -> tuple[float, float, float]:

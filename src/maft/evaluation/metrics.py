@@ -10,8 +10,8 @@ from pydantic import BaseModel, Field
 
 if TYPE_CHECKING:
     from maft.debate.transcript import Turn
-    from maft.tasks import Problem, Task
     from maft.debate.voting import VoteRule
+    from maft.tasks import Problem, Task
 
 
 class Accuracy(BaseModel):
@@ -110,7 +110,10 @@ def debate_metrics(
         majority=accuracy(per_round[-1][1]),
         round_agent=[accuracy(a) for a, _ in per_round],
         round_majority=[accuracy(v) for _, v in per_round],
-        agent_round=[[accuracy([float(rule.correct(grid[pid][(n, m)])) for pid in ids]) for m in range(1, rounds + 1)] for n in range(agents)],
+        agent_round=[
+            [accuracy([float(rule.correct(grid[pid][(n, m)])) for pid in ids]) for m in range(1, rounds + 1)]
+            for n in range(agents)
+        ],
         unanimous=unanimous,
         pairwise_agreement=pairwise,
         abstention_rate=sum(rule.answer(t) is None for t in turns) / len(turns),

@@ -6,10 +6,10 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel
 
+from maft.debate.voting import majority_vote, tie_key
 from maft.engines import Engine, Request, Sampling
 from maft.evaluation.metrics import Accuracy, accuracy
 from maft.tasks import Problem, Task
-from maft.debate.voting import majority_vote, tie_key
 
 
 class SampleRecord(BaseModel):

@@ -16,12 +16,12 @@ from rich.console import Console
 from rich.markup import escape
 
 from maft.agents import agents_at
-from maft.evaluation.metrics import DebateMetrics, debate_metrics
-from maft.store import RunStore, atomic_dir, write_json, write_jsonl
-from maft.serving import check_serving, make_engine
 from maft.debate.protocol import run_debate
-from maft.tasks import get_task
 from maft.debate.voting import VoteRule
+from maft.evaluation.metrics import DebateMetrics, debate_metrics
+from maft.serving import check_serving, make_engine
+from maft.store import RunStore, atomic_dir, write_json, write_jsonl
+from maft.tasks import get_task
 
 
 def transfer(
@@ -43,11 +43,11 @@ def transfer(
 
     store = RunStore.open(run, say=say)
     cfg = store.config
-    finished = [l for l in range(cfg.iterations + 1) if store.done(f"iter_{l}/metrics")]
+    finished = [it for it in range(cfg.iterations + 1) if store.done(f"iter_{it}/metrics")]
     if not finished:
         raise ValueError(f"{store.root} has no finished iteration yet; run or resume it first")
     wanted = list(iterations) if iterations else sorted({0, finished[-1]})
-    missing = [l for l in wanted if l not in finished]
+    missing = [it for it in wanted if it not in finished]
     if missing:
         raise ValueError(f"iteration(s) {missing} of {store.root} are not finished (finished: {finished})")
     task = get_task(task_name, **(options or {}))
@@ -60,21 +60,30 @@ def transfer(
     spec = {"task": task_name, "options": options or {}, "n": n, "problems": [p.id for p in problems]}
     out: dict[int, DebateMetrics] = {}
     try:
-        for l in wanted:
-            d = where / f"iter_{l}"
-            if (d / "metrics.json").is_file() and (d / "spec.json").is_file() and json.loads((d / "spec.json").read_text()) == spec:
-                console.print(f"[dim]transfer to {escape(where.name)}, iteration {l}: finished earlier, kept[/dim]")
-                out[l] = DebateMetrics.model_validate_json((d / "metrics.json").read_text())
+        for it in wanted:
+            d = where / f"iter_{it}"
+            if (
+                (d / "metrics.json").is_file()
+                and (d / "spec.json").is_file()
+                and json.loads((d / "spec.json").read_text()) == spec
+            ):
+                console.print(f"[dim]transfer to {escape(where.name)}, iteration {it}: finished earlier, kept[/dim]")
+                out[it] = DebateMetrics.model_validate_json((d / "metrics.json").read_text())
                 continue
             engine = engine or make_engine(cfg, store.root, say=say)
             turns = run_debate(
-                engine, cfg, task, problems, agents_at(cfg, store.root, l), seed=cfg.seed * 1000,
-                progress=f"transfer {escape(task_name)} iter_{l}" if progress else False,
+                engine,
+                cfg,
+                task,
+                problems,
+                agents_at(cfg, store.root, it),
+                seed=cfg.seed * 1000,
+                progress=f"transfer {escape(task_name)} iter_{it}" if progress else False,
             )
-            out[l] = debate_metrics(turns, task, problems, VoteRule.of(cfg))
+            out[it] = debate_metrics(turns, task, problems, VoteRule.of(cfg))
             with atomic_dir(d) as tmp:
                 write_jsonl(tmp / "debate_test.jsonl", turns)
-                write_json(tmp / "metrics.json", out[l].model_dump(mode="json"))
+                write_json(tmp / "metrics.json", out[it].model_dump(mode="json"))
                 write_json(tmp / "spec.json", spec)
     finally:
         if engine is not None:  # a managed server stops with the transfer
@@ -88,4 +97,3 @@ def transfer_dir(run: Path, task_name: str, options: dict) -> Path:
         return Path(run) / "transfer" / task_name
     digest = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:8]
     return Path(run) / "transfer" / f"{task_name}-{digest}"
-

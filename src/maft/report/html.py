@@ -24,11 +24,10 @@ from pathlib import Path
 from maft.compare import MethodResult, accuracy_table, diversity_tables, methods_table
 from maft.config import RunConfig
 from maft.debate.transcript import Turn
-from maft.evaluation.metrics import Accuracy, Diversity
-from maft.evaluation.metrics import IterationMetrics
-from maft.store import RunDirError, RunStore, atomic_file, read_jsonl, write_text
+from maft.evaluation.metrics import Accuracy, Diversity, IterationMetrics
 from maft.report.summary import diversity, per_agent, per_iteration, title
 from maft.report.tables import html
+from maft.store import RunDirError, RunStore, atomic_file, read_jsonl, write_text
 
 MEASURES = {  # the diversity measures plotted (those measured), and their axis labels
     "answer_agreement": "answer agreement",
@@ -101,10 +100,10 @@ def _config(run: Path) -> RunConfig | None:
 
 def _turns(run: Path, iterations: int, method: str = "") -> list[tuple[str, int, Turn]]:
     out = []
-    for l in range(iterations):
-        path = run / f"iter_{l}" / "debate_test.jsonl"
+    for it in range(iterations):
+        path = run / f"iter_{it}" / "debate_test.jsonl"
         if path.is_file():
-            out += [(method, l, t) for t in read_jsonl(path, Turn)]
+            out += [(method, it, t) for t in read_jsonl(path, Turn)]
     return out
 
 
@@ -117,7 +116,12 @@ def _run(run: Path) -> Report:
     agents = config.debate.shape(held_out=True)[0] if config else len(base.agent_round)
     method = config.method if config else "maft"
     series = [
-        Series(f"{method}: final-round majority", [m.test.majority for m in metrics], [m.diversity for m in metrics], width=3),
+        Series(
+            f"{method}: final-round majority",
+            [m.test.majority for m in metrics],
+            [m.diversity for m in metrics],
+            width=3,
+        ),
         Series("agent, round 1 (mean)", [m.test.round_agent[0] for m in metrics], width=1),
         Series("single agent (base)", [base.round_agent[0]], flat=True),
     ]
@@ -178,8 +182,20 @@ def plot_accuracy(series: Sequence[Series], path: Path) -> None:
             handles.append(ax.axhline(mean[0], color=color, ls="--", lw=s.width, label=s.label))
             ax.axhspan(mean[0] - se[0], mean[0] + se[0], color=color, alpha=0.12, lw=0)
         else:
-            handles.append(ax.errorbar(range(len(mean)), mean, yerr=se, color=color, lw=s.width, marker="o",
-                                       ms=2 + s.width, capsize=3, label=s.label, zorder=3 if s.width > 2 else 2))
+            handles.append(
+                ax.errorbar(
+                    range(len(mean)),
+                    mean,
+                    yerr=se,
+                    color=color,
+                    lw=s.width,
+                    marker="o",
+                    ms=2 + s.width,
+                    capsize=3,
+                    label=s.label,
+                    zorder=3 if s.width > 2 else 2,
+                )
+            )
     _iteration_axis(ax, _iterations(series))
     ax.set_ylabel("accuracy (%)")
     ax.set_title("Held-out accuracy of the final round's majority vote (±1 SE)", fontsize=10)
@@ -189,8 +205,11 @@ def plot_accuracy(series: Sequence[Series], path: Path) -> None:
 
 def plot_diversity(series: Sequence[Series], path: Path) -> bool:
     """One subplot per diversity measure vs iteration; returns False (writing nothing) without any data."""
+
     def values(s: Series, key: str) -> list[tuple[int, float]]:
-        return [(l, getattr(d, key)) for l, d in enumerate(s.diversity) if d is not None and getattr(d, key) is not None]
+        return [
+            (it, getattr(d, key)) for it, d in enumerate(s.diversity) if d is not None and getattr(d, key) is not None
+        ]
 
     measures = [k for k in MEASURES if any(values(s, k) for s in series)]
     if not measures:
@@ -199,7 +218,7 @@ def plot_diversity(series: Sequence[Series], path: Path) -> bool:
     rows = -(-len(measures) // cols)
     fig = _figure(3.6 * cols, 3.0 * rows)
     grid = fig.subplots(rows, cols, squeeze=False).ravel()
-    for ax in grid[len(measures):]:
+    for ax in grid[len(measures) :]:
         ax.set_visible(False)
     axes = grid[: len(measures)]
     handles = {}  # series index -> a line, for one legend in the order of ``series``
@@ -256,8 +275,14 @@ def transcripts_js(turns: Sequence[tuple[str, int, Turn]]) -> str:
     for method, iteration, t in turns:
         questions.setdefault(t.problem_id, t.messages[0]["content"] if t.messages else "")
         record = {
-            "method": method, "iteration": iteration, "problem_id": t.problem_id, "agent": t.agent,
-            "round": t.round, "answer": t.answer, "correct": t.correct, "response": t.response,
+            "method": method,
+            "iteration": iteration,
+            "problem_id": t.problem_id,
+            "agent": t.agent,
+            "round": t.round,
+            "answer": t.answer,
+            "correct": t.correct,
+            "response": t.response,
         }
         if t.round > 1 and t.messages:
             record["critic"] = t.messages[-1]["content"]
@@ -283,12 +308,17 @@ def _config_summary(config: RunConfig | None) -> str:
         "finetuning": f"{config.train.method}, lr {config.train.learning_rate:g}, {config.train.epochs:g} epochs",
         "seed": str(config.seed),
     }
-    return '<dl class="config">' + "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in items.items()) + "</dl>\n"
+    return (
+        '<dl class="config">'
+        + "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in items.items())
+        + "</dl>\n"
+    )
 
 
 def _page(report: Report, has_diversity: bool) -> str:
     diversity = (
-        '<img src="diversity.png" alt="diversity measures per iteration">' if has_diversity
+        '<img src="diversity.png" alt="diversity measures per iteration">'
+        if has_diversity
         else "<p>No diversity data: diversity.png was not written.</p>"
     )
     hidden = "" if report.comparison else " hidden"
@@ -312,7 +342,8 @@ def _page(report: Report, has_diversity: bool) -> str:
 <label>problem <input id="f-problem" placeholder="problem id contains"></label>
 <label>agent <select id="f-agent"><option value="">all</option></select></label>
 <label>round <select id="f-round"><option value="">all</option></select></label>
-<label>graded <select id="f-correct"><option value="">all</option><option value="correct">correct</option><option value="wrong">wrong</option></select></label>
+<label>graded <select id="f-correct"><option value="">all</option>
+<option value="correct">correct</option><option value="wrong">wrong</option></select></label>
 <span id="t-count"></span>
 </div>
 <div id="transcripts"></div>

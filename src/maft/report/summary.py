@@ -14,8 +14,7 @@ from maft.report.tables import MISSING, Table, acc, count, markdown, num, pct, r
 if TYPE_CHECKING:
     import rich.table
 
-    from maft.evaluation.metrics import Diversity
-    from maft.evaluation.metrics import IterationMetrics
+    from maft.evaluation.metrics import Diversity, IterationMetrics
 
 ITERATION_NOTE = (
     "Iteration 0 is the base model. Majority: the final round's majority vote. Agent columns: the mean accuracy "
@@ -28,8 +27,19 @@ ITERATION_NOTE = (
 
 def per_iteration(metrics: Sequence[IterationMetrics]) -> Table:
     """Held-out accuracy, agreement, training labels and data, and compute, one row per iteration."""
-    header = ["iter", "majority %", "agent r1 %", "agent final %", "unanimous %", "label prec. %", "D^G", "D^C",
-              "generated tokens", "training examples", "s"]
+    header = [
+        "iter",
+        "majority %",
+        "agent r1 %",
+        "agent final %",
+        "unanimous %",
+        "label prec. %",
+        "D^G",
+        "D^C",
+        "generated tokens",
+        "training examples",
+        "s",
+    ]
     rows = []
     for m in metrics:
         t = m.test
@@ -39,11 +49,21 @@ def per_iteration(metrics: Sequence[IterationMetrics]) -> Table:
             critic = count(sum(c["critic"] for c in m.train.data.values()))
         else:
             precision = gen = critic = MISSING
-        rows.append([
-            str(m.iteration), acc(t.majority), acc(t.round_agent[0]), acc(t.round_agent[-1]), pct(t.unanimous),
-            precision, gen, critic, count(m.compute.generated_tokens), count(m.compute.train_examples),
-            secs(sum(m.seconds.values())),
-        ])
+        rows.append(
+            [
+                str(m.iteration),
+                acc(t.majority),
+                acc(t.round_agent[0]),
+                acc(t.round_agent[-1]),
+                pct(t.unanimous),
+                precision,
+                gen,
+                critic,
+                count(m.compute.generated_tokens),
+                count(m.compute.train_examples),
+                secs(sum(m.seconds.values())),
+            ]
+        )
     return Table("Accuracy on held-out problems, per iteration", header, rows, notes=[ITERATION_NOTE], id="iterations")
 
 
@@ -57,7 +77,11 @@ def per_agent(metrics: Sequence[IterationMetrics]) -> Table:
     return Table(
         "Per agent and round (held-out accuracy %)",
         ["iter", "agent", *(f"round {r + 1}" for r in range(rounds))],
-        [[str(m.iteration), str(n), *map(acc, per_round)] for m in metrics for n, per_round in enumerate(m.test.agent_round)],
+        [
+            [str(m.iteration), str(n), *map(acc, per_round)]
+            for m in metrics
+            for n, per_round in enumerate(m.test.agent_round)
+        ],
         id="agents",
     )
 
@@ -94,48 +118,64 @@ def diversity(series: Sequence[tuple[str | None, Sequence[Diversity | None]]]) -
     has no column; an iteration without diversity (a single agent) has no row."""
     labelled = any(label is not None for label, _ in series)
     prefix = ["method", "iter"] if labelled else ["iter"]
-    present = [(label, l, d) for label, values in series for l, d in enumerate(values) if d is not None]
+    present = [(label, it, d) for label, values in series for it, d in enumerate(values) if d is not None]
 
-    def key(label: str | None, l: int) -> list[str]:
-        return [label or "", str(l)] if labelled else [str(l)]
+    def key(label: str | None, it: int) -> list[str]:
+        return [label or "", str(it)] if labelled else [str(it)]
 
     def measured(keys: Sequence[str]) -> list[str]:
         return [k for k in keys if any(getattr(d, k) is not None for _, _, d in present)]
 
     round1 = measured(ROUND_1)
-    notes = [(
-        "Round 1: each generation agent answering alone. Answer agreement: the share of agent pairs whose "
-        "answers are equivalent; consensus: the share of problems where all are (lower is more diverse)."
-    )]
+    notes = [
+        (
+            "Round 1: each generation agent answering alone. Answer agreement: the share of agent pairs whose "
+            "answers are equivalent; consensus: the share of problems where all are (lower is more diverse)."
+        )
+    ]
     encoders = sorted({d.encoder for _, _, d in present if d.encoder and d.embedding_dissimilarity is not None})
     if "embedding_dissimilarity" in round1:
-        notes.append(f"Embedding dissimilarity: the mean 1 - cosine similarity of two agents' responses "
-                     f"(encoder {', '.join(encoders) or 'not recorded'}).")
+        notes.append(
+            f"Embedding dissimilarity: the mean 1 - cosine similarity of two agents' responses "
+            f"(encoder {', '.join(encoders) or 'not recorded'})."
+        )
     if any(k in round1 for k in LIKELIHOODS):
-        notes.append("NLL and KL in nats per token: cross NLL is one agent's NLL of another's response, self NLL "
-                     "of its own; KL = cross NLL - self NLL, a Monte Carlo estimate (README, \"Diversity\").")
-    tables = [Table(
-        "Diversity of the agents' round-1 responses",
-        [*prefix, *(ROUND_1[k] for k in round1)],
-        [[*key(label, l), *(num(getattr(d, k)) for k in round1)] for label, l, d in present],
-        notes=notes, empty="No diversity measures were recorded.", id="diversity-table",
-    )]
+        notes.append(
+            "NLL and KL in nats per token: cross NLL is one agent's NLL of another's response, self NLL "
+            'of its own; KL = cross NLL - self NLL, a Monte Carlo estimate (README, "Diversity").'
+        )
+    tables = [
+        Table(
+            "Diversity of the agents' round-1 responses",
+            [*prefix, *(ROUND_1[k] for k in round1)],
+            [[*key(label, it), *(num(getattr(d, k)) for k in round1)] for label, it, d in present],
+            notes=notes,
+            empty="No diversity measures were recorded.",
+            id="diversity-table",
+        )
+    ]
 
     paper = measured(PAPER)
     roles = list(dict.fromkeys(r for _, _, d in present for r in (d.kl_from_base_by_role or {})))
     rows = [
-        [*key(label, l), *(_paper_cell(d, k) for k in paper), *(num((d.kl_from_base_by_role or {}).get(r)) for r in roles)]
-        for label, l, d in present
+        [
+            *key(label, it),
+            *(_paper_cell(d, k) for k in paper),
+            *(num((d.kl_from_base_by_role or {}).get(r)) for r in roles),
+        ]
+        for label, it, d in present
         if any(getattr(d, k) is not None for k in paper) or d.kl_from_base_by_role
     ]
     if rows:
-        tables.append(Table(
-            "The paper's likelihood measures: the final round and each role's distance from the base model",
-            [*prefix, *(PAPER[k] for k in paper), *roles],
-            rows,
-            notes=[PAPER_NOTE],
-            id="likelihood-table",
-        ))
+        tables.append(
+            Table(
+                "The paper's likelihood measures: the final round and each role's distance from the base model",
+                [*prefix, *(PAPER[k] for k in paper), *roles],
+                rows,
+                notes=[PAPER_NOTE],
+                id="likelihood-table",
+            )
+        )
     return tables
 
 
@@ -149,9 +189,13 @@ def _paper_cell(d: Diversity, key: str) -> str:
 def stage_times(manifest: dict[str, Any]) -> Table:
     stages = manifest["stages"]
     total = sum(entry["seconds"] for entry in stages.values())
-    return Table("Stage times (seconds)", ["stage", "seconds"],
-                 [[name, secs(entry["seconds"], 1)] for name, entry in stages.items()], footer=["total", secs(total, 1)],
-                 empty="No stage has finished.")
+    return Table(
+        "Stage times (seconds)",
+        ["stage", "seconds"],
+        [[name, secs(entry["seconds"], 1)] for name, entry in stages.items()],
+        footer=["total", secs(total, 1)],
+        empty="No stage has finished.",
+    )
 
 
 def title(config: RunConfig) -> str:
@@ -167,7 +211,11 @@ def title(config: RunConfig) -> str:
 
 
 def summary_markdown(config: RunConfig, metrics: Sequence[IterationMetrics], manifest: dict[str, Any]) -> str:
-    tables = [per_iteration(metrics), per_agent(metrics), *diversity([(None, [m.diversity for m in metrics])]),
-              stage_times(manifest)]
+    tables = [
+        per_iteration(metrics),
+        per_agent(metrics),
+        *diversity([(None, [m.diversity for m in metrics])]),
+        stage_times(manifest),
+    ]
     head = f"# maft run: {title(config)}\n\nConfig hash `{manifest['config_hash']}`.\n"
     return "\n".join([head, *map(markdown, tables)])

@@ -93,7 +93,9 @@ class Table:
         self.footer = list(self.footer) if self.footer is not None else None
         for row in [*self.rows, *([self.footer] if self.footer is not None else [])]:
             if len(row) != len(self.columns):
-                raise ValueError(f"table {self.title!r}: a row of {len(row)} cells for {len(self.columns)} columns: {row}")
+                raise ValueError(
+                    f"table {self.title!r}: a row of {len(row)} cells for {len(self.columns)} columns: {row}"
+                )
             bad = [c for c in row if not isinstance(c, str)]
             if bad:
                 raise TypeError(f"table {self.title!r}: cells are formatted strings, got {bad!r}")
@@ -114,8 +116,11 @@ def rich_table(table: Table, title: str | None = None) -> rich.table.Table:
     from rich.text import Text
 
     caption = " ".join([*([] if table.rows else [table.empty]), *table.notes])
-    out = RichTable(title=Text(table.title if title is None else title), caption=Text(caption) if caption else None,
-                    caption_justify="left")
+    out = RichTable(
+        title=Text(table.title if title is None else title),
+        caption=Text(caption) if caption else None,
+        caption_justify="left",
+    )
     for c in table.columns:
         out.add_column(Text(c.header), justify=c.align)
     for row in table.rows:
@@ -158,11 +163,17 @@ def html(table: Table, level: int = 2) -> str:
     if not table.rows:
         out += f"<p>{e(table.empty)}</p>\n"
     else:
+
         def row(cells: Sequence[str], tag: str = "td") -> str:
             left = ' class="l"'
-            return "<tr>" + "".join(
-                f"<{tag}{left if c.align == 'left' else ''}>{e(cell)}</{tag}>" for c, cell in zip(table.columns, cells)
-            ) + "</tr>\n"
+            return (
+                "<tr>"
+                + "".join(
+                    f"<{tag}{left if c.align == 'left' else ''}>{e(cell)}</{tag}>"
+                    for c, cell in zip(table.columns, cells)
+                )
+                + "</tr>\n"
+            )
 
         id = f' id="{e(table.id)}"' if table.id else ""
         out += f'<table class="metrics"{id}><thead>{row(table.header, "th").rstrip()}</thead>\n<tbody>\n'
@@ -201,7 +212,7 @@ def best_iteration(accuracy: Sequence[Accuracy]) -> int:
     """The iteration with the highest mean accuracy, the earliest on a tie (descriptive: see BEST_NOTE)."""
     if not accuracy:
         raise ValueError("best iteration of no iterations")
-    return max(range(len(accuracy)), key=lambda l: (accuracy[l].mean, -l))
+    return max(range(len(accuracy)), key=lambda it: (accuracy[it].mean, -it))
 
 
 def at(a: Accuracy, iteration: int) -> str:

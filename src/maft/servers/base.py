@@ -98,8 +98,10 @@ class ServerKind:
             return
         served = ", ".join(names[r] for r in sorted(same))
         if base[1] is None:
-            self.say(f"canary: {', '.join(sorted(same))} answer the canary as the base model does ({served}); "
-                     "this server gives no log-probabilities to tell whether the weights arrived")
+            self.say(
+                f"canary: {', '.join(sorted(same))} answer the canary as the base model does ({served}); "
+                "this server gives no log-probabilities to tell whether the weights arrived"
+            )
             return
         raise ServerError(
             f"the server answers as the base model for {', '.join(sorted(same))}: the finetuned weights did not "
@@ -118,5 +120,7 @@ class ServerKind:
             raise ServerError(f"canary request for {name!r} failed (HTTP {r.status_code}): {r.text[:300]}")
         choice = r.json()["choices"][0]
         content = (choice.get("logprobs") or {}).get("content") or []
-        logprob = round(sum(t["logprob"] for t in content), 4) if content and content[0].get("logprob") is not None else None
+        logprob = (
+            round(sum(t["logprob"] for t in content), 4) if content and content[0].get("logprob") is not None else None
+        )
         return choice["message"]["content"], logprob

@@ -95,11 +95,18 @@ class ManagedServers:
             log.flush()
             try:
                 process = subprocess.Popen(
-                    command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                    start_new_session=True, preexec_fn=_die_with_parent(self.parent_death_signal),
+                    command,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=env,
+                    start_new_session=True,
+                    preexec_fn=_die_with_parent(self.parent_death_signal),
                 )
             except OSError as e:
-                raise ServerError(f"could not start the server ({command[0]}: {e}); check execution.server_python") from None
+                raise ServerError(
+                    f"could not start the server ({command[0]}: {e}); check execution.server_python"
+                ) from None
             else:
                 log.write(f"=== server pid {process.pid}\n")
             finally:

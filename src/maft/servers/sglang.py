@@ -41,7 +41,9 @@ class SGLangServer(ServerKind):
                 if name in loaded:
                     continue
                 if saved_kind(agents.models[role]) != "adapter":
-                    raise ServerError(f"{agents.models[role]} is a full checkpoint; the sglang kind serves LoRA adapters")
+                    raise ServerError(
+                        f"{agents.models[role]} is a full checkpoint; the sglang kind serves LoRA adapters"
+                    )
                 r = httpx.post(
                     f"{root}/load_lora_adapter",
                     json={"lora_name": name, "lora_path": str(agents.models[role].resolve())},

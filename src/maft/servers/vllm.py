@@ -42,7 +42,7 @@ class VLLMServer(ServerKind):
         import httpx
 
         names = {role: self.name_for(agents, role) for role in agents.models}
-        for role, path in agents.models.items():
+        for path in agents.models.values():
             if saved_kind(path) != "adapter":
                 raise ServerError(
                     f"{path} is a full checkpoint; the vllm server kind serves agents as LoRA adapters "
@@ -73,7 +73,9 @@ class VLLMServer(ServerKind):
             except ServerError:  # never leave refused weights loaded under a name a resume would trust
                 for endpoint in engine.endpoints:
                     for name in new.values():
-                        httpx.post(f"{endpoint.url}/unload_lora_adapter", json={"lora_name": name}, timeout=engine.timeout)
+                        httpx.post(
+                            f"{endpoint.url}/unload_lora_adapter", json={"lora_name": name}, timeout=engine.timeout
+                        )
                 raise
         for endpoint in engine.endpoints:  # the run's adapters of other iterations are no longer needed
             for name in served_models(endpoint.url, engine.timeout):

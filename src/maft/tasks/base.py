@@ -6,10 +6,9 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from maft.tasks import grading
 from maft.prompts import BOXED_FORMAT
+from maft.tasks import grading
 from maft.types import GraderKind
-
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,6 @@ from fractions import Fraction
 
 from maft.types import GraderKind
 
-
 #: Hard limit in seconds on one symbolic (math_verify) check; on timeout the answers are unequal.
 MATH_VERIFY_TIMEOUT: float = 5.0
 #: Limit in seconds on starting the math_verify worker process (not charged to a check).
@@ -257,7 +256,10 @@ class _Worker:
         self.pid = os.getpid()
         self.proc = subprocess.Popen(
             [sys.executable, "-c", "from maft.tasks.grading import _serve; _serve()"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
         )
         self.replies: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()

@@ -16,8 +16,8 @@ import os
 import string
 from typing import get_args
 
-from maft.tasks.grading import choice_letter
 from maft.tasks.base import GraderKind, Problem
+from maft.tasks.grading import choice_letter
 from maft.tasks.loading import (
     LIST,
     NUMBER,
@@ -33,7 +33,11 @@ from maft.tasks.loading import (
 
 GRADERS: tuple[str, ...] = get_args(GraderKind)
 KINDS = {  # each field's allowed JSON types
-    "question": [STRING], "answer": [STRING, NUMBER], "id": [STRING, NUMBER], "choices": [LIST], "grader": [STRING],
+    "question": [STRING],
+    "answer": [STRING, NUMBER],
+    "id": [STRING, NUMBER],
+    "choices": [LIST],
+    "grader": [STRING],
 }
 CHOICE_FORMAT = "\\boxed{letter}"
 

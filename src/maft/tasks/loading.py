@@ -152,9 +152,7 @@ def require_types(row: Mapping[str, Any], kinds: Mapping[str, Sequence[str]], ta
     for field, allowed in kinds.items():
         value = row.get(field)
         if value is not None and not any(_is(value, kind) for kind in allowed):
-            raise ValueError(
-                f"{task}: {where}: field {field!r} must be {' or '.join(allowed)}, got {json_type(value)}"
-            )
+            raise ValueError(f"{task}: {where}: field {field!r} must be {' or '.join(allowed)}, got {json_type(value)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,7 +179,11 @@ def _hub_reachable() -> bool:
 
 
 def load_hub(
-    task: str, dataset: str, configs: Sequence[str | None], fields: Sequence[str], splits: Sequence[str] = ("train", "test")
+    task: str,
+    dataset: str,
+    configs: Sequence[str | None],
+    fields: Sequence[str],
+    splits: Sequence[str] = ("train", "test"),
 ) -> dict[str, list[Row]]:
     """``{split: rows}`` of a hub data set, concatenating ``configs`` in order.
 
@@ -234,7 +236,9 @@ def split_problems(task: str, source: Mapping[str, Sequence[Problem]], n_train: 
         test = shuffled(source["test"], "test")[:n_test]
         rest, where = shuffled(source["train"], "train"), "in the train split"
         if len(test) < n_test:
-            raise ValueError(f"{task}: {n_test} test problems asked, only {len(source['test'])} exist in the test split")
+            raise ValueError(
+                f"{task}: {n_test} test problems asked, only {len(source['test'])} exist in the test split"
+            )
     test_questions = {p.question for p in test}
     train = [p for p in rest if p.question not in test_questions][:n_train]
     if len(test) < n_test or len(train) < n_train:

@@ -15,8 +15,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from maft.tasks.grading import last_boxed
 from maft.tasks.base import Problem
+from maft.tasks.grading import last_boxed
 from maft.tasks.loading import DatasetTask, Row, load_hub, require_fields, row_id
 
 SUBJECTS = (
@@ -32,7 +32,7 @@ DEFAULT_LEVELS = (1, 2, 3)
 
 
 def subject_key(subject: str) -> str:
-    """"Counting & Probability" -> "counting_and_probability"."""
+    """ "Counting & Probability" -> "counting_and_probability"."""
     return re.sub(r"[^a-z0-9]+", "_", subject.lower().replace("&", " and ")).strip("_")
 
 

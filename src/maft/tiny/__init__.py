@@ -11,6 +11,7 @@ def default_checkpoint() -> Path:
     """The shipped checkpoint, used whenever no model is named."""
     if not (CHECKPOINT / "config.json").is_file():
         raise FileNotFoundError(
-            f"the embedded tiny model is missing from {CHECKPOINT}; rebuild it with `maft tiny train --out {CHECKPOINT}`"
+            f"the embedded tiny model is missing from {CHECKPOINT}; "
+            f"rebuild it with `maft tiny train --out {CHECKPOINT}`"
         )
     return CHECKPOINT

@@ -10,11 +10,11 @@ from __future__ import annotations
 from pydantic import BaseModel
 
 from maft.debate.protocol import debate
-from maft.engines import Engine, Sampling
-from maft.evaluation.single_agent import evaluate
-from maft.evaluation.metrics import Accuracy, debate_metrics
-from maft.tasks import Problem, Task
 from maft.debate.voting import VoteRule
+from maft.engines import Engine, Sampling
+from maft.evaluation.metrics import Accuracy, debate_metrics
+from maft.evaluation.single_agent import evaluate
+from maft.tasks import Problem, Task
 
 
 class TinyCheck(BaseModel):

@@ -75,8 +75,10 @@ def batches(
     length-sorted examples so that padding stays small. Loss is on completions only."""
     while True:
         kind = society.kind()
-        rows = sorted((_render(tok, society.example(kind).messages) for _ in range(batch_size * bucket)),
-                      key=lambda r: len(r[0]) + len(r[1]))
+        rows = sorted(
+            (_render(tok, society.example(kind).messages) for _ in range(batch_size * bucket)),
+            key=lambda r: len(r[0]) + len(r[1]),
+        )
         chunks = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
         society.rng.shuffle(chunks)
         for chunk in chunks:
@@ -121,8 +123,14 @@ def save_checkpoint(
     """Write a loadable HF checkpoint plus the recipe that made it (``maft_recipe.json``)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     model.generation_config = GenerationConfig(
-        do_sample=True, temperature=1.0, top_p=0.9, top_k=0, max_new_tokens=160,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        do_sample=True,
+        temperature=1.0,
+        top_p=0.9,
+        top_k=0,
+        max_new_tokens=160,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
     )
     model.save_pretrained(out_dir, safe_serialization=True)
     tok.save_pretrained(out_dir)
@@ -158,7 +166,8 @@ def pretrain(cfg: RecipeConfig, out_dir: str | Path, progress: bool = True) -> P
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=(0.9, 0.98),
+        lr=cfg.lr,
+        betas=(0.9, 0.98),
     )
     scheduler = get_cosine_with_min_lr_schedule_with_warmup(
         optimizer, cfg.warmup_steps, cfg.steps, min_lr_rate=cfg.min_lr_ratio
@@ -167,8 +176,13 @@ def pretrain(cfg: RecipeConfig, out_dir: str | Path, progress: bool = True) -> P
     n_params = sum(p.numel() for p in model.parameters())
     log: list[dict] = []
     ema = None
-    columns = [TextColumn("pretrain"), BarColumn(), TextColumn("{task.completed}/{task.total} loss {task.fields[loss]}"),
-               TimeElapsedColumn(), TimeRemainingColumn()]
+    columns = [
+        TextColumn("pretrain"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} loss {task.fields[loss]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    ]
     with Progress(*columns, disable=not progress) as bar:
         task = bar.add_task("pretrain", total=cfg.steps, loss="-")
         stream = batches(society, tok, cfg.batch_size)
@@ -183,15 +197,28 @@ def pretrain(cfg: RecipeConfig, out_dir: str | Path, progress: bool = True) -> P
             ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
             bar.update(task, advance=1, loss=f"{ema:.4f}")
             if step % 100 == 0 or step == cfg.steps:
-                log.append({"step": step, "loss": round(ema, 5), "lr": scheduler.get_last_lr()[0],
-                            "seconds": round(time.perf_counter() - start, 1)})
+                log.append(
+                    {
+                        "step": step,
+                        "loss": round(ema, 5),
+                        "lr": scheduler.get_last_lr()[0],
+                        "seconds": round(time.perf_counter() - start, 1),
+                    }
+                )
                 with open(out_dir / "train_log.jsonl", "a") as f:
                     f.write(json.dumps(log[-1]) + "\n")
             if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
-                save_checkpoint(model, tok, out_dir / f"step-{step}", cfg,
-                                {"step": step, "params": n_params, "log": log})
-    stats = {"params": n_params, "seconds": round(time.perf_counter() - start, 1), "final_loss": round(ema or math.nan, 5),
-             "examples": cfg.steps * cfg.batch_size, "torch": torch.__version__, "log": log}
+                save_checkpoint(
+                    model, tok, out_dir / f"step-{step}", cfg, {"step": step, "params": n_params, "log": log}
+                )
+    stats = {
+        "params": n_params,
+        "seconds": round(time.perf_counter() - start, 1),
+        "final_loss": round(ema or math.nan, 5),
+        "examples": cfg.steps * cfg.batch_size,
+        "torch": torch.__version__,
+        "log": log,
+    }
     previous = Path(cfg.init_from or "") / "maft_recipe.json"
     if cfg.init_from and previous.is_file():
         stats["continued_from"] = json.loads(previous.read_text())

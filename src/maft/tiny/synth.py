@@ -42,7 +42,9 @@ class SynthConfig(BaseModel):
     """How the synthetic society behaves, and the mix of conversation kinds."""
 
     slip_rate: float = Field(0.2, ge=0, le=1, description="per-step slip probability in round 1")
-    critic_slip_rate: float = Field(0.16, ge=0, le=1, description="per-step slip probability when recomputing in a debate round")
+    critic_slip_rate: float = Field(
+        0.16, ge=0, le=1, description="per-step slip probability when recomputing in a debate round"
+    )
     mix: dict[str, float] = Field(
         default_factory=lambda: {"round1": 0.55, "debate": 0.33, "debate_concat": 0.05, "summarize": 0.07},
         description="share of conversations of each kind (debate kinds must total at least 0.25)",
@@ -52,8 +54,9 @@ class SynthConfig(BaseModel):
         description="probability of 1, 2, 3, 4 other agents in a debate",
     )
     subtraction: SubtractionForm = Field(
-        "places", description="how the final x-y is written: in one step (direct), x-y=-(y-x)=-r when negative (flip), "
-        "or flipped when negative and taken apart by place value (places)"
+        "places",
+        description="how the final x-y is written: in one step (direct), x-y=-(y-x)=-r when negative (flip), "
+        "or flipped when negative and taken apart by place value (places)",
     )
     max_concat_others: int = Field(2, ge=1, description="at most this many full solutions in a concat message")
     p_third_round: float = Field(0.1, ge=0, le=1, description="share of debates that train a round-3 answer")
@@ -67,7 +70,9 @@ class SynthConfig(BaseModel):
             raise ValueError("mix must have a positive total")
         debate = (self.mix.get("debate", 0) + self.mix.get("debate_concat", 0)) / total
         if debate < MIN_DEBATE_SHARE:
-            raise ValueError(f"debate conversations are {debate:.0%} of the mix; at least {MIN_DEBATE_SHARE:.0%} is needed")
+            raise ValueError(
+                f"debate conversations are {debate:.0%} of the mix; at least {MIN_DEBATE_SHARE:.0%} is needed"
+            )
 
 
 @dataclass(frozen=True)
@@ -164,7 +169,9 @@ class SimulatedDebate:
                 if all(a == answers[n] for a in answers):
                     text, answer = texts[n], answers[n]  # everyone agrees: confirm
                 else:
-                    text, answer = solve(expr, self.rng, self.cfg.critic_slip_rate, self.cfg.subtraction)  # disagreement: recheck
+                    text, answer = solve(
+                        expr, self.rng, self.cfg.critic_slip_rate, self.cfg.subtraction
+                    )  # disagreement: recheck
                 convs[n] = convs[n] + [{"role": "user", "content": message}, {"role": "assistant", "content": text}]
                 new_answers.append(answer)
             answers = new_answers
@@ -180,7 +187,9 @@ class SimulatedDebate:
             texts = [solve(expr, self.rng, self.cfg.slip_rate, self.cfg.subtraction) for _ in range(n)]
             request = prompts.summarizer_request([t for t, _ in texts])
             digest = prompts.answers_digest([str(a) for _, a in texts])
-            return Conversation(kind, [{"role": "user", "content": request}, {"role": "assistant", "content": digest}], True)
+            return Conversation(
+                kind, [{"role": "user", "content": request}, {"role": "assistant", "content": digest}], True
+            )
         concat = kind == "debate_concat"
         rounds = 3 if self.rng.random() < self.cfg.p_third_round else 2
         conv = self.debate(expr, n_agents=self._n_others(concat) + 1, rounds=rounds, concat=concat)[0]

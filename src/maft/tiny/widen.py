@@ -49,7 +49,9 @@ def widen_heads(source: str | Path, out: str | Path, head_dim: int = 32) -> Path
 
     def widen_value_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
         w = w.reshape(n_heads, old, -1)  # values are not rotated: keep their order, pad at the end
-        return torch.cat([w, torch.zeros(n_heads, head_dim - old, w.shape[-1], dtype=w.dtype)], 1).reshape(-1, w.shape[-1])
+        return torch.cat([w, torch.zeros(n_heads, head_dim - old, w.shape[-1], dtype=w.dtype)], 1).reshape(
+            -1, w.shape[-1]
+        )
 
     for name in list(weights):
         w = weights[name]
@@ -61,7 +63,9 @@ def widen_heads(source: str | Path, out: str | Path, head_dim: int = 32) -> Path
             weights[name] = widen_value_rows(w, kv_heads)
         elif name.endswith("self_attn.o_proj.weight"):
             w = w.reshape(w.shape[0], heads, old)
-            weights[name] = torch.cat([w, torch.zeros(w.shape[0], heads, head_dim - old, dtype=w.dtype)], 2).reshape(w.shape[0], -1)
+            weights[name] = torch.cat([w, torch.zeros(w.shape[0], heads, head_dim - old, dtype=w.dtype)], 2).reshape(
+                w.shape[0], -1
+            )
         elif "self_attn" in name and name.endswith("bias"):
             raise ValueError(f"widen_heads does not handle attention biases ({name})")
     rope = config.get("rope_parameters") or {"rope_type": "default", "rope_theta": config.get("rope_theta", 10000.0)}

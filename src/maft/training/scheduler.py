@@ -56,7 +56,9 @@ def run_job(job: TrainJob, on_step: StepCallback | None = None, threads: int | N
     )
 
 
-def run_local(jobs: Sequence[TrainJob], on_done: OnDone, on_step: Callable[[TrainJob], StepCallback] | None = None) -> None:
+def run_local(
+    jobs: Sequence[TrainJob], on_done: OnDone, on_step: Callable[[TrainJob], StepCallback] | None = None
+) -> None:
     for job in jobs:
         on_done(job, run_job(job, on_step(job) if on_step else None))
 

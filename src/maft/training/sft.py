@@ -214,7 +214,11 @@ def sft_trainer(
     else:
         rows = [{"prompt": e.prompt, "completion": e.completion} for e in examples]
     return SFTTrainer(
-        model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer, peft_config=lora,
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        peft_config=lora,
         callbacks=list(callbacks),
     )
 
@@ -248,8 +252,14 @@ def finetune(
         if cfg.method == "full":
             _tokenizer(base_model).save_pretrained(str(out_dir))
         return TrainResult(
-            examples=0, steps=0, train_loss=None, seconds=time.perf_counter() - start, method=cfg.method, init=init,
-            host=socket.gethostname(), pid=os.getpid(),
+            examples=0,
+            steps=0,
+            train_loss=None,
+            seconds=time.perf_counter() - start,
+            method=cfg.method,
+            init=init,
+            host=socket.gethostname(),
+            pid=os.getpid(),
         )
 
     class Progress(TrainerCallback):
