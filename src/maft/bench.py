@@ -441,6 +441,7 @@ def _openai(setup: Setup, cfg: BenchConfig) -> dict[str, Any]:
                 **({"top_k": 0} if cfg.temperature > 0 else {}),
             )
         )
+    assert cfg.url is not None  # checked by BenchConfig.check for the openai path
     engine = OpenAIEngine(cfg.url, name, server=server, concurrency=cfg.concurrency, extra_body=extra)
     if server is not None:
         roles = {f"gen_{i}": Path(p) for i, p in enumerate(setup.adapters.values())}
@@ -553,7 +554,7 @@ def bench_generate(cfg: BenchConfig, workdir: str | Path | None = None, *, echo:
     cfg.check()
     say = echo or (lambda _msg: None)
     own = workdir is None
-    work = Path(tempfile.mkdtemp(prefix="maft-bench-")) if own else Path(workdir)
+    work = Path(tempfile.mkdtemp(prefix="maft-bench-")) if workdir is None else Path(workdir)
     try:
         say(f"preparing {escape(cfg.model)} with {cfg.agents} random adapters")
         setup = prepare(cfg, work)

@@ -267,6 +267,7 @@ class HFEngine:
         with Progress(transient=True, disable=not progress) as bar:
             task = bar.add_task(progress if isinstance(progress, str) else "generate", total=len(requests))
             for sampling, full, idx in batches:
+                assert sampling is not None  # generation batches are grouped by their sampling settings
                 adapters = [requests[i].adapter for i in idx] if full is None else None
                 texts, counts, ended = self._generate_batch(
                     [prompts[i] for i in idx], adapters, sampling, full, seeds=[seeds[i] for i in idx]

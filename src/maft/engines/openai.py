@@ -54,8 +54,15 @@ class ServerStrategy(Protocol):
     """How a run's agents get onto the server(s): one implementation per server kind in
     :mod:`maft.servers` (which builds on this engine; the engine needs only this much of it)."""
 
-    prompt_logprobs: bool  # the server can score given completions (diversity's likelihoods)
-    managed: Stoppable | None  # servers maft started, stopped when the engine closes
+    @property
+    def prompt_logprobs(self) -> bool:
+        """Whether the server can score given completions (diversity's likelihoods)."""
+        ...
+
+    @property
+    def managed(self) -> Stoppable | None:
+        """Servers maft started, stopped when the engine closes."""
+        ...
 
     def ensure(self, engine: OpenAIEngine) -> None: ...
 

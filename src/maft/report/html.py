@@ -20,8 +20,9 @@ from functools import cache
 from html import escape
 from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
-from maft.compare import MethodResult, accuracy_table, diversity_tables, methods_table
+from maft.compare import MethodResult, comparison_tables, diversity_tables
 from maft.config import RunConfig
 from maft.debate.transcript import Turn
 from maft.evaluation.metrics import Accuracy, Diversity, IterationMetrics
@@ -51,6 +52,7 @@ class Series:
     diversity: list[Diversity | None] = field(default_factory=list)
     flat: bool = False  # no finetuning: a horizontal line at iteration 0 with a shaded ±SE band
     width: float = 1.8
+    band: list[tuple[float, float]] | None = None  # several seeds: per iteration, the 95% interval (shaded)
 
 
 @dataclass
@@ -63,6 +65,7 @@ class Report:
     tables: str  # HTML
     turns: list[tuple[str, int, Turn]]  # (method, iteration, turn)
     comparison: bool
+    seeds: list[int] = field(default_factory=list)  # a comparison's run seeds (when several)
 
 
 def write_report(source: Path, out: Path | None = None) -> Path:
@@ -147,12 +150,19 @@ def _comparison(root: Path) -> Report:
             r.diversity if any(d is not None for d in r.diversity) else [],
             flat=not r.finetunes,
             width=3 if r.method == "maft" else 1.8,
+            band=[(c.low, c.high) for c in r.accuracy_ci] if r.accuracy_ci else None,
         )
         for r in results
     ]
-    turns = [t for r in results for t in _turns(root / r.run_dir, len(r.accuracy), r.method)]
+    turns = []  # several seeds: every seed's transcripts, labelled "<method> seed <s>"
+    for r in results:
+        runs = (
+            [(s.run_dir, f"{r.method} seed {s.seed}") for s in r.seeds] if len(r.seeds) > 1 else [(r.run_dir, r.method)]
+        )
+        turns += [t for run_dir, label in runs for t in _turns(root / run_dir, len(r.accuracy), label)]
     heading = f"maft comparison: {title(config)}" if config else f"maft comparison: {root.name}"
-    return Report(heading, config, series, _comparison_tables(results), turns, comparison=True)
+    seeds = [s.seed for s in results[0].seeds] if len(results[0].seeds) > 1 else []
+    return Report(heading, config, series, _comparison_tables(results), turns, comparison=True, seeds=seeds)
 
 
 # -- plots ------------------------------------------------------------------------------------------
@@ -170,7 +180,8 @@ def _iterations(series: Sequence[Series]) -> int:
 
 
 def plot_accuracy(series: Sequence[Series], path: Path) -> None:
-    """Held-out accuracy (%) per iteration with ±1 SE; methods without finetuning as dashed lines."""
+    """Held-out accuracy (%) per iteration with ±1 SE, or, over several seeds, the mean with its 95% interval
+    shaded; methods without finetuning as dashed lines."""
     fig = _figure(8, 4.5)
     ax = fig.add_subplot()
     handles = []  # the legend in the order of ``series``
@@ -178,7 +189,17 @@ def plot_accuracy(series: Sequence[Series], path: Path) -> None:
         color = f"C{i % 10}"
         mean = [100 * a.mean for a in s.accuracy]
         se = [100 * a.se for a in s.accuracy]
-        if s.flat:
+        if s.band is not None:
+            low, high = ([100 * b[k] for b in s.band] for k in (0, 1))
+            if s.flat:
+                handles.append(ax.axhline(mean[0], color=color, ls="--", lw=s.width, label=s.label))
+                ax.axhspan(low[0], high[0], color=color, alpha=0.12, lw=0)
+            else:
+                x = range(len(mean))
+                (line,) = ax.plot(x, mean, color=color, lw=s.width, marker="o", ms=2 + s.width, label=s.label)
+                handles.append(line)
+                ax.fill_between(x, low, high, color=color, alpha=0.18, lw=0)
+        elif s.flat:
             handles.append(ax.axhline(mean[0], color=color, ls="--", lw=s.width, label=s.label))
             ax.axhspan(mean[0] - se[0], mean[0] + se[0], color=color, alpha=0.12, lw=0)
         else:
@@ -198,7 +219,12 @@ def plot_accuracy(series: Sequence[Series], path: Path) -> None:
             )
     _iteration_axis(ax, _iterations(series))
     ax.set_ylabel("accuracy (%)")
-    ax.set_title("Held-out accuracy of the final round's majority vote (±1 SE)", fontsize=10)
+    spread = (
+        "mean over seeds, 95% interval over problems and seeds shaded"
+        if any(s.band is not None for s in series)
+        else "±1 SE"
+    )
+    ax.set_title(f"Held-out accuracy of the final round's majority vote ({spread})", fontsize=10)
     ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
     _save(fig, path)
 
@@ -221,7 +247,7 @@ def plot_diversity(series: Sequence[Series], path: Path) -> bool:
     for ax in grid[len(measures) :]:
         ax.set_visible(False)
     axes = grid[: len(measures)]
-    handles = {}  # series index -> a line, for one legend in the order of ``series``
+    handles: dict[int, Any] = {}  # series index -> a line, for one legend in the order of ``series``
     for ax, key in zip(axes, measures):
         for i, s in enumerate(series):
             points = values(s, key)
@@ -264,14 +290,15 @@ def _run_tables(metrics: Sequence[IterationMetrics]) -> str:
 
 
 def _comparison_tables(results: list[MethodResult]) -> str:
-    tables = [methods_table(results, description=True), accuracy_table(results), *diversity_tables(results)]
+    tables = [*comparison_tables(results, description=True), *diversity_tables(results)]
     return "".join(map(html, tables))
 
 
 # -- transcripts ------------------------------------------------------------------------------------
 def transcripts_js(turns: Sequence[tuple[str, int, Turn]]) -> str:
     """``window.MAFT_TRANSCRIPTS`` (one record per turn) and ``window.MAFT_QUESTIONS`` (problem id -> question)."""
-    records, questions = [], {}
+    records: list[dict[str, Any]] = []
+    questions: dict[str, str] = {}
     for method, iteration, t in turns:
         questions.setdefault(t.problem_id, t.messages[0]["content"] if t.messages else "")
         record = {
@@ -295,7 +322,7 @@ def transcripts_js(turns: Sequence[tuple[str, int, Turn]]) -> str:
 
 
 # -- the page ---------------------------------------------------------------------------------------
-def _config_summary(config: RunConfig | None) -> str:
+def _config_summary(config: RunConfig | None, seeds: Sequence[int] = ()) -> str:
     if config is None:
         return "<p>No config.yaml found.</p>\n"
     d, t = config.debate, config.task
@@ -308,6 +335,8 @@ def _config_summary(config: RunConfig | None) -> str:
         "finetuning": f"{config.train.method}, lr {config.train.learning_rate:g}, {config.train.epochs:g} epochs",
         "seed": str(config.seed),
     }
+    if seeds:
+        items["seed"] = f"{', '.join(map(str, seeds))} (problems drawn with split seed {config.split_seed})"
     return (
         '<dl class="config">'
         + "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in items.items())
@@ -329,7 +358,7 @@ def _page(report: Report, has_diversity: bool) -> str:
 {asset("report.css")}</style></head>
 <body>
 <h1>{escape(report.heading)}</h1>
-{_config_summary(report.config)}
+{_config_summary(report.config, report.seeds)}
 <h2>Accuracy</h2>
 <img src="accuracy.png" alt="held-out accuracy per iteration">
 <h2>Diversity</h2>

@@ -5,7 +5,7 @@ diversity measures, and stage times. The numbers in them are defined and formatt
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from maft.config import RunConfig
@@ -123,7 +123,7 @@ def diversity(series: Sequence[tuple[str | None, Sequence[Diversity | None]]]) -
     def key(label: str | None, it: int) -> list[str]:
         return [label or "", str(it)] if labelled else [str(it)]
 
-    def measured(keys: Sequence[str]) -> list[str]:
+    def measured(keys: Iterable[str]) -> list[str]:
         return [k for k in keys if any(getattr(d, k) is not None for _, _, d in present)]
 
     round1 = measured(ROUND_1)

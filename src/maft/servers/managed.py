@@ -52,6 +52,11 @@ def _die_with_parent(sig: int) -> Callable[[], None]:
     return arm
 
 
+def _alive(process: subprocess.Popen) -> Callable[[], bool]:
+    """Whether ``process`` still runs (asked while waiting for its server to answer)."""
+    return lambda: process.poll() is None
+
+
 @dataclass
 class ManagedServers:
     """``command(port)`` is the server's command line; ``env`` is added to maft's environment."""
@@ -117,7 +122,7 @@ class ManagedServers:
             _RUNNING.append(self)
         for i, (url, process) in enumerate(zip(self.urls, self.processes)):
             try:
-                wait_until_ready(url, timeout=self.startup_timeout, alive=lambda p=process: p.poll() is None)
+                wait_until_ready(url, timeout=self.startup_timeout, alive=_alive(process))
             except EngineError as e:
                 tail = self.log_tail(i)
                 self.stop()

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 from pydantic import BaseModel, Field
 
@@ -201,7 +201,7 @@ class SimulatedDebate:
 
     def kind(self) -> Kind:
         kinds = list(self.cfg.mix)
-        return self.rng.choices(kinds, weights=[self.cfg.mix[k] for k in kinds])[0]
+        return cast(Kind, self.rng.choices(kinds, weights=[self.cfg.mix[k] for k in kinds])[0])
 
 
 def _answer_of(conv: list[dict[str, str]]) -> int:
