@@ -68,8 +68,6 @@ class ServerStrategy(Protocol):
 
     def release(self, engine: OpenAIEngine) -> None: ...
 
-    def checked(self, agents: Agents) -> None: ...
-
     def publish(self, engine: OpenAIEngine, agents: Agents) -> Mapping[str, str]: ...
 
 
@@ -148,7 +146,6 @@ class OpenAIEngine:
         if agents.models:
             if self.server is None:
                 raise EngineError("this engine serves the base model only; it has no server kind to load agents")
-            self.server.checked(agents)
             self.names = dict(self.server.publish(self, agents))
         else:
             self.names = {}

@@ -74,22 +74,16 @@ class ServerKind:
             "use model.server_kind=vllm (or transformers) with a server you control"
         )
 
-    untrained: frozenset[str] = frozenset()  # roles of the agents being published that took no training step
-
-    def checked(self, agents: Agents) -> None:
-        """Note which roles took no training step (no data): their weights may equal the base model's, so
-        the canary must not hold that against them."""
-        self.untrained = frozenset(role for role, path in agents.models.items() if _steps(path) == 0)
-
     def name_for(self, agents: Agents, role: str) -> str:
         return f"{self.tag}-i{agents.iteration}-{role}"
 
-    def canary(self, engine: OpenAIEngine, names: Mapping[str, str]) -> None:
-        """Every agent in ``names`` must answer the canary differently from the base model. With the greedy
+    def canary(self, engine: OpenAIEngine, agents: Agents, names: Mapping[str, str]) -> None:
+        """Every agent in ``names`` (role -> served name, roles of ``agents``) that took a training step must
+        answer the canary differently from the base model (a role with no data may equal it). With the greedy
         answer's log-probability (vLLM) an equal answer is conclusive and stops the run; a server that gives
         text only (transformers serve) cannot tell weights that never arrived from weights that barely moved
         the greedy text, so an equal text is reported, not refused."""
-        names = {role: name for role, name in names.items() if role not in self.untrained}
+        names = {role: name for role, name in names.items() if _steps(agents.models[role]) != 0}
         if not names:
             return
         base = self._canary_answer(engine, engine.model_name)

@@ -29,7 +29,7 @@ class TransformersServer(ServerKind):
 
     def publish(self, engine: OpenAIEngine, agents: Agents) -> Mapping[str, str]:
         names = {role: str(self.merged(path).resolve()) for role, path in agents.models.items()}
-        self.canary(engine, names)
+        self.canary(engine, agents, names)
         return names
 
     def merged(self, path: Path) -> Path:

@@ -60,5 +60,5 @@ class SGLangServer(ServerKind):
                 httpx.post(f"{root}/unload_lora_adapter", json={"lora_name": name}, timeout=engine.timeout)
                 loaded.discard(name)
         if new:
-            self.canary(engine, new)
+            self.canary(engine, agents, new)
         return {role: f"{engine.model_name}:{name}" for role, name in adapters.items()}

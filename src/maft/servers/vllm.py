@@ -69,7 +69,7 @@ class VLLMServer(ServerKind):
                 new[role] = name
         if new:
             try:
-                self.canary(engine, new)
+                self.canary(engine, agents, new)
             except ServerError:  # never leave refused weights loaded under a name a resume would trust
                 for endpoint in engine.endpoints:
                     for name in new.values():
