@@ -368,3 +368,14 @@ def test_execution_keys_written_under_model_or_train_move_to_execution():
     assert old == new and old.hash() == new.hash()
     assert old.execution.generation_batch_size == 8 and old.train.lr_scheduler == "linear"
     assert load_config(None, ["model.batch_size=4"]).execution.generation_batch_size == 4
+
+
+def test_every_setting_has_a_description():
+    """Each field of each section says what it does (the CLI's and the README's reference)."""
+    from pydantic import BaseModel
+
+    sections = [RunConfig, *(f.annotation for f in RunConfig.model_fields.values() if isinstance(f.annotation, type))]
+    sections = [s for s in sections if issubclass(s, BaseModel)]
+    assert len(sections) == 8
+    missing = [f"{s.__name__}.{name}" for s in sections for name, f in s.model_fields.items() if not f.description]
+    assert missing == []

@@ -121,23 +121,28 @@ LEGACY_EXECUTION_KEYS = {
 
 
 class TaskConfig(Strict):
-    name: str = "arithmetic"
+    name: str = Field("arithmetic", description="a registered task: arithmetic, gsm8k, math, mmlu, jsonl, ...")
     options: dict[str, Any] = Field(default_factory=dict, description="task options, e.g. path=, levels=")
     n_train: int = Field(300, ge=1, description="unlabeled problems the society debates and trains on")
     n_test: int = Field(300, ge=1, description="held-out problems for evaluation")
+    split_seed: int | None = Field(
+        None,
+        description="the seed that draws the training and held-out problems (None: the run seed); maft compare "
+        "--seeds pins it so that every seed of every method sees the same problems while the run seed varies",
+    )
 
 
 class DebateConfig(Strict):
-    agents: int = Field(3, ge=1)
-    rounds: int = Field(2, ge=1)
+    agents: int = Field(3, ge=1, description="N, the agents of the society (each a generation and a critic agent)")
+    rounds: int = Field(2, ge=1, description="M, debate rounds: round 1 generation agents, later rounds critics")
     summarizer: Summarizer = Field(
         "answers",
         description="what a critic sees of the others' previous responses: their final answers (answers), "
         "the raw responses (concat), or a summary written by the base model (model)",
     )
-    temperature: float = Field(1.0, ge=0)
-    top_p: float = Field(0.9, gt=0, le=1)
-    max_new_tokens: int = Field(256, ge=1)
+    temperature: float = Field(1.0, ge=0, description="sampling temperature of every debate response (0: greedy)")
+    top_p: float = Field(0.9, gt=0, le=1, description="nucleus sampling: the smallest token set with this mass")
+    max_new_tokens: int = Field(256, ge=1, description="tokens a response may have before it is cut off")
     test_agents: int | None = Field(
         None,
         ge=1,
@@ -243,11 +248,25 @@ class TrainConfig(Strict):
     lora_target_modules: list[str] | str = Field(
         "all-linear", description="modules that get adapters: all-linear, or names such as [q_proj, v_proj]"
     )
+    quantization: Literal["none", "4bit"] = Field(
+        "none",
+        description="4bit: QLoRA, the frozen base loaded in 4-bit NF4 with bfloat16 compute under the LoRA adapters "
+        "(bitsandbytes on a CUDA GPU; method=lora only): about 0.56 byte per base weight instead of 2 or 4",
+    )
 
     @field_validator("lr_scheduler")
     @classmethod
     def _known_scheduler(cls, name: str) -> str:
         return _check_scheduler(name)
+
+    @model_validator(mode="after")
+    def _quantized_base_needs_lora(self) -> TrainConfig:
+        if self.quantization != "none" and self.method != "lora":
+            raise ValueError(
+                f"train.quantization={self.quantization} quantizes the frozen base under LoRA adapters (QLoRA): it "
+                "needs train.method=lora (fully finetuned weights cannot be 4-bit)"
+            )
+        return self
 
 
 def _check_scheduler(name: str) -> str:
@@ -262,7 +281,7 @@ def _check_scheduler(name: str) -> str:
 class DiversityConfig(Strict):
     """Diversity of the agents' responses on the held-out problems, per iteration (README, "Diversity")."""
 
-    enabled: bool = True
+    enabled: bool = Field(True, description="measure diversity after each iteration's held-out debate")
     embeddings: Literal["auto", "on", "off"] = Field(
         "auto",
         description="embedding dissimilarity with diversity.encoder: auto = when the encoder can be loaded "
@@ -296,15 +315,17 @@ class RunConfig(Strict):
     """A multiagent finetuning run. ``iterations`` is L; iteration 0 is the base model's debate."""
 
     method: str = Field("maft", description="a label for reports: maft, or the baseline this config runs")
-    seed: int = 0
-    iterations: int = Field(3, ge=0)
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    task: TaskConfig = Field(default_factory=TaskConfig)
-    debate: DebateConfig = Field(default_factory=DebateConfig)
-    data: DataConfig = Field(default_factory=DataConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    diversity: DiversityConfig = Field(default_factory=DiversityConfig)
-    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+    seed: int = Field(0, description="the run seed: every random choice of a run follows it")
+    iterations: int = Field(3, ge=0, description="L, finetuning iterations (0: only the base model's debate)")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="the base model and the engine kind")
+    task: TaskConfig = Field(default_factory=TaskConfig, description="the problems and their splits")
+    debate: DebateConfig = Field(default_factory=DebateConfig, description="the debate and how it is voted")
+    data: DataConfig = Field(default_factory=DataConfig, description="what each agent's finetuning data is")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="how each role is finetuned")
+    diversity: DiversityConfig = Field(default_factory=DiversityConfig, description="the diversity measures")
+    execution: ExecutionConfig = Field(
+        default_factory=ExecutionConfig, description="how to run (not hashed: may change on resume)"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -376,9 +397,22 @@ class RunConfig(Strict):
                 )
         return self
 
+    @property
+    def split_seed(self) -> int:
+        """The seed of the problems: ``task.split_seed``, else the run seed."""
+        return self.seed if self.task.split_seed is None else self.task.split_seed
+
     def hash(self) -> str:
-        """A stable hash of what the run computes (guards resume): every section but ``execution``."""
+        """A stable hash of what the run computes (guards resume): every section but ``execution``. A
+        ``task.split_seed`` equal to the run seed computes what none does, and hashes as none (so the runs
+        started before the option existed keep their hash)."""
         data = self.model_dump(mode="json", exclude={"execution"})
+        if self.task.split_seed == self.seed:
+            data["task"]["split_seed"] = None
+        if data["task"]["split_seed"] is None:
+            del data["task"]["split_seed"]
+        if data["train"]["quantization"] == "none":  # as before the option existed
+            del data["train"]["quantization"]
         blob = json.dumps(data, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
