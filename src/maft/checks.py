@@ -9,6 +9,11 @@ has started (a debate or a finetune in), checked before a run directory is creat
 - ``train.lora_target_modules``: every listed name must match a module of the base model (PEFT's rule: the
   module's name, or its dotted suffix); a string other than ``all-linear`` is a regular expression that
   must match one. The module names come from the model's config on the meta device (no memory).
+- ``train.quantization=4bit`` (QLoRA): bitsandbytes installed and a CUDA GPU to train on.
+- memory: what one finetuning job needs (:mod:`maft.training.memory`: weights, gradients, optimizer
+  states and activations for the model, method, quantization, batch and length), against the free memory of
+  the GPU the jobs train on, or the RAM available on a CPU; a plan that cannot fit is refused with the
+  changes that would fit.
 - problems: a question longer than :data:`MAX_QUESTION_CHARS` characters is refused (it would abort the
   tokenizer in the middle of a debate).
 """
@@ -21,6 +26,7 @@ from pathlib import Path
 
 from maft.config import RunConfig
 from maft.tasks import Problem
+from maft.training.memory import DeviceMemory, ModelCounts, device_memory, meta_model, refusal
 
 #: Longer questions are refused before the run starts.
 MAX_QUESTION_CHARS = 100_000
@@ -95,13 +101,7 @@ def check_device(device: str) -> None:
 
 def module_names(model: str) -> list[str]:
     """The dotted names of every module of ``model``, built from its config on the meta device."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.from_pretrained(model)
-    with torch.device("meta"):
-        built = AutoModelForCausalLM.from_config(config)
-    return [n for n, _ in built.named_modules() if n]
+    return [n for n, _ in meta_model(model).named_modules() if n]
 
 
 def check_lora_targets(targets: Sequence[str] | str, names: Sequence[str]) -> None:
@@ -132,14 +132,54 @@ def check_questions(problems: Sequence[Problem]) -> None:
             )
 
 
+def check_quantization(config: RunConfig) -> None:
+    """``train.quantization=4bit`` needs bitsandbytes and a CUDA GPU where the jobs train (not checked for Ray
+    jobs on a cluster at ``execution.ray_address``: its workers are not visible from here)."""
+    x = config.execution
+    if config.train.quantization == "none" or (x.scheduler == "ray" and x.ray_address):
+        return
+    import importlib.util
+
+    import torch
+
+    missing = []
+    if importlib.util.find_spec("bitsandbytes") is None:
+        missing.append("bitsandbytes is not installed")
+    if x.device == "cpu" or x.device.startswith("mps") or not torch.cuda.is_available():
+        missing.append("the jobs would train on the CPU" if torch.cuda.is_available() else "this machine has no CUDA")
+    if missing:
+        raise SetupError(
+            f"train.quantization={config.train.quantization} needs bitsandbytes and a CUDA GPU "
+            f"({' and '.join(missing)}): pip install bitsandbytes on a machine with CUDA, or use "
+            "train.quantization=none"
+        )
+
+
+def check_memory(config: RunConfig, model: str | ModelCounts, memory: DeviceMemory | None = None) -> None:
+    """One finetuning job of ``config`` on ``model`` (its path or hub id, or its counts) fits in ``memory``
+    (None: what the device the jobs train on has free now; unknown: not checked)."""
+    memory = memory or device_memory(config)
+    if memory is None:
+        return
+    counts = model if isinstance(model, ModelCounts) else ModelCounts.of(model)
+    problem = refusal(config, counts, memory)
+    if problem:
+        raise SetupError(problem)
+
+
 def check_model(config: RunConfig, base_model: str) -> None:
-    """The device, and the base model's files and LoRA targets where this process loads the model
-    (the hf engine, or finetuning)."""
+    """The device, and the base model's files where this process loads the model (the hf engine, or
+    finetuning); for a run that finetunes, the quantization's needs, the LoRA targets and the memory a job
+    needs (the model built once on the meta device)."""
     check_device(config.execution.device)
     if config.model.engine == "hf" or config.iterations > 0:
         check_model_files(base_model)
-        if config.iterations > 0 and config.train.method == "lora":
-            check_lora_targets(config.train.lora_target_modules, module_names(base_model))
+    if config.iterations > 0:
+        check_quantization(config)
+        built = meta_model(base_model)
+        if config.train.method == "lora":
+            check_lora_targets(config.train.lora_target_modules, [n for n, _ in built.named_modules() if n])
+        check_memory(config, ModelCounts.of(built))
 
 
 def _first_line(error: BaseException) -> str:

@@ -21,6 +21,10 @@ Which tokens carry loss (``train.critic_loss``):
   (:func:`check_critic_loss`) before anything is loaded; a conversation cut at ``train.max_length``
   keeps its start (``keep_start``), so later turns are the ones lost.
 
+With ``train.quantization=4bit`` (QLoRA) the frozen base under the adapters is loaded in 4-bit NF4 with
+bfloat16 compute (bitsandbytes, on CUDA) and prepared with ``peft.prepare_model_for_kbit_training``; the
+adapters it saves are ordinary LoRA adapters, served on the unquantized base.
+
 Every role ends with a loadable artifact in ``out_dir``: a PEFT adapter (LoRA) or a full checkpoint.
 A role with no examples keeps its starting weights (an untouched adapter is saved), so that the
 agent exists in the next debate and stays what it was.
@@ -46,7 +50,7 @@ from maft.data.agent_data import Example
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
-    from trl import SFTTrainer
+    from trl import SFTConfig, SFTTrainer
 
 #: (steps done, total steps) -> None
 StepCallback = Callable[[int, int], None]
@@ -61,6 +65,9 @@ class TrainResult(BaseModel):
     init: str  # "base" or the path trained further
     host: str = ""  # where it ran (a Ray worker's node and process, or this one)
     pid: int = 0
+    # trained in one concurrent job with these roles (maft.training.concurrent); ``seconds`` is then this role's
+    # share of the job's wall time, so that the roles' seconds add up to it
+    trained_with: list[str] = []
 
 
 def multi_turn(example: Example) -> bool:
@@ -140,22 +147,44 @@ def _tokenizer(base_model: str) -> PreTrainedTokenizerBase:
 
 def _load_trainable(base_model: str, init_from: Path | None, cfg: TrainConfig, dtype):
     """The model to train and the PEFT config to hand TRL (None when the model already is a PeftModel)."""
-    from peft import LoraConfig, PeftModel
+    from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     if cfg.method == "full":
         return AutoModelForCausalLM.from_pretrained(str(init_from or base_model), dtype=dtype), None
-    base = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype)
+    quantization = quantization_config(cfg)
+    base = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype, quantization_config=quantization)
+    if quantization is not None:
+        from peft import prepare_model_for_kbit_training
+
+        base = prepare_model_for_kbit_training(base)  # frozen base, fp32 norms and embeddings, checkpointing
     if init_from is not None:
         return PeftModel.from_pretrained(base, str(init_from), is_trainable=True), None
-    lora = LoraConfig(
+    return base, lora_config(cfg)
+
+
+def lora_config(cfg: TrainConfig):
+    """PEFT's ``LoraConfig`` for ``train:``'s LoRA settings."""
+    from peft import LoraConfig
+
+    return LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
         target_modules=cfg.lora_target_modules,
         task_type="CAUSAL_LM",
     )
-    return base, lora
+
+
+def quantization_config(cfg: TrainConfig):
+    """``train.quantization=4bit`` (QLoRA): transformers' bitsandbytes config for a 4-bit NF4 base computing in
+    bfloat16 (placed on the current CUDA device); None for an unquantized base."""
+    if cfg.quantization == "none":
+        return None
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
 
 
 def _dtype(cfg: TrainConfig):
@@ -178,9 +207,8 @@ def sft_trainer(
     """The TRL trainer that :func:`finetune` runs on (non-empty) ``examples``, its dataset prepared: each row of
     ``trainer.train_dataset`` has the ``input_ids`` and the ``labels`` (-100 where no loss) it trains on.
     ``scratch`` is the trainer's own output directory (nothing is saved there)."""
-    import torch
     from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
     _quiet()
     tokenizer = _tokenizer(base_model)
@@ -188,7 +216,23 @@ def sft_trainer(
     if all_turns and (problem := template_problem(tokenizer)):
         raise _refusal(base_model, problem)
     model, lora = _load_trainable(base_model, init_from, cfg, _dtype(cfg))
-    args = SFTConfig(
+    return SFTTrainer(
+        model=model,
+        args=sft_config(scratch, cfg, seed=seed, device=device, all_turns=all_turns),
+        train_dataset=Dataset.from_list(sft_rows(examples, all_turns)),
+        processing_class=tokenizer,
+        peft_config=lora,
+        callbacks=list(callbacks),
+    )
+
+
+def sft_config(scratch: Path, cfg: TrainConfig, *, seed: int, device: str, all_turns: bool) -> SFTConfig:
+    """TRL's settings for one role: ``train:``'s optimization, the role's seed for its LoRA init and data order, and
+    which tokens carry loss (``all_turns``: :func:`loss_on_all_turns`)."""
+    import torch
+    from trl import SFTConfig
+
+    return SFTConfig(
         output_dir=str(scratch),
         num_train_epochs=cfg.epochs,
         per_device_train_batch_size=cfg.batch_size,
@@ -209,18 +253,13 @@ def sft_trainer(
         logging_steps=10,
         disable_tqdm=True,
     )
+
+
+def sft_rows(examples: Sequence[Example], all_turns: bool) -> list[dict]:
+    """The rows TRL gets: whole conversations (``messages``) with ``all_turns``, else prompt-completion pairs."""
     if all_turns:
-        rows = [{"messages": [*e.prompt, *e.completion]} for e in examples]
-    else:
-        rows = [{"prompt": e.prompt, "completion": e.completion} for e in examples]
-    return SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=Dataset.from_list(rows),
-        processing_class=tokenizer,
-        peft_config=lora,
-        callbacks=list(callbacks),
-    )
+        return [{"messages": [*e.prompt, *e.completion]} for e in examples]
+    return [{"prompt": e.prompt, "completion": e.completion} for e in examples]
 
 
 def finetune(

@@ -1,0 +1,387 @@
+"""The memory one finetuning job needs, estimated before any compute from the base model's config (the
+model is built on the meta device: no weights are read) and ``train:``; :func:`maft.checks.check_memory`
+compares it with the device the jobs will train on and refuses a plan that cannot fit, naming the fixes.
+
+Accounting, in bytes. P: the base model's parameters; T: the trainable LoRA parameters, ``r * (in + out)``
+summed over the targeted linear layers (PEFT's matching); d: bytes per value of the dtype the job trains in,
+2 with ``train.bf16`` and 4 without (maft loads the model in that dtype). AdamW keeps two moments per
+trainable parameter, in that parameter's dtype, and maft keeps no fp32 master copy (both checked against a
+real trainer in tests/test_memory.py):
+
+- ``method=full``: weights ``P*d``, gradients ``P*d``, optimizer ``2*P*d``: 16 bytes per parameter in fp32
+  (4 + 4 + 8, the textbook figure), 8 with ``bf16`` (2 + 2 + 4: the model itself is bf16; the textbook's
+  16 bytes of mixed precision assume fp32 master weights, which maft does not keep).
+- ``method=lora``: the frozen base ``P*d``; the adapters 16 bytes per parameter (PEFT keeps them in fp32:
+  weights 4, gradients 4, AdamW 8).
+- ``method=lora`` with ``quantization=4bit`` (QLoRA): the base's linear layers (not the output layer) at
+  0.5 byte per weight (NF4) plus 4/64 (bitsandbytes' fp32 scale per block of 64): 0.5625; the rest
+  (embeddings, output layer, norms) in fp32, where ``peft.prepare_model_for_kbit_training`` casts it; the
+  adapters 8 bytes per parameter (TRL casts a quantized model's adapters to bf16: 2 + 2 + 4).
+- activations, per token of a batch of ``b = train.batch_size`` examples of ``s = train.max_length`` tokens
+  (a padded batch is at most that long). A decoder layer keeps ``A = 6h + 2kv + 4i`` values of d bytes:
+  its norms' inputs and outputs (4h), the rotated queries and the attention output (2h), keys and values
+  (2kv), the MLP's gate, activation, up projection and product (4i); h: the hidden size, kv: the key/value
+  width (key-value heads x head size), i: the MLP width; attention by a fused kernel that keeps no s x s
+  scores. Without gradient checkpointing the L layers keep ``L*A``; with it (TRL's default, which maft
+  keeps) only each layer's input, plus one layer recomputed at a time: ``L*h + A``. The logits add
+  ``V*(d + 8)`` bytes per token (V: the vocabulary; the logits, and the loss's fp32 log-softmax and its
+  gradient). In all: ``b*s*((L*h + A)*d + V*(d + 8))`` with checkpointing.
+- ``shards`` (FSDP-style sharding over GPUs) divides weights, gradients and optimizer states, not the
+  activations of each GPU's batch. maft's jobs do not shard: a job is one process, and one that sees several
+  GPUs (``execution.gpus_per_job`` > 1) trains with torch's DataParallel, which keeps the whole model,
+  gradients and optimizer on the first GPU; the check therefore uses ``shards=1``.
+
+Beside the job, the check counts what the generation engine keeps on the same device (:func:`engine_models`):
+with ``model.engine=hf`` and the local scheduler, the base model, and from iteration 2 on the finetuned agents
+when they are whole models (``train.method=full``, or merged adapters).
+
+Not counted: the CUDA context and the allocator's fragmentation (a few hundred MB to a few GB), optimizer
+temporaries, and the attention scores of a backend that materializes them (CPU with padding masks may).
+The estimate is a floor for what a job holds at its peak, so the check refuses only plans that cannot fit;
+the fixes it names leave :data:`HEADROOM` of the free memory spare.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel
+
+from maft.config import RunConfig, TrainConfig
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedModel
+
+#: Bytes per base weight of a linear layer in 4-bit NF4: half a byte, plus one fp32 scale per block of 64.
+NF4_BYTES = 0.5 + 4 / 64
+#: A fix is offered only if it leaves this share of the free memory unused (what the estimate does not count).
+HEADROOM = 0.1
+
+
+@dataclass(frozen=True)
+class ModelCounts:
+    """What the accounting needs from a model: its parameters and shape (from its config, on the meta device)."""
+
+    parameters: int  # every parameter, tied ones once
+    quantizable: int  # the weights of its linear layers but the output layer (what 4-bit NF4 quantizes)
+    linears: tuple[tuple[str, int, int], ...]  # (name, in, out) of each linear layer but the output layer
+    hidden: int
+    layers: int
+    kv_width: int
+    intermediate: int
+    vocab: int
+    config_dtype: str | None  # the checkpoint's dtype (config.json), if it says
+
+    @classmethod
+    def of(cls, model: str | Path | PretrainedConfig | PreTrainedModel) -> ModelCounts:
+        """Count ``model``: a local directory, a hub id or a transformers config (built on the meta device), or
+        a model already built (by :func:`meta_model`)."""
+        import torch
+
+        built = model if isinstance(model, torch.nn.Module) else meta_model(model)
+        config = built.config
+        output = built.get_output_embeddings()
+        linears = []
+        for name, module in built.named_modules():
+            dims = _linear_dims(module)
+            if dims and module is not output:
+                linears.append((name, *dims))
+        text = config.get_text_config()
+        hidden = int(text.hidden_size)
+        heads = int(text.num_attention_heads)
+        head_dim = int(getattr(text, "head_dim", None) or hidden // heads)
+        kv_heads = int(getattr(text, "num_key_value_heads", None) or heads)
+        intermediate = getattr(text, "intermediate_size", None) or getattr(text, "n_inner", None) or 4 * hidden
+        dtype = getattr(config, "dtype", None)
+        return cls(
+            parameters=sum(p.numel() for p in built.parameters()),
+            quantizable=sum(i * o for _, i, o in linears),
+            linears=tuple(linears),
+            hidden=hidden,
+            layers=int(text.num_hidden_layers),
+            kv_width=kv_heads * head_dim,
+            intermediate=int(intermediate),
+            vocab=int(text.vocab_size),
+            config_dtype=str(dtype).removeprefix("torch.") if dtype is not None else None,
+        )
+
+    def lora_parameters(self, r: int, targets: Sequence[str] | str) -> int:
+        """T: the adapters' parameters at rank ``r`` on the layers ``targets`` selects (PEFT's rules:
+        all-linear = every linear layer but the output layer; a list = names or dotted suffixes; another
+        string = a regular expression the whole name must match)."""
+        if targets == "all-linear":
+            chosen = self.linears
+        elif isinstance(targets, str):
+            chosen = tuple(x for x in self.linears if re.fullmatch(targets, x[0]))
+        else:
+            chosen = tuple(x for x in self.linears if any(x[0] == t or x[0].endswith("." + t) for t in targets))
+        return sum(r * (i + o) for _, i, o in chosen)
+
+
+def meta_model(model: str | Path | PretrainedConfig) -> PreTrainedModel:
+    """``model`` (a local directory, a hub id or a transformers config) as a causal LM on the meta device: every
+    module and parameter shape, no memory, no weights read."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
+
+    config = model if isinstance(model, PretrainedConfig) else AutoConfig.from_pretrained(str(model))
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
+def _linear_dims(module) -> tuple[int, int] | None:
+    """(in, out) of a linear layer (torch's Linear, or transformers' Conv1D as in GPT-2); None otherwise."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    if isinstance(module, torch.nn.Linear):
+        return module.in_features, module.out_features
+    if isinstance(module, Conv1D):
+        return int(module.weight.shape[0]), int(module.weight.shape[1])
+    return None
+
+
+class MemoryEstimate(BaseModel):
+    """What one finetuning job holds at its peak, in bytes (module docstring: the accounting)."""
+
+    plan: str  # e.g. "train.method=lora train.quantization=4bit"
+    parameters: int  # the base model's
+    trainable: int
+    weights: int
+    gradients: int
+    optimizer: int
+    activations: int
+    batch: int
+    tokens: int  # per example (train.max_length)
+    gradient_checkpointing: bool
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.gradients + self.optimizer + self.activations
+
+    def breakdown(self) -> str:
+        """One line, e.g. ``weights 16 GB, gradients 16 GB, optimizer 64 GB, activations 9.1 GB at batch 16 x 1024
+        tokens``."""
+        return (
+            f"weights {gb(self.weights)}, gradients {gb(self.gradients)}, optimizer {gb(self.optimizer)}, "
+            f"activations {gb(self.activations)} at batch {self.batch} x {self.tokens} tokens"
+        )
+
+
+def estimate(
+    train: TrainConfig,
+    model: str | Path | PretrainedConfig | PreTrainedModel | ModelCounts,
+    *,
+    gradient_checkpointing: bool | None = None,
+    shards: int = 1,
+) -> MemoryEstimate:
+    """The memory one job of ``train`` needs on ``model`` (a model directory, hub id, transformers config, or
+    its :class:`ModelCounts`). ``gradient_checkpointing``: None = what the trainer does (TRL's default);
+    ``shards``: how many GPUs share the states (1: maft's jobs, module docstring)."""
+    counts = model if isinstance(model, ModelCounts) else ModelCounts.of(model)
+    checkpointing = trl_checkpoints() if gradient_checkpointing is None else gradient_checkpointing
+    d = 2 if train.bf16 else 4
+    P = counts.parameters
+    if train.method == "full":
+        trainable = P
+        weights, gradients, optimizer = P * d, P * d, 2 * P * d
+    else:
+        trainable = counts.lora_parameters(train.lora_r, train.lora_target_modules)
+        if train.quantization == "4bit":
+            base = math.ceil(counts.quantizable * NF4_BYTES) + 4 * (P - counts.quantizable)
+            adapter = 2  # bf16 (TRL)
+        else:
+            base, adapter = P * d, 4  # fp32 (PEFT)
+        weights, gradients, optimizer = base + trainable * adapter, trainable * adapter, 2 * trainable * adapter
+    h, L = counts.hidden, counts.layers
+    layer = 6 * h + 2 * counts.kv_width + 4 * counts.intermediate
+    kept = L * h + layer if checkpointing else L * layer
+    tokens = train.batch_size * train.max_length
+    activations = tokens * (kept * d + counts.vocab * (d + 8))
+    shards = max(1, shards)
+    plan = f"train.method={train.method}" + (
+        f" train.quantization={train.quantization}" * (train.quantization != "none")
+    )
+    return MemoryEstimate(
+        plan=plan,
+        parameters=P,
+        trainable=trainable,
+        weights=math.ceil(weights / shards),
+        gradients=math.ceil(gradients / shards),
+        optimizer=math.ceil(optimizer / shards),
+        activations=activations,
+        batch=train.batch_size,
+        tokens=train.max_length,
+        gradient_checkpointing=checkpointing,
+    )
+
+
+def trl_checkpoints() -> bool:
+    """Whether TRL's SFTConfig turns gradient checkpointing on by default (maft's trainer keeps the default)."""
+    from trl import SFTConfig
+
+    return bool(SFTConfig.__dataclass_fields__["gradient_checkpointing"].default)
+
+
+def engine_models(config: RunConfig, counts: ModelCounts) -> int:
+    """How many copies of the model the generation engine keeps beside a job: with ``model.engine=hf`` and the
+    local scheduler, the engine stays loaded in this process, on the device the jobs train on, with the base
+    model, and from iteration 2 on one model per finetuned role when the agents are whole models
+    (``train.method=full``, or adapters merged: ``execution.merge_adapters``, by default under 200M
+    parameters). None for a server or Ray jobs (elsewhere, or processes of their own)."""
+    if config.model.engine != "hf" or config.execution.scheduler != "local":
+        return 0
+    merged = config.execution.merge_adapters
+    whole = config.train.method == "full" or (counts.parameters < 200_000_000 if merged is None else merged)
+    if not whole or config.iterations < 2:
+        return 1
+    agents, rounds = config.debate.agents, config.debate.rounds
+    roles = 1 if config.train.shared else agents * (2 if rounds > 1 and config.train.roles == "all" else 1)
+    return 1 + roles
+
+
+def engine_weights(config: RunConfig, counts: ModelCounts) -> int:
+    """The bytes of the :func:`engine_models` copies, in ``model.dtype`` (auto: the checkpoint's, fp32 if it
+    does not say)."""
+    dtype = config.model.dtype if config.model.dtype != "auto" else (counts.config_dtype or "float32")
+    return engine_models(config, counts) * counts.parameters * {"bfloat16": 2, "float16": 2}.get(dtype, 4)
+
+
+@dataclass(frozen=True)
+class DeviceMemory:
+    """The memory a job can use where it trains: ``free`` bytes, on a ``cuda`` GPU or in the machine's RAM."""
+
+    free: int
+    kind: Literal["cuda", "cpu"]
+    where: str  # e.g. "this GPU (cuda:0, NVIDIA H100 80GB HBM3) has 79 GB free"
+
+
+def device_memory(config: RunConfig) -> DeviceMemory | None:
+    """What the jobs can use: the free memory of the GPU they train on (the first one a job sees: a local job
+    sees this process's GPUs; a Ray job one of this machine's, so the one with the least free), or the RAM
+    available when they train on the CPU (no CUDA, or ``execution.device=cpu``; MPS shares the RAM). None
+    where it cannot be known from here: Ray jobs on a cluster at ``execution.ray_address``, or no meminfo."""
+    import torch
+
+    x = config.execution
+    if x.scheduler == "ray" and x.ray_address:
+        return None
+    if not x.device.startswith(("cpu", "mps")) and torch.cuda.is_available():
+        gpus = range(torch.cuda.device_count()) if x.scheduler == "ray" else [0]
+        free, gpu = min((torch.cuda.mem_get_info(i)[0], i) for i in gpus)
+        name = torch.cuda.get_device_name(gpu)
+        return DeviceMemory(free, "cuda", f"this GPU (cuda:{gpu}, {name}) has {gb(free)} free")
+    free = available_ram()
+    if free is None:
+        return None
+    return DeviceMemory(free, "cpu", f"this machine has {gb(free)} of RAM available")
+
+
+def available_ram() -> int | None:
+    """The RAM that can be used without swapping: psutil if installed, else MemAvailable in /proc/meminfo."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def refusal(config: RunConfig, counts: ModelCounts, memory: DeviceMemory) -> str | None:
+    """Why ``config``'s finetuning jobs cannot fit in ``memory``, and the changes that would fit with
+    :data:`HEADROOM` to spare (each with what it needs, the engine's share included), or None when they fit.
+    Pure: the caller measures ``memory``."""
+    train = config.train
+    room = memory.free * (1 - HEADROOM)
+
+    def needs(changed: TrainConfig) -> int:
+        return estimate(changed, counts).total + engine_weights(config.model_copy(update={"train": changed}), counts)
+
+    need, engine = estimate(train, counts), engine_weights(config, counts)
+    if need.total + engine <= memory.free:
+        return None
+    copies = engine_models(config, counts)
+    held = "the base model" if copies == 1 else f"the base model and {copies - 1} finetuned agents"
+    beside = f", and the generation engine (model.engine=hf) keeps {held} ({gb(engine)}) beside it" * (engine > 0)
+    problem = (
+        f"{need.plan} on a model of {_count(need.parameters)} parameters needs about {gb(need.total)} per finetuning "
+        f"job ({need.breakdown()}){beside}, but {memory.where}"
+    )
+    total = " in all" if engine else ""
+    fits: list[str] = []
+    for group in _alternatives(train, memory.kind):
+        for change in group:  # within a group, the first that fits (the largest batch)
+            if (n := needs(change)) <= room:
+                fits.append(f"{_settings(train, change)} (about {gb(n)}{total})")
+                break
+    if fits:
+        return f"{problem}: use {', or '.join(fits)}"
+    floor = _floor(train, memory.kind)
+    n = needs(floor)
+    if floor != train and n <= room:
+        return f"{problem}: use {_settings(train, floor)} together (about {gb(n)}{total})"
+    even = f"; even {_settings(train, floor)} would need about {gb(n)}{total}" if floor != train else ""
+    return f"{problem}{even}: use a smaller model or a device with more memory" + (
+        " (or model.engine=openai, a server elsewhere)" if engine else ""
+    )
+
+
+def _alternatives(train: TrainConfig, kind: str) -> list[list[TrainConfig]]:
+    """Changes of ``train`` that need less memory: groups of alternatives, the least drastic first in each."""
+    groups: list[list[TrainConfig]] = []
+    if train.method == "full":
+        groups.append([train.model_copy(update={"method": "lora"})])
+    if kind == "cuda" and train.quantization == "none":  # QLoRA: CUDA only
+        groups.append([train.model_copy(update={"method": "lora", "quantization": "4bit"})])
+    if kind == "cuda" and not train.bf16:
+        groups.append([train.model_copy(update={"bf16": True})])
+    effective = train.batch_size * train.gradient_accumulation_steps
+    batches, b = [], train.batch_size
+    while b > 1:  # halvings down to 1, the effective batch kept by accumulation
+        b //= 2
+        batches.append(train.model_copy(update={"batch_size": b, "gradient_accumulation_steps": -(-effective // b)}))
+    return [*groups, batches] if batches else groups
+
+
+def _floor(train: TrainConfig, kind: str) -> TrainConfig:
+    """The least memory ``train`` can be brought to by the changes :func:`_alternatives` offers, all at once."""
+    effective = train.batch_size * train.gradient_accumulation_steps
+    changes: dict[str, object] = {"method": "lora", "batch_size": 1, "gradient_accumulation_steps": effective}
+    if kind == "cuda":
+        changes.update(quantization="4bit", bf16=True)
+    return train.model_copy(update=changes)
+
+
+def _settings(old: TrainConfig, new: TrainConfig) -> str:
+    """The ``train.key=value`` settings that make ``old`` into ``new``."""
+    a, b = old.model_dump(), new.model_dump()
+    return " ".join(f"train.{k}={_yaml(v)}" for k, v in b.items() if a[k] != v)
+
+
+def _yaml(value: object) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def gb(n: float) -> str:
+    """Bytes as decimal GB (TB from 1000 GB, MB under 1 GB): ``128 GB``, ``9.1 GB``, ``1.2 TB``."""
+    if n >= 1e12:
+        return f"{n / 1e12:.1f} TB"
+    if n >= 1e9:
+        return f"{n / 1e9:.1f} GB" if n < 1e10 else f"{n / 1e9:.0f} GB"
+    return f"{n / 1e6:.0f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n:,}"

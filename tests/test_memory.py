@@ -1,0 +1,238 @@
+"""The memory estimate of a finetuning job (maft.training.memory) and the checks built on it: a plan that cannot
+fit is refused before any compute with the fixes that would fit; QLoRA (train.quantization=4bit) is validated and
+refused where bitsandbytes cannot run. Model shapes are built on the meta device: no weights, no downloads."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import LlamaConfig
+
+from maft.bench import SHAPES
+from maft.checks import SetupError, check_memory, check_quantization
+from maft.config import ConfigError, RunConfig, TrainConfig, load_config
+from maft.data.agent_data import Example
+from maft.loop import prepare
+from maft.tiny import default_checkpoint
+from maft.training.memory import NF4_BYTES, DeviceMemory, ModelCounts, device_memory, estimate
+from maft.training.sft import quantization_config, sft_trainer
+
+GB = 10**9
+#: Llama 3 8B: bench.py's shape with its real vocabulary, a bf16 checkpoint.
+LLAMA_8B = LlamaConfig(**SHAPES["llama-8b"], vocab_size=128256, dtype="bfloat16")
+#: Llama 3 70B's shape: more than a terabyte to finetune fully, on any machine.
+LLAMA_70B = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 8192,
+    "intermediate_size": 28672,
+    "num_hidden_layers": 80,
+    "num_attention_heads": 64,
+    "num_key_value_heads": 8,
+    "vocab_size": 128256,
+    "dtype": "bfloat16",
+}
+BNB_CUDA = importlib.util.find_spec("bitsandbytes") is not None and torch.cuda.is_available()
+
+
+@pytest.fixture(scope="module")
+def llama8b() -> ModelCounts:
+    return ModelCounts.of(LLAMA_8B)
+
+
+def test_llama_8b_counts_are_the_published_ones(llama8b):
+    assert llama8b.parameters == 8_030_261_248  # Llama 3 8B
+    assert llama8b.quantizable == 8_030_261_248 - 2 * 128256 * 4096 - (2 * 32 + 1) * 4096  # no embeddings, norms
+    assert llama8b.lora_parameters(8, "all-linear") == 20_971_520  # PEFT's count for r=8 on every linear layer
+    assert llama8b.config_dtype == "bfloat16"
+
+
+def test_full_finetuning_is_16_bytes_per_parameter_in_fp32_and_8_in_bf16(llama8b):
+    P = llama8b.parameters
+    fp32 = estimate(TrainConfig(method="full"), llama8b)
+    assert (fp32.weights, fp32.gradients, fp32.optimizer) == (4 * P, 4 * P, 8 * P)  # 128 GB of states
+    assert fp32.weights + fp32.gradients + fp32.optimizer == 16 * P
+    bf16 = estimate(TrainConfig(method="full", bf16=True), llama8b)
+    assert bf16.weights + bf16.gradients + bf16.optimizer == 8 * P  # no fp32 master copy (see the real trainer)
+    # activations: b*s*((L*h + A)*d + V*(d + 8)) with checkpointing, A = 6h + 2kv + 4i
+    A = 6 * 4096 + 2 * 1024 + 4 * 14336
+    assert fp32.gradient_checkpointing  # TRL's default, which maft keeps
+    assert fp32.activations == 16 * 1024 * ((32 * 4096 + A) * 4 + 128256 * 12)
+    assert 16 * P < fp32.total < 16 * P + 45 * GB
+    print(f"\nfull fp32: {fp32.total / GB:.0f} GB ({fp32.breakdown()})")
+
+
+def test_lora_and_qlora_keep_the_base_frozen_and_train_adapters(llama8b):
+    P, T = llama8b.parameters, 20_971_520
+    lora = estimate(TrainConfig(bf16=True), llama8b)
+    assert lora.trainable == T
+    assert (lora.weights, lora.gradients, lora.optimizer) == (2 * P + 4 * T, 4 * T, 8 * T)  # fp32 adapters
+    qlora = estimate(TrainConfig(bf16=True, quantization="4bit"), llama8b)
+    base = math.ceil(llama8b.quantizable * NF4_BYTES) + 4 * (P - llama8b.quantizable)  # NF4 + fp32 rest
+    assert (qlora.weights, qlora.gradients, qlora.optimizer) == (base + 2 * T, 2 * T, 4 * T)  # bf16 adapters
+    assert 7 * GB < qlora.weights < 9 * GB < 16 * GB < lora.weights  # an 8B base fits one 24 GB GPU in 4 bits
+    assert qlora.activations == lora.activations
+    print(f"\nlora bf16: {lora.total / GB:.0f} GB; qlora: {qlora.total / GB:.0f} GB ({qlora.breakdown()})")
+
+
+def test_activations_grow_with_the_batch_and_shrink_with_checkpointing(llama8b):
+    one = estimate(TrainConfig(batch_size=1), llama8b)
+    assert estimate(TrainConfig(batch_size=8), llama8b).activations == 8 * one.activations
+    assert estimate(TrainConfig(batch_size=1), llama8b, gradient_checkpointing=False).activations > one.activations
+    sharded = estimate(TrainConfig(method="full"), llama8b, shards=4)
+    assert sharded.optimizer * 4 == estimate(TrainConfig(method="full"), llama8b).optimizer
+
+
+def test_lora_targets_are_matched_as_peft_matches_them():
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    counts = ModelCounts.of(str(default_checkpoint()))
+    for targets in ("all-linear", ["q_proj", "v_proj"], ["self_attn.o_proj"], r".*\.mlp\.(gate|up)_proj"):
+        model = AutoModelForCausalLM.from_pretrained(str(default_checkpoint()))
+        peft = get_peft_model(model, LoraConfig(r=4, target_modules=targets, task_type="CAUSAL_LM"))
+        trainable = sum(p.numel() for p in peft.parameters() if p.requires_grad)
+        assert counts.lora_parameters(4, targets) == trainable, targets
+
+
+def _examples(n: int = 4) -> list[Example]:
+    return [
+        Example(
+            prompt=[{"role": "user", "content": f"{i} + {i} ="}],
+            completion=[{"role": "assistant", "content": str(2 * i)}],
+            problem_id=str(i),
+            agent=0,
+            kind="generation",
+        )
+        for i in range(n)
+    ]
+
+
+def _nbytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("settings", [{"method": "full"}, {"method": "full", "bf16": True}, {}, {"bf16": True}])
+def test_the_accounting_is_what_a_real_trainer_holds(settings, tmp_path):
+    """Weights, gradients (one per trainable value) and AdamW's states of the tiny model after a real TRL step."""
+    cfg = TrainConfig(epochs=1, batch_size=4, **settings)
+    trainer = sft_trainer(str(default_checkpoint()), _examples(), tmp_path, cfg, device="cpu")
+    trainer.train()
+    need = estimate(cfg, str(default_checkpoint()))
+    model = trainer.model
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    states = [v for s in trainer.optimizer.state.values() for k, v in s.items() if k != "step"]
+    assert _nbytes(model.parameters()) == need.weights
+    assert _nbytes(trainable) == need.gradients
+    assert _nbytes(states) == need.optimizer
+    assert sum(p.numel() for p in trainable) == need.trainable
+    assert trainer.args.gradient_checkpointing is need.gradient_checkpointing
+
+
+def _fixes(message: str) -> list[list[str]]:
+    """The settings of each fix a refusal offers (``use A (about ...), or B (about ...)``)."""
+    offered = message.split(": use ", 1)[1]
+    return [part.split() for part in re.findall(r"((?:train\.\S+=\S+ ?)+) \(about", offered)]
+
+
+def test_an_impossible_plan_is_refused_with_the_fixes_that_fit(llama8b):
+    gpu = DeviceMemory(80 * GB, "cuda", "this GPU (cuda:0) has 80 GB free")
+    config = load_config(None, ["train.method=full"])
+    with pytest.raises(SetupError) as refused:
+        check_memory(config, llama8b, gpu)
+    message = str(refused.value)
+    print("\n" + message)
+    assert message.startswith("train.method=full on a model of 8.0B parameters needs about 168 GB per finetuning job")
+    assert "(weights 32 GB, gradients 32 GB, optimizer 64 GB, activations 39 GB at batch 16 x 1024 tokens)" in message
+    # the engine (model.engine=hf) beside the jobs: from iteration 2, the 6 fully finetuned agents too (bf16)
+    assert "the generation engine (model.engine=hf) keeps the base model and 6 finetuned agents (112 GB)" in message
+    assert "this GPU (cuda:0) has 80 GB free: use train.method=lora train.quantization=4bit (about 64 GB in all)" in (
+        message
+    )
+    # with more memory, more fixes fit; each one offered does fit
+    config = load_config(None, ["train.method=full", "iterations=1"])  # the engine holds the base model only
+    for free, expected in [(80, 1), (125, 3), (170, 4)]:  # 10% spare (HEADROOM)
+        gpu = DeviceMemory(free * GB, "cuda", f"this GPU has {free} GB free")
+        with pytest.raises(SetupError) as refused:
+            check_memory(config, llama8b, gpu)
+        fixes = _fixes(str(refused.value))
+        assert len(fixes) == expected, str(refused.value)
+        for fix in fixes:
+            check_memory(load_config(None, ["train.method=full", "iterations=1", *fix]), llama8b, gpu)
+    assert any(fix == ["train.method=lora"] for fix in fixes)
+    assert any(f[0].startswith("train.batch_size=") and f[1].startswith("train.gradient_accumulation") for f in fixes)
+
+
+def test_on_the_cpu_no_gpu_fix_is_offered_and_nothing_fitting_says_so(llama8b):
+    ram = DeviceMemory(64 * GB, "cpu", "this machine has 64 GB of RAM available")
+    with pytest.raises(SetupError) as refused:
+        check_memory(load_config(None, ["train.method=full"]), llama8b, ram)
+    message = str(refused.value)
+    assert "quantization" not in message and "bf16" not in message
+    assert "use train.method=lora train.batch_size=1 train.gradient_accumulation_steps=16 together" in message
+    small = DeviceMemory(8 * GB, "cpu", "this machine has 8 GB of RAM available")
+    with pytest.raises(SetupError, match=r"even train.method=lora .* would need about 51 GB in all: use a smaller"):
+        check_memory(load_config(None, ["train.method=full"]), llama8b, small)
+
+
+def test_the_embedded_model_s_default_run_fits_here():
+    memory = device_memory(RunConfig())
+    assert memory is not None and memory.free > 0
+    check_memory(RunConfig(), str(default_checkpoint()))  # about 0.2 GB
+    assert estimate(RunConfig().train, str(default_checkpoint())).total < GB
+
+
+def test_a_huge_batch_is_refused_through_the_cli_before_a_run_directory_exists(tmp_path):
+    root = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "maft.cli", "run", "--out", str(root), "--set", "train.batch_size=100000"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "400"},
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert "train.method=lora on a model of 483,360 parameters needs about 1.4 TB per finetuning job" in output
+    assert re.search(r"use train.batch_size=\d+\s+train.gradient_accumulation_steps=\d+", output), output
+    assert "Traceback" not in output and not root.exists()
+
+
+def test_prepare_refuses_full_finetuning_of_a_70b_shape(tmp_path):
+    model = tmp_path / "llama-70b"  # a config and no weights: the memory check is what refuses it
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(LLAMA_70B))
+    with pytest.raises(SetupError, match=r"train.method=full on a model of 70.6B parameters needs about 1.\d TB"):
+        prepare(load_config(None, [f"model.name={model}", "train.method=full"]))
+
+
+def test_qlora_needs_lora_and_changes_the_hash():
+    with pytest.raises(ConfigError, match="train.quantization=4bit .* needs train.method=lora"):
+        load_config(None, ["train.method=full", "train.quantization=4bit"])
+    qlora = load_config(None, ["train.quantization=4bit"])
+    assert qlora.hash() != RunConfig().hash()
+
+
+@pytest.mark.skipif(BNB_CUDA, reason="bitsandbytes and CUDA are here: 4-bit can run")
+def test_qlora_is_refused_where_bitsandbytes_cannot_run():
+    config = load_config(None, ["train.quantization=4bit"])
+    message = "train.quantization=4bit needs bitsandbytes and a CUDA GPU .*: pip install bitsandbytes on a machine"
+    with pytest.raises(SetupError, match=message + r" with CUDA, or use train.quantization=none"):
+        check_quantization(config)
+    with pytest.raises(SetupError, match=message):
+        prepare(config)
+    prepare(load_config(None, ["train.quantization=4bit", "iterations=0"]))  # no finetuning: not checked
+
+
+def test_the_4bit_config_is_qlora_s():
+    assert quantization_config(TrainConfig()) is None
+    bnb = quantization_config(TrainConfig(quantization="4bit"))
+    assert bnb.load_in_4bit and bnb.bnb_4bit_quant_type == "nf4" and bnb.bnb_4bit_compute_dtype == torch.bfloat16
