@@ -48,12 +48,12 @@ class CLIConsole(Console):
 
     @property
     def size(self) -> ConsoleDimensions:
-        size = Console.size.fget(self)
+        size = super().size
         return ConsoleDimensions(PIPED_WIDTH, size.height) if self.piped() else size
 
     @size.setter
     def size(self, new_size: tuple[int, int]) -> None:
-        Console.size.fset(self, new_size)
+        Console.size.fset(self, new_size)  # type: ignore[attr-defined]  # rich's property setter
 
     def rule(self, title="", *, characters: str = "─", style="rule.line", align="center") -> None:
         if not self.piped():
@@ -123,7 +123,7 @@ def evaluate(
             _fail("--run evaluates the run's own agents by debate; --model and --samples do not apply")
         _transfer(run, task, n, _task_options(option), iteration, quiet=False)
         return
-    from maft.engines import Sampling
+    from maft.engines import Engine, Sampling
     from maft.engines.hf import HFEngine
     from maft.evaluation.single_agent import evaluate as run_evaluation
     from maft.tasks import DatasetUnavailableError, get_task
@@ -160,9 +160,11 @@ def evaluate(
             )
         except ServerError as e:
             _fail(str(e))
-        engine = OpenAIEngine(url, served, concurrency=concurrency)
+        engine: Engine = OpenAIEngine(url, served, concurrency=concurrency)
+        model_name = served
     else:
-        engine = HFEngine(model, device=device, batch_size=batch_size)
+        engine = hf = HFEngine(model, device=device, batch_size=batch_size)
+        model_name = hf.model_name
     result = run_evaluation(engine, the_task, problems, samples=samples, sampling=sampling, seed=seed, progress=True)
     seconds = time.perf_counter() - start
     table = Table(title=f"{task}: {n} test problems, {samples} sample(s) each, T={temperature}, top_p={top_p}")
@@ -174,9 +176,7 @@ def evaluate(
         table.add_row(f"pass@{samples}", str(result.pass_at_k))
     table.add_row("abstentions", f"{100 * result.abstention_rate:.1f}%")
     console.print(table)
-    console.print(
-        f"model {engine.model_name} | {result.generated_tokens} tokens generated in {seconds:.1f} s", markup=False
-    )
+    console.print(f"model {model_name} | {result.generated_tokens} tokens generated in {seconds:.1f} s", markup=False)
     if out:
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -404,6 +404,19 @@ def run(
     )
 
 
+def _seeds(text: str | None) -> int | list[int] | None:
+    """``--seeds``: a count K, or a comma-separated list of run seeds."""
+    if text is None:
+        return None
+    try:
+        if "," in text:
+            return [int(part) for part in text.split(",") if part.strip()]
+        return int(text)
+    except ValueError:
+        _fail(f"--seeds {text!r} is neither a count (e.g. --seeds 3) nor a list of seeds (e.g. --seeds 0,1,2)")
+        return None
+
+
 @app.command()
 def compare(
     config: Annotated[
@@ -432,6 +445,13 @@ def compare(
     out: Annotated[Path, typer.Option(readable=False, help="comparison directory; run again to resume")] = Path(
         "runs/compare"
     ),
+    seeds: Annotated[
+        str | None,
+        typer.Option(
+            help="K: every method with run seeds seed+0..K-1 (in <out>/<method>/seed_<s>/), on the same problems, "
+            "with 95% bootstrap intervals; or a comma-separated list of run seeds (default: the config's, else one)"
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
 ) -> None:
     """Run maft and the baselines on the same model and problems; write the Table-1-style comparison."""
@@ -443,7 +463,7 @@ def compare(
 
     start = time.perf_counter()
     try:
-        cfg = load_compare_config(config, set_, methods.split(",") if methods else None)
+        cfg = load_compare_config(config, set_, methods.split(",") if methods else None, _seeds(seeds))
         results = run_compare(cfg, out, console=console, progress=not quiet)
     except OSError as e:
         _fail(_os_message(e))
@@ -453,7 +473,7 @@ def compare(
         discard_temporaries()
         console.print("[yellow]interrupted[/yellow]; finished stages are kept: run the same command again to resume")
         raise typer.Exit(code=130) from None
-    console.print(comparison_table(results, title="accuracy % ± SE on held-out problems (final-round majority)"))
+    console.print(comparison_table(results))
     page = _write_report(out)
     console.print(
         f"{time.perf_counter() - start:.0f} s this invocation; wrote {out / 'comparison.md'}"

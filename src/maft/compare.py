@@ -2,13 +2,35 @@
 
 The comparison directory holds ``<method>/`` (an ordinary run directory per method, resumable),
 ``comparison.json`` (a list of :class:`MethodResult`) and ``comparison.md`` (the Table-1-style table).
+
+Seeds (``seeds:`` in the compare YAML, ``maft compare --seeds``): K seeds run every method K times, with run
+seeds ``s = seed + 0..K-1`` (``seed``: the run config's) or an explicit list. Each run is an ordinary run
+directory, ``<method>/seed_<s>/``, resumed on its own; a one-seed comparison (the default) keeps the layout
+``<method>/``, so comparisons started before seeds existed resume unchanged. A directory laid out for the
+other count is refused. The run seed drives every random choice of a run (sampling, tie-breaks, data
+subsampling, LoRA init and data order); the problems are drawn by ``task.split_seed``, which every run of a
+comparison gets from the run config (its ``task.split_seed``, else its ``seed``), so every seed of every method
+debates the same training and held-out problems and the comparison is paired. (The override is left out where
+it equals the run seed: such a config is the one-seed run of before, hash included.)
+
+Statistics (:mod:`maft.evaluation.statistics`), from each run's per-problem correctness (the final round's
+majority vote, :func:`maft.evaluation.metrics.majority_scores`, under the run's vote rule):
+
+- several seeds: per iteration, the mean accuracy over seeds and problems with its 95% bootstrap interval
+  over problems and seeds (``accuracy_ci``; ``accuracy`` then holds that mean and the bootstrap SE);
+- one seed: the run's accuracy with its binomial standard error, as before (no seed variation is measured);
+- with maft in the comparison: every other method's paired difference to maft (method - maft, on the same
+  problems and seeds) with its 95% interval, per iteration of maft (``vs_maft``; a method that finetunes less
+  far, e.g. not at all, is taken at its last iteration), and whether the interval excludes zero.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from rich.console import Console
@@ -16,10 +38,22 @@ from rich.markup import escape
 
 from maft.baselines import DEFAULT_METHODS, METHODS, method_overrides
 from maft.config import ConfigError, RunConfig, apply_overrides, load_config, read_yaml, validation_errors
-from maft.evaluation.metrics import Accuracy, Compute, Diversity
+from maft.debate.transcript import Turn
+from maft.debate.voting import VoteRule
+from maft.evaluation.metrics import Accuracy, Compute, Diversity, IterationMetrics, majority_scores
+from maft.evaluation.statistics import (
+    LEVEL,
+    RESAMPLES,
+    Difference,
+    Interval,
+    Scores,
+    accuracy_interval,
+    paired_difference,
+)
 from maft.report.summary import diversity, title
 from maft.report.tables import (
     BEST_NOTE,
+    EXCLUDES_ZERO,
     MISSING,
     Column,
     Table,
@@ -27,28 +61,49 @@ from maft.report.tables import (
     at,
     best_iteration,
     count,
+    delta,
     markdown,
     md_escape,
     rich_table,
     secs,
 )
-from maft.store import RunStore, write_json, write_text
+from maft.store import RunDirError, RunStore, read_jsonl, write_json, write_text
 
 if TYPE_CHECKING:
     import rich.table
 
 
+class SeedRun(BaseModel):
+    """One seed's run of a method: its own numbers, per iteration 0..L."""
+
+    seed: int
+    run_dir: str  # relative to the comparison directory
+    accuracy: list[Accuracy]
+    compute: list[Compute]
+    diversity: list[Diversity | None]
+
+
 class MethodResult(BaseModel):
-    """One method's results in a comparison: per iteration 0..L (iteration 0: before any finetuning)."""
+    """One method's results in a comparison: per iteration 0..L (iteration 0: before any finetuning). With
+    several seeds, ``accuracy`` is the mean over seeds and problems with the bootstrap SE, ``compute`` the sum
+    over the seeds and ``diversity`` the mean; each seed's own numbers are in ``seeds``."""
 
     method: str  # a name in maft.baselines.METHODS
     description: str
-    run_dir: str  # relative to the comparison directory
+    run_dir: str  # relative to the comparison directory (several seeds: the first seed's)
     uses_gold_labels: bool  # STaR trains on answers checked against the gold answers
     finetunes: bool  # False for the methods without training (single, majority, debate)
     accuracy: list[Accuracy]  # the final round's majority vote on the held-out problems, per iteration
     compute: list[Compute]  # per iteration
     diversity: list[Diversity | None]  # per iteration (None with a single agent)
+    seeds: list[SeedRun] = Field(default_factory=list)  # every seed's run (empty in files from before seeds)
+    accuracy_ci: list[Interval] | None = None  # several seeds: per iteration, the 95% bootstrap interval
+    vs_maft: list[Difference] | None = None  # per iteration of maft: this method - maft, paired (None: maft itself)
+
+    @property
+    def shown(self) -> list[Accuracy] | list[Interval]:
+        """What the tables show per iteration: the intervals over seeds, else accuracy ± SE."""
+        return self.accuracy_ci or self.accuracy
 
 
 class CompareConfig(BaseModel):
@@ -57,7 +112,23 @@ class CompareConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     methods: list[str] = Field(default_factory=lambda: list(DEFAULT_METHODS))
+    seeds: int | list[int] | None = Field(
+        None,
+        description="K (run seeds: the run config's seed + 0..K-1) or a list of run seeds; None: the run seed alone",
+    )
     run: dict[str, Any] = Field(default_factory=dict, description="the run config every method starts from")
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, seeds: int | list[int] | None) -> int | list[int] | None:
+        if isinstance(seeds, int) and seeds < 1:
+            raise ValueError(f"seeds must be at least 1, got {seeds}")
+        if isinstance(seeds, list):
+            if not seeds:
+                raise ValueError("seeds is an empty list")
+            if len(set(seeds)) != len(seeds):
+                raise ValueError(f"seeds {seeds} repeat a seed")
+        return seeds
 
     @field_validator("methods")
     @classmethod
@@ -71,9 +142,13 @@ class CompareConfig(BaseModel):
 
 
 def load_compare_config(
-    path: Path | None, overrides: list[str] | None = None, methods: list[str] | None = None
+    path: Path | None,
+    overrides: list[str] | None = None,
+    methods: list[str] | None = None,
+    seeds: int | list[int] | None = None,
 ) -> CompareConfig:
-    """The comparison from a YAML file (or the defaults); ``overrides`` (``key=value``) apply to the run config."""
+    """The comparison from a YAML file (or the defaults); ``overrides`` (``key=value``) apply to the run config;
+    ``methods`` and ``seeds``, when given, replace the file's."""
     data: dict[str, Any] = {}
     if path is not None:
         if not path.is_file():
@@ -83,6 +158,8 @@ def load_compare_config(
             raise ConfigError(f"compare config {path} must be a mapping with keys methods and run")
     if methods:
         data["methods"] = methods
+    if seeds is not None:
+        data["seeds"] = seeds
     try:
         cfg = CompareConfig.model_validate(data)
     except ValidationError as e:
@@ -91,13 +168,51 @@ def load_compare_config(
         ) from None
     cfg.run = apply_overrides(cfg.run, overrides or [])
     for name in cfg.methods:  # every method's run config is checked before anything runs
-        method_config(cfg, name)
+        for seed in run_seeds(cfg):
+            method_config(cfg, name, seed)
     return cfg
 
 
-def method_config(cfg: CompareConfig, name: str) -> RunConfig:
-    """The run config of method ``name``: the comparison's run config plus the method's overrides."""
-    return load_config(None, method_overrides(name), base=_validated(cfg.run))
+def run_seeds(cfg: CompareConfig) -> list[int]:
+    """The run seeds of the comparison: the run config's seed, ``seed + 0..K-1``, or the listed ones."""
+    base = _validated(cfg.run).seed
+    if cfg.seeds is None:
+        return [base]
+    if isinstance(cfg.seeds, int):
+        return [base + k for k in range(cfg.seeds)]
+    return list(cfg.seeds)
+
+
+def method_config(cfg: CompareConfig, name: str, seed: int | None = None) -> RunConfig:
+    """The run config of method ``name`` (with run seed ``seed``, default the run config's): the comparison's
+    run config plus the method's overrides, its problems drawn by the comparison's split seed."""
+    base = _validated(cfg.run)
+    overrides = method_overrides(name)
+    if seed is not None and seed != base.seed:
+        overrides.append(f"seed={seed}")
+    if base.split_seed != (base.seed if seed is None else seed):  # equal: the config of a one-seed run as before
+        overrides.append(f"task.split_seed={base.split_seed}")
+    return load_config(None, overrides, base=base)
+
+
+def _run_dir(name: str, seed: int, several: bool) -> str:
+    return f"{name}/seed_{seed}" if several else name
+
+
+def _check_layout(out: Path, methods: list[str], several: bool) -> None:
+    """Refuse a comparison directory laid out for the other number of seeds (before anything runs)."""
+    for name in methods:
+        d = out / name
+        if several and (d / "manifest.json").is_file():
+            raise RunDirError(
+                f"{d} holds the run of a one-seed comparison, and this one has several seeds (<method>/seed_<s>/); "
+                "pick another --out"
+            )
+        if not several and d.is_dir() and any(p.name.startswith("seed_") for p in d.iterdir()):
+            raise RunDirError(
+                f"{d} holds the runs of a comparison with several seeds (seed_<s>/), and this one has one seed; "
+                "pick another --out, or ask for the same seeds"
+            )
 
 
 def _validated(run: dict[str, Any]) -> RunConfig:
@@ -110,20 +225,27 @@ def _validated(run: dict[str, Any]) -> RunConfig:
 def compare(
     cfg: CompareConfig, out: Path, *, console: Console | None = None, progress: bool = True
 ) -> list[MethodResult]:
-    """Run (or resume) every method in ``out/<method>`` and write comparison.json and comparison.md."""
+    """Run (or resume) every method and seed in ``out/<method>`` (several seeds: ``out/<method>/seed_<s>``) and
+    write comparison.json and comparison.md."""
     from maft.loop import Society, prepare
 
     console = console or Console()
-    configs = {name: method_config(cfg, name) for name in cfg.methods}
-    for run_config in configs.values():
-        prepare(run_config)  # bad task options or sizes fail here, before any run starts
+    seeds = run_seeds(cfg)
+    several = len(seeds) > 1
+    configs = {(name, seed): method_config(cfg, name, seed) for seed in seeds for name in cfg.methods}
+    for name in cfg.methods:
+        prepare(configs[name, seeds[0]])  # bad task options or sizes fail here, before any run starts
+    _check_layout(out, cfg.methods, several)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "compare.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-    engine, engine_model = None, None
-    results = []
-    for i, (name, run_config) in enumerate(configs.items(), 1):
-        console.rule(f"[bold]{i}/{len(configs)} {escape(name)}[/bold]: {escape(METHODS[name].description)}")
-        root = out / name
+    engine: Any = None
+    engine_model: Any = None
+    runs: dict[str, list[_Run]] = {name: [] for name in cfg.methods}
+    for i, ((name, seed), run_config) in enumerate(configs.items(), 1):  # seed by seed: one seed's table first
+        where = f" seed {seed}" if several else ""
+        console.rule(f"[bold]{i}/{len(configs)} {escape(name)}{where}[/bold]: {escape(METHODS[name].description)}")
+        run_dir = _run_dir(name, seed, several)
+        root = out / run_dir
         store = (
             RunStore.open(root, run_config) if (root / "manifest.json").is_file() else RunStore.create(root, run_config)
         )
@@ -137,23 +259,118 @@ def compare(
             if engine is not None:
                 engine.close()
             engine, engine_model = society.engine, (run_config.model, run_config.execution)
+        rule = VoteRule.of(run_config)
+        scores = [
+            majority_scores(
+                read_jsonl(store.iter_dir(it) / "debate_test.jsonl", Turn), society.task, society.splits.test, rule
+            )
+            for it in range(len(metrics))
+        ]
+        runs[name].append(_Run(seed, run_dir, metrics, [p.id for p in society.splits.test], scores))
+    if engine is not None:
+        engine.close()  # a managed server stops with the comparison
+    results = method_results(runs)
+    write_json(out / "comparison.json", [r.model_dump(mode="json") for r in results])
+    write_text(out / "comparison.md", comparison_markdown(results, _validated(cfg.run)))
+    return results
+
+
+@dataclass
+class _Run:
+    """One finished run of a comparison: its metrics and per-problem scores (per iteration, in problem order)."""
+
+    seed: int
+    run_dir: str
+    metrics: list[IterationMetrics]
+    problem_ids: list[str]
+    scores: list[list[float]]
+
+
+def method_results(runs: dict[str, list[_Run]]) -> list[MethodResult]:
+    """The results of every method (``runs``: method -> its runs, one per seed) with their statistics."""
+    stacked = {name: _scores(name, method_runs) for name, method_runs in runs.items()}
+    results = []
+    for name, method_runs in runs.items():
+        several = len(method_runs) > 1
+        first = method_runs[0]
+        iterations = len(first.metrics)
+        ci = [accuracy_interval(s) for s in stacked[name]] if several else None
+        vs_maft = None
+        if "maft" in stacked and name != "maft":
+            vs_maft = [
+                paired_difference(
+                    stacked[name][min(it, iterations - 1)],
+                    reference,
+                    names=(name, "maft"),
+                    iterations=(min(it, iterations - 1), it),
+                )
+                for it, reference in enumerate(stacked["maft"])
+            ]
         results.append(
             MethodResult(
                 method=name,
                 description=METHODS[name].description,
-                run_dir=name,
+                run_dir=first.run_dir,
                 uses_gold_labels=METHODS[name].uses_gold_labels,
                 finetunes=METHODS[name].finetunes,
-                accuracy=[m.test.majority for m in metrics],
-                compute=[m.compute for m in metrics],
-                diversity=[m.diversity for m in metrics],
+                accuracy=(
+                    [Accuracy(mean=c.mean, se=c.se, n=len(first.problem_ids)) for c in ci]
+                    if ci
+                    else [m.test.majority for m in first.metrics]
+                ),
+                compute=[_summed([r.metrics[it].compute for r in method_runs]) for it in range(iterations)],
+                diversity=[_mean_diversity([r.metrics[it].diversity for r in method_runs]) for it in range(iterations)],
+                seeds=[
+                    SeedRun(
+                        seed=r.seed,
+                        run_dir=r.run_dir,
+                        accuracy=[m.test.majority for m in r.metrics],
+                        compute=[m.compute for m in r.metrics],
+                        diversity=[m.diversity for m in r.metrics],
+                    )
+                    for r in method_runs
+                ],
+                accuracy_ci=ci,
+                vs_maft=vs_maft,
             )
         )
-    if engine is not None:
-        engine.close()  # a managed server stops with the comparison
-    write_json(out / "comparison.json", [r.model_dump(mode="json") for r in results])
-    write_text(out / "comparison.md", comparison_markdown(results, _validated(cfg.run)))
     return results
+
+
+def _scores(name: str, runs: list[_Run]) -> list[Scores]:
+    """Per iteration: the method's scores over its seeds (every seed must have run as many iterations)."""
+    lengths = {len(r.scores) for r in runs}
+    if len(lengths) != 1:
+        raise ValueError(f"{name}: its seeds ran different numbers of iterations")
+    return [
+        Scores.stack([(r.seed, r.problem_ids, r.scores[it]) for r in runs], what=name) for it in range(lengths.pop())
+    ]
+
+
+def _summed(computes: list[Compute]) -> Compute:
+    if len(computes) == 1:
+        return computes[0]
+    fields = Compute.model_fields
+    return Compute(**{k: sum(getattr(c, k) for c in computes) for k in fields})
+
+
+def _mean_diversity(values: list[Diversity | None]) -> Diversity | None:
+    """The mean of each measure over the seeds (None where a seed lacks it); None if a seed has no diversity."""
+    present = [v for v in values if v is not None]
+    if len(values) == 1 or len(present) < len(values):
+        return values[0]
+    out: dict[str, Any] = present[0].model_dump()
+    for key, value in out.items():
+        if key != "kl_from_base_by_role" and (isinstance(value, float) or (value is None and key != "encoder")):
+            column = [getattr(v, key) for v in present]
+            out[key] = None if any(x is None for x in column) else float(np.mean(column))
+    by_role = [v.kl_from_base_by_role for v in present]
+    if all(r is not None for r in by_role):
+        roles = [k for k in by_role[0] or {} if all(k in (r or {}) for r in by_role)]
+        out["kl_from_base_by_role"] = {k: float(np.mean([(r or {})[k] for r in by_role])) for k in roles}
+    else:
+        out["kl_from_base_by_role"] = None
+    return Diversity.model_validate(out)
 
 
 COMPARISON_NOTE = (
@@ -162,19 +379,62 @@ COMPARISON_NOTE = (
     "finetuned models and iterations; wall time is the sum of the run's stages, in seconds. Labels: the answers "
     "the finetuning data was built from (the majority vote, or the gold answers)."
 )
+ONE_SEED_NOTE = (
+    "One seed: ± is the binomial standard error over the held-out problems; the variation from seed to seed is "
+    "not measured (maft compare --seeds K measures it)."
+)
+DIFFERENCE_NOTE = (
+    f"Δ vs maft: the method's accuracy minus maft's, in percentage points, paired on the same held-out problems "
+    f"(and seeds), with its {LEVEL:.0%} interval from a paired bootstrap ({RESAMPLES} resamples of the problems "
+    f"and of the seeds); {EXCLUDES_ZERO} marks an interval that excludes zero. A method without finetuning is "
+    "compared at its one iteration."
+)
+
+
+def seeds_note(results: list[MethodResult]) -> str:
+    """What a comparison over several seeds shows (its run seeds named)."""
+    seeds = [s.seed for s in results[0].seeds]
+    return (
+        f"{len(seeds)} seeds per method (run seeds {', '.join(map(str, seeds))}), every run on the same training "
+        f"and held-out problems. Accuracy: the final round's majority vote on the held-out problems, the mean over "
+        f"seeds and problems in %, with its {LEVEL:.0%} interval [low, high] from a bootstrap over problems and "
+        f"seeds ({RESAMPLES} resamples; each draws the problems and, independently, the seeds with replacement; "
+        "percentile interval). Iteration 0 is the base model. Generated tokens, training examples and wall time "
+        "are summed over the seeds and iterations. Labels: the answers the finetuning data was built from (the "
+        "majority vote, or the gold answers)."
+    )
+
+
+def seed_count(results: list[MethodResult]) -> int:
+    """The number of seeds per method (1 for a comparison.json written before seeds)."""
+    return max([len(r.seeds) for r in results] + [1])
 
 
 def labels(r: MethodResult) -> str:
     return "gold" if r.uses_gold_labels else ("majority" if r.finetunes else MISSING)
 
 
+def _accuracy_notes(results: list[MethodResult]) -> list[str]:
+    if seed_count(results) > 1:
+        return [seeds_note(results)]
+    return [COMPARISON_NOTE, *([ONE_SEED_NOTE] if any(r.seeds for r in results) else [])]
+
+
+def _with_differences(results: list[MethodResult]) -> bool:
+    return any(r.vs_maft for r in results)
+
+
 def methods_table(results: list[MethodResult], description: bool = False) -> Table:
-    """The Table-1-style comparison, one row per method (``description``: a last column describing it)."""
-    header = [
+    """The Table-1-style comparison, one row per method (``description``: a last column describing it); with
+    maft among the methods, each method's final difference to maft."""
+    several = seed_count(results) > 1
+    differences = _with_differences(results)
+    header: list[Column | str] = [
         "method",
         "iter 0 %",
         "final %",
         "best %*",
+        *(["Δ final vs maft [95% CI]"] if differences else []),
         "generated tokens",
         "training examples",
         "wall time s",
@@ -182,14 +442,16 @@ def methods_table(results: list[MethodResult], description: bool = False) -> Tab
     ]
     rows = []
     for r in results:
-        final = len(r.accuracy) - 1
-        best = best_iteration(r.accuracy)
+        shown = r.shown
+        final = len(shown) - 1
+        best = best_iteration(shown)
         rows.append(
             [
                 r.method,
-                acc(r.accuracy[0]),
-                at(r.accuracy[final], final) if r.finetunes else acc(r.accuracy[final]),
-                at(r.accuracy[best], best) if r.finetunes else MISSING,  # without finetuning there is one iteration
+                acc(shown[0]),
+                at(shown[final], final) if r.finetunes else acc(shown[final]),
+                at(shown[best], best) if r.finetunes else MISSING,  # without finetuning there is one iteration
+                *([delta(r.vs_maft[-1]) if r.vs_maft else MISSING] if differences else []),
                 count(sum(c.generated_tokens for c in r.compute)),
                 count(sum(c.train_examples for c in r.compute)),
                 secs(sum(c.seconds for c in r.compute)),
@@ -197,30 +459,64 @@ def methods_table(results: list[MethodResult], description: bool = False) -> Tab
                 *([r.description] if description else []),
             ]
         )
+    title = (
+        f"Accuracy % [95% CI] on held-out problems, {seed_count(results)} seeds (final-round majority vote)"
+        if several
+        else "Accuracy % ± SE on held-out problems (final-round majority vote)"
+    )
     return Table(
-        "Accuracy % ± SE on held-out problems (final-round majority vote)",
+        title,
         [*header, *([Column("description", "left")] if description else [])],
         rows,
-        notes=[COMPARISON_NOTE, BEST_NOTE],
+        notes=[*_accuracy_notes(results), *([DIFFERENCE_NOTE] if differences else []), BEST_NOTE],
         id="comparison",
     )
 
 
 def accuracy_table(results: list[MethodResult]) -> Table:
     iterations = max(len(r.accuracy) for r in results)
+    several = seed_count(results) > 1
     return Table(
-        "Accuracy % ± SE per iteration",
+        f"Accuracy % [95% CI] per iteration, {seed_count(results)} seeds"
+        if several
+        else "Accuracy % ± SE per iteration",
         ["method", *(f"iter {it}" for it in range(iterations))],
         [
-            [r.method, *(acc(r.accuracy[it]) if it < len(r.accuracy) else MISSING for it in range(iterations))]
+            [r.method, *(acc(r.shown[it]) if it < len(r.shown) else MISSING for it in range(iterations))]
             for r in results
         ],
         id="accuracy-table",
     )
 
 
+def difference_table(results: list[MethodResult]) -> Table | None:
+    """Each method minus maft per iteration of maft, paired, with its interval (None without maft)."""
+    rows = [r for r in results if r.vs_maft]
+    if not rows:
+        return None
+    iterations = max(len(r.vs_maft or []) for r in rows)
+    return Table(
+        "Δ vs maft per iteration, percentage points [95% CI] (paired on the same problems and seeds)",
+        ["method", *(f"iter {it}" for it in range(iterations))],
+        [
+            [r.method, *(delta(d) for d in r.vs_maft or []), *[MISSING] * (iterations - len(r.vs_maft or []))]
+            for r in rows
+        ],
+        notes=[
+            DIFFERENCE_NOTE,
+            "Each column compares maft at that iteration with the method at the same iteration, or at its last "
+            "one if it has fewer (a method without finetuning: its base-model result in every column).",
+        ],
+        id="difference-table",
+    )
+
+
 def diversity_tables(results: list[MethodResult]) -> list[Table]:
-    return diversity([(r.method, r.diversity) for r in results])
+    tables = diversity([(r.method, r.diversity) for r in results])
+    if seed_count(results) > 1 and tables:
+        for t in tables:
+            t.notes = [*t.notes, f"Each measure: the mean over the {seed_count(results)} seeds."]
+    return tables
 
 
 def comparison_table(results: list[MethodResult], title: str = "") -> rich.table.Table:
@@ -228,13 +524,22 @@ def comparison_table(results: list[MethodResult], title: str = "") -> rich.table
     return rich_table(methods_table(results), title=title or None)
 
 
+def comparison_tables(results: list[MethodResult], description: bool = False) -> list[Table]:
+    """The accuracy tables of comparison.md and of the report, in order (the report adds the descriptions)."""
+    difference = difference_table(results)
+    return [
+        methods_table(results, description=description),
+        accuracy_table(results),
+        *([difference] if difference is not None else []),
+    ]
+
+
 def comparison_markdown(results: list[MethodResult], config: RunConfig) -> str:
     methods = "## Methods\n\n" + "".join(f"- **{md_escape(r.method)}**: {md_escape(r.description)}\n" for r in results)
     return "\n".join(
         [
             f"# maft compare: {title(config)}\n",
-            markdown(methods_table(results)),
-            markdown(accuracy_table(results)),
+            *map(markdown, comparison_tables(results)),
             methods,
             *map(markdown, diversity_tables(results)),
         ]

@@ -61,7 +61,7 @@ def prepare(config: RunConfig) -> tuple[Task, Splits]:
     if config.diversity.enabled and config.diversity.embeddings == "on":
         check_embeddings(config.diversity)  # missing extra, encoder directory, or uncached hub id while offline
     task = get_task(config.task.name, **config.task.options)
-    splits = task.splits(config.task.n_train, config.task.n_test, seed=config.seed)
+    splits = task.splits(config.task.n_train, config.task.n_test, seed=config.split_seed)
     if len(splits.test) < config.task.n_test or (config.iterations and len(splits.train) < config.task.n_train):
         raise ValueError(
             f"task {config.task.name!r} has {len(splits.train)} train / {len(splits.test)} test problems, "

@@ -99,8 +99,7 @@ def debate_metrics(
         for pid in ids:
             row = [grid[pid][(n, m)] for n in range(agents)]
             agent.append(sum(rule.correct(t) for t in row) / agents)
-            vote = rule.vote([rule.answer(t) for t in row], task.equivalent, pid)
-            majority.append(float(task.is_correct(vote.answer, gold[pid])))
+            majority.append(_majority_correct(row, gold[pid], task, rule))
         return agent, majority
 
     per_round = [round_scores(m) for m in range(1, rounds + 1)]
@@ -120,6 +119,27 @@ def debate_metrics(
         generated_tokens=sum(t.completion_tokens for t in turns),
         truncated=truncation_shares(turns),
     )
+
+
+def _majority_correct(row: Sequence[Turn], problem: Problem, task: Task, rule: VoteRule) -> float:
+    """1.0 if the majority vote of one round's turns on ``problem`` (one per agent) is right, else 0.0."""
+    vote = rule.vote([rule.answer(t) for t in row], task.equivalent, problem.id)
+    return float(task.is_correct(vote.answer, problem))
+
+
+def majority_scores(
+    turns: Sequence[Turn], task: Task, problems: Sequence[Problem], rule: VoteRule | None = None
+) -> list[float]:
+    """Per problem, in the order of ``problems``: 1.0 if the final round's majority vote is right, else 0.0 (the
+    scores whose mean is :func:`debate_metrics`' ``majority``; ``rule`` as there)."""
+    from maft.debate.transcript import by_problem
+    from maft.debate.voting import VoteRule
+
+    rule = rule or VoteRule()
+    rounds = max(t.round for t in turns)
+    agents = max(t.agent for t in turns) + 1
+    grid = by_problem(turns)
+    return [_majority_correct([grid[p.id][(n, rounds)] for n in range(agents)], p, task, rule) for p in problems]
 
 
 class Compute(BaseModel):

@@ -51,7 +51,7 @@ def transfer(
     if missing:
         raise ValueError(f"iteration(s) {missing} of {store.root} are not finished (finished: {finished})")
     task = get_task(task_name, **(options or {}))
-    problems = task.splits(0, n, seed=cfg.seed).test
+    problems = task.splits(0, n, seed=cfg.split_seed).test  # the same problems for every seed of a comparison
     if len(problems) < n:
         raise ValueError(f"task {task_name!r} has {len(problems)} test problems, fewer than n={n}")
     check_serving(cfg)

@@ -196,9 +196,21 @@ def plot_accuracy(series: Sequence[Series], path: Path) -> None:
                 ax.axhspan(low[0], high[0], color=color, alpha=0.12, lw=0)
             else:
                 x = range(len(mean))
-                (line,) = ax.plot(x, mean, color=color, lw=s.width, marker="o", ms=2 + s.width, label=s.label)
-                handles.append(line)
-                ax.fill_between(x, low, high, color=color, alpha=0.18, lw=0)
+                yerr = [[m - lo for m, lo in zip(mean, low)], [hi - m for m, hi in zip(mean, high)]]
+                handles.append(
+                    ax.errorbar(
+                        x,
+                        mean,
+                        yerr=yerr,
+                        color=color,
+                        lw=s.width,
+                        marker="o",
+                        ms=2 + s.width,
+                        capsize=3,
+                        label=s.label,
+                    )
+                )
+                ax.fill_between(x, low, high, color=color, alpha=0.15, lw=0)
         elif s.flat:
             handles.append(ax.axhline(mean[0], color=color, ls="--", lw=s.width, label=s.label))
             ax.axhspan(mean[0] - se[0], mean[0] + se[0], color=color, alpha=0.12, lw=0)
@@ -220,7 +232,7 @@ def plot_accuracy(series: Sequence[Series], path: Path) -> None:
     _iteration_axis(ax, _iterations(series))
     ax.set_ylabel("accuracy (%)")
     spread = (
-        "mean over seeds, 95% interval over problems and seeds shaded"
+        "mean over seeds; bars and bands: 95% interval over problems and seeds"
         if any(s.band is not None for s in series)
         else "±1 SE"
     )

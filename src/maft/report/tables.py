@@ -25,7 +25,11 @@ A table without rows renders as its title and ``empty`` in all three, never as a
 
 Derived numbers: each is defined, and formatted, only here.
 
-  acc(a)             accuracy "mean ± SE" in percent, one decimal each (``Accuracy.__str__``)
+  acc(a)             accuracy "mean ± SE" in percent, one decimal each (``Accuracy.__str__``); over several
+                     seeds an interval "mean [low, high]" (``maft.evaluation.statistics.Interval.__str__``)
+  delta(d)           a paired difference in percentage points with its interval, signed: "+3.3 [-1.7, +8.3]",
+                     followed by :data:`EXCLUDES_ZERO` ("†") when the interval excludes zero; a value that
+                     rounds to zero is "+0.0"
   pct(x)             a share in [0, 1] as a percentage, one decimal
   num(x)             a diversity measure (a share, a dissimilarity or nats per token), four decimals; a value
                      that rounds to zero is "0.0000", never "-0.0000"
@@ -36,7 +40,7 @@ Derived numbers: each is defined, and formatted, only here.
                      is descriptive (how high the curve got), not a model chosen in advance, and its accuracy
                      is optimistic; the final iteration is the unselected result. :data:`BEST_NOTE` says so
                      under every table that shows it.
-  at(a, l)           an accuracy with its iteration: "72.0 ± 5.0 (iter 2)"
+  at(a, l)           an accuracy (or interval) with its iteration: "72.0 ± 5.0 (iter 2)"
 
 A table that shows a best iteration marks its header "best %*" and carries :data:`BEST_NOTE`.
 
@@ -55,8 +59,10 @@ if TYPE_CHECKING:
     import rich.table
 
     from maft.evaluation.metrics import Accuracy
+    from maft.evaluation.statistics import Interval
 
 MISSING = "-"
+EXCLUDES_ZERO = "†"
 BEST_NOTE = (
     "*Best: the iteration with the highest held-out accuracy (the earliest on a tie), picked on the same "
     "held-out problems it reports, so it is descriptive and optimistic, not a model selected in advance; "
@@ -85,9 +91,7 @@ class Table:
     id: str = ""  # the HTML table's id
 
     def __post_init__(self) -> None:
-        self.columns = [
-            c if isinstance(c, Column) else Column(c, "left" if i == 0 else "right") for i, c in enumerate(self.columns)
-        ]
+        self.columns = self.specs
         self.rows = [list(r) for r in self.rows]
         self.notes = list(self.notes)
         self.footer = list(self.footer) if self.footer is not None else None
@@ -101,12 +105,19 @@ class Table:
                 raise TypeError(f"table {self.title!r}: cells are formatted strings, got {bad!r}")
 
     @property
+    def specs(self) -> list[Column]:
+        """The columns, each a :class:`Column` (a plain header gets its default alignment)."""
+        return [
+            c if isinstance(c, Column) else Column(c, "left" if i == 0 else "right") for i, c in enumerate(self.columns)
+        ]
+
+    @property
     def header(self) -> list[str]:
-        return [c.header for c in self.columns]
+        return [c.header for c in self.specs]
 
     def cells(self) -> list[list[str]]:
         """The header, the rows and the footer, as text: what every renderer shows."""
-        return [self.header, *self.rows, *([self.footer] if self.footer is not None else [])]
+        return [self.header, *map(list, self.rows), *([list(self.footer)] if self.footer is not None else [])]
 
 
 # -- renderers ------------------------------------------------------------------------------------------------
@@ -121,7 +132,7 @@ def rich_table(table: Table, title: str | None = None) -> rich.table.Table:
         caption=Text(caption) if caption else None,
         caption_justify="left",
     )
-    for c in table.columns:
+    for c in table.specs:
         out.add_column(Text(c.header), justify=c.align)
     for row in table.rows:
         out.add_row(*map(Text, row))
@@ -145,7 +156,7 @@ def markdown(table: Table, level: int = 2) -> str:
     lines = [f"{'#' * level} {md_escape(table.title)}", ""]
     if table.rows:
         lines.append("| " + " | ".join(md_escape(h) for h in table.header) + " |")
-        lines.append("|" + "".join("---:|" if c.align == "right" else "---|" for c in table.columns))
+        lines.append("|" + "".join("---:|" if c.align == "right" else "---|" for c in table.specs))
         lines += ["| " + " | ".join(map(md_escape, row)) + " |" for row in table.rows]
         if table.footer is not None:
             lines.append("| " + " | ".join(f"**{md_escape(c)}**" if c else "" for c in table.footer) + " |")
@@ -170,7 +181,7 @@ def html(table: Table, level: int = 2) -> str:
                 "<tr>"
                 + "".join(
                     f"<{tag}{left if c.align == 'left' else ''}>{e(cell)}</{tag}>"
-                    for c, cell in zip(table.columns, cells)
+                    for c, cell in zip(table.specs, cells)
                 )
                 + "</tr>\n"
             )
@@ -186,8 +197,19 @@ def html(table: Table, level: int = 2) -> str:
 
 
 # -- derived numbers --------------------------------------------------------------------------------------------
-def acc(a: Accuracy | None) -> str:
+def acc(a: Accuracy | Interval | None) -> str:
     return MISSING if a is None else str(a)
+
+
+def delta(d: Interval | None) -> str:
+    if d is None:
+        return MISSING
+
+    def signed(x: float) -> str:
+        return f"{0.0 if abs(100 * x) < 0.05 else 100 * x:+.1f}"
+
+    mark = f" {EXCLUDES_ZERO}" if d.excludes_zero else ""
+    return f"{signed(d.mean)} [{signed(d.low)}, {signed(d.high)}]{mark}"
 
 
 def pct(x: float | None) -> str:
@@ -208,12 +230,12 @@ def secs(x: float | None, digits: int = 0) -> str:
     return MISSING if x is None else f"{x:.{digits}f}"
 
 
-def best_iteration(accuracy: Sequence[Accuracy]) -> int:
+def best_iteration(accuracy: Sequence[Accuracy] | Sequence[Interval]) -> int:
     """The iteration with the highest mean accuracy, the earliest on a tie (descriptive: see BEST_NOTE)."""
     if not accuracy:
         raise ValueError("best iteration of no iterations")
     return max(range(len(accuracy)), key=lambda it: (accuracy[it].mean, -it))
 
 
-def at(a: Accuracy, iteration: int) -> str:
+def at(a: Accuracy | Interval, iteration: int) -> str:
     return f"{acc(a)} (iter {iteration})"
