@@ -126,7 +126,9 @@ def test_the_embeddings_install_hint_mid_run_is_one_literal_error_line(tmp_path,
     monkeypatch.setattr(
         maft.evaluation.diversity, "encoder_problem", lambda encoder: None
     )  # installed when the run starts
-    monkeypatch.setattr(maft.evaluation.diversity, "load_embedder", unavailable)  # gone when the diversity stage comes
+    import maft.loop
+
+    monkeypatch.setattr(maft.loop, "load_embedder", unavailable)  # gone when the diversity stage comes
     res = invoke(
         "run",
         "--out",
