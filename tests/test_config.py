@@ -344,6 +344,7 @@ def test_every_execution_setting_is_left_out_of_the_hash():
         "ray_address": "auto",
         "gpus_per_job": 0.5,
         "cpus_per_job": 2.0,
+        "concurrent_training": True,
     }
     assert set(changed) == set(ExecutionConfig.model_fields)  # a new execution field must be listed here
     for key, value in changed.items():

@@ -90,6 +90,13 @@ class ExecutionConfig(Strict):
         None, ge=0, description="GPUs each finetuning job asks Ray for (None: 1 when CUDA is available, else 0)"
     )
     cpus_per_job: float = Field(1, gt=0, description="CPUs each finetuning job asks Ray for (and torch threads)")
+    concurrent_training: bool = Field(
+        False,
+        description="train an iteration's LoRA adapters together: one process and one copy of the base model, each "
+        "step one forward/backward over the roles' concatenated mini-batches, each role its own loss and optimizer "
+        "(maft.training.concurrent); the same adapters as one by one up to rounding, so only the speed changes "
+        "(needs train.lora_dropout=0 and an unquantized base; with scheduler=ray, one Ray task)",
+    )
 
 
 #: Where each execution setting lived before it had its own section (configs and run directories written
@@ -374,6 +381,14 @@ class RunConfig(Strict):
                 "has its own finetuned model: only a shared model (train.shared=true) can answer in another shape"
             )
         m, x = self.model, self.execution
+        if x.concurrent_training and self.iterations > 0:  # maft.training.concurrent.check_concurrent, up front
+            t = self.train
+            if t.method != "lora" or t.quantization != "none" or t.lora_dropout > 0:
+                raise ValueError(
+                    "execution.concurrent_training trains LoRA adapters on one unquantized base with "
+                    "train.lora_dropout=0 (a concatenated batch would draw other dropout masks): it needs "
+                    "train.method=lora, train.quantization=none and train.lora_dropout=0"
+                )
         if m.engine == "openai":
             if x.server == "external" and not x.urls:
                 raise ValueError(

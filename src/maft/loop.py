@@ -5,7 +5,8 @@ Iteration 0 is the base model's debate on the test problems. Iteration l >= 1:
     debate_train   the agents of iteration l-1 debate the training problems
     votes          majority vote of the final round -> one label per problem
     data           D^G_n and D^C_n for every agent n, from its own responses only
-    train/<role>   each of the 2N roles (gen_n, critic_n) finetuned on its own data, independently
+    train/<role>   each of the 2N roles (gen_n, critic_n) finetuned on its own data, independently (one
+                   after another, or together on one base copy: execution.concurrent_training)
     debate_test    the new agents debate the held-out problems (generation agents answer round 1,
                    critic agents later rounds)
     metrics        accuracy with standard error, per agent and round, agreement, data sizes
@@ -49,7 +50,7 @@ from maft.store import (
     write_text,
 )
 from maft.tasks import Splits, Task, get_task
-from maft.training.scheduler import TrainJob, run_local, run_ray
+from maft.training.scheduler import TrainJob, run_local, run_ray, run_together
 from maft.training.sft import TrainResult, check_critic_loss
 
 
@@ -335,10 +336,12 @@ class Society:
             self.console.print(
                 f"iter_{it}/train/{job.role}: {result.examples} examples, {result.steps} steps, "
                 f"loss {loss}, done in {result.seconds:.1f} s"
+                + (f" (its share of a job shared with {len(result.trained_with)} roles)" if result.trained_with else "")
             )
 
         if cfg.execution.scheduler == "ray":
-            self.console.print(f"[bold]iter_{it}/train[/bold]: {len(jobs)} finetuning jobs on Ray ...")
+            together = " trained together in one task" if cfg.execution.concurrent_training else ""
+            self.console.print(f"[bold]iter_{it}/train[/bold]: {len(jobs)} finetuning jobs on Ray{together} ...")
             run_ray(jobs, done, cfg.execution)
             return
         with Progress(
@@ -355,7 +358,10 @@ class Society:
                 task = bar.add_task(f"train {job.role}", total=None)
                 return lambda steps, total: bar.update(task, completed=steps, total=total)
 
-            run_local(jobs, done, on_step)
+            if cfg.execution.concurrent_training:  # one base copy, one loop; each role still its own stage
+                run_together(jobs, done, on_step)
+            else:
+                run_local(jobs, done, on_step)
 
     def _write_metrics(self, it: int) -> None:
         d = self.store.iter_dir(it)

@@ -1,9 +1,13 @@
-"""Run an iteration's 2N finetuning jobs: one after another in this process, or spread over Ray.
+"""Run an iteration's 2N finetuning jobs: one after another in this process, all together in this process
+(``execution.concurrent_training``), or spread over Ray.
 
 Each job reads its role's data file and trains into its own directory; the caller is told as each job
-finishes (``on_done``), so a crash loses only the jobs still running. With Ray, every job is a task
+finishes (``on_done``), so a crash loses only the jobs still running. Trained together
+(:mod:`maft.training.concurrent`), the jobs share one copy of the base model and one training loop, and each
+is reported as soon as its role has taken its last step. With Ray, every job is a task
 that asks for ``gpus_per_job`` GPUs and ``cpus_per_job`` CPUs, so the jobs of an iteration run in
-parallel across the GPUs (and nodes) of a cluster. The run directory (an absolute path) and the base
+parallel across the GPUs (and nodes) of a cluster; trained together, they are one such task, reported
+when it ends. The run directory (an absolute path) and the base
 model must be reachable from every node, and the driver's generation engine keeps the GPU it holds.
 """
 
@@ -63,8 +67,49 @@ def run_local(
         on_done(job, run_job(job, on_step(job) if on_step else None))
 
 
+def run_together(
+    jobs: Sequence[TrainJob],
+    on_done: OnDone,
+    on_step: Callable[[TrainJob], StepCallback] | None = None,
+    threads: int | None = None,
+) -> None:
+    """Train the jobs together in this process (:mod:`maft.training.concurrent`); each is reported as its role
+    finishes. The jobs must share their base model, ``train:`` settings and device."""
+    from maft.data.agent_data import Example
+    from maft.store import read_jsonl
+    from maft.training.concurrent import RoleRun, finetune_together
+
+    if not jobs:
+        return
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    first = jobs[0]
+    if any((j.base_model, j.config, j.device) != (first.base_model, first.config, first.device) for j in jobs):
+        raise ValueError("jobs trained together must share their base model, train: settings and device")
+    by_role = {job.role: job for job in jobs}
+    bars = {job.role: on_step(job) for job in jobs} if on_step else {}
+    finetune_together(
+        first.base_model,
+        [RoleRun(j.role, read_jsonl(j.data, Example), j.out_dir, j.init_from, j.seed) for j in jobs],
+        first.config,
+        device=first.device,
+        on_step=(lambda role, steps, total: bars[role](steps, total)) if bars else None,
+        on_done=lambda role, result: on_done(by_role[role], result),
+    )
+
+
+def train_together(jobs: Sequence[TrainJob], threads: int | None = None) -> dict[str, TrainResult]:
+    """:func:`run_together`'s results by role (what a Ray task returns)."""
+    results: dict[str, TrainResult] = {}
+    run_together(jobs, lambda job, result: results.__setitem__(job.role, result), threads=threads)
+    return results
+
+
 def run_ray(jobs: Sequence[TrainJob], on_done: OnDone, config: ExecutionConfig) -> None:
-    """Submit every job to Ray at once; report each as it finishes."""
+    """Submit every job to Ray at once; report each as it finishes (with ``config.concurrent_training``, all of
+    them in one task, reported when it ends)."""
     try:
         import ray
     except ImportError:
@@ -77,6 +122,12 @@ def run_ray(jobs: Sequence[TrainJob], on_done: OnDone, config: ExecutionConfig) 
         import torch
 
         gpus = 1 if torch.cuda.is_available() else 0
+    if config.concurrent_training:  # one task trains them all
+        together = ray.remote(num_gpus=gpus, num_cpus=config.cpus_per_job)(train_together)
+        results = ray.get(together.remote(list(jobs), threads))
+        for job in jobs:
+            on_done(job, results[job.role])
+        return
     task = ray.remote(num_gpus=gpus, num_cpus=config.cpus_per_job)(run_job)
     pending = {task.remote(job, None, threads): job for job in jobs}
     while pending:
