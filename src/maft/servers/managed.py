@@ -137,8 +137,8 @@ class ManagedServers:
             return
         for p in self.processes:
             if p.poll() is None:
-                try:
-                    os.killpg(p.pid, signal.SIGTERM)
+                try:  # the signal the server gets if maft dies: SIGKILL for transformers serve (module docstring)
+                    os.killpg(p.pid, self.parent_death_signal)
                 except ProcessLookupError:
                     pass
         deadline = time.monotonic() + 30
