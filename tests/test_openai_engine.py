@@ -14,6 +14,7 @@ import threading
 import time
 
 import pytest
+from interrupt import sigint_default
 from servers import FaultProxy, transformers_serve
 
 from maft.agents import Agents, agents_at
@@ -371,6 +372,7 @@ def test_a_managed_server_ends_with_maft(tmp_path, how):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
+        preexec_fn=sigint_default,  # Ctrl-C must reach it however the suite was launched
     )
     log = out / "server-0.log"
     try:

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from interrupt import sigint_default
 
 from maft.config import RunConfig, load_config
 from maft.store import RunDirError, RunStore, write_json, write_text
@@ -600,6 +601,7 @@ def test_ctrl_c_during_finetuning_leaves_no_temporary_folder(tmp_path):
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        preexec_fn=sigint_default,  # Ctrl-C must reach it however the suite was launched
     )
     tmp = root / "iter_1" / "agents" / ".tmp-gen_0"
     deadline = time.monotonic() + 400

@@ -229,7 +229,7 @@ def test_preflight_refuses_what_the_server_cannot_serve(server, tiny32):
     check_serving(load_config(None, openai_config(server.url, tiny32)))  # rank 8 fits --max-lora-rank 8
     with pytest.raises(ServerError, match="--max-lora-rank"):
         check_serving(load_config(None, openai_config(server.url, tiny32, "train.lora_r=16")))
-    with pytest.raises(ServerError, match=r"does not serve 'other-model'.*model\.served_name"):
+    with pytest.raises(ServerError, match=r"does not serve 'other-model'.*execution\.served_name"):
         check_serving(load_config(None, openai_config(server.url, tiny32, "execution.served_name=other-model")))
     assert not [n for n in served_models(server.url) if n.startswith("maft-probe-")]  # the probe adapter unloaded
 

@@ -24,9 +24,9 @@ def test_plurality_beats_order():
 
 def test_abstentions_never_vote_or_win():
     vote = majority_vote([None, None, "7"], numeric)
-    assert vote.answer == "7" and vote.voters == 1 and vote.unanimous
+    assert vote.answer == "7" and vote.voters == 1 and vote.count == vote.voters  # the one voter is the majority
     empty = majority_vote([None, None], numeric)
-    assert empty.answer is None and empty.count == 0 and not empty.unanimous
+    assert empty.answer is None and empty.count == 0 and empty.voters == 0 and empty.classes == []
 
 
 def test_three_way_tie_goes_to_the_first_answer():
