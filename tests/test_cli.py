@@ -18,6 +18,18 @@ from maft.config import parse_override
 
 NO_COLUMNS = {"COLUMNS": None}  # output to a pipe as a user gets it: no COLUMNS in the environment
 
+#: A run small enough for a CLI test: 2 agents, 2 training and 2 held-out problems, short answers.
+SMALL = [
+    "--set",
+    "debate.agents=2",
+    "--set",
+    "task.n_train=2",
+    "--set",
+    "task.n_test=2",
+    "--set",
+    "debate.max_new_tokens=16",
+]
+
 
 def invoke(*args: str, **kwargs):
     return CliRunner().invoke(app, list(args), env=NO_COLUMNS, **kwargs)
@@ -136,14 +148,7 @@ def test_the_embeddings_install_hint_mid_run_is_one_literal_error_line(tmp_path,
         "--quiet",
         "--iterations",
         "0",
-        "--set",
-        "debate.agents=2",
-        "--set",
-        "task.n_train=2",
-        "--set",
-        "task.n_test=2",
-        "--set",
-        "debate.max_new_tokens=16",
+        *SMALL,
         "--set",
         "diversity.embeddings=on",
         "--set",
@@ -235,18 +240,7 @@ def test_transfer_help_says_what_it_does():
 @pytest.mark.slow
 def test_transfer_debates_another_task_and_evaluate_run_is_its_deprecated_alias(tmp_path):
     root = tmp_path / "[embeddings]run"  # brackets in a path are printed as they are
-    small = [
-        "--set",
-        "debate.agents=2",
-        "--set",
-        "task.n_train=2",
-        "--set",
-        "task.n_test=2",
-        "--set",
-        "debate.max_new_tokens=16",
-        "--set",
-        "diversity.enabled=false",
-    ]
+    small = [*SMALL, "--set", "diversity.enabled=false"]
     res = invoke("run", "--out", str(root), "--quiet", "--iterations", "0", *small)
     assert res.exit_code == 0 and f"run directory {root} (config hash" in res.output, res.output
     res = invoke("transfer", str(root), "--task", "arithmetic", "--option", "high=12", "--n", "2", "--quiet")

@@ -54,6 +54,7 @@ def server_command(config: RunConfig) -> Callable[[int], list[str]]:
 
     def command(port: int) -> list[str]:
         head = [python, *SERVER_MODULES[m.server_kind]]
+        listen = ["--host", "127.0.0.1", "--port", str(port)]
         if m.server_kind == "vllm":
             # --max-loras: two iterations' 2N adapters can be active while publishing, plus one slot kept empty
             # (vLLM 0.32's CPU kernels serve base-model rows of a mixed batch with the last slot's adapter).
@@ -66,10 +67,7 @@ def server_command(config: RunConfig) -> Callable[[int], list[str]]:
                 base,
                 "--served-model-name",
                 name,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
+                *listen,
                 "--enable-lora",
                 "--max-loras",
                 str(slots),
@@ -88,10 +86,7 @@ def server_command(config: RunConfig) -> Callable[[int], list[str]]:
                 base,
                 "--served-model-name",
                 name,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
+                *listen,
                 "--enable-lora",
                 "--max-lora-rank",
                 str(config.train.lora_r),
@@ -101,7 +96,7 @@ def server_command(config: RunConfig) -> Callable[[int], list[str]]:
                 str(max(agents, 1)),
             ]
         else:  # transformers serve loads any model by path on first use
-            flags = ["--host", "127.0.0.1", "--port", str(port)]
+            flags = listen
         return [*head, *flags, *config.execution.server_args]
 
     return command

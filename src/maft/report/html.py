@@ -189,46 +189,33 @@ def plot_accuracy(series: Sequence[Series], path: Path) -> None:
         color = f"C{i % 10}"
         mean = [100 * a.mean for a in s.accuracy]
         se = [100 * a.se for a in s.accuracy]
-        if s.band is not None:
+        if s.band is not None:  # several seeds: the 95% interval
             low, high = ([100 * b[k] for b in s.band] for k in (0, 1))
-            if s.flat:
-                handles.append(ax.axhline(mean[0], color=color, ls="--", lw=s.width, label=s.label))
-                ax.axhspan(low[0], high[0], color=color, alpha=0.12, lw=0)
-            else:
-                x = range(len(mean))
-                yerr = [[m - lo for m, lo in zip(mean, low)], [hi - m for m, hi in zip(mean, high)]]
-                handles.append(
-                    ax.errorbar(
-                        x,
-                        mean,
-                        yerr=yerr,
-                        color=color,
-                        lw=s.width,
-                        marker="o",
-                        ms=2 + s.width,
-                        capsize=3,
-                        label=s.label,
-                    )
-                )
-                ax.fill_between(x, low, high, color=color, alpha=0.15, lw=0)
-        elif s.flat:
+        else:  # one seed: ±1 SE
+            low, high = [m - e for m, e in zip(mean, se)], [m + e for m, e in zip(mean, se)]
+        if s.flat:
             handles.append(ax.axhline(mean[0], color=color, ls="--", lw=s.width, label=s.label))
-            ax.axhspan(mean[0] - se[0], mean[0] + se[0], color=color, alpha=0.12, lw=0)
-        else:
-            handles.append(
-                ax.errorbar(
-                    range(len(mean)),
-                    mean,
-                    yerr=se,
-                    color=color,
-                    lw=s.width,
-                    marker="o",
-                    ms=2 + s.width,
-                    capsize=3,
-                    label=s.label,
-                    zorder=3 if s.width > 2 else 2,
-                )
+            ax.axhspan(low[0], high[0], color=color, alpha=0.12, lw=0)
+            continue
+        x = range(len(mean))
+        yerr = [[m - lo for m, lo in zip(mean, low)], [hi - m for m, hi in zip(mean, high)]]
+        layer = {} if s.band is not None else {"zorder": 3 if s.width > 2 else 2}
+        handles.append(
+            ax.errorbar(
+                x,
+                mean,
+                yerr=yerr,
+                color=color,
+                lw=s.width,
+                marker="o",
+                ms=2 + s.width,
+                capsize=3,
+                label=s.label,
+                **layer,
             )
+        )
+        if s.band is not None:
+            ax.fill_between(x, low, high, color=color, alpha=0.15, lw=0)
     _iteration_axis(ax, _iterations(series))
     ax.set_ylabel("accuracy (%)")
     spread = (
