@@ -345,6 +345,10 @@ def test_every_execution_setting_is_left_out_of_the_hash():
         "gpus_per_job": 0.5,
         "cpus_per_job": 2.0,
         "concurrent_training": True,
+        "processes_per_job": 1,
+        "activation_checkpointing": False,
+        "report_to": ["tensorboard"],
+        "tracking_dir": "/tb",
     }
     assert set(changed) == set(ExecutionConfig.model_fields)  # a new execution field must be listed here
     for key, value in changed.items():

@@ -236,3 +236,32 @@ def test_the_4bit_config_is_qlora_s():
     assert quantization_config(TrainConfig()) is None
     bnb = quantization_config(TrainConfig(quantization="4bit"))
     assert bnb.load_in_4bit and bnb.bnb_4bit_quant_type == "nf4" and bnb.bnb_4bit_compute_dtype == torch.bfloat16
+
+
+def test_a_full_finetune_too_big_for_one_gpu_is_offered_fsdp_over_several(llama8b):
+    """The paper's setting: a full finetune of an 8B model, which no single 80 GB GPU holds, fits sharded over
+    GPUs (FSDP): the refusal offers the fewest GPUs that hold it, with the effective batch spread over them, and
+    that plan passes the check."""
+    gpu = DeviceMemory(80 * GB, "cuda", "this GPU has 80 GB free")
+    plan = ["train.method=full", "train.bf16=true", "model.engine=openai", "iterations=1"]  # batch 16
+    plan += ["model.server_kind=transformers"]
+    plan += ["execution.urls=[http://127.0.0.1:1/v1]"]
+    with pytest.raises(SetupError) as refused:
+        check_memory(load_config(None, plan), llama8b, gpu)
+    message = str(refused.value)
+    fsdp = re.search(
+        r"use execution\.gpus_per_job=(\d+) ((?:train\.\S+=\S+ ?)*)\(FSDP over \1 GPUs: about ([\d.]+) GB", message
+    )
+    assert fsdp, message
+    gpus, fix, per_gpu = int(fsdp[1]), fsdp[2].split(), float(fsdp[3])
+    assert gpus == 2 and fix == ["train.batch_size=8", "train.gradient_accumulation_steps=2"]
+    assert per_gpu <= 80 * 0.9
+    sharded = load_config(None, [*plan, f"execution.gpus_per_job={gpus}", *fix])
+    assert sharded.execution.job_processes == 2
+    check_memory(sharded, llama8b, gpu)  # fits
+    with pytest.raises(SetupError, match="per GPU of a finetuning job sharded over 2"):  # but not on a small GPU
+        check_memory(sharded, llama8b, DeviceMemory(24 * GB, "cuda", "this GPU has 24 GB free"))
+    cpu = DeviceMemory(64 * GB, "cpu", "this machine has 64 GB of RAM available")  # data parallel: no sharding
+    with pytest.raises(SetupError) as refused:
+        check_memory(sharded, llama8b, cpu)
+    assert "gpus_per_job" not in str(refused.value) and "per finetuning job" in str(refused.value)

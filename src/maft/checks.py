@@ -14,6 +14,7 @@ has started (a debate or a finetune in), checked before a run directory is creat
   states and activations for the model, method, quantization, batch and length), against the free memory of
   the GPU the jobs train on, or the RAM available on a CPU; a plan that cannot fit is refused with the
   changes that would fit.
+- ``execution.report_to``: every tracking backend's library installed (:mod:`maft.tracking`).
 - problems: a question longer than :data:`MAX_QUESTION_CHARS` characters is refused (it would abort the
   tokenizer in the middle of a debate).
 """
@@ -24,7 +25,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from maft.config import RunConfig
+from maft.config import ExecutionConfig, RunConfig
 from maft.tasks import Problem
 from maft.training.memory import DeviceMemory, ModelCounts, device_memory, meta_model, refusal
 
@@ -153,6 +154,18 @@ def check_quantization(config: RunConfig) -> None:
             f"({' and '.join(missing)}): pip install bitsandbytes on a machine with CUDA, or use "
             "train.quantization=none"
         )
+
+
+def check_tracking(execution: ExecutionConfig) -> None:
+    """Every backend ``execution.report_to`` asks for has its library installed (the message says what to install)."""
+    import importlib.util
+
+    from maft.tracking import PACKAGES, backends
+
+    for backend in backends(execution):
+        module, install = PACKAGES[backend]
+        if importlib.util.find_spec(module) is None:
+            raise SetupError(f"execution.report_to={backend} needs {module}, which is not installed: {install}")
 
 
 def check_memory(config: RunConfig, model: str | ModelCounts, memory: DeviceMemory | None = None) -> None:

@@ -90,6 +90,18 @@ class ExecutionConfig(Strict):
         None, ge=0, description="GPUs each finetuning job asks Ray for (None: 1 when CUDA is available, else 0)"
     )
     cpus_per_job: float = Field(1, gt=0, description="CPUs each finetuning job asks Ray for (and torch threads)")
+    processes_per_job: int | None = Field(
+        None,
+        ge=1,
+        description="processes that train one role together (maft.training.distributed): FSDP full sharding over "
+        "that many GPUs, data parallel (DDP, gloo) on a CPU; the effective batch stays train.batch_size x "
+        "train.gradient_accumulation_steps (None: gpus_per_job when it is a whole number > 1, else 1)",
+    )
+    activation_checkpointing: bool = Field(
+        True,
+        description="recompute each layer's activations in the backward pass to save memory (TRL's default; under "
+        "FSDP through FSDP's own activation checkpointing)",
+    )
     concurrent_training: bool = Field(
         False,
         description="train an iteration's LoRA adapters together: one process and one copy of the base model, each "
@@ -97,6 +109,35 @@ class ExecutionConfig(Strict):
         "(maft.training.concurrent); the same adapters as one by one up to rounding, so only the speed changes "
         "(needs train.lora_dropout=0 and an unquantized base; with scheduler=ray, one Ray task)",
     )
+    # -- experiment tracking (maft.tracking) --
+    report_to: list[Literal["none", "tensorboard", "trackio", "wandb", "mlflow"]] = Field(
+        ["none"],  # copied for each instance
+        description="where the trainers' losses and the loop's per-iteration metrics are logged: none, or one or "
+        "more of tensorboard, trackio, wandb, mlflow (a single name is accepted; none: nothing, no network)",
+    )
+    tracking_dir: str | None = Field(
+        None,
+        description="where tensorboard writes its event files (None: <run>/tracking); trackio, wandb and mlflow "
+        "keep their own stores (TRACKIO_DIR, WANDB_DIR/WANDB_MODE, MLFLOW_TRACKING_URI)",
+    )
+
+    @property
+    def job_processes(self) -> int:
+        """The processes one finetuning job runs in: ``processes_per_job``, else ``gpus_per_job`` when it is a
+        whole number > 1, else 1."""
+        if self.processes_per_job is not None:
+            return self.processes_per_job
+        gpus = self.gpus_per_job
+        return int(gpus) if gpus is not None and gpus > 1 and gpus == int(gpus) else 1
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _one_or_more(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",")] if "," in value else [value]
+        if isinstance(value, list) and "none" in value and len(set(value)) > 1:
+            raise ValueError(f"report_to {value}: 'none' cannot go with a backend (give none, or backends only)")
+        return list(dict.fromkeys(value)) if isinstance(value, list) else value
 
 
 #: Where each execution setting lived before it had its own section (configs and run directories written
@@ -388,6 +429,25 @@ class RunConfig(Strict):
                     "execution.concurrent_training trains LoRA adapters on one unquantized base with "
                     "train.lora_dropout=0 (a concatenated batch would draw other dropout masks): it needs "
                     "train.method=lora, train.quantization=none and train.lora_dropout=0"
+                )
+        if x.job_processes > 1 and self.iterations > 0:  # maft.training.distributed, up front
+            t, k = self.train, x.job_processes
+            if x.concurrent_training:
+                raise ValueError(
+                    f"execution.concurrent_training trains the adapters in one process, but each role would train in "
+                    f"{k} processes (execution.processes_per_job / gpus_per_job): use one or the other"
+                )
+            if t.quantization != "none":
+                raise ValueError(
+                    f"train.quantization={t.quantization} (QLoRA) trains on one GPU: set execution.processes_per_job=1 "
+                    "(or train.quantization=none to shard the unquantized model)"
+                )
+            if t.gradient_accumulation_steps % k:
+                raise ValueError(
+                    f"train.gradient_accumulation_steps={t.gradient_accumulation_steps} does not divide over {k} "
+                    f"processes per job: each process accumulates gradient_accumulation_steps / {k} mini-batches so "
+                    f"that the effective batch stays batch_size x gradient_accumulation_steps; set "
+                    f"train.gradient_accumulation_steps to a multiple of {k}"
                 )
         if m.engine == "openai":
             if x.server == "external" and not x.urls:

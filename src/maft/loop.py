@@ -9,7 +9,8 @@ Iteration 0 is the base model's debate on the test problems. Iteration l >= 1:
                    after another, or together on one base copy: execution.concurrent_training)
     debate_test    the new agents debate the held-out problems (generation agents answer round 1,
                    critic agents later rounds)
-    metrics        accuracy with standard error, per agent and round, agreement, data sizes
+    metrics        accuracy with standard error, per agent and round, agreement, data sizes (and, with
+                   execution.report_to, logged at step l: maft.tracking)
 
 Each stage's outputs land in ``<run>/iter_<l>/`` before the stage is recorded in the manifest.
 """
@@ -27,7 +28,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from maft.agents import SINGLE, Agents, agents_at, roles, saved_kind, trained_roles
-from maft.checks import check_model, check_questions
+from maft.checks import check_model, check_questions, check_tracking
 from maft.config import RunConfig
 from maft.data.agent_data import build_agent_data, majority_pairs, rationalized_examples
 from maft.data.rationalization import rationalize
@@ -50,6 +51,7 @@ from maft.store import (
     write_text,
 )
 from maft.tasks import Splits, Task, get_task
+from maft.tracking import SOCIETY, MetricsLogger, Tracking, iteration_scalars, role_stream
 from maft.training.scheduler import TrainJob, run_local, run_ray, run_together
 from maft.training.sft import TrainResult, check_critic_loss
 
@@ -57,6 +59,7 @@ from maft.training.sft import TrainResult, check_critic_loss
 def prepare(config: RunConfig) -> tuple[Task, Splits]:
     """The task and its splits: everything that can fail on bad input, checked before any model loads."""
     check_model(config, base_model(config))  # the model's files, device and LoRA targets
+    check_tracking(config.execution)  # execution.report_to: each backend's library installed
     check_serving(config)  # unreachable servers, missing flags or installations: refused before any compute
     check_critic_loss(base_model(config), config.train, rounds=config.debate.rounds)  # a template TRL can mask
     if config.diversity.enabled and config.diversity.embeddings == "on":
@@ -88,6 +91,7 @@ class Society:
         self._engine = engine
         self._embedder = None
         self._warned: set[str] = set()
+        self._tracker: MetricsLogger | None = None  # the society's metrics stream (maft.tracking)
 
     def _check_problems(self) -> None:
         """Resuming must see the same problems (a task file edited after a crash would mix two sets)."""
@@ -134,15 +138,17 @@ class Society:
         self.console.print(f"[dim]{name}: finished earlier ({self.store.seconds(name):.1f} s), kept[/dim]")
         return True
 
-    def _stage(self, name: str, work: Callable[[], dict | None]) -> None:
+    def _stage(self, name: str, work: Callable[[], dict | None]) -> bool:
+        """Run stage ``name`` unless it finished earlier; whether it ran."""
         if self._kept(name):
-            return
+            return False
         self.console.print(f"[bold]{name}[/bold] ...")
         start = time.perf_counter()
         info = work() or {}
         seconds = time.perf_counter() - start
         self.store.finish(name, seconds, **info)
         self.console.print(f"{name}: done in {seconds:.1f} s")
+        return True
 
     def agents(self, iteration: int) -> Agents:
         """Iteration ``iteration``'s agents (0: the base model)."""
@@ -174,9 +180,11 @@ class Society:
             "iter_0/debate_test", lambda: self._write_debate(it0 / "debate_test.jsonl", self._debate(0, "test"))
         )
         self._diversity(0)
-        self._stage("iter_0/metrics", lambda: self._write_metrics(0))
+        if self._stage("iter_0/metrics", lambda: self._write_metrics(0)):
+            self._track(0)
         for it in range(1, cfg.iterations + 1):
             self._iteration(it)
+        self._close_tracker()
         metrics = [self.load_metrics(it) for it in range(cfg.iterations + 1)]
         write_json(self.store.root / "metrics.json", [m.model_dump(mode="json") for m in metrics])
 
@@ -198,7 +206,23 @@ class Society:
             f"iter_{it}/debate_test", lambda: self._write_debate(d / "debate_test.jsonl", self._debate(it, "test"))
         )
         self._diversity(it)
-        self._stage(f"iter_{it}/metrics", lambda: self._write_metrics(it))
+        if self._stage(f"iter_{it}/metrics", lambda: self._write_metrics(it)):
+            self._track(it)
+
+    def _track(self, it: int) -> None:
+        """Log iteration ``it``'s metrics, as recorded, to the society's stream (``execution.report_to``;
+        :mod:`maft.tracking`), at step ``it``: once, when its metrics stage has just run."""
+        tracking = Tracking.of(self.config.execution, self.store.root, SOCIETY)
+        if tracking is None:
+            return
+        if self._tracker is None:
+            self._tracker = MetricsLogger(tracking)
+        self._tracker.log(iteration_scalars(self.load_metrics(it)), step=it)
+
+    def _close_tracker(self) -> None:
+        if self._tracker is not None:
+            self._tracker.close()
+            self._tracker = None
 
     # -- stages -----------------------------------------------------------------------------------
     def _write_debate(self, path: Path, turns: list[Turn]) -> dict:
@@ -210,6 +234,7 @@ class Society:
 
     def close(self) -> None:
         """Stop what the run started (a managed server); the engine's memory goes with the Society."""
+        self._close_tracker()
         if self._engine is not None:
             self._engine.close()
 
@@ -310,6 +335,9 @@ class Society:
                     seed=cfg.seed * 100_003 + it * 1009 + i,  # each role its own LoRA init
                     device=cfg.execution.device,
                     config=cfg.train,
+                    tracking=self._role_tracking(role, it),
+                    processes=cfg.execution.job_processes,
+                    activation_checkpointing=cfg.execution.activation_checkpointing,
                 )
             )
         if not jobs:
@@ -362,6 +390,11 @@ class Society:
                 run_together(jobs, done, on_step)
             else:
                 run_local(jobs, done, on_step)
+
+    def _role_tracking(self, role: str, it: int) -> Tracking | None:
+        """Where role ``role``'s losses of iteration ``it`` are logged; a role trained again starts afresh."""
+        tracking = Tracking.of(self.config.execution, self.store.root, role_stream(role, it))
+        return tracking.fresh() if tracking else None
 
     def _write_metrics(self, it: int) -> None:
         d = self.store.iter_dir(it)

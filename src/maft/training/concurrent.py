@@ -31,8 +31,11 @@ one process, one base copy, one loop; :func:`merge_groups`).
 
 A role with fewer steps drops out when done: its adapter is saved and reported at once (``on_done``), so a crash
 keeps it. A role with no examples keeps its starting weights, as with :func:`~maft.training.sft.finetune`.
-Refused: ``method=full`` (a model per role), a quantized base, and ``lora_dropout > 0`` (a concatenated batch
-draws its dropout masks in another order, so the adapters would differ by more than rounding).
+With tracking (``RoleRun.tracking``, ``execution.report_to``), each role logs its own ``train/loss`` and
+``train/learning_rate`` every optimizer step and ``train/train_loss`` at its end, as its TRL trainer would
+(:mod:`maft.tracking`). Refused: ``method=full`` (a model per role), a quantized base, and ``lora_dropout > 0``
+(a concatenated batch draws its dropout masks in another order, so the adapters would differ by more than
+rounding).
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 
 from maft.config import TrainConfig
 from maft.data.agent_data import Example
+from maft.tracking import MetricsLogger, Tracking
 from maft.training.sft import (
     TrainResult,
     _dtype,
@@ -87,6 +91,7 @@ class RoleRun:
     out_dir: Path
     init_from: Path | None = None
     seed: int = 0
+    tracking: Tracking | None = None  # where its losses are logged (maft.tracking)
 
 
 @dataclass
@@ -102,6 +107,8 @@ class _Role:
     loss: Any = 0.0  # the sum of its mini-batch losses (the Trainer's tr_loss)
     done: int = 0
     seconds: float = 0.0
+    logger: MetricsLogger | None = None  # its losses' tracking (RoleRun.tracking)
+    logged: float = 0.0  # ``loss`` when last logged
 
     @property
     def name(self) -> str:
@@ -378,6 +385,7 @@ def finetune_together(
         args = sft_config(run.out_dir / ".trainer", cfg, seed=run.seed, device=device, all_turns=all_turns)
         rows = prepared_rows(tokenizer, run.examples, args, all_turns)
         role = _Role(run=run, args=args, rows=rows, steps=batch_schedule(len(rows), args))
+        role.logger = MetricsLogger(run.tracking) if run.tracking else None
         role.targets = [sum(label != -100 for label in row["labels"][1:]) for row in rows]
         roles.append(role)
     args = roles[0].args
@@ -412,6 +420,10 @@ def finetune_together(
         save_adapter(model, role.name, role.run.out_dir)
         role.optimizer = role.scheduler = None
         role.seconds += time.perf_counter() - began
+        if role.logger:  # the mean loss, as the Trainer logs it at its end
+            if role.done:
+                role.logger.log({"train/train_loss": float(role.loss) / role.done}, step=role.done)
+            role.logger.close()
         finish(
             role.name,
             TrainResult(
@@ -455,6 +467,9 @@ def finetune_together(
             role.optimizer.zero_grad(set_to_none=True)
             role.done += 1
             role.seconds += time.perf_counter() - began
+            if role.logger:  # this step's loss and the next step's learning rate, as the Trainer logs them
+                loss, role.logged = float(role.loss) - role.logged, float(role.loss)
+                role.logger.log({"train/loss": loss, "train/learning_rate": role.scheduler.get_last_lr()[0]}, role.done)
             if on_step:
                 on_step(role.name, role.done, len(role.steps))
             if role.done == len(role.steps):

@@ -26,10 +26,11 @@ real trainer in tests/test_memory.py):
   keeps) only each layer's input, plus one layer recomputed at a time: ``L*h + A``. The logits add
   ``V*(d + 8)`` bytes per token (V: the vocabulary; the logits, and the loss's fp32 log-softmax and its
   gradient). In all: ``b*s*((L*h + A)*d + V*(d + 8))`` with checkpointing.
-- ``shards`` (FSDP-style sharding over GPUs) divides weights, gradients and optimizer states, not the
-  activations of each GPU's batch. maft's jobs do not shard: a job is one process, and one that sees several
-  GPUs (``execution.gpus_per_job`` > 1) trains with torch's DataParallel, which keeps the whole model,
-  gradients and optimizer on the first GPU; the check therefore uses ``shards=1``.
+- ``shards``: a job trained by several processes on GPUs (``execution.processes_per_job`` or a whole
+  ``gpus_per_job`` > 1; :mod:`maft.training.distributed`) shards weights, gradients and optimizer states
+  over them with FSDP, so each GPU holds 1/shards of those, and the activations of its own batch of
+  ``b`` examples. On a CPU the processes train data parallel, each a whole copy: ``shards=1``. Gathering one
+  layer's weights for its forward and backward (FSDP's all-gather) adds a layer, not counted.
 
 Beside the job, the check counts what the generation engine keeps on the same device (:func:`engine_models`):
 with ``model.engine=hf`` and the local scheduler, the base model, and from iteration 2 on the finetuned agents
@@ -182,7 +183,7 @@ def estimate(
 ) -> MemoryEstimate:
     """The memory one job of ``train`` needs on ``model`` (a model directory, hub id, transformers config, or
     its :class:`ModelCounts`). ``gradient_checkpointing``: None = what the trainer does (TRL's default);
-    ``shards``: how many GPUs share the states (1: maft's jobs, module docstring)."""
+    ``shards``: how many GPUs share the states (FSDP; module docstring)."""
     counts = model if isinstance(model, ModelCounts) else ModelCounts.of(model)
     checkpointing = trl_checkpoints() if gradient_checkpointing is None else gradient_checkpointing
     d = 2 if train.bf16 else 4
@@ -299,28 +300,44 @@ def available_ram() -> int | None:
     return None
 
 
+def shards(config: RunConfig, kind: str) -> int:
+    """How many GPUs share one job's states: its processes when they shard (FSDP, on CUDA), else 1."""
+    return config.execution.job_processes if kind == "cuda" else 1
+
+
 def refusal(config: RunConfig, counts: ModelCounts, memory: DeviceMemory) -> str | None:
     """Why ``config``'s finetuning jobs cannot fit in ``memory``, and the changes that would fit with
     :data:`HEADROOM` to spare (each with what it needs, the engine's share included), or None when they fit.
-    Pure: the caller measures ``memory``."""
+    Pure: the caller measures ``memory`` (per GPU, for a job sharded over several)."""
     train = config.train
     room = memory.free * (1 - HEADROOM)
+    checkpointing, k = config.execution.activation_checkpointing, shards(config, memory.kind)
 
-    def needs(changed: TrainConfig) -> int:
-        return estimate(changed, counts).total + engine_weights(config.model_copy(update={"train": changed}), counts)
+    def needs(changed: TrainConfig, over: int = k) -> int:
+        job = estimate(changed, counts, gradient_checkpointing=checkpointing, shards=over).total
+        return job + engine_weights(config.model_copy(update={"train": changed}), counts)
 
-    need, engine = estimate(train, counts), engine_weights(config, counts)
+    need = estimate(train, counts, gradient_checkpointing=checkpointing, shards=k)
+    engine = engine_weights(config, counts)
     if need.total + engine <= memory.free:
         return None
     copies = engine_models(config, counts)
     held = "the base model" if copies == 1 else f"the base model and {copies - 1} finetuned agents"
     beside = f", and the generation engine (model.engine=hf) keeps {held} ({gb(engine)}) beside it" * (engine > 0)
+    per = f"per GPU of a finetuning job sharded over {k}" if k > 1 else "per finetuning job"
     problem = (
-        f"{need.plan} on a model of {_count(need.parameters)} parameters needs about {gb(need.total)} per finetuning "
-        f"job ({need.breakdown()}){beside}, but {memory.where}"
+        f"{need.plan} on a model of {_count(need.parameters)} parameters needs about {gb(need.total)} {per} "
+        f"({need.breakdown()}){beside}, but {memory.where}"
     )
     total = " in all" if engine else ""
     fits: list[str] = []
+    if memory.kind == "cuda" and train.quantization == "none":  # FSDP: more GPUs per job, the same plan
+        for gpus in (2, 4, 8, 16):
+            split = _split(train, gpus)
+            if gpus > k and split is not None and (n := needs(split, gpus)) <= room:
+                plan = " ".join([f"execution.gpus_per_job={gpus}", _settings(train, split)]).strip()
+                fits.append(f"{plan} (FSDP over {gpus} GPUs: about {gb(n)} per GPU{total})")
+                break
     for group in _alternatives(train, memory.kind):
         for change in group:  # within a group, the first that fits (the largest batch)
             if (n := needs(change)) <= room:
@@ -353,6 +370,17 @@ def _alternatives(train: TrainConfig, kind: str) -> list[list[TrainConfig]]:
         b //= 2
         batches.append(train.model_copy(update={"batch_size": b, "gradient_accumulation_steps": -(-effective // b)}))
     return [*groups, batches] if batches else groups
+
+
+def _split(train: TrainConfig, processes: int) -> TrainConfig | None:
+    """``train`` with its effective batch spread over ``processes`` (each accumulating a whole number of
+    mini-batches: the accumulation a multiple of them), the mini-batch as large as that allows; None when the
+    effective batch does not divide."""
+    effective = train.batch_size * train.gradient_accumulation_steps
+    for steps in range(processes, effective + 1, processes):
+        if effective % steps == 0 and steps >= train.gradient_accumulation_steps:
+            return train.model_copy(update={"batch_size": effective // steps, "gradient_accumulation_steps": steps})
+    return None
 
 
 def _floor(train: TrainConfig, kind: str) -> TrainConfig:

@@ -14,32 +14,18 @@ model must be reachable from every node, and the driver's generation engine keep
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
-from maft.config import ExecutionConfig, TrainConfig
+from maft.config import ExecutionConfig
+from maft.training.job import OnDone, TrainJob
 from maft.training.sft import StepCallback, TrainResult
 
 
-@dataclass(frozen=True)
-class TrainJob:
-    """One role's finetune: its data, where it starts from, and where it writes."""
-
-    role: str
-    base_model: str
-    data: Path  # prompt-completion JSONL (finetune_data.Example records)
-    out_dir: Path
-    init_from: Path | None
-    seed: int
-    device: str
-    config: TrainConfig
-
-
-OnDone = Callable[[TrainJob, TrainResult], None]
-
-
 def run_job(job: TrainJob, on_step: StepCallback | None = None, threads: int | None = None) -> TrainResult:
-    """Train one role (in whatever process this is called)."""
+    """Train one role (in whatever process this is called; in ``job.processes`` processes it launches)."""
+    if job.processes > 1:
+        from maft.training.distributed import launch
+
+        return launch(job, job.processes, on_step, threads)
     from maft.data.agent_data import Example
     from maft.store import read_jsonl
     from maft.training.sft import finetune
@@ -57,6 +43,8 @@ def run_job(job: TrainJob, on_step: StepCallback | None = None, threads: int | N
         seed=job.seed,
         device=job.device,
         on_step=on_step,
+        tracking=job.tracking,
+        activation_checkpointing=job.activation_checkpointing,
     )
 
 
@@ -92,7 +80,7 @@ def run_together(
     bars = {job.role: on_step(job) for job in jobs} if on_step else {}
     finetune_together(
         first.base_model,
-        [RoleRun(j.role, read_jsonl(j.data, Example), j.out_dir, j.init_from, j.seed) for j in jobs],
+        [RoleRun(j.role, read_jsonl(j.data, Example), j.out_dir, j.init_from, j.seed, j.tracking) for j in jobs],
         first.config,
         device=first.device,
         on_step=(lambda role, steps, total: bars[role](steps, total)) if bars else None,

@@ -47,6 +47,7 @@ from pydantic import BaseModel
 from maft.agents import saved_kind
 from maft.config import TrainConfig
 from maft.data.agent_data import Example
+from maft.tracking import Tracking, set_trainer_environment, trainer_arguments, trainer_callbacks
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -203,6 +204,9 @@ def sft_trainer(
     seed: int = 0,
     device: str = "auto",
     callbacks: Sequence = (),
+    processes: int = 1,
+    activation_checkpointing: bool = True,
+    tracking: Tracking | None = None,
 ) -> SFTTrainer:
     """The TRL trainer that :func:`finetune` runs on (non-empty) ``examples``, its dataset prepared: each row of
     ``trainer.train_dataset`` has the ``input_ids`` and the ``labels`` (-100 where no loss) it trains on.
@@ -216,27 +220,49 @@ def sft_trainer(
     if all_turns and (problem := template_problem(tokenizer)):
         raise _refusal(base_model, problem)
     model, lora = _load_trainable(base_model, init_from, cfg, _dtype(cfg))
+    set_trainer_environment(tracking)  # read by transformers' integration callbacks (maft.tracking)
     return SFTTrainer(
         model=model,
-        args=sft_config(scratch, cfg, seed=seed, device=device, all_turns=all_turns),
+        args=sft_config(
+            scratch,
+            cfg,
+            seed=seed,
+            device=device,
+            all_turns=all_turns,
+            processes=processes,
+            activation_checkpointing=activation_checkpointing,
+            tracking=tracking,
+        ),
         train_dataset=Dataset.from_list(sft_rows(examples, all_turns)),
         processing_class=tokenizer,
         peft_config=lora,
-        callbacks=list(callbacks),
+        callbacks=[*callbacks, *trainer_callbacks(tracking)],
     )
 
 
-def sft_config(scratch: Path, cfg: TrainConfig, *, seed: int, device: str, all_turns: bool) -> SFTConfig:
-    """TRL's settings for one role: ``train:``'s optimization, the role's seed for its LoRA init and data order, and
-    which tokens carry loss (``all_turns``: :func:`loss_on_all_turns`)."""
+def sft_config(
+    scratch: Path,
+    cfg: TrainConfig,
+    *,
+    seed: int,
+    device: str,
+    all_turns: bool,
+    processes: int = 1,
+    activation_checkpointing: bool = True,
+    tracking: Tracking | None = None,
+) -> SFTConfig:
+    """TRL's settings for one role: ``train:``'s optimization, the role's seed for its LoRA init and data order,
+    which tokens carry loss (``all_turns``: :func:`loss_on_all_turns`), and how the role's ``processes`` share the
+    work (:func:`parallelism`)."""
     import torch
     from trl import SFTConfig
 
+    cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
     return SFTConfig(
         output_dir=str(scratch),
         num_train_epochs=cfg.epochs,
         per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps // processes,  # checked to divide (RunConfig)
         learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler,
         warmup_steps=cfg.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
@@ -245,14 +271,38 @@ def sft_config(scratch: Path, cfg: TrainConfig, *, seed: int, device: str, all_t
         completion_only_loss=not all_turns,
         assistant_only_loss=all_turns,
         bf16=cfg.bf16,
-        use_cpu=device == "cpu" or (device == "auto" and not torch.cuda.is_available()),
+        use_cpu=cpu,
+        **parallelism(processes, cpu=cpu, activation_checkpointing=activation_checkpointing),
         seed=seed,
         data_seed=seed,
         save_strategy="no",
-        report_to="none",
-        logging_steps=10,
+        **trainer_arguments(tracking),  # report_to, run_name, logging_steps (maft.tracking)
         disable_tqdm=True,
     )
+
+
+def parallelism(processes: int, *, cpu: bool, activation_checkpointing: bool) -> dict:
+    """The TrainingArguments that spread one role over ``processes`` processes (:mod:`maft.training.distributed`
+    launches them): on GPUs, FSDP (version 2) with full sharding of weights, gradients and optimizer states,
+    each decoder layer its own unit, activation checkpointing through FSDP (transformers advises it over the
+    trainer's own, which would gather the parameters once more in the backward) and a full state dict gathered
+    for saving, so the result is an ordinary Hugging Face checkpoint; on a CPU, accelerate has no FSDP and
+    trains data parallel (DDP over gloo), every process a whole copy. One process: the trainer's own
+    gradient checkpointing, as set."""
+    if processes <= 1:
+        return {"activation_checkpointing": activation_checkpointing}
+    if cpu:
+        return {"activation_checkpointing": activation_checkpointing, "ddp_backend": "gloo"}
+    return {
+        "activation_checkpointing": False,  # FSDP's own instead (fsdp_config)
+        "fsdp": "full_shard auto_wrap",
+        "fsdp_config": {
+            "version": 2,
+            "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+            "activation_checkpointing": activation_checkpointing,
+            "state_dict_type": "FULL_STATE_DICT",
+        },
+    }
 
 
 def sft_rows(examples: Sequence[Example], all_turns: bool) -> list[dict]:
@@ -272,8 +322,13 @@ def finetune(
     seed: int = 0,
     device: str = "auto",
     on_step: StepCallback | None = None,
+    tracking: Tracking | None = None,
+    processes: int = 1,
+    activation_checkpointing: bool = True,
 ) -> TrainResult:
-    """Train ``examples`` into ``out_dir`` starting from ``init_from`` (an adapter or checkpoint) or the base."""
+    """Train ``examples`` into ``out_dir`` starting from ``init_from`` (an adapter or checkpoint) or the base.
+    ``processes`` > 1: this is one of that many processes training the role together, launched by
+    :mod:`maft.training.distributed` (each calls this with the same arguments; :func:`parallelism`)."""
     from peft import get_peft_model
     from transformers import PrinterCallback, TrainerCallback
 
@@ -308,18 +363,39 @@ def finetune(
 
     scratch = out_dir / ".trainer"  # the trainer's own output (nothing is saved there); removed below
     trainer = sft_trainer(
-        base_model, examples, scratch, cfg, init_from=init_from, seed=seed, device=device, callbacks=[Progress()]
+        base_model,
+        examples,
+        scratch,
+        cfg,
+        init_from=init_from,
+        seed=seed,
+        device=device,
+        callbacks=[Progress()],
+        tracking=tracking,
+        processes=processes,
+        activation_checkpointing=activation_checkpointing,
     )
     trainer.remove_callback(PrinterCallback)  # progress comes through on_step; the loss is returned
     output = trainer.train()
-    trainer.model.save_pretrained(str(out_dir))
-    if cfg.method == "full":
-        trainer.processing_class.save_pretrained(str(out_dir))
+    loss = float(output.training_loss)
+    if processes > 1:
+        import torch
+
+        # each process's loss is over its own mini-batches: the role's is their mean; the trainer gathers the
+        # sharded weights and the main process writes them
+        loss = float(trainer.accelerator.reduce(torch.tensor(loss, device=trainer.accelerator.device), "mean"))
+        trainer.save_model(str(out_dir))
+        if trainer.accelerator.is_main_process:
+            (out_dir / "training_args.bin").unlink(missing_ok=True)
+    else:
+        trainer.model.save_pretrained(str(out_dir))
+        if cfg.method == "full":
+            trainer.processing_class.save_pretrained(str(out_dir))
     shutil.rmtree(scratch, ignore_errors=True)
     return TrainResult(
         examples=len(examples),
         steps=output.global_step,
-        train_loss=float(output.training_loss),
+        train_loss=loss,
         seconds=time.perf_counter() - start,
         method=cfg.method,
         init=init,
