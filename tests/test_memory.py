@@ -265,3 +265,24 @@ def test_a_full_finetune_too_big_for_one_gpu_is_offered_fsdp_over_several(llama8
     with pytest.raises(SetupError) as refused:
         check_memory(sharded, llama8b, cpu)
     assert "gpus_per_job" not in str(refused.value) and "per finetuning job" in str(refused.value)
+
+
+def test_adapters_trained_together_are_counted_together(llama8b):
+    """execution.concurrent_training: one job holds the base once, but every role's adapter, gradients and
+    optimizer states, and (at worst) all the roles' mini-batches in one forward."""
+    cfg = load_config(None, [])
+    one = estimate(cfg.train, llama8b)
+    six = estimate(cfg.train, llama8b, roles=6)
+    base = llama8b.parameters * 4  # fp32
+    assert six.weights - base == 6 * (one.weights - base)
+    assert (six.gradients, six.optimizer, six.activations) == (
+        6 * one.gradients,
+        6 * one.optimizer,
+        6 * one.activations,
+    )
+    assert six.batch == 6 * one.batch and "6 adapters trained together" in six.plan
+    gpu = DeviceMemory(80 * GB, "cuda", "this GPU has 80 GB free")
+    plan = ["model.engine=openai", "execution.urls=[http://127.0.0.1:1/v1]", "train.bf16=true", "train.batch_size=8"]
+    check_memory(load_config(None, plan), llama8b, gpu)  # one adapter at a time fits
+    with pytest.raises(SetupError, match="with 6 adapters trained together"):
+        check_memory(load_config(None, [*plan, "execution.concurrent_training=true"]), llama8b, gpu)

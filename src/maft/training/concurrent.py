@@ -351,6 +351,7 @@ def finetune_together(
     device: str = "auto",
     on_step: RoleStep | None = None,
     on_done: RoleDone | None = None,
+    activation_checkpointing: bool = True,
 ) -> dict[str, TrainResult]:
     """Train the roles ``runs`` together (module docstring) into their ``out_dir``; each role's result as
     :func:`~maft.training.sft.finetune` would report it, handed to ``on_done`` as soon as the role is saved."""
@@ -382,7 +383,14 @@ def finetune_together(
         all_turns = loss_on_all_turns(run.examples, cfg)
         if all_turns and (problem := template_problem(tokenizer)):
             raise _refusal(base_model, problem)
-        args = sft_config(run.out_dir / ".trainer", cfg, seed=run.seed, device=device, all_turns=all_turns)
+        args = sft_config(
+            run.out_dir / ".trainer",
+            cfg,
+            seed=run.seed,
+            device=device,
+            all_turns=all_turns,
+            activation_checkpointing=activation_checkpointing,
+        )
         rows = prepared_rows(tokenizer, run.examples, args, all_turns)
         role = _Role(run=run, args=args, rows=rows, steps=batch_schedule(len(rows), args))
         role.logger = MetricsLogger(run.tracking) if run.tracking else None
@@ -390,7 +398,7 @@ def finetune_together(
         roles.append(role)
     args = roles[0].args
     model = load_together(base_model, runs, cfg).to(args.device)
-    if args.activation_checkpointing:  # TRL's default, kept as the one-by-one trainer keeps it
+    if args.activation_checkpointing:  # as the one-by-one trainer (execution.activation_checkpointing)
         model.enable_input_require_grads()
         kwargs = dict(args.activation_checkpointing_kwargs or {})
         every, offload = kwargs.pop("every_n_layers", 1), kwargs.pop("offload", False)

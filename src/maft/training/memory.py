@@ -26,6 +26,9 @@ real trainer in tests/test_memory.py):
   keeps) only each layer's input, plus one layer recomputed at a time: ``L*h + A``. The logits add
   ``V*(d + 8)`` bytes per token (V: the vocabulary; the logits, and the loss's fp32 log-softmax and its
   gradient). In all: ``b*s*((L*h + A)*d + V*(d + 8))`` with checkpointing.
+- ``roles``: with ``execution.concurrent_training`` one job trains every LoRA role of the iteration on one
+  base: the base once, each role's adapter with its gradients and AdamW states, and, at worst, the
+  mini-batches of all the roles in one forward (``roles * b`` examples).
 - ``shards``: a job trained by several processes on GPUs (``execution.processes_per_job`` or a whole
   ``gpus_per_job`` > 1; :mod:`maft.training.distributed`) shards weights, gradients and optimizer states
   over them with FSDP, so each GPU holds 1/shards of those, and the activations of its own batch of
@@ -53,6 +56,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel
 
+from maft.agents import trained_roles
 from maft.config import RunConfig, TrainConfig
 
 if TYPE_CHECKING:
@@ -180,10 +184,13 @@ def estimate(
     *,
     gradient_checkpointing: bool | None = None,
     shards: int = 1,
+    roles: int = 1,
 ) -> MemoryEstimate:
     """The memory one job of ``train`` needs on ``model`` (a model directory, hub id, transformers config, or
     its :class:`ModelCounts`). ``gradient_checkpointing``: None = what the trainer does (TRL's default);
-    ``shards``: how many GPUs share the states (FSDP; module docstring)."""
+    ``shards``: how many GPUs share the states (FSDP; module docstring); ``roles``: LoRA roles trained together
+    on the one base (``execution.concurrent_training``), each with its adapter, gradients and optimizer states,
+    their mini-batches in one forward."""
     counts = model if isinstance(model, ModelCounts) else ModelCounts.of(model)
     checkpointing = trl_checkpoints() if gradient_checkpointing is None else gradient_checkpointing
     d = 2 if train.bf16 else 4
@@ -198,16 +205,19 @@ def estimate(
             adapter = 2  # bf16 (TRL)
         else:
             base, adapter = P * d, 4  # fp32 (PEFT)
-        weights, gradients, optimizer = base + trainable * adapter, trainable * adapter, 2 * trainable * adapter
+        adapters = trainable * adapter * roles
+        weights, gradients, optimizer = base + adapters, adapters, 2 * adapters
     h, L = counts.hidden, counts.layers
     layer = 6 * h + 2 * counts.kv_width + 4 * counts.intermediate
     kept = L * h + layer if checkpointing else L * layer
-    tokens = train.batch_size * train.max_length
+    tokens = train.batch_size * train.max_length * (roles if train.method == "lora" else 1)
     activations = tokens * (kept * d + counts.vocab * (d + 8))
     shards = max(1, shards)
     plan = f"train.method={train.method}" + (
         f" train.quantization={train.quantization}" * (train.quantization != "none")
     )
+    if roles > 1 and train.method == "lora":
+        plan += f" with {roles} adapters trained together (execution.concurrent_training)"
     return MemoryEstimate(
         plan=plan,
         parameters=P,
@@ -216,7 +226,7 @@ def estimate(
         gradients=math.ceil(gradients / shards),
         optimizer=math.ceil(optimizer / shards),
         activations=activations,
-        batch=train.batch_size,
+        batch=train.batch_size * (roles if train.method == "lora" else 1),
         tokens=train.max_length,
         gradient_checkpointing=checkpointing,
     )
@@ -312,12 +322,13 @@ def refusal(config: RunConfig, counts: ModelCounts, memory: DeviceMemory) -> str
     train = config.train
     room = memory.free * (1 - HEADROOM)
     checkpointing, k = config.execution.activation_checkpointing, shards(config, memory.kind)
+    together = len(trained_roles(config)) if config.execution.concurrent_training else 1
 
     def needs(changed: TrainConfig, over: int = k) -> int:
-        job = estimate(changed, counts, gradient_checkpointing=checkpointing, shards=over).total
+        job = estimate(changed, counts, gradient_checkpointing=checkpointing, shards=over, roles=together).total
         return job + engine_weights(config.model_copy(update={"train": changed}), counts)
 
-    need = estimate(train, counts, gradient_checkpointing=checkpointing, shards=k)
+    need = estimate(train, counts, gradient_checkpointing=checkpointing, shards=k, roles=together)
     engine = engine_weights(config, counts)
     if need.total + engine <= memory.free:
         return None

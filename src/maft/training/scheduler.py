@@ -85,6 +85,7 @@ def run_together(
         device=first.device,
         on_step=(lambda role, steps, total: bars[role](steps, total)) if bars else None,
         on_done=lambda role, result: on_done(by_role[role], result),
+        activation_checkpointing=first.activation_checkpointing,
     )
 
 
