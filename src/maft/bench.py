@@ -505,12 +505,17 @@ def run_path(path: str, setup: Setup, cfg: BenchConfig) -> dict[str, Any]:
     return result
 
 
-def _run_isolated(path: str, setup: Setup, cfg: BenchConfig) -> dict[str, Any]:
+def isolated(fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` in a fresh (spawned) process, so that its peak memory is its own."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(run_path, path, setup, cfg).result()
+        return pool.submit(fn, *args).result()
+
+
+def _run_isolated(path: str, setup: Setup, cfg: BenchConfig) -> dict[str, Any]:
+    return isolated(run_path, path, setup, cfg)
 
 
 # -- the benchmark ----------------------------------------------------------------------------------------

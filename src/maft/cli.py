@@ -562,7 +562,10 @@ def tiny_check(
 
 
 # -- maft bench -----------------------------------------------------------------------------------------
-bench_app = typer.Typer(help="Benchmarks: generation throughput of the engine paths.", no_args_is_help=True)
+bench_app = typer.Typer(
+    help="Benchmarks: generation throughput of the engine paths, finetuning throughput of the training paths.",
+    no_args_is_help=True,
+)
 app.add_typer(bench_app, name="bench")
 
 
@@ -645,6 +648,58 @@ def bench_generate_command(
         console.print(f"[yellow]{escape(path)} omitted[/]: {escape(str(reason))}")
     for row in result["paths"]:
         console.print(f"{row['path']}: {row['note']}", markup=False)
+    console.print(f"wrote {write(result, out)} | {time.perf_counter() - start:.0f} s", markup=False)
+
+
+@bench_app.command("train")
+def bench_train_command(
+    shape: Annotated[str, typer.Option(help="tiny, or a shape with random weights (llama-1b, llama-8b)")] = "tiny",
+    paths: Annotated[
+        str, typer.Option(help="comma-separated: lora-sequential, lora-concurrent, full-sequential")
+    ] = "lora-sequential,lora-concurrent,full-sequential",
+    roles: Annotated[int, typer.Option(min=1, help="roles (half generation, half critic), each finetuned")] = 6,
+    examples: Annotated[int, typer.Option(min=1, help="synthetic examples per role (one epoch)")] = 64,
+    gen_tokens: Annotated[int, typer.Option(min=1, help="completion tokens of a generation example")] = 48,
+    critic_tokens: Annotated[int, typer.Option(min=1, help="completion tokens of a critic example")] = 128,
+    batch_size: Annotated[int, typer.Option(min=1, help="train.batch_size")] = 16,
+    out: Annotated[Path, typer.Option(help="write the result as JSON here")] = Path("bench-train.json"),
+    device: str = "auto",
+    seed: int = 0,
+    peak_tflops: Annotated[
+        float | None, typer.Option(help="peak dense TFLOP/s for the MFU (default: known GPUs by name)")
+    ] = None,
+    isolate: Annotated[bool, typer.Option(help="run each path in a fresh process (its own peak memory)")] = True,
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU: torch threads (default: all cores)")] = None,
+) -> None:
+    """One iteration's finetuning (R roles x E examples, one epoch) on each path: examples/s, tokens/s,
+    set-up and training seconds, concurrent over sequential speedup, MFU on a GPU, peak memory."""
+    from maft.bench import BenchError, write
+    from maft.bench_train import TrainBenchConfig, bench_train, markdown, parse_paths, table
+
+    try:
+        cfg = TrainBenchConfig(
+            shape=shape,
+            roles=roles,
+            examples=examples,
+            gen_tokens=gen_tokens,
+            critic_tokens=critic_tokens,
+            batch_size=batch_size,
+            paths=parse_paths(paths),
+            device=device,
+            seed=seed,
+            peak_tflops=peak_tflops,
+            isolate=isolate,
+            threads=threads,
+        )
+        cfg.check()
+        start = time.perf_counter()
+        result = bench_train(cfg, echo=console.print)
+    except BenchError as e:
+        _fail(str(e))
+    console.print(table(result))
+    for path, reason in result["omitted"].items():
+        console.print(f"[yellow]{escape(path)} omitted[/]: {escape(str(reason))}")
+    console.print(markdown(result), markup=False)
     console.print(f"wrote {write(result, out)} | {time.perf_counter() - start:.0f} s", markup=False)
 
 
