@@ -74,17 +74,59 @@ def test_round1_slip_rate_matches_config():
 
 
 def test_critic_confirms_when_all_agree_and_rechecks_otherwise():
-    society = SimulatedDebate(SynthConfig(slip_rate=0.0, critic_slip_rate=1.0), random.Random(0))
     expr = Expression(1, 2, 3, 4, 5, 6)
+    society = SimulatedDebate(SynthConfig(slip_rate=0.0, critic_slip_rate=1.0), random.Random(0))
     convs = society.debate(expr, n_agents=3, rounds=2, concat=False)
-    for conv in convs:  # round 1 all correct, so every critic confirms its own solution verbatim
-        assert conv[3]["content"] == conv[1]["content"]
+    for conv in convs:  # round 1 all correct, so every critic confirms in one sentence, without a slip
+        assert conv[3]["content"] == f"My answer agrees with the others. The answer is \\boxed{{{expr.value}}}."
         assert f"The other agents' answers are: {expr.value}, {expr.value}." in conv[2]["content"]
+    copying = SimulatedDebate(SynthConfig(slip_rate=0.0, critic_confirm="copy"), random.Random(0))
+    for conv in copying.debate(expr, n_agents=3, rounds=2, concat=False):  # the first checkpoints' recipe
+        assert conv[3]["content"] == conv[1]["content"]
     society = SimulatedDebate(SynthConfig(slip_rate=1.0, critic_slip_rate=0.0), random.Random(0))
     convs = society.debate(expr, n_agents=3, rounds=2, concat=True)
     for conv in convs:  # round 1 wrong and disagreeing: critics recompute (cleanly here)
         assert conv[3]["content"].endswith(f"\\boxed{{{expr.value}}}.") and "One agent solution:" in conv[2]["content"]
         assert conv[0]["content"] == arithmetic_prompt(expr.text)
+
+
+@pytest.mark.parametrize(
+    ("rule", "answers", "backed"),
+    [
+        ("minority", [5, 5, 7], [True, True, False]),  # the two who agree stand; the odd one rechecks
+        ("minority", [5, 6, 7], [False, False, False]),  # nobody is backed
+        ("minority", [5, 5, 7, 7], [True, True, True, True]),  # a tie of most common answers: both stand
+        ("minority", [5, 5, 5, 7, 7], [True, True, True, False, False]),
+        ("disagreement", [5, 5, 7], [False, False, False]),  # any disagreement: everyone rechecks
+        ("disagreement", [5, 5, 5], [True, True, True]),
+    ],
+)
+def test_which_critics_recheck(rule, answers, backed):
+    society = SimulatedDebate(SynthConfig(critic_recheck=rule), random.Random(0))
+    assert [society._backed(answers, n) for n in range(len(answers))] == backed
+
+
+def test_backed_critics_keep_a_good_society_right():
+    """The data-generating society with good agents (slip 0.05, as after finetuning): rechecking only the
+    minority keeps the round-2 majority at least at round 1's; rechecking on any disagreement (the first
+    recipe) lowered it, since two agreeing agents recomputed and slipped."""
+    from maft.debate.voting import majority_vote
+
+    def majorities(rule: str) -> tuple[float, float]:
+        society = SimulatedDebate(SynthConfig(slip_rate=0.05, critic_recheck=rule), random.Random(0))
+        first = second = 0
+        for _ in range(600):
+            expr = Expression.sample(society.rng)
+            convs = society.debate(expr, n_agents=3, rounds=2, concat=False)
+            answers = [[int(c[i]["content"].split("{")[-1].rstrip("}.")) for c in convs] for i in (1, 3)]
+            first += majority_vote(answers[0], lambda x, y: x == y).answer == expr.value
+            second += majority_vote(answers[1], lambda x, y: x == y).answer == expr.value
+        return first / 600, second / 600
+
+    one, two = majorities("minority")
+    assert two >= one
+    one, two = majorities("disagreement")
+    assert two < one - 0.1
 
 
 def test_synthetic_society_rewards_majority_and_debate():

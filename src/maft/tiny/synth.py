@@ -12,9 +12,14 @@ produces (``maft.prompts`` and the arithmetic task's prompt):
   ``156-725=-569``) was the first checkpoint's main error (6% right when the result is negative, 65%
   otherwise). ``"flip"`` writes ``x-y=-(y-x)=-r`` in one step.
 * **Rounds m > 1 (critic).** The agent sees its own previous answer and the other agents' answers
-  (as the ``answers`` digest, or their full solutions for ``concat``). If every answer agrees it
-  confirms its previous solution; otherwise it recomputes more carefully (``critic_slip_rate``).
-  So seeing other agents' answers helps, as debate does for real LLMs.
+  (as the ``answers`` digest, or their full solutions for ``concat``). When its answer is backed by
+  the others (``critic_recheck``: ``minority``, the default: its answer is a most common one and
+  shared by at least one other agent; ``disagreement``: every answer equals it) it confirms; otherwise
+  it recomputes more carefully (``critic_slip_rate``). It confirms in one short sentence that repeats
+  the answer (``critic_confirm="brief"``, the default: ``My answer agrees with the others. The answer is
+  \\boxed{523}.``), or by copying its whole previous solution (``"copy"``, the first checkpoints' recipe,
+  whose critics slipped a digit while copying a long chain and so broke right answers once finetuned
+  agents mostly agreed). So seeing other agents' answers helps, as debate does for real LLMs.
 * **Summaries.** The ``model`` summarizer request is answered with the answers digest.
 
 ``slip_rate`` is what the model learns as probability mass; sampling with top_p=0.9 removes about
@@ -60,6 +65,14 @@ class SynthConfig(BaseModel):
     )
     max_concat_others: int = Field(2, ge=1, description="at most this many full solutions in a concat message")
     p_third_round: float = Field(0.1, ge=0, le=1, description="share of debates that train a round-3 answer")
+    critic_confirm: Literal["brief", "copy"] = Field(
+        "brief", description="how a backed critic confirms: one sentence with the answer, or its whole solution again"
+    )
+    critic_recheck: Literal["minority", "disagreement"] = Field(
+        "minority",
+        description="when a critic recomputes: its answer is not a most common one shared with another agent "
+        "(minority), or any answer differs (disagreement)",
+    )
 
     def model_post_init(self, _: object) -> None:
         unknown = set(self.mix) - set(KINDS)
@@ -166,8 +179,8 @@ class SimulatedDebate:
                     message = prompts.critic_message(responses=[texts[i] for i in others])
                 else:
                     message = prompts.critic_message(summary=prompts.answers_digest([str(answers[i]) for i in others]))
-                if all(a == answers[n] for a in answers):
-                    text, answer = texts[n], answers[n]  # everyone agrees: confirm
+                if self._backed(answers, n):
+                    text, answer = self._confirm(texts[n], answers[n]), answers[n]
                 else:
                     text, answer = solve(
                         expr, self.rng, self.cfg.critic_slip_rate, self.cfg.subtraction
@@ -176,6 +189,19 @@ class SimulatedDebate:
                 new_answers.append(answer)
             answers = new_answers
         return convs
+
+    def _backed(self, answers: list[int], n: int) -> bool:
+        """Whether agent ``n``'s answer stands (``critic_recheck``, module docstring)."""
+        if self.cfg.critic_recheck == "disagreement":
+            return all(a == answers[n] for a in answers)
+        count = answers.count(answers[n])
+        return count >= 2 and count == max(answers.count(a) for a in answers)
+
+    def _confirm(self, text: str, answer: int) -> str:
+        """A backed critic's response (``critic_confirm``)."""
+        if self.cfg.critic_confirm == "copy":
+            return text
+        return f"My answer agrees with the others. The answer is \\boxed{{{answer}}}."
 
     def example(self, kind: Kind) -> Conversation:
         expr = Expression.sample(self.rng)
