@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from maft.compare import (
+    SHARED,
     CompareConfig,
     MethodResult,
     compare,
@@ -315,3 +316,29 @@ def test_several_seeds_average_their_diversity_and_sum_their_compute():
     assert _mean_diversity([None, None]) is None
     total = _summed([Compute(test_generated_tokens=5, seconds=1.5), Compute(test_generated_tokens=7, seconds=2.0)])
     assert total == Compute(test_generated_tokens=12, seconds=3.5)
+
+
+@pytest.mark.slow
+def test_a_comparison_generates_each_base_model_debate_once(tmp_path):
+    """maft at iteration 0 and the debate baseline debate the held-out problems with the same base model,
+    settings and seed: the second run reuses the first's debate, which is what it would have generated itself;
+    majority vote (one round) and another seed compute their own."""
+    out = tmp_path / "c"
+    cfg = load_compare_config(None, SMALL, ["maft", "debate", "majority"], [0, 1])
+    compare(cfg, out, progress=False)
+
+    def stage(method: str, seed: int) -> dict:
+        return json.loads((out / method / f"seed_{seed}" / "manifest.json").read_text())["stages"]["iter_0/debate_test"]
+
+    def turns(run) -> list[str]:
+        return [t.response for t in read_jsonl(run / "iter_0/debate_test.jsonl", Turn)]
+
+    for seed in (0, 1):
+        assert "reused" not in stage("maft", seed) and stage("debate", seed)["reused"] is True
+        assert "reused" not in stage("majority", seed)
+        assert turns(out / "debate" / f"seed_{seed}") == turns(out / "maft" / f"seed_{seed}")
+        assert stage("debate", seed)["generated_tokens"] == stage("maft", seed)["generated_tokens"]
+    assert len(list((out / SHARED).glob("*.jsonl"))) == 4  # maft's and majority's, per seed
+    alone = load_compare_config(None, SMALL, ["debate"], [1])
+    compare(alone, tmp_path / "alone", progress=False)  # generated, not reused: the same turns
+    assert turns(tmp_path / "alone" / "debate") == turns(out / "debate" / "seed_1")

@@ -222,6 +222,10 @@ def _validated(run: dict[str, Any]) -> RunConfig:
         raise ConfigError("invalid run config in the compare config:\n" + validation_errors(e, "run.")) from None
 
 
+#: The comparison's folder of the base model's debates, reused across its runs (module docstring).
+SHARED = ".shared"
+
+
 def compare(
     cfg: CompareConfig, out: Path, *, console: Console | None = None, progress: bool = True
 ) -> list[MethodResult]:
@@ -253,7 +257,7 @@ def compare(
         # server belong to one run directory
         same = (run_config.model, run_config.execution) == engine_model
         shared = engine if same and run_config.model.engine == "hf" else None
-        society = Society(store, console=console, progress=progress, engine=shared)
+        society = Society(store, console=console, progress=progress, engine=shared, shared_debates=out / SHARED)
         metrics = society.run()
         if society.engine_loaded and society.engine is not engine:
             if engine is not None:

@@ -165,6 +165,25 @@ def sampling(config: RunConfig) -> Sampling:
     return Sampling(temperature=d.temperature, top_p=d.top_p, max_new_tokens=d.max_new_tokens)
 
 
+def base_debate_key(config: RunConfig, problems: Sequence[Problem], *, seed: int, held_out: bool) -> str:
+    """What a debate of the base model computes, as a key: the model, the task, the debate settings (shape,
+    sampling, summarizer, vote rule's truncation), the problems and the seed; nothing of training, data or
+    execution. Two runs (e.g. two methods of ``maft compare`` at one run seed) whose base-model debates have the
+    same key generate the same turns (sampling is seeded per request), so one can reuse the other's."""
+    import hashlib
+    import json
+
+    blob = {
+        "model": config.model.model_dump(mode="json"),
+        "task": [config.task.name, config.task.options],
+        "debate": config.debate.model_dump(mode="json"),
+        "shape": list(config.debate.shape(held_out)),
+        "problems": [[p.id, p.question, p.answer] for p in problems],
+        "seed": seed,
+    }
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
 def run_debate(
     engine: AgentEngine,
     config: RunConfig,
