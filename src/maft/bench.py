@@ -91,16 +91,16 @@ class BenchError(ValueError):
     """A benchmark setting that cannot work; the message says what is accepted."""
 
 
-def parse_paths(text: str | Sequence[str]) -> list[str]:
-    """Path names from ``"a,b"`` (or a list), checked against :data:`PATHS`."""
+def parse_paths(text: str | Sequence[str], known: Sequence[str] = PATHS) -> list[str]:
+    """Path names from ``"a,b"`` (or a list), checked against ``known`` (default :data:`PATHS`), in its order."""
     names = [p.strip() for p in (text.split(",") if isinstance(text, str) else text) if p.strip()]
-    unknown = [p for p in names if p not in PATHS]
+    unknown = [p for p in names if p not in known]
     if unknown or not names:
         raise BenchError(
             f"unknown path{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown)) or '(none given)'}; "
-            f"accepted: {', '.join(PATHS)}"
+            f"accepted: {', '.join(known)}"
         )
-    return sorted(set(names), key=PATHS.index)
+    return sorted(set(names), key=list(known).index)
 
 
 @dataclass
@@ -290,7 +290,8 @@ def _gen_kwargs(cfg: BenchConfig, tok: Any, new_tokens: int) -> dict[str, Any]:
 
 
 # -- the paths -------------------------------------------------------------------------------------------
-def _sync(device: str) -> None:
+def synchronize(device: str) -> None:
+    """Wait for the work queued on a CUDA ``device``, so that a clock read next sees it done (a no-op elsewhere)."""
     import torch
 
     if device.startswith("cuda"):
@@ -316,10 +317,10 @@ def _authors(setup: Setup, cfg: BenchConfig) -> dict[str, Any]:
         return int(out.shape[1] - prompt.shape[1])
 
     one(models[0], ids[0], _gen_kwargs(cfg, tok, 2))  # warm-up
-    _sync(setup.device)
+    synchronize(setup.device)
     start = time.perf_counter()
     tokens = sum(one(model, prompt, kwargs) for prompt in ids for model in models)
-    _sync(setup.device)
+    synchronize(setup.device)
     return {
         "seconds": time.perf_counter() - start,
         "generated_tokens": tokens,
@@ -345,10 +346,10 @@ def _hf(setup: Setup, cfg: BenchConfig, merge: bool) -> dict[str, Any]:
     warm = _requests(setup, cfg, names)[:2]
     engine.generate([type(r)(r.messages, r.adapter, _sampling(cfg, 2)) for r in warm], seed=cfg.seed)
     requests = _requests(setup, cfg, names)
-    _sync(setup.device)
+    synchronize(setup.device)
     start = time.perf_counter()
     out = engine.generate(requests, seed=cfg.seed)
-    _sync(setup.device)
+    synchronize(setup.device)
     seconds = time.perf_counter() - start
     per_batch = min(cfg.batch_size, cfg.prompts if merge else len(requests))
     note = (
@@ -393,7 +394,7 @@ def _hf_cb(setup: Setup, cfg: BenchConfig) -> dict[str, Any]:
         continuous_batching_config=cb,
         warmup=False,
     )
-    _sync(setup.device)
+    synchronize(setup.device)
     start = time.perf_counter()
     tokens, errors = 0, []
     for model in models:
@@ -402,7 +403,7 @@ def _hf_cb(setup: Setup, cfg: BenchConfig) -> dict[str, Any]:
         )
         tokens += sum(len(o.generated_tokens) for o in out.values())
         errors += [o.error for o in out.values() if o.error]
-    _sync(setup.device)
+    synchronize(setup.device)
     seconds = time.perf_counter() - start
     if errors:
         raise RuntimeError(f"generate_batch failed for {len(errors)} requests: {errors[0]}")
@@ -695,6 +696,7 @@ __all__ = [
     "bench_generate",
     "markdown",
     "parse_paths",
+    "synchronize",
     "table",
     "write",
 ]

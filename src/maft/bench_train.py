@@ -55,7 +55,8 @@ from typing import Any
 
 from rich.markup import escape
 
-from maft.bench import SHAPES, BenchConfig, BenchError, isolated, machine, prepare
+from maft import bench
+from maft.bench import SHAPES, BenchConfig, BenchError, isolated, machine, prepare, synchronize
 
 #: Paths ``maft bench train`` knows, in the order they run.
 PATHS = ("lora-sequential", "lora-concurrent", "full-sequential")
@@ -78,14 +79,7 @@ PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
 
 def parse_paths(text: str | Sequence[str]) -> list[str]:
     """Path names from ``"a,b"`` (or a list), checked against :data:`PATHS`."""
-    names = [p.strip() for p in (text.split(",") if isinstance(text, str) else text) if p.strip()]
-    unknown = [p for p in names if p not in PATHS]
-    if unknown or not names:
-        raise BenchError(
-            f"unknown path{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown)) or '(none given)'}; "
-            f"accepted: {', '.join(PATHS)}"
-        )
-    return sorted(set(names), key=PATHS.index)
+    return bench.parse_paths(text, PATHS)
 
 
 @dataclass
@@ -224,13 +218,6 @@ def peak_flops(gpu_name: str) -> float | None:
 
 
 # -- the paths -------------------------------------------------------------------------------------------
-def _sync(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def _release(device: str) -> None:
     gc.collect()
     if device.startswith("cuda"):
@@ -248,14 +235,14 @@ def _sequential(work: Workload, tcfg: Any, out: Path) -> dict[str, Any]:
     clocks = {"setup": 0.0, "train": 0.0, "save": 0.0}
     steps = 0
     for seed, (role, examples) in enumerate(work.roles.items()):
-        _sync(work.device)
+        synchronize(work.device)
         began = time.perf_counter()
         trainer = sft_trainer(work.model_dir, examples, out / role / ".trainer", tcfg, seed=seed, device=work.device)
         trainer.remove_callback(PrinterCallback)
-        _sync(work.device)
+        synchronize(work.device)
         trained = time.perf_counter()
         steps += trainer.train().global_step
-        _sync(work.device)
+        synchronize(work.device)
         saved = time.perf_counter()
         trainer.model.save_pretrained(str(out / role))
         if tcfg.method == "full":
@@ -287,12 +274,12 @@ def _concurrent(work: Workload, tcfg: Any, out: Path) -> dict[str, Any]:
 
     def first_forward(original, *args, **kwargs):
         if "train_start" not in marks:
-            _sync(work.device)
+            synchronize(work.device)
             marks["train_start"] = time.perf_counter()
         return original(*args, **kwargs)
 
     def save(original, *args, **kwargs):
-        _sync(work.device)
+        synchronize(work.device)
         began = time.perf_counter()
         result = original(*args, **kwargs)
         marks["save"] += time.perf_counter() - began
@@ -302,11 +289,11 @@ def _concurrent(work: Workload, tcfg: Any, out: Path) -> dict[str, Any]:
         concurrent.RoleRun(role, examples, out / role, None, seed)
         for seed, (role, examples) in enumerate(work.roles.items())
     ]
-    _sync(work.device)
+    synchronize(work.device)
     began = time.perf_counter()
     with _clocked(concurrent, "forward_backward", first_forward), _clocked(concurrent, "save_adapter", save):
         results = concurrent.finetune_together(work.model_dir, runs, tcfg, device=work.device)
-    _sync(work.device)
+    synchronize(work.device)
     end = time.perf_counter()
     start = marks.get("train_start", end)
     return {

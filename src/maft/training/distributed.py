@@ -36,12 +36,9 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from maft.training.job import TrainJob, finetune_job
 from maft.training.sft import StepCallback, TrainResult
-
-if TYPE_CHECKING:
-    from maft.training.job import TrainJob
 
 #: The prefix of rank 0's progress lines.
 STEP = "maft-step"
@@ -101,7 +98,6 @@ def main(argv: list[str] | None = None) -> None:
     """One process of a launch: train the job; rank 0 reports progress and writes the result."""
     from maft.data.agent_data import Example
     from maft.store import read_jsonl
-    from maft.training.sft import finetune
 
     job_file, result_file = (Path(a) for a in (argv or sys.argv[1:]))
     job: TrainJob = pickle.loads(job_file.read_bytes())
@@ -114,19 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     def progress(done: int, total: int) -> None:
         print(f"{STEP} {done} {total}", flush=True)
 
-    result = finetune(
-        job.base_model,
-        examples,
-        job.out_dir,
-        job.config,
-        init_from=job.init_from,
-        seed=job.seed,
-        device=job.device,
-        on_step=progress if rank == 0 else None,
-        tracking=job.tracking if rank == 0 else None,
-        processes=world,
-        activation_checkpointing=job.activation_checkpointing,
-    )
+    result = finetune_job(job, examples, on_step=progress if rank == 0 else None, processes=world, main=rank == 0)
     if rank == 0:
         result_file.write_text(result.model_dump_json())
 

@@ -3,13 +3,14 @@ scheduler to the processes that train it (:mod:`maft.training.distributed`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from maft.config import TrainConfig
+from maft.data.agent_data import Example
 from maft.tracking import Tracking
-from maft.training.sft import TrainResult
+from maft.training.sft import StepCallback, TrainResult, finetune
 
 
 @dataclass(frozen=True)
@@ -30,3 +31,28 @@ class TrainJob:
 
 
 OnDone = Callable[[TrainJob, TrainResult], None]
+
+
+def finetune_job(
+    job: TrainJob,
+    examples: Sequence[Example],
+    *,
+    on_step: StepCallback | None = None,
+    processes: int = 1,
+    main: bool = True,
+) -> TrainResult:
+    """Train ``job`` on ``examples`` (its data file's) in this process, one of ``processes`` training it together;
+    only the ``main`` process logs to the job's tracker."""
+    return finetune(
+        job.base_model,
+        examples,
+        job.out_dir,
+        job.config,
+        init_from=job.init_from,
+        seed=job.seed,
+        device=job.device,
+        on_step=on_step,
+        tracking=job.tracking if main else None,
+        processes=processes,
+        activation_checkpointing=job.activation_checkpointing,
+    )

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from maft.config import ExecutionConfig
-from maft.training.job import OnDone, TrainJob
+from maft.training.job import OnDone, TrainJob, finetune_job
 from maft.training.sft import StepCallback, TrainResult
 
 
@@ -28,24 +28,12 @@ def run_job(job: TrainJob, on_step: StepCallback | None = None, threads: int | N
         return launch(job, job.processes, on_step, threads)
     from maft.data.agent_data import Example
     from maft.store import read_jsonl
-    from maft.training.sft import finetune
 
     if threads:
         import torch
 
         torch.set_num_threads(threads)
-    return finetune(
-        job.base_model,
-        read_jsonl(job.data, Example),
-        job.out_dir,
-        job.config,
-        init_from=job.init_from,
-        seed=job.seed,
-        device=job.device,
-        on_step=on_step,
-        tracking=job.tracking,
-        activation_checkpointing=job.activation_checkpointing,
-    )
+    return finetune_job(job, read_jsonl(job.data, Example), on_step=on_step)
 
 
 def run_local(
