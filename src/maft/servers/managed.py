@@ -5,8 +5,8 @@ One server process per entry of ``execution.server_devices`` (each sees only its
 port, its output appended to ``<run>/server-<i>.log``. ``start`` waits until every server lists its
 models at ``/v1/models`` (or stops with the log's last lines when one exits first).
 
-No orphans: a server runs in a process group of its own, asked to end (SIGTERM, then SIGKILL after
-30 s) when maft stops it, exits or is interrupted (``atexit``); and the kernel sends it a signal if
+No orphans: a server runs in a process group of its own, and the whole group (children included) is
+asked to end (SIGTERM, then SIGKILL for what is left after 30 s) when maft stops it, exits or is interrupted (``atexit``); and the kernel sends it a signal if
 maft itself dies without cleaning up (``PR_SET_PDEATHSIG``, Linux): SIGTERM, or SIGKILL for a server
 whose SIGTERM would wait for every request in flight (``parent_death_signal``).
 
@@ -132,25 +132,29 @@ class ManagedServers:
         return self.urls
 
     def stop(self, why: str | None = None) -> None:
-        """End every server process (and its children); a no-op when none runs."""
+        """End every server process and every process of its group (children such as vLLM's engine core
+        and multiprocessing's resource tracker outlive their parent by a moment); a no-op when none runs."""
         if not self.processes:
             return
         for p in self.processes:
-            if p.poll() is None:
-                try:  # the signal the server gets if maft dies: SIGKILL for transformers serve (module docstring)
-                    os.killpg(p.pid, self.parent_death_signal)
-                except ProcessLookupError:
-                    pass
+            try:  # the signal the server gets if maft dies: SIGKILL for transformers serve (module docstring)
+                os.killpg(p.pid, self.parent_death_signal)
+            except ProcessLookupError:
+                pass
         deadline = time.monotonic() + 30
         for p in self.processes:
             try:
                 p.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
+                pass
+            while _group_alive(p.pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if _group_alive(p.pid):
                 try:
                     os.killpg(p.pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-                p.wait()
+            p.wait()
         self.processes, self.urls = [], []
         if why:
             self.say(f"managed server(s) stopped: {why}")
@@ -159,6 +163,26 @@ class ManagedServers:
         path = self.log_dir / f"server-{i}.log"
         text = path.read_text(errors="replace").splitlines() if path.is_file() else []
         return f"last lines of {path}:\n" + "\n".join(text[-lines:])
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a live (not zombie) process is left in process group ``pgid``; where ``/proc`` is missing,
+    whether the group can still be signalled."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
+            return True
+    return False
 
 
 @atexit.register
