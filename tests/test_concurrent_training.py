@@ -324,3 +324,28 @@ def test_with_ray_the_concurrent_job_is_one_ray_task(data, tmp_path):
     for role, result in reported.items():
         assert result.trained_with == [r for r in data if r != role]
         assert (tmp_path / role / "adapter_model.safetensors").is_file()
+
+
+def test_with_ray_a_crash_of_the_concurrent_task_keeps_the_roles_that_finished(data, tmp_path):
+    """gen_1 (2 steps) is saved and streamed to the driver; the critic (3 steps) then fails to save (its directory
+    would be under a file); gen_0 (5 steps) never finishes. The driver has gen_1's result, then the error."""
+    ray = pytest.importorskip("ray")
+
+    (tmp_path / "blocker").write_text("a file, not a directory")
+    out = {"gen_0": tmp_path / "gen_0", "gen_1": tmp_path / "gen_1"}
+    jobs = []
+    for role, examples in data.items():
+        write_jsonl(tmp_path / f"{role}.jsonl", examples)
+        out_dir = out.get(role, tmp_path / "blocker" / role)
+        jobs.append(TrainJob(role, BASE, tmp_path / f"{role}.jsonl", out_dir, None, SEEDS[role], "cpu", CFG))
+    reported: dict[str, TrainResult] = {}
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        config = ExecutionConfig(scheduler="ray", concurrent_training=True, cpus_per_job=1)
+        with pytest.raises(Exception, match="blocker"):
+            run_ray(jobs, lambda job, result: reported.__setitem__(job.role, result), config)
+    finally:
+        ray.shutdown()
+    assert list(reported) == ["gen_1"] and reported["gen_1"].steps == 2
+    assert (tmp_path / "gen_1" / "adapter_model.safetensors").is_file()
+    assert not (tmp_path / "gen_0" / "adapter_model.safetensors").exists()

@@ -6,9 +6,10 @@ port, its output appended to ``<run>/server-<i>.log``. ``start`` waits until eve
 models at ``/v1/models`` (or stops with the log's last lines when one exits first).
 
 No orphans: a server runs in a process group of its own, and the whole group (children included) is
-asked to end (SIGTERM, then SIGKILL for what is left after 30 s) when maft stops it, exits or is interrupted (``atexit``); and the kernel sends it a signal if
-maft itself dies without cleaning up (``PR_SET_PDEATHSIG``, Linux): SIGTERM, or SIGKILL for a server
-whose SIGTERM would wait for every request in flight (``parent_death_signal``).
+asked to end (SIGTERM, then SIGKILL for what is left after 30 s) when maft stops it, exits or is
+interrupted (``atexit``); and the kernel sends it a signal if maft itself dies without cleaning up
+(``PR_SET_PDEATHSIG``, Linux): SIGTERM, or SIGKILL for a server whose SIGTERM would wait for every
+request in flight (``parent_death_signal``).
 
 ``stop_for_training``: on a single GPU the server holds most of its memory, so it is stopped while
 the 2N agents are finetuned and started again for the next debate (vLLM's sleep mode would keep the

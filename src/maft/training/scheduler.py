@@ -6,14 +6,17 @@ finishes (``on_done``), so a crash loses only the jobs still running. Trained to
 (:mod:`maft.training.concurrent`), the jobs share one copy of the base model and one training loop, and each
 is reported as soon as its role has taken its last step. With Ray, every job is a task
 that asks for ``gpus_per_job`` GPUs and ``cpus_per_job`` CPUs, so the jobs of an iteration run in
-parallel across the GPUs (and nodes) of a cluster; trained together, they are one such task, reported
-when it ends. The run directory (an absolute path) and the base
+parallel across the GPUs (and nodes) of a cluster; trained together, they are one such task, a Ray
+generator that streams each role's result to the driver as the role is saved, so that there too a crash
+loses only the roles still training. The run directory (an absolute path) and the base
 model must be reachable from every node, and the driver's generation engine keeps the GPU it holds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
 
 from maft.config import ExecutionConfig
 from maft.training.job import OnDone, TrainJob, finetune_job
@@ -77,16 +80,31 @@ def run_together(
     )
 
 
-def train_together(jobs: Sequence[TrainJob], threads: int | None = None) -> dict[str, TrainResult]:
-    """:func:`run_together`'s results by role (what a Ray task returns)."""
-    results: dict[str, TrainResult] = {}
-    run_together(jobs, lambda job, result: results.__setitem__(job.role, result), threads=threads)
-    return results
+def train_together(jobs: Sequence[TrainJob], threads: int | None = None) -> Iterator[tuple[str, TrainResult]]:
+    """:func:`run_together` as a generator of ``(role, result)``, each yielded as its role is saved (what a Ray
+    generator task streams to the driver); the training runs in a thread of this process, and its error, if
+    any, is raised here after the roles that finished."""
+    results: queue.Queue[tuple[str, TrainResult] | BaseException | None] = queue.Queue()
+
+    def train() -> None:
+        try:
+            run_together(jobs, lambda job, result: results.put((job.role, result)), threads=threads)
+            results.put(None)
+        except BaseException as e:  # handed to the generator, raised there
+            results.put(e)
+
+    worker = threading.Thread(target=train, name="maft-train-together", daemon=True)
+    worker.start()
+    while (item := results.get()) is not None:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+    worker.join()
 
 
 def run_ray(jobs: Sequence[TrainJob], on_done: OnDone, config: ExecutionConfig) -> None:
     """Submit every job to Ray at once; report each as it finishes (with ``config.concurrent_training``, all of
-    them in one task, reported when it ends)."""
+    them in one task that streams each role's result as the role is saved)."""
     try:
         import ray
     except ImportError:
@@ -99,11 +117,12 @@ def run_ray(jobs: Sequence[TrainJob], on_done: OnDone, config: ExecutionConfig) 
         import torch
 
         gpus = 1 if torch.cuda.is_available() else 0
-    if config.concurrent_training:  # one task trains them all
+    if config.concurrent_training:  # one generator task trains them all, streaming each role's result
+        by_role = {job.role: job for job in jobs}
         together = ray.remote(num_gpus=gpus, num_cpus=config.cpus_per_job)(train_together)
-        results = ray.get(together.remote(list(jobs), threads))
-        for job in jobs:
-            on_done(job, results[job.role])
+        for ref in together.remote(list(jobs), threads):
+            role, result = ray.get(ref)
+            on_done(by_role[role], result)
         return
     task = ray.remote(num_gpus=gpus, num_cpus=config.cpus_per_job)(run_job)
     pending = {task.remote(job, None, threads): job for job in jobs}
