@@ -20,7 +20,14 @@ from maft.evaluation.metrics import IterationMetrics
 from maft.loop import Society
 from maft.store import RunStore
 from maft.tiny import default_checkpoint
-from maft.tracking import SOCIETY, Tracking, iteration_scalars, read_scalars, trainer_arguments
+from maft.tracking import (
+    SOCIETY,
+    Tracking,
+    iteration_scalars,
+    read_scalars,
+    trainer_arguments,
+    trainer_callbacks,
+)
 from maft.training.concurrent import RoleRun, finetune_together
 from maft.training.sft import finetune, sft_config
 
@@ -80,6 +87,17 @@ def test_streams_are_grouped_per_run_and_role(tmp_path):
     assert elsewhere is not None and Path(elsewhere.logdir) == tmp_path / "tb" / "society"
     args = trainer_arguments(role)
     assert args["report_to"] == ["tensorboard"] and args["run_name"] == "r7/gen_1/iter_2"
+
+
+def test_wandb_gets_the_trainers_losses_from_maft_not_from_transformers(tmp_path):
+    """transformers' wandb callback logs into whatever run is open in the process (the society's): maft's own
+    callback logs a role's losses to a run of the role's own instead (tracking.trainer_callbacks)."""
+    both = Tracking.of(ExecutionConfig(report_to=["tensorboard", "wandb"]), tmp_path / "r", "gen_0/iter_1")
+    only = Tracking.of(ExecutionConfig(report_to=["wandb"]), tmp_path / "r", "gen_0/iter_1")
+    assert trainer_arguments(both)["report_to"] == ["tensorboard"]
+    assert trainer_arguments(only)["report_to"] == "none"
+    assert [type(c).__name__ for c in trainer_callbacks(both)] == ["LogToWandb"]
+    assert trainer_callbacks(Tracking.of(ExecutionConfig(report_to=["tensorboard"]), tmp_path / "r", "s")) == []
 
 
 # -- a missing backend -----------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ has started (a debate or a finetune in), checked before a run directory is creat
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -166,6 +167,26 @@ def check_tracking(execution: ExecutionConfig) -> None:
         module, install = PACKAGES[backend]
         if importlib.util.find_spec(module) is None:
             raise SetupError(f"execution.report_to={backend} needs {module}, which is not installed: {install}")
+        if backend == "mlflow":
+            _check_mlflow_store()
+
+
+def _check_mlflow_store() -> None:
+    """MLflow opens its tracking store (``MLFLOW_TRACKING_URI``) when a client is made, without contacting a
+    server: a store it refuses (a ``./mlruns`` file store since MLflow 3.x, a database without SQLAlchemy)
+    fails here rather than after the first debate."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient()
+    except Exception as e:  # MLflow's own errors: its message says what to change
+        uri = os.environ.get("MLFLOW_TRACKING_URI", "(unset: MLflow's default)")
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SetupError(
+            f"execution.report_to=mlflow: MLflow cannot open its tracking store MLFLOW_TRACKING_URI={uri}: {first} "
+            "(set MLFLOW_TRACKING_URI to a store MLflow accepts, e.g. sqlite:///mlflow.db with "
+            "pip install mlflow, or http://<server>)"
+        ) from None
 
 
 def check_memory(config: RunConfig, model: str | ModelCounts, memory: DeviceMemory | None = None) -> None:

@@ -8,9 +8,12 @@ What is logged, and where:
   trainer's ``train/loss``, ``train/learning_rate`` and ``train/grad_norm`` every optimizer step, and
   ``train/train_loss`` (the mean over the run) at its end, at step = the role's optimizer step. One by one,
   TRL's own integrations log them (``report_to``, ``run_name`` and ``project`` in
-  :func:`maft.training.sft.sft_config`; :func:`trainer_environment`); trained together
-  (:mod:`maft.training.concurrent`), :class:`MetricsLogger` logs ``train/loss``, ``train/learning_rate`` and
-  ``train/train_loss`` under the same names.
+  :func:`maft.training.sft.sft_config`; :func:`trainer_environment`), except wandb: transformers' wandb
+  callback uses wandb's one global run, and ``wandb.init`` in a process where another run is open (the
+  society's) returns that run instead of a new one, so the role's losses reach wandb through
+  :class:`MetricsLogger` in a trainer callback (:func:`trainer_callbacks`), a run of the role's own. Trained
+  together (:mod:`maft.training.concurrent`), :class:`MetricsLogger` logs ``train/loss``,
+  ``train/learning_rate`` and ``train/train_loss`` under the same names.
 - **the society** (one stream, named ``society``): every scalar of an iteration's metrics
   (:func:`iteration_scalars`: held-out majority and per-agent accuracy by round, agreement, label precision,
   data sizes, losses, diversity, compute) at step = the iteration (0: the base model), once each: logged when
@@ -25,13 +28,15 @@ How it is grouped (the run's name is the run directory's name, e.g. ``20260101-1
 - trackio, wandb: project ``maft``, group = the run's name, run name = ``<run>/<stream>``. They keep their own
   stores (trackio: local, ``TRACKIO_DIR``; wandb: its server, or ``WANDB_MODE=offline``).
 - mlflow: experiment ``maft``, run name = ``<run>/<stream>``, tag ``maft.run`` = the run's name; the store is
-  ``MLFLOW_TRACKING_URI`` (default: ``./mlruns``).
+  ``MLFLOW_TRACKING_URI`` (MLflow's default where unset; MLflow 3 refuses a ``./mlruns`` file store, and the
+  store is opened before anything is computed).
 
-A requested backend that is not installed is refused before anything is computed
-(:func:`maft.checks.check_tracking`). TensorBoard is tested for real (tests/test_tracking.py reads the event files
-back); trackio, wandb and mlflow are driven through their documented APIs (wandb >= 0.19.10, for several runs in
-one process) and are not installed in the tests. The trainers' settings reach transformers' callbacks partly
-through environment variables, set in the training process (:func:`set_trainer_environment`).
+A requested backend that is not installed, or an MLflow store that MLflow refuses, is refused before anything is
+computed (:func:`maft.checks.check_tracking`). TensorBoard is tested for real (tests/test_tracking.py reads the
+event files back); trackio, wandb and mlflow are driven through their documented APIs (wandb >= 0.19.10, for
+several runs in one process), are not installed in the tests, and were run by hand (README, "Experiment
+tracking"). The trainers' settings reach transformers' callbacks partly through environment variables, set in
+the training process (:func:`set_trainer_environment`).
 """
 
 from __future__ import annotations
@@ -107,8 +112,9 @@ def trainer_arguments(tracking: Tracking | None) -> dict[str, Any]:
     stream's run name, trackio's project (local only: no Space), and a log every optimizer step."""
     if tracking is None:
         return {"report_to": "none", "logging_steps": 10}
+    through_trl = [b for b in tracking.report_to if b != "wandb"]  # wandb: trainer_callbacks
     return {
-        "report_to": list(tracking.report_to),
+        "report_to": through_trl or "none",
         "run_name": tracking.name,
         "project": PROJECT,
         "trackio_static_space_id": False,
@@ -122,8 +128,6 @@ def trainer_environment(tracking: Tracking) -> dict[str, str]:
     env = {}
     if "tensorboard" in tracking.report_to:
         env["TENSORBOARD_LOGGING_DIR"] = tracking.logdir
-    if "wandb" in tracking.report_to:
-        env.update(WANDB_PROJECT=PROJECT, WANDB_RUN_GROUP=tracking.run)
     if "mlflow" in tracking.report_to:
         env.update(MLFLOW_EXPERIMENT_NAME=PROJECT, MLFLOW_TAGS=json.dumps({"maft.run": tracking.run}))
     return env
@@ -136,20 +140,32 @@ def set_trainer_environment(tracking: Tracking | None) -> None:
 
 
 def trainer_callbacks(tracking: Tracking | None) -> list:
-    """Callbacks that end what transformers' integrations leave open: its wandb callback does not finish its run,
-    so the next role trained in this process would log into it."""
+    """The trainer callbacks of what maft logs itself while a trainer trains: wandb (module docstring), a run of
+    the role's own that gets the trainer's logs as ``train/<name>`` at the optimizer step."""
     if tracking is None or "wandb" not in tracking.report_to:
         return []
     from transformers import TrainerCallback
 
-    class FinishWandb(TrainerCallback):
+    only_wandb = Tracking(("wandb",), tracking.run, tracking.stream, tracking.logdir)
+
+    class LogToWandb(TrainerCallback):
+        def __init__(self) -> None:
+            self.logger: MetricsLogger | None = None
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or not logs:
+                return
+            if self.logger is None:
+                self.logger = MetricsLogger(only_wandb)
+            numbers = {f"train/{k}": v for k, v in logs.items() if isinstance(v, int | float)}
+            self.logger.log(numbers, step=state.global_step)
+
         def on_train_end(self, args, state, control, **kwargs):
-            import wandb
+            if self.logger is not None:
+                self.logger.close()
+                self.logger = None
 
-            if wandb.run is not None:
-                wandb.finish()
-
-    return [FinishWandb()]
+    return [LogToWandb()]
 
 
 # -- maft's own logging (the society; concurrent training) ---------------------------------------------------
