@@ -14,7 +14,8 @@ has started (a debate or a finetune in), checked before a run directory is creat
   states and activations for the model, method, quantization, batch and length), against the free memory of
   the GPU the jobs train on, or the RAM available on a CPU; a plan that cannot fit is refused with the
   changes that would fit.
-- ``execution.report_to``: every tracking backend's library installed (:mod:`maft.tracking`).
+- ``execution.report_to``: every tracking backend's library installed, and for mlflow a tracking store that
+  MLflow opens (:mod:`maft.tracking`).
 - problems: a question longer than :data:`MAX_QUESTION_CHARS` characters is refused (it would abort the
   tokenizer in the middle of a debate).
 """
@@ -158,7 +159,8 @@ def check_quantization(config: RunConfig) -> None:
 
 
 def check_tracking(execution: ExecutionConfig) -> None:
-    """Every backend ``execution.report_to`` asks for has its library installed (the message says what to install)."""
+    """Every backend ``execution.report_to`` asks for has its library installed (the message says what to install);
+    for mlflow, MLflow opens the tracking store."""
     import importlib.util
 
     from maft.tracking import PACKAGES, backends
@@ -184,8 +186,8 @@ def _check_mlflow_store() -> None:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SetupError(
             f"execution.report_to=mlflow: MLflow cannot open its tracking store MLFLOW_TRACKING_URI={uri}: {first} "
-            "(set MLFLOW_TRACKING_URI to a store MLflow accepts, e.g. sqlite:///mlflow.db with "
-            "pip install mlflow, or http://<server>)"
+            "(set MLFLOW_TRACKING_URI to a store MLflow accepts, e.g. sqlite:///mlflow.db, which needs "
+            "SQLAlchemy: the full mlflow package, not mlflow-skinny; or http://<server>)"
         ) from None
 
 

@@ -13,7 +13,9 @@ What is logged, and where:
   society's) returns that run instead of a new one, so the role's losses reach wandb through
   :class:`MetricsLogger` in a trainer callback (:func:`trainer_callbacks`), a run of the role's own. Trained
   together (:mod:`maft.training.concurrent`), :class:`MetricsLogger` logs ``train/loss``,
-  ``train/learning_rate`` and ``train/train_loss`` under the same names.
+  ``train/learning_rate`` and ``train/train_loss`` under the same names. (The integrations keep their own
+  conventions: MLflow's names the keys ``loss``, ``learning_rate``, ... without ``train/``, and trackio's counts
+  steps from 0.)
 - **the society** (one stream, named ``society``): every scalar of an iteration's metrics
   (:func:`iteration_scalars`: held-out majority and per-agent accuracy by round, agreement, label precision,
   data sizes, losses, diversity, compute) at step = the iteration (0: the base model), once each: logged when
@@ -47,6 +49,7 @@ import os
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from numbers import Real
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -157,7 +160,7 @@ def trainer_callbacks(tracking: Tracking | None) -> list:
                 return
             if self.logger is None:
                 self.logger = MetricsLogger(only_wandb)
-            numbers = {f"train/{k}": v for k, v in logs.items() if isinstance(v, int | float)}
+            numbers = {f"train/{k}": v for k, v in logs.items() if isinstance(v, Real) and not isinstance(v, bool)}
             self.logger.log(numbers, step=state.global_step)
 
         def on_train_end(self, args, state, control, **kwargs):

@@ -138,10 +138,7 @@ class ManagedServers:
         if not self.processes:
             return
         for p in self.processes:
-            try:  # the signal the server gets if maft dies: SIGKILL for transformers serve (module docstring)
-                os.killpg(p.pid, self.parent_death_signal)
-            except ProcessLookupError:
-                pass
+            _signal_group(p.pid, self.parent_death_signal)  # what the server gets if maft dies (module docstring)
         deadline = time.monotonic() + 30
         for p in self.processes:
             try:
@@ -151,10 +148,10 @@ class ManagedServers:
             while _group_alive(p.pid) and time.monotonic() < deadline:
                 time.sleep(0.1)
             if _group_alive(p.pid):
-                try:
-                    os.killpg(p.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                _signal_group(p.pid, signal.SIGKILL)
+                killed = time.monotonic() + 5
+                while _group_alive(p.pid) and time.monotonic() < killed:
+                    time.sleep(0.05)
             p.wait()
         self.processes, self.urls = [], []
         if why:
@@ -164,6 +161,15 @@ class ManagedServers:
         path = self.log_dir / f"server-{i}.log"
         text = path.read_text(errors="replace").splitlines() if path.is_file() else []
         return f"last lines of {path}:\n" + "\n".join(text[-lines:])
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    """Send ``sig`` to process group ``pgid``; a group already gone (or, on BSDs, left with zombies only) is
+    not an error."""
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _group_alive(pgid: int) -> bool:

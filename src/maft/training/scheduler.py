@@ -119,10 +119,16 @@ def run_ray(jobs: Sequence[TrainJob], on_done: OnDone, config: ExecutionConfig) 
         gpus = 1 if torch.cuda.is_available() else 0
     if config.concurrent_training:  # one generator task trains them all, streaming each role's result
         by_role = {job.role: job for job in jobs}
-        together = ray.remote(num_gpus=gpus, num_cpus=config.cpus_per_job)(train_together)
-        for ref in together.remote(list(jobs), threads):
-            role, result = ray.get(ref)
-            on_done(by_role[role], result)
+        # no retry: a retried task would train and report again the roles already recorded (resume redoes the rest)
+        together = ray.remote(num_gpus=gpus, num_cpus=config.cpus_per_job, max_retries=0)(train_together)
+        stream = together.remote(list(jobs), threads)
+        try:
+            for ref in stream:
+                role, result = ray.get(ref)
+                on_done(by_role[role], result)
+        except BaseException:  # the driver stops (an error, Ctrl-C): so does the task
+            ray.cancel(stream, force=True)
+            raise
         return
     task = ray.remote(num_gpus=gpus, num_cpus=config.cpus_per_job)(run_job)
     pending = {task.remote(job, None, threads): job for job in jobs}
