@@ -48,7 +48,7 @@ import math
 import os
 import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from numbers import Real
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -149,7 +149,7 @@ def trainer_callbacks(tracking: Tracking | None) -> list:
         return []
     from transformers import TrainerCallback
 
-    only_wandb = Tracking(("wandb",), tracking.run, tracking.stream, tracking.logdir)
+    only_wandb = replace(tracking, report_to=("wandb",))
 
     class LogToWandb(TrainerCallback):
         def __init__(self) -> None:

@@ -145,13 +145,9 @@ class ManagedServers:
                 p.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 pass
-            while _group_alive(p.pid) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if _group_alive(p.pid):
+            if not _group_ended(p.pid, deadline):
                 _signal_group(p.pid, signal.SIGKILL)
-                killed = time.monotonic() + 5
-                while _group_alive(p.pid) and time.monotonic() < killed:
-                    time.sleep(0.05)
+                _group_ended(p.pid, time.monotonic() + 5)
             p.wait()
         self.processes, self.urls = [], []
         if why:
@@ -190,6 +186,16 @@ def _group_alive(pgid: int) -> bool:
         if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
             return True
     return False
+
+
+def _group_ended(pgid: int, deadline: float) -> bool:
+    """Wait until no live process is left in process group ``pgid``, or until ``deadline`` (monotonic);
+    whether the group ended."""
+    while _group_alive(pgid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 @atexit.register
