@@ -22,7 +22,15 @@ from maft.config import ConfigError, RunConfig, TrainConfig, load_config
 from maft.data.agent_data import Example
 from maft.loop import prepare
 from maft.tiny import default_checkpoint
-from maft.training.memory import NF4_BYTES, DeviceMemory, ModelCounts, device_memory, estimate
+from maft.training.memory import (
+    NF4_BYTES,
+    DeviceMemory,
+    ModelCounts,
+    activation_checkpointing,
+    device_memory,
+    engine_weights,
+    estimate,
+)
 from maft.training.sft import quantization_config, sft_trainer
 
 GB = 10**9
@@ -189,6 +197,29 @@ def test_the_embedded_model_s_default_run_fits_here():
     assert memory is not None and memory.free > 0
     check_memory(RunConfig(), str(default_checkpoint()))  # about 0.2 GB
     assert estimate(RunConfig().train, str(default_checkpoint())).total < GB
+
+
+def test_activation_checkpointing_is_automatic_only_where_memory_needs_it(llama8b):
+    """None (the default) recomputes activations only where a job would not fit without them; set, it is obeyed."""
+    config = load_config(None, ["iterations=1"])  # LoRA; the hf engine holds the base model beside the jobs
+    without = estimate(config.train, llama8b, gradient_checkpointing=False).total + engine_weights(config, llama8b)
+    with_it = estimate(config.train, llama8b, gradient_checkpointing=True).total + engine_weights(config, llama8b)
+    assert with_it < without  # activations of 16 x 1024 tokens: what recomputing saves
+
+    def gpu(need: int) -> DeviceMemory:  # free memory that leaves 10% (HEADROOM) spare above ``need``
+        return DeviceMemory(math.ceil(need / 0.9) + 1, "cuda", "a GPU")
+
+    assert activation_checkpointing(config, llama8b, gpu(without)) is False  # fits without: not recomputed
+    assert activation_checkpointing(config, llama8b, gpu(with_it)) is True  # fits only with it
+    check_memory(config, llama8b, gpu(with_it))  # and such a plan is accepted, not refused
+    assert activation_checkpointing(config, llama8b, None) is True  # unknown memory (a Ray cluster): on
+    for chosen in (True, False):
+        set_ = load_config(None, ["iterations=1", f"execution.activation_checkpointing={str(chosen).lower()}"])
+        assert activation_checkpointing(set_, llama8b, gpu(with_it)) is chosen
+        assert activation_checkpointing(set_, llama8b, gpu(without)) is chosen
+    # the embedded model on this machine's RAM: off
+    tiny = ModelCounts.of(str(default_checkpoint()))
+    assert activation_checkpointing(RunConfig(), tiny, device_memory(RunConfig())) is False
 
 
 def test_a_huge_batch_is_refused_through_the_cli_before_a_run_directory_exists(tmp_path):

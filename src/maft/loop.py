@@ -52,6 +52,7 @@ from maft.store import (
 )
 from maft.tasks import Splits, Task, get_task
 from maft.tracking import SOCIETY, MetricsLogger, Tracking, iteration_scalars, role_stream
+from maft.training.memory import ModelCounts, activation_checkpointing, device_memory
 from maft.training.scheduler import TrainJob, run_local, run_ray, run_together
 from maft.training.sft import TrainResult, check_critic_loss
 
@@ -337,6 +338,16 @@ class Society:
             )
         return info
 
+    def _activation_checkpointing(self) -> bool:
+        """``execution.activation_checkpointing``, resolved against the memory the jobs have now."""
+        x = self.config.execution.activation_checkpointing
+        if x is not None:
+            return x
+        on = activation_checkpointing(self.config, ModelCounts.of(self.base_model), device_memory(self.config))
+        why = "a job would not fit without it, or its memory is unknown" if on else "the jobs fit without it"
+        self.console.print(f"  activation checkpointing {'on' if on else 'off'} (auto: {why})")
+        return on
+
     def _train(self, it: int) -> None:
         """Finetune every role of iteration ``it`` not finished yet; each is a stage of its own."""
         cfg = self.config
@@ -344,11 +355,14 @@ class Society:
         all_roles = trained_roles(cfg)
         jobs: list[TrainJob] = []
         every = roles(cfg.debate.agents, cfg.debate.rounds)
+        checkpointing: bool | None = None  # resolved when a role is left to train
         for role in all_roles:
             i = every.index(role) if role in every else 0  # a role's seed does not depend on which roles train
             if self._kept(f"iter_{it}/train/{role}"):
                 continue
             previous = self.store.iter_dir(it - 1) / "agents" / role
+            if checkpointing is None:
+                checkpointing = self._activation_checkpointing()
             jobs.append(
                 TrainJob(
                     role=role,
@@ -361,7 +375,7 @@ class Society:
                     config=cfg.train,
                     tracking=self._role_tracking(role, it),
                     processes=cfg.execution.job_processes,
-                    activation_checkpointing=cfg.execution.activation_checkpointing,
+                    activation_checkpointing=checkpointing,
                 )
             )
         if not jobs:

@@ -321,7 +321,7 @@ def refusal(config: RunConfig, counts: ModelCounts, memory: DeviceMemory) -> str
     Pure: the caller measures ``memory`` (per GPU, for a job sharded over several)."""
     train = config.train
     room = memory.free * (1 - HEADROOM)
-    checkpointing, k = config.execution.activation_checkpointing, shards(config, memory.kind)
+    checkpointing, k = config.execution.activation_checkpointing is not False, shards(config, memory.kind)
     together = len(trained_roles(config)) if config.execution.concurrent_training else 1
 
     def needs(changed: TrainConfig, over: int = k) -> int:
@@ -364,6 +364,21 @@ def refusal(config: RunConfig, counts: ModelCounts, memory: DeviceMemory) -> str
     return f"{problem}{even}: use a smaller model or a device with more memory" + (
         " (or model.engine=openai, a server elsewhere)" if engine else ""
     )
+
+
+def activation_checkpointing(config: RunConfig, counts: ModelCounts, memory: DeviceMemory | None) -> bool:
+    """``execution.activation_checkpointing`` resolved: as set, or (None) on only where a job would not fit in
+    ``memory`` without it, :data:`HEADROOM` kept free and the generation engine's share counted (on where the
+    memory is unknown). Recomputing changes only speed and memory, not the gradients (up to rounding)."""
+    chosen = config.execution.activation_checkpointing
+    if chosen is not None:
+        return chosen
+    if memory is None:
+        return True
+    together = len(trained_roles(config)) if config.execution.concurrent_training else 1
+    k = shards(config, memory.kind)
+    need = estimate(config.train, counts, gradient_checkpointing=False, shards=k, roles=together).total
+    return need + engine_weights(config, counts) > memory.free * (1 - HEADROOM)
 
 
 def _alternatives(train: TrainConfig, kind: str) -> list[list[TrainConfig]]:
