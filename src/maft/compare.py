@@ -106,6 +106,10 @@ class MethodResult(BaseModel):
         return self.accuracy_ci or self.accuracy
 
 
+#: The largest seed count ``seeds: K`` takes: a larger number is much more likely a seed meant as a name.
+MAX_SEED_COUNT = 20
+
+
 class CompareConfig(BaseModel):
     """A comparison: which methods, on which run config (a run YAML's sections; default: the embedded default)."""
 
@@ -123,6 +127,12 @@ class CompareConfig(BaseModel):
     def _seeds(cls, seeds: int | list[int] | None) -> int | list[int] | None:
         if isinstance(seeds, int) and seeds < 1:
             raise ValueError(f"seeds must be at least 1, got {seeds}")
+        if isinstance(seeds, int) and seeds > MAX_SEED_COUNT:
+            raise ValueError(
+                f"seeds {seeds} is a count: {seeds} runs of every method; to run the one seed {seeds}, name it as a "
+                f"list (--seeds {seeds}, on the command line, seeds: [{seeds}] in YAML) or set seed={seeds}; "
+                f"a count above {MAX_SEED_COUNT} is refused (name the seeds to run more)"
+            )
         if isinstance(seeds, list):
             if not seeds:
                 raise ValueError("seeds is an empty list")
