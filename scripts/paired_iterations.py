@@ -17,22 +17,23 @@ from maft.debate.transcript import Turn
 from maft.debate.voting import VoteRule
 from maft.evaluation.metrics import majority_scores
 from maft.evaluation.statistics import Scores, paired_difference
-from maft.loop import Society
-from maft.store import RunStore, read_jsonl
+from maft.store import read_jsonl
+from maft.tasks import get_task
 
 
 def scores(method_dir: Path, last_round: int | None = None) -> list[Scores]:
     """Per iteration: the stacked per-problem scores of every ``seed_<s>`` run (turns up to ``last_round``)."""
     per_iteration: dict[int, list] = {}
     for root in sorted(method_dir.glob("seed_*")):
-        config = load_config(root / "config.yaml")
-        society = Society(RunStore.open(root, config), progress=False)
-        rule, test = VoteRule.of(config), society.splits.test
+        config = load_config(root / "config.yaml")  # read only: nothing in the run directory is written
+        task = get_task(config.task.name, **config.task.options)
+        test = task.splits(config.task.n_train, config.task.n_test, seed=config.split_seed).test
+        rule = VoteRule.of(config)
         for it in range(config.iterations + 1):
             turns = read_jsonl(root / f"iter_{it}" / "debate_test.jsonl", Turn)
             if last_round is not None:
                 turns = [t for t in turns if t.round <= last_round]
-            kept = majority_scores(turns, society.task, test, rule)
+            kept = majority_scores(turns, task, test, rule)
             per_iteration.setdefault(it, []).append((int(root.name.removeprefix("seed_")), [p.id for p in test], kept))
     return [Scores.stack(per_iteration[it], what=method_dir.name) for it in sorted(per_iteration)]
 
@@ -48,4 +49,6 @@ def main(out: str, method: str) -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit("usage: python scripts/paired_iterations.py COMPARISON_DIR METHOD  (e.g. runs/iterations maft)")
     main(*sys.argv[1:3])

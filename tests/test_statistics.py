@@ -292,7 +292,7 @@ def test_a_one_seed_comparison_keeps_its_layout_and_standard_errors(tmp_path):
         ("x", "is neither a count"),
         ("0", "seeds must be at least 1"),
         ("1,1", "repeat a seed"),
-        ("101", "to run the one seed 101, name it as a list (--seeds 101, on the command line"),
+        ("101", "to run the one seed 101, name it as a list (--seeds '101,' with a trailing comma"),
     ],
 )
 def test_bad_seeds_on_the_command_line_are_one_error_line(tmp_path, seeds, message):

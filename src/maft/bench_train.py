@@ -6,6 +6,8 @@ examples (seeded), one epoch. A generation role's example is an arithmetic task 
 and a second-round user turn (other agents' answers), with a completion of ``critic_tokens`` digits (every digit
 is one token of the tiny model's tokenizer, which every shape uses). Loss on the completion only
 (``train.critic_loss=final``); the rest is :class:`~maft.config.TrainConfig`'s defaults, with ``bf16`` on CUDA.
+Activation checkpointing is on (TRL's default, as every number in the README was measured) unless
+``activation_checkpointing=False``; a run's default decides it from memory (:mod:`maft.training.memory`).
 Paths:
 
 - ``lora-sequential``: the roles' LoRA adapters one after another, each loading the base model, as the loop's
@@ -96,6 +98,7 @@ class TrainBenchConfig:
     peak_tflops: float | None = None  # peak dense FLOP/s for the MFU, in TFLOP/s (default: known GPUs by name)
     isolate: bool = True  # each path in a fresh process (its own peak memory)
     threads: int | None = None  # CPU: torch threads (default: every core this process may use)
+    activation_checkpointing: bool = True  # recompute activations in the backward pass (TRL's default)
 
     def check(self) -> None:
         self.paths = parse_paths(self.paths)
@@ -226,7 +229,7 @@ def _release(device: str) -> None:
         torch.cuda.empty_cache()
 
 
-def _sequential(work: Workload, tcfg: Any, out: Path) -> dict[str, Any]:
+def _sequential(work: Workload, tcfg: Any, out: Path, checkpointing: bool = True) -> dict[str, Any]:
     """finetune's steps per role, one role after another, with clocks between them."""
     from transformers import PrinterCallback
 
@@ -237,7 +240,15 @@ def _sequential(work: Workload, tcfg: Any, out: Path) -> dict[str, Any]:
     for seed, (role, examples) in enumerate(work.roles.items()):
         synchronize(work.device)
         began = time.perf_counter()
-        trainer = sft_trainer(work.model_dir, examples, out / role / ".trainer", tcfg, seed=seed, device=work.device)
+        trainer = sft_trainer(
+            work.model_dir,
+            examples,
+            out / role / ".trainer",
+            tcfg,
+            seed=seed,
+            device=work.device,
+            activation_checkpointing=checkpointing,
+        )
         trainer.remove_callback(PrinterCallback)
         synchronize(work.device)
         trained = time.perf_counter()
@@ -266,7 +277,7 @@ def _clocked(module: Any, name: str, call: Any):
         setattr(module, name, original)
 
 
-def _concurrent(work: Workload, tcfg: Any, out: Path) -> dict[str, Any]:
+def _concurrent(work: Workload, tcfg: Any, out: Path, checkpointing: bool = True) -> dict[str, Any]:
     """finetune_together, its first forward marking the end of set-up and its saves timed apart."""
     from maft.training import concurrent
 
@@ -292,7 +303,9 @@ def _concurrent(work: Workload, tcfg: Any, out: Path) -> dict[str, Any]:
     synchronize(work.device)
     began = time.perf_counter()
     with _clocked(concurrent, "forward_backward", first_forward), _clocked(concurrent, "save_adapter", save):
-        results = concurrent.finetune_together(work.model_dir, runs, tcfg, device=work.device)
+        results = concurrent.finetune_together(
+            work.model_dir, runs, tcfg, device=work.device, activation_checkpointing=checkpointing
+        )
     synchronize(work.device)
     end = time.perf_counter()
     start = marks.get("train_start", end)
@@ -321,7 +334,8 @@ def run_path(path: str, work: Workload, cfg: TrainBenchConfig) -> dict[str, Any]
     tcfg = train_config(path.split("-")[0], cfg, work.device)
     out = Path(tempfile.mkdtemp(prefix=f"maft-bench-train-{path}-"))
     try:
-        result = (_concurrent if path == "lora-concurrent" else _sequential)(work, tcfg, out)
+        trains = _concurrent if path == "lora-concurrent" else _sequential
+        result = trains(work, tcfg, out, cfg.activation_checkpointing)
     finally:
         shutil.rmtree(out, ignore_errors=True)
     if cuda:

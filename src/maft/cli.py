@@ -670,6 +670,9 @@ def bench_train_command(
     ] = None,
     isolate: Annotated[bool, typer.Option(help="run each path in a fresh process (its own peak memory)")] = True,
     threads: Annotated[int | None, typer.Option(min=1, help="CPU: torch threads (default: all cores)")] = None,
+    activation_checkpointing: Annotated[
+        bool, typer.Option(help="recompute activations in the backward pass (TRL's default; a run decides by memory)")
+    ] = True,
 ) -> None:
     """One iteration's finetuning (R roles x E examples, one epoch) on each path: examples/s, tokens/s,
     set-up and training seconds, concurrent over sequential speedup, MFU on a GPU, peak memory."""
@@ -690,6 +693,7 @@ def bench_train_command(
             peak_tflops=peak_tflops,
             isolate=isolate,
             threads=threads,
+            activation_checkpointing=activation_checkpointing,
         )
         cfg.check()
         start = time.perf_counter()

@@ -130,7 +130,7 @@ class CompareConfig(BaseModel):
         if isinstance(seeds, int) and seeds > MAX_SEED_COUNT:
             raise ValueError(
                 f"seeds {seeds} is a count: {seeds} runs of every method; to run the one seed {seeds}, name it as a "
-                f"list (--seeds {seeds}, on the command line, seeds: [{seeds}] in YAML) or set seed={seeds}; "
+                f"list (--seeds '{seeds},' with a trailing comma, or seeds: [{seeds}] in YAML) or set seed={seeds}; "
                 f"a count above {MAX_SEED_COUNT} is refused (name the seeds to run more)"
             )
         if isinstance(seeds, list):

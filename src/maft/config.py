@@ -101,8 +101,9 @@ class ExecutionConfig(Strict):
         None,
         description="recompute each layer's activations in the backward pass to save memory (under FSDP through "
         "FSDP's own activation checkpointing); None: only when a job would not fit without it (maft's memory "
-        "estimate against the device's free memory; on when that cannot be known), since recomputing costs "
-        "about a third more compute (1.5x slower training of the embedded model on a CPU)",
+        "estimate against the device's free memory; on when that cannot be known or several jobs share a "
+        "device), since recomputing costs a second forward pass (1.48x slower training of the embedded model on "
+        "a CPU)",
     )
     concurrent_training: bool = Field(
         False,

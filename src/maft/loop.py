@@ -17,6 +17,7 @@ Each stage's outputs land in ``<run>/iter_<l>/`` before the stage is recorded in
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -339,10 +340,15 @@ class Society:
         return info
 
     def _activation_checkpointing(self) -> bool:
-        """``execution.activation_checkpointing``, resolved against the memory the jobs have now."""
+        """``execution.activation_checkpointing``, resolved against the memory free now (call it once the engine
+        has stepped aside: what it keeps loaded is then already taken)."""
         x = self.config.execution.activation_checkpointing
         if x is not None:
             return x
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # memory the engine's allocator caches but no longer uses is free to the jobs
         on = activation_checkpointing(self.config, ModelCounts.of(self.base_model), device_memory(self.config))
         why = "a job would not fit without it, or its memory is unknown" if on else "the jobs fit without it"
         self.console.print(f"  activation checkpointing {'on' if on else 'off'} (auto: {why})")
@@ -355,14 +361,11 @@ class Society:
         all_roles = trained_roles(cfg)
         jobs: list[TrainJob] = []
         every = roles(cfg.debate.agents, cfg.debate.rounds)
-        checkpointing: bool | None = None  # resolved when a role is left to train
         for role in all_roles:
             i = every.index(role) if role in every else 0  # a role's seed does not depend on which roles train
             if self._kept(f"iter_{it}/train/{role}"):
                 continue
             previous = self.store.iter_dir(it - 1) / "agents" / role
-            if checkpointing is None:
-                checkpointing = self._activation_checkpointing()
             jobs.append(
                 TrainJob(
                     role=role,
@@ -375,13 +378,14 @@ class Society:
                     config=cfg.train,
                     tracking=self._role_tracking(role, it),
                     processes=cfg.execution.job_processes,
-                    activation_checkpointing=checkpointing,
                 )
             )
         if not jobs:
             return
         if self.engine_loaded:
             self.engine.release()  # a managed server on the training GPU steps aside (maft.servers.managed)
+        checkpointing = self._activation_checkpointing()
+        jobs = [dataclasses.replace(job, activation_checkpointing=checkpointing) for job in jobs]
 
         def done(job: TrainJob, result: TrainResult) -> None:
             if saved_kind(job.out_dir, missing_ok=True) is None:

@@ -22,8 +22,8 @@ real trainer in tests/test_memory.py):
   its norms' inputs and outputs (4h), the rotated queries and the attention output (2h), keys and values
   (2kv), the MLP's gate, activation, up projection and product (4i); h: the hidden size, kv: the key/value
   width (key-value heads x head size), i: the MLP width; attention by a fused kernel that keeps no s x s
-  scores. Without gradient checkpointing the L layers keep ``L*A``; with it (TRL's default, which maft
-  keeps) only each layer's input, plus one layer recomputed at a time: ``L*h + A``. The logits add
+  scores. Without gradient checkpointing the L layers keep ``L*A``; with it only each layer's input, plus
+  one layer recomputed at a time: ``L*h + A``. The logits add
   ``V*(d + 8)`` bytes per token (V: the vocabulary; the logits, and the loss's fp32 log-softmax and its
   gradient). In all: ``b*s*((L*h + A)*d + V*(d + 8))`` with checkpointing.
 - ``roles``: with ``execution.concurrent_training`` one job trains every LoRA role of the iteration on one
@@ -42,7 +42,14 @@ when they are whole models (``train.method=full``, or merged adapters).
 Not counted: the CUDA context and the allocator's fragmentation (a few hundred MB to a few GB), optimizer
 temporaries, and the attention scores of a backend that materializes them (CPU with padding masks may).
 The estimate is a floor for what a job holds at its peak, so the check refuses only plans that cannot fit;
-the fixes it names leave :data:`HEADROOM` of the free memory spare.
+the fixes it names leave :data:`HEADROOM` of the free memory spare. The check counts activations with
+checkpointing (the least a job can hold).
+
+The same estimate decides ``execution.activation_checkpointing`` left at None (:func:`activation_checkpointing`),
+when an iteration's training starts, against what is free then (after a managed server has stepped aside;
+with the in-process engine loaded beside the jobs, its memory is already taken): without checkpointing where one
+job without it fits with :data:`HEADROOM` to spare, with it where it does not, where the memory is unknown, or
+where several jobs or processes share one device's memory (:func:`shares_a_device`).
 """
 
 from __future__ import annotations
@@ -187,7 +194,7 @@ def estimate(
     roles: int = 1,
 ) -> MemoryEstimate:
     """The memory one job of ``train`` needs on ``model`` (a model directory, hub id, transformers config, or
-    its :class:`ModelCounts`). ``gradient_checkpointing``: None = what the trainer does (TRL's default);
+    its :class:`ModelCounts`). ``gradient_checkpointing``: None = TRL's default (on: the figure a refusal uses);
     ``shards``: how many GPUs share the states (FSDP; module docstring); ``roles``: LoRA roles trained together
     on the one base (``execution.concurrent_training``), each with its adapter, gradients and optimizer states,
     their mini-batches in one forward."""
@@ -233,7 +240,7 @@ def estimate(
 
 
 def trl_checkpoints() -> bool:
-    """Whether TRL's SFTConfig turns gradient checkpointing on by default (maft's trainer keeps the default)."""
+    """Whether TRL's SFTConfig turns gradient checkpointing on by default."""
     from trl import SFTConfig
 
     return bool(SFTConfig.__dataclass_fields__["gradient_checkpointing"].default)
@@ -366,19 +373,31 @@ def refusal(config: RunConfig, counts: ModelCounts, memory: DeviceMemory) -> str
     )
 
 
+def shares_a_device(config: RunConfig, kind: str) -> bool:
+    """Whether several finetuning jobs, or several processes of one job, may hold one device's memory at once
+    (the estimate is per job and process): Ray jobs on a CPU or on a fraction of a GPU each, or data-parallel
+    processes on a CPU (each a whole copy). Local jobs run one at a time; FSDP gives each process a GPU."""
+    x = config.execution
+    gpus = 1 if x.gpus_per_job is None else x.gpus_per_job  # None: a whole GPU per job where there are GPUs
+    ray_shares = x.scheduler == "ray" and not x.concurrent_training and (kind == "cpu" or gpus < 1)
+    return ray_shares or (kind == "cpu" and x.job_processes > 1)
+
+
 def activation_checkpointing(config: RunConfig, counts: ModelCounts, memory: DeviceMemory | None) -> bool:
-    """``execution.activation_checkpointing`` resolved: as set, or (None) on only where a job would not fit in
-    ``memory`` without it, :data:`HEADROOM` kept free and the generation engine's share counted (on where the
-    memory is unknown). Recomputing changes only speed and memory, not the gradients (up to rounding)."""
+    """``execution.activation_checkpointing`` resolved: as set, or (None) off only where one job without it fits
+    in ``memory`` with :data:`HEADROOM` to spare. ``memory``: what the jobs have free when they start (the
+    generation engine, if it stays loaded, already holding its share: measure after it has stepped aside).
+    On where the memory is unknown (Ray on a cluster) or shared by several jobs or processes
+    (:func:`shares_a_device`). Recomputing changes only speed and memory, not the gradients (up to rounding)."""
     chosen = config.execution.activation_checkpointing
     if chosen is not None:
         return chosen
-    if memory is None:
+    if memory is None or shares_a_device(config, memory.kind):
         return True
     together = len(trained_roles(config)) if config.execution.concurrent_training else 1
     k = shards(config, memory.kind)
     need = estimate(config.train, counts, gradient_checkpointing=False, shards=k, roles=together).total
-    return need + engine_weights(config, counts) > memory.free * (1 - HEADROOM)
+    return need > memory.free * (1 - HEADROOM)
 
 
 def _alternatives(train: TrainConfig, kind: str) -> list[list[TrainConfig]]:

@@ -146,8 +146,10 @@ def _tokenizer(base_model: str) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def _load_trainable(base_model: str, init_from: Path | None, cfg: TrainConfig, dtype):
-    """The model to train and the PEFT config to hand TRL (None when the model already is a PeftModel)."""
+def _load_trainable(base_model: str, init_from: Path | None, cfg: TrainConfig, dtype, *, checkpointing: bool = True):
+    """The model to train and the PEFT config to hand TRL (None when the model already is a PeftModel).
+    ``checkpointing``: whether a quantized base is prepared for activation checkpointing (PEFT's default turns it
+    on; off, it is left off, as the trainer is told)."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -158,7 +160,8 @@ def _load_trainable(base_model: str, init_from: Path | None, cfg: TrainConfig, d
     if quantization is not None:
         from peft import prepare_model_for_kbit_training
 
-        base = prepare_model_for_kbit_training(base)  # frozen base, fp32 norms and embeddings, checkpointing
+        # frozen base, fp32 norms and embeddings; activation checkpointing only where asked for
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=checkpointing)
     if init_from is not None:
         return PeftModel.from_pretrained(base, str(init_from), is_trainable=True), None
     return base, lora_config(cfg)
@@ -219,7 +222,7 @@ def sft_trainer(
     all_turns = loss_on_all_turns(examples, cfg)
     if all_turns and (problem := template_problem(tokenizer)):
         raise _refusal(base_model, problem)
-    model, lora = _load_trainable(base_model, init_from, cfg, _dtype(cfg))
+    model, lora = _load_trainable(base_model, init_from, cfg, _dtype(cfg), checkpointing=activation_checkpointing)
     set_trainer_environment(tracking)  # read by transformers' integration callbacks (maft.tracking)
     return SFTTrainer(
         model=model,
