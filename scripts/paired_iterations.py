@@ -17,8 +17,8 @@ from maft.debate.transcript import Turn
 from maft.debate.voting import VoteRule
 from maft.evaluation.metrics import majority_scores
 from maft.evaluation.statistics import Scores, paired_difference
+from maft.loop import task_splits
 from maft.store import read_jsonl
-from maft.tasks import get_task
 
 
 def scores(method_dir: Path, last_round: int | None = None) -> list[Scores]:
@@ -26,8 +26,8 @@ def scores(method_dir: Path, last_round: int | None = None) -> list[Scores]:
     per_iteration: dict[int, list] = {}
     for root in sorted(method_dir.glob("seed_*")):
         config = load_config(root / "config.yaml")  # read only: nothing in the run directory is written
-        task = get_task(config.task.name, **config.task.options)
-        test = task.splits(config.task.n_train, config.task.n_test, seed=config.split_seed).test
+        task, splits = task_splits(config)
+        test = splits.test
         rule = VoteRule.of(config)
         for it in range(config.iterations + 1):
             turns = read_jsonl(root / f"iter_{it}" / "debate_test.jsonl", Turn)

@@ -17,7 +17,6 @@ Each stage's outputs land in ``<run>/iter_<l>/`` before the stage is recorded in
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -58,6 +57,12 @@ from maft.training.scheduler import TrainJob, run_local, run_ray, run_together
 from maft.training.sft import TrainResult, check_critic_loss
 
 
+def task_splits(config: RunConfig) -> tuple[Task, Splits]:
+    """The run's task and its training and held-out problems (drawn by ``config.split_seed``)."""
+    task = get_task(config.task.name, **config.task.options)
+    return task, task.splits(config.task.n_train, config.task.n_test, seed=config.split_seed)
+
+
 def prepare(config: RunConfig) -> tuple[Task, Splits]:
     """The task and its splits: everything that can fail on bad input, checked before any model loads."""
     check_model(config, base_model(config))  # the model's files, device and LoRA targets
@@ -66,8 +71,7 @@ def prepare(config: RunConfig) -> tuple[Task, Splits]:
     check_critic_loss(base_model(config), config.train, rounds=config.debate.rounds)  # a template TRL can mask
     if config.diversity.enabled and config.diversity.embeddings == "on":
         check_embeddings(config.diversity)  # missing extra, encoder directory, or uncached hub id while offline
-    task = get_task(config.task.name, **config.task.options)
-    splits = task.splits(config.task.n_train, config.task.n_test, seed=config.split_seed)
+    task, splits = task_splits(config)
     if len(splits.test) < config.task.n_test or (config.iterations and len(splits.train) < config.task.n_train):
         raise ValueError(
             f"task {config.task.name!r} has {len(splits.train)} train / {len(splits.test)} test problems, "
@@ -358,34 +362,32 @@ class Society:
         """Finetune every role of iteration ``it`` not finished yet; each is a stage of its own."""
         cfg = self.config
         d = self.store.iter_dir(it)
-        all_roles = trained_roles(cfg)
-        jobs: list[TrainJob] = []
         every = roles(cfg.debate.agents, cfg.debate.rounds)
-        for role in all_roles:
-            i = every.index(role) if role in every else 0  # a role's seed does not depend on which roles train
-            if self._kept(f"iter_{it}/train/{role}"):
-                continue
-            previous = self.store.iter_dir(it - 1) / "agents" / role
-            jobs.append(
-                TrainJob(
-                    role=role,
-                    base_model=self.base_model,
-                    data=d / "data" / f"{role}.jsonl",
-                    out_dir=temporary_dir(d / "agents" / role),
-                    init_from=previous if cfg.train.init == "previous" and it > 1 else None,
-                    seed=cfg.seed * 100_003 + it * 1009 + i,  # each role its own LoRA init
-                    device=cfg.execution.device,
-                    config=cfg.train,
-                    tracking=self._role_tracking(role, it),
-                    processes=cfg.execution.job_processes,
-                )
-            )
-        if not jobs:
+        pending = [role for role in trained_roles(cfg) if not self._kept(f"iter_{it}/train/{role}")]
+        if not pending:
             return
         if self.engine_loaded:
             self.engine.release()  # a managed server on the training GPU steps aside (maft.servers.managed)
-        checkpointing = self._activation_checkpointing()
-        jobs = [dataclasses.replace(job, activation_checkpointing=checkpointing) for job in jobs]
+        checkpointing = self._activation_checkpointing()  # against the memory free once the engine stepped aside
+        jobs = [
+            TrainJob(
+                role=role,
+                base_model=self.base_model,
+                data=d / "data" / f"{role}.jsonl",
+                out_dir=temporary_dir(d / "agents" / role),
+                init_from=self.store.iter_dir(it - 1) / "agents" / role
+                if cfg.train.init == "previous" and it > 1
+                else None,
+                # each role its own LoRA init; a role's seed does not depend on which roles train
+                seed=cfg.seed * 100_003 + it * 1009 + (every.index(role) if role in every else 0),
+                device=cfg.execution.device,
+                config=cfg.train,
+                tracking=self._role_tracking(role, it),
+                processes=cfg.execution.job_processes,
+                activation_checkpointing=checkpointing,
+            )
+            for role in pending
+        ]
 
         def done(job: TrainJob, result: TrainResult) -> None:
             if saved_kind(job.out_dir, missing_ok=True) is None:

@@ -322,6 +322,12 @@ def shards(config: RunConfig, kind: str) -> int:
     return config.execution.job_processes if kind == "cuda" else 1
 
 
+def roles_per_job(config: RunConfig) -> int:
+    """The LoRA roles one finetuning job trains: all of an iteration's with ``execution.concurrent_training``,
+    else one."""
+    return len(trained_roles(config)) if config.execution.concurrent_training else 1
+
+
 def refusal(config: RunConfig, counts: ModelCounts, memory: DeviceMemory) -> str | None:
     """Why ``config``'s finetuning jobs cannot fit in ``memory``, and the changes that would fit with
     :data:`HEADROOM` to spare (each with what it needs, the engine's share included), or None when they fit.
@@ -329,7 +335,7 @@ def refusal(config: RunConfig, counts: ModelCounts, memory: DeviceMemory) -> str
     train = config.train
     room = memory.free * (1 - HEADROOM)
     checkpointing, k = config.execution.activation_checkpointing is not False, shards(config, memory.kind)
-    together = len(trained_roles(config)) if config.execution.concurrent_training else 1
+    together = roles_per_job(config)
 
     def needs(changed: TrainConfig, over: int = k) -> int:
         job = estimate(changed, counts, gradient_checkpointing=checkpointing, shards=over, roles=together).total
@@ -394,7 +400,7 @@ def activation_checkpointing(config: RunConfig, counts: ModelCounts, memory: Dev
         return chosen
     if memory is None or shares_a_device(config, memory.kind):
         return True
-    together = len(trained_roles(config)) if config.execution.concurrent_training else 1
+    together = roles_per_job(config)
     k = shards(config, memory.kind)
     need = estimate(config.train, counts, gradient_checkpointing=False, shards=k, roles=together).total
     return need > memory.free * (1 - HEADROOM)
