@@ -302,7 +302,7 @@ def test_a_full_finetune_too_big_for_one_gpu_is_offered_fsdp_over_several(llama8
     check_memory(sharded, llama8b, gpu)  # fits
     with pytest.raises(SetupError, match="per GPU of a finetuning job sharded over 2"):  # but not on a small GPU
         check_memory(sharded, llama8b, DeviceMemory(24 * GB, "cuda", "this GPU has 24 GB free"))
-    cpu = DeviceMemory(64 * GB, "cpu", "this machine has 64 GB of RAM available")  # data parallel: no sharding
+    cpu = DeviceMemory(64 * GB, "cpu", "this machine has 64 GB of RAM available")  # shards add up in one RAM
     with pytest.raises(SetupError) as refused:
         check_memory(sharded, llama8b, cpu)
     assert "gpus_per_job" not in str(refused.value) and "per finetuning job" in str(refused.value)

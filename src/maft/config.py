@@ -94,7 +94,7 @@ class ExecutionConfig(Strict):
         None,
         ge=1,
         description="processes that train one role together (maft.training.distributed): FSDP full sharding over "
-        "that many GPUs, data parallel (DDP, gloo) on a CPU; the effective batch stays train.batch_size x "
+        "that many GPUs (NCCL), or processes on a CPU (gloo); the effective batch stays train.batch_size x "
         "train.gradient_accumulation_steps (None: gpus_per_job when it is a whole number > 1, else 1)",
     )
     activation_checkpointing: bool | None = Field(

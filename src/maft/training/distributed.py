@@ -6,13 +6,13 @@ what ``torchrun`` runs), one per GPU, each running this module's :func:`main` on
 calls :func:`maft.training.sft.finetune` with ``processes`` set, and the trainer does the rest through
 accelerate (:func:`maft.training.sft.parallelism`):
 
-- on GPUs, FSDP (version 2) full sharding: weights, gradients and optimizer states divided over the processes,
-  each decoder layer a unit, bf16 mixed precision with ``train.bf16``, activation checkpointing with
+- FSDP (version 2) full sharding: weights, gradients and optimizer states divided over the processes, each
+  decoder layer a unit, bf16 mixed precision with ``train.bf16``, activation checkpointing with
   ``execution.activation_checkpointing``; the sharded weights are gathered into one Hugging Face checkpoint
   (safetensors), or a PEFT adapter, that the engines serve as they serve a one-process result;
-- on a CPU accelerate has no FSDP, and the same launch trains data parallel: DDP over gloo, each process a
-  whole copy of the model. That is what the tests run (two processes on the tiny model); it shares with FSDP
-  the launch, the data split, the gradient averaging and the save, not the sharding.
+- on GPUs, one process per GPU, collectives over NCCL; on a CPU, the same sharding with its collectives over gloo
+  (accelerate gates FSDP to accelerators; :func:`maft.training.sft.allow_fsdp_on_cpu` lifts that gate). That is
+  what the tests run: two processes on the tiny model, the code path of a multi-GPU launch.
 
 The effective batch stays ``train.batch_size x train.gradient_accumulation_steps``: each process accumulates
 ``gradient_accumulation_steps / processes`` mini-batches of ``batch_size`` (the config refuses counts that do

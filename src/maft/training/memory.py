@@ -32,8 +32,9 @@ real trainer in tests/test_memory.py):
 - ``shards``: a job trained by several processes on GPUs (``execution.processes_per_job`` or a whole
   ``gpus_per_job`` > 1; :mod:`maft.training.distributed`) shards weights, gradients and optimizer states
   over them with FSDP, so each GPU holds 1/shards of those, and the activations of its own batch of
-  ``b`` examples. On a CPU the processes train data parallel, each a whole copy: ``shards=1``. Gathering one
-  layer's weights for its forward and backward (FSDP's all-gather) adds a layer, not counted.
+  ``b`` examples. On a CPU the processes shard the same way but share the machine's RAM, where their shards add
+  up to one copy: ``shards=1``, the whole job counted once. Gathering one layer's weights for its forward and
+  backward (FSDP's all-gather) adds a layer, not counted.
 
 Beside the job, the check counts what the generation engine keeps on the same device (:func:`engine_models`):
 with ``model.engine=hf`` and the local scheduler, the base model, and from iteration 2 on the finetuned agents
@@ -318,7 +319,8 @@ def available_ram() -> int | None:
 
 
 def shards(config: RunConfig, kind: str) -> int:
-    """How many GPUs share one job's states: its processes when they shard (FSDP, on CUDA), else 1."""
+    """How many GPUs share one job's states: its processes on CUDA (FSDP), else 1 (one GPU, or the processes'
+    shards in one RAM, which add up to a whole copy)."""
     return config.execution.job_processes if kind == "cuda" else 1
 
 
@@ -381,8 +383,9 @@ def refusal(config: RunConfig, counts: ModelCounts, memory: DeviceMemory) -> str
 
 def shares_a_device(config: RunConfig, kind: str) -> bool:
     """Whether several finetuning jobs, or several processes of one job, may hold one device's memory at once
-    (the estimate is per job and process): Ray jobs on a CPU or on a fraction of a GPU each, or data-parallel
-    processes on a CPU (each a whole copy). Local jobs run one at a time; FSDP gives each process a GPU."""
+    (the estimate is per job and process): Ray jobs on a CPU or on a fraction of a GPU each, or the FSDP processes
+    of a job on a CPU (each with its own activations in the one RAM). Local jobs run one at a time; on GPUs FSDP
+    gives each process its own."""
     x = config.execution
     gpus = 1 if x.gpus_per_job is None else x.gpus_per_job  # None: a whole GPU per job where there are GPUs
     ray_shares = x.scheduler == "ray" and not x.concurrent_training and (kind == "cpu" or gpus < 1)
