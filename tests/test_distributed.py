@@ -1,6 +1,6 @@
 """One role trained by several processes (maft.training.distributed), for real: torch's launcher starts two
 processes on this CPU, which shard the role with FSDP2 over gloo, the path GPUs take over NCCL
-(maft.training.sft.allow_fsdp_on_cpu). The weights must match one process accumulating the same mini-batches."""
+(maft.training.fsdp.allow_fsdp_on_cpu). The weights must match one process accumulating the same mini-batches."""
 
 from __future__ import annotations
 
@@ -58,7 +58,16 @@ def test_two_processes_train_what_one_does(tmp_path, method, checkpointing):
     write_jsonl(tmp_path / "data.jsonl", data)
     steps: list[tuple[int, int]] = []
     job = TrainJob(
-        "agent_0", BASE, tmp_path / "data.jsonl", tmp_path / "two", None, 7, "cpu", cfg, None, 2, checkpointing
+        "agent_0",
+        BASE,
+        tmp_path / "data.jsonl",
+        tmp_path / "two",
+        None,
+        7,
+        "cpu",
+        cfg,
+        processes=2,
+        activation_checkpointing=checkpointing,
     )
     two = run_job(job, on_step=lambda done, total: steps.append((done, total)))
     one = finetune(BASE, data, tmp_path / "one", cfg, seed=7, device="cpu", activation_checkpointing=checkpointing)

@@ -2,16 +2,16 @@
 the paper's setting, a 7-8B model fully finetuned with its states sharded over GPUs.
 
 :func:`launch` starts the processes with torch's own launcher (``python -m torch.distributed.run --standalone``,
-what ``torchrun`` runs), one per GPU, each running this module's :func:`main` on the same job; each process
-calls :func:`maft.training.sft.finetune` with ``processes`` set, and the trainer does the rest through
-accelerate (:func:`maft.training.sft.parallelism`):
+what ``torchrun`` runs), one per GPU (or ``processes_per_job`` on a CPU), each running this module's
+:func:`main` on the same job; each process calls :func:`maft.training.sft.finetune` with ``processes`` set, and
+the trainer does the rest through accelerate (:func:`maft.training.sft.parallelism`):
 
 - FSDP (version 2) full sharding: weights, gradients and optimizer states divided over the processes, each
   decoder layer a unit, bf16 mixed precision with ``train.bf16``, activation checkpointing with
   ``execution.activation_checkpointing``; the sharded weights are gathered into one Hugging Face checkpoint
   (safetensors), or a PEFT adapter, that the engines serve as they serve a one-process result;
 - on GPUs, one process per GPU, collectives over NCCL; on a CPU, the same sharding with its collectives over gloo
-  (accelerate gates FSDP to accelerators; :func:`maft.training.sft.allow_fsdp_on_cpu` lifts that gate). That is
+  (accelerate gates FSDP to accelerators; :func:`maft.training.fsdp.allow_fsdp_on_cpu` lifts that gate). That is
   what the tests run: two processes on the tiny model, the code path of a multi-GPU launch.
 
 The effective batch stays ``train.batch_size x train.gradient_accumulation_steps``: each process accumulates
@@ -69,6 +69,8 @@ def launch(
         env = dict(os.environ)
         if threads:
             env["OMP_NUM_THREADS"] = str(threads)  # torch threads per process (the launcher's default is 1)
+        if job.device == "cpu":  # torch's FSDP2 would build its device mesh on a GPU it can see
+            env["CUDA_VISIBLE_DEVICES"] = ""
         proc = subprocess.Popen(
             command(processes, job_file, result_file), stdout=subprocess.PIPE, text=True, env=env, bufsize=1
         )

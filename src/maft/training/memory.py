@@ -33,8 +33,10 @@ real trainer in tests/test_memory.py):
   ``gpus_per_job`` > 1; :mod:`maft.training.distributed`) shards weights, gradients and optimizer states
   over them with FSDP, so each GPU holds 1/shards of those, and the activations of its own batch of
   ``b`` examples. On a CPU the processes shard the same way but share the machine's RAM, where their shards add
-  up to one copy: ``shards=1``, the whole job counted once. Gathering one layer's weights for its forward and
-  backward (FSDP's all-gather) adds a layer, not counted.
+  up to one copy: ``shards=1``, the whole job counted once. That undercounts two things there: each process
+  loads the whole model before it shards it (``processes`` copies of the weights at the start), and each keeps
+  the activations of its own batch. Gathering one layer's weights for its forward and backward (FSDP's
+  all-gather) adds a layer, not counted.
 
 Beside the job, the check counts what the generation engine keeps on the same device (:func:`engine_models`):
 with ``model.engine=hf`` and the local scheduler, the base model, and from iteration 2 on the finetuned agents

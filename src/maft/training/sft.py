@@ -39,6 +39,7 @@ import socket
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -228,6 +229,8 @@ def sft_trainer(
     model, lora = _load_trainable(base_model, init_from, cfg, _dtype(cfg), checkpointing=activation_checkpointing)
     set_trainer_environment(tracking)  # read by transformers' integration callbacks (maft.tracking)
     if processes > 1 and _on_cpu(device):
+        from maft.training.fsdp import allow_fsdp_on_cpu
+
         allow_fsdp_on_cpu()
     trainer = SFTTrainer(
         model=model,
@@ -249,55 +252,17 @@ def sft_trainer(
     if processes > 1 and not trainer.accelerator.is_fsdp2:
         raise RuntimeError(
             f"accelerate did not turn FSDP on for this role's {processes} processes "
-            f"({trainer.accelerator.distributed_type}); this accelerate version may gate it differently: "
-            "set execution.processes_per_job=1"
+            f"({trainer.accelerator.distributed_type}, accelerate {version('accelerate')}): train each role in "
+            "one process (execution.processes_per_job=1, and gpus_per_job at most 1)"
         )
     return trainer
 
 
 def _on_cpu(device: str) -> bool:
+    """Whether a job on ``device`` trains on the CPU (``auto``: when CUDA is missing)."""
     import torch
 
     return device == "cpu" or (device == "auto" and not torch.cuda.is_available())
-
-
-def allow_fsdp_on_cpu() -> None:
-    """Let accelerate shard on a CPU as it does on GPUs. accelerate turns FSDP on only for accelerators (its
-    multi-CPU state ignores an FSDP plugin), while torch's FSDP2 itself runs on a CPU, its collectives over gloo.
-    In a CPU process of a launch (:mod:`maft.training.distributed`) this promotes accelerate's state to FSDP, as
-    its GPU branch would (the plugin kept, its mixed precision set), so a role's processes on a CPU run the very
-    path they run on GPUs: sharding, gathering and saving (what tests/test_distributed.py trains). Idempotent;
-    :func:`sft_trainer` checks that it took."""
-    from accelerate.state import AcceleratorState, PartialState
-    from accelerate.utils import DistributedType
-
-    init = AcceleratorState.__init__
-    if getattr(init, "maft_fsdp_on_cpu", False):
-        return
-
-    def promoted(self, *args, fsdp_plugin=None, **kwargs):
-        init(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
-        plugin = fsdp_plugin or getattr(self, "fsdp_plugin", None)
-        if plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
-            if fsdp_plugin is not None and self.mixed_precision != "no":
-                plugin.set_mixed_precision(self.mixed_precision)
-            self.distributed_type = DistributedType.FSDP
-            self.fsdp_plugin = plugin
-            PartialState._shared_state["distributed_type"] = DistributedType.FSDP  # read back by later states
-
-    promoted.maft_fsdp_on_cpu = True  # type: ignore[attr-defined]
-    AcceleratorState.__init__ = promoted
-
-
-def _unwrap_checkpointing(model) -> None:
-    """Take off the activation-checkpointing wrappers that accelerate puts around each decoder layer under FSDP
-    (once training is done). The state dict's names skip them, but PEFT finds an adapter's weights by module
-    names, which keep them: with the wrappers on, peft 0.21 saves an empty adapter."""
-    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
-
-    for name, module in list(model.named_modules()):
-        if isinstance(module, CheckpointWrapper):
-            model.set_submodule(name, module._checkpoint_wrapped_module)
 
 
 def sft_config(
@@ -346,7 +311,7 @@ def parallelism(processes: int, *, cpu: bool, activation_checkpointing: bool) ->
     layer its own unit, activation checkpointing through FSDP (transformers advises it over the trainer's own,
     which would gather the parameters once more in the backward) and a full state dict gathered for saving, so
     the result is an ordinary Hugging Face checkpoint. The same on a CPU, its collectives over gloo
-    (:func:`allow_fsdp_on_cpu`). One process: the trainer's own gradient checkpointing, as set."""
+    (:func:`maft.training.fsdp.allow_fsdp_on_cpu`). One process: the trainer's own gradient checkpointing, as set."""
     if processes <= 1:
         return {"activation_checkpointing": activation_checkpointing}
     return {
@@ -434,14 +399,15 @@ def finetune(
     trainer.remove_callback(PrinterCallback)  # progress comes through on_step; the loss is returned
     output = trainer.train()
     loss = float(output.training_loss)
-    sharded_over = trainer.accelerator.num_processes if trainer.accelerator.is_fsdp2 else 1
     if processes > 1:
         import torch
 
         # each process's loss is over its own mini-batches: the role's is their mean; the trainer gathers the
         # sharded weights and the main process writes them
         loss = float(trainer.accelerator.reduce(torch.tensor(loss, device=trainer.accelerator.device), "mean"))
-        _unwrap_checkpointing(trainer.model)
+        from maft.training.fsdp import unwrap_checkpointing
+
+        unwrap_checkpointing(trainer.model)
         trainer.save_model(str(out_dir))
         if trainer.accelerator.is_main_process:
             (out_dir / "training_args.bin").unlink(missing_ok=True)
@@ -459,5 +425,5 @@ def finetune(
         init=init,
         host=socket.gethostname(),
         pid=os.getpid(),
-        sharded_over=sharded_over,
+        sharded_over=processes,  # FSDP (sft_trainer checked)
     )
