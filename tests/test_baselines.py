@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from maft.baselines import DEFAULT_METHODS, METHODS, method_overrides
 from maft.compare import MethodResult, compare, load_compare_config
-from maft.config import ConfigError
+from maft.config import ConfigError, load_config
 from maft.data.agent_data import Example
 from maft.debate.transcript import Turn
-from maft.debate.voting import ProblemVote
+from maft.debate.voting import ProblemVote, VoteRule
+from maft.evaluation.metrics import majority_scores
 from maft.store import read_jsonl
 
 pytestmark = pytest.mark.slow
@@ -90,6 +92,27 @@ def test_comparison_files_and_results(comparison):
     assert [m for m, r in results.items() if r.uses_gold_labels] == ["star", "star_no_rationalization"]
     assert {m for m, r in results.items() if not r.finetunes} == {"single", "majority", "debate"}
     assert all(r.compute[1].train_examples > 0 for r in results.values() if r.finetunes)
+
+
+def test_within_method_differences_pair_each_iteration_with_iteration_0(comparison, arithmetic):
+    """vs_iteration_0: a finetuning method at iteration 1 minus itself at iteration 0, on the same problems; a
+    method without finetuning has none. The comparison's markdown shows it."""
+    out, results = comparison
+    problems = arithmetic.splits(10, 6, seed=0).test
+    for method, r in results.items():
+        if not r.finetunes:
+            assert r.vs_iteration_0 is None
+            continue
+        (d,) = r.vs_iteration_0
+        rule = VoteRule.of(load_config(out / method / "config.yaml"))
+        s0, s1 = (majority_scores(turns(out, method, it), arithmetic, problems, rule) for it in (0, 1))
+        assert d.mean == pytest.approx(np.mean(np.subtract(s1, s0))) and (d.iteration, d.reference_iteration) == (1, 0)
+        assert d.low <= d.mean <= d.high
+    for method, r in results.items():  # later rounds: for the methods whose held-out debate has more than one
+        debated = any(t.round > 1 for t in turns(out, method, 0))
+        assert (r.later_rounds is not None) == debated
+        assert r.later_rounds is None or len(r.later_rounds) == len(r.accuracy)  # one per iteration
+    assert "What finetuning changed: each iteration minus iteration 0" in (out / "comparison.md").read_text()
 
 
 def test_methods_without_finetuning_are_one_debate_of_the_base_model(comparison, arithmetic):

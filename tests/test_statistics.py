@@ -230,6 +230,17 @@ def test_a_comparison_over_seeds(seeded):
     expected = np.mean(np.array([per_seed["single", s] for s in (0, 1)]) - [per_seed["maft", s] for s in (0, 1)])
     assert d.mean == pytest.approx(expected) and d.low <= d.mean <= d.high
 
+    # within a method: what the later rounds add (final round - round 1, the same agents); no finetuning here
+    assert maft.vs_iteration_0 is None and single.vs_iteration_0 is None and single.later_rounds is None
+    first = {}
+    for s in (0, 1):
+        turns = read_jsonl(out / f"maft/seed_{s}" / "iter_0/debate_test.jsonl", Turn)
+        rule = VoteRule.of(method_config(cfg, "maft", s))
+        first[s] = majority_scores([t for t in turns if t.round == 1], task, problems, rule)
+    (gain,) = maft.later_rounds
+    assert gain.mean == pytest.approx(np.mean([np.subtract(per_seed["maft", s], first[s]) for s in (0, 1)]))
+    assert gain.low <= gain.mean <= gain.high and (gain.iteration, gain.reference_iteration) == (0, 0)
+
     index = write_report(out)
     page = index.read_text()
     assert 'id="difference-table"' in page and "0, 1 (problems drawn with split seed 0)" in page
@@ -240,6 +251,8 @@ def test_a_comparison_over_seeds(seeded):
     text = comparison_markdown(results, load_config(None, SMALL))
     assert "Accuracy % \\[95% CI\\] on held-out problems, 2 seeds" in text and "run seeds 0, 1" in text
     assert "Δ vs maft per iteration" in text and f"| single | {md_escape(delta(d))} |" in text
+    assert "What the later debate rounds add" in text and f"| maft | {md_escape(delta(gain))} |" in text
+    assert "What finetuning changed" not in text and 'id="rounds-table"' in page
 
 
 @pytest.mark.slow

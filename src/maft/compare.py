@@ -21,7 +21,10 @@ majority vote, :func:`maft.evaluation.metrics.majority_scores`, under the run's 
 - one seed: the run's accuracy with its binomial standard error, as before (no seed variation is measured);
 - with maft in the comparison: every other method's paired difference to maft (method - maft, on the same
   problems and seeds) with its 95% interval, per iteration of maft (``vs_maft``; a method that finetunes less
-  far, e.g. not at all, is taken at its last iteration), and whether the interval excludes zero.
+  far, e.g. not at all, is taken at its last iteration), and whether the interval excludes zero;
+- within each method, paired the same way: each iteration minus iteration 0 (``vs_iteration_0``: what its
+  finetuning changed), and, per iteration, the final round's majority minus the same agents' round-1 majority
+  (``later_rounds``: what the debate's later rounds add; None for a one-round debate).
 """
 
 from __future__ import annotations
@@ -99,6 +102,10 @@ class MethodResult(BaseModel):
     seeds: list[SeedRun] = Field(default_factory=list)  # every seed's run (empty in files from before seeds)
     accuracy_ci: list[Interval] | None = None  # several seeds: per iteration, the 95% bootstrap interval
     vs_maft: list[Difference] | None = None  # per iteration of maft: this method - maft, paired (None: maft itself)
+    # per iteration 1..L: this method at that iteration - at iteration 0, paired (None: no finetuning iteration)
+    vs_iteration_0: list[Difference] | None = None
+    # per iteration: the final round's majority - round 1's, paired (None: a one-round debate)
+    later_rounds: list[Difference] | None = None
 
     @property
     def shown(self) -> list[Accuracy] | list[Interval]:
@@ -274,13 +281,15 @@ def compare(
                 engine.close()
             engine, engine_model = society.engine, (run_config.model, run_config.execution)
         rule = VoteRule.of(run_config)
-        scores = [
-            majority_scores(
-                read_jsonl(store.iter_dir(it) / "debate_test.jsonl", Turn), society.task, society.splits.test, rule
-            )
-            for it in range(len(metrics))
+        debates = [read_jsonl(store.iter_dir(it) / "debate_test.jsonl", Turn) for it in range(len(metrics))]
+        scores = [majority_scores(turns, society.task, society.splits.test, rule) for turns in debates]
+        first_round = [
+            majority_scores([t for t in turns if t.round == 1], society.task, society.splits.test, rule)
+            for turns in debates
         ]
-        runs[name].append(_Run(seed, run_dir, metrics, [p.id for p in society.splits.test], scores))
+        one_round = all(t.round == 1 for turns in debates for t in turns)
+        problems = [p.id for p in society.splits.test]
+        runs[name].append(_Run(seed, run_dir, metrics, problems, scores, None if one_round else first_round))
     if engine is not None:
         engine.close()  # a managed server stops with the comparison
     results = method_results(runs)
@@ -298,11 +307,17 @@ class _Run:
     metrics: list[IterationMetrics]
     problem_ids: list[str]
     scores: list[list[float]]
+    first_round: list[list[float]] | None = None  # per iteration, round 1's majority (None: one round)
 
 
 def method_results(runs: dict[str, list[_Run]]) -> list[MethodResult]:
     """The results of every method (``runs``: method -> its runs, one per seed) with their statistics."""
     stacked = {name: _scores(name, method_runs) for name, method_runs in runs.items()}
+    first_rounds = {
+        name: _scores(name, method_runs, first_round=True)
+        for name, method_runs in runs.items()
+        if all(r.first_round is not None for r in method_runs)
+    }
     results = []
     for name, method_runs in runs.items():
         several = len(method_runs) > 1
@@ -319,6 +334,18 @@ def method_results(runs: dict[str, list[_Run]]) -> list[MethodResult]:
                     iterations=(min(it, iterations - 1), it),
                 )
                 for it, reference in enumerate(stacked["maft"])
+            ]
+        start = stacked[name][0]
+        vs_iteration_0 = [
+            paired_difference(s, start, names=(f"{name} iteration {it}", f"{name} iteration 0"), iterations=(it, 0))
+            for it, s in enumerate(stacked[name])
+            if it > 0
+        ]
+        later_rounds = None
+        if name in first_rounds:
+            later_rounds = [
+                paired_difference(s, first, names=(f"{name} final round", f"{name} round 1"), iterations=(it, it))
+                for it, (s, first) in enumerate(zip(stacked[name], first_rounds[name], strict=True))
             ]
         results.append(
             MethodResult(
@@ -346,18 +373,23 @@ def method_results(runs: dict[str, list[_Run]]) -> list[MethodResult]:
                 ],
                 accuracy_ci=ci,
                 vs_maft=vs_maft,
+                vs_iteration_0=vs_iteration_0 or None,
+                later_rounds=later_rounds,
             )
         )
     return results
 
 
-def _scores(name: str, runs: list[_Run]) -> list[Scores]:
-    """Per iteration: the method's scores over its seeds (every seed must have run as many iterations)."""
+def _scores(name: str, runs: list[_Run], first_round: bool = False) -> list[Scores]:
+    """Per iteration: the method's scores over its seeds, of the final round's majority or (``first_round``)
+    round 1's (every seed must have run as many iterations)."""
     lengths = {len(r.scores) for r in runs}
     if len(lengths) != 1:
         raise ValueError(f"{name}: its seeds ran different numbers of iterations")
+    rows = [(r, (r.first_round or []) if first_round else r.scores) for r in runs]
     return [
-        Scores.stack([(r.seed, r.problem_ids, r.scores[it]) for r in runs], what=name) for it in range(lengths.pop())
+        Scores.stack([(r.seed, r.problem_ids, values[it]) for r, values in rows], what=name)
+        for it in range(lengths.pop())
     ]
 
 
@@ -525,6 +557,53 @@ def difference_table(results: list[MethodResult]) -> Table | None:
     )
 
 
+WITHIN_NOTE = (
+    f"Paired on the same held-out problems (and seeds) within the method, with the {LEVEL:.0%} interval of a paired "
+    f"bootstrap as for Δ vs maft; {EXCLUDES_ZERO} marks an interval that excludes zero."
+)
+
+
+def iterations_table(results: list[MethodResult]) -> Table | None:
+    """Each finetuning method at each iteration minus itself at iteration 0 (None: no method finetuned)."""
+    rows = [r for r in results if r.vs_iteration_0]
+    if not rows:
+        return None
+    iterations = max(len(r.vs_iteration_0 or []) for r in rows)
+    return Table(
+        "What finetuning changed: each iteration minus iteration 0, percentage points [95% CI]",
+        ["method", *(f"iter {it} - iter 0" for it in range(1, iterations + 1))],
+        [
+            [
+                r.method,
+                *(delta(d) for d in r.vs_iteration_0 or []),
+                *[MISSING] * (iterations - len(r.vs_iteration_0 or [])),
+            ]
+            for r in rows
+        ],
+        notes=[WITHIN_NOTE],
+        id="iterations-table",
+    )
+
+
+def rounds_table(results: list[MethodResult]) -> Table | None:
+    """Per iteration, each debating method's final-round majority minus its round-1 majority (None: none debated
+    over more than one round)."""
+    rows = [r for r in results if r.later_rounds]
+    if not rows:
+        return None
+    iterations = max(len(r.later_rounds or []) for r in rows)
+    return Table(
+        "What the later debate rounds add: the final round's majority minus round 1's, percentage points [95% CI]",
+        ["method", *(f"iter {it}" for it in range(iterations))],
+        [
+            [r.method, *(delta(d) for d in r.later_rounds or []), *[MISSING] * (iterations - len(r.later_rounds or []))]
+            for r in rows
+        ],
+        notes=[WITHIN_NOTE, "Round 1: the same agents' answers before they see each other's (the generation agents)."],
+        id="rounds-table",
+    )
+
+
 def diversity_tables(results: list[MethodResult]) -> list[Table]:
     tables = diversity([(r.method, r.diversity) for r in results])
     if seed_count(results) > 1 and tables:
@@ -540,11 +619,11 @@ def comparison_table(results: list[MethodResult], title: str = "") -> rich.table
 
 def comparison_tables(results: list[MethodResult], description: bool = False) -> list[Table]:
     """The accuracy tables of comparison.md and of the report, in order (the report adds the descriptions)."""
-    difference = difference_table(results)
+    optional = [difference_table(results), iterations_table(results), rounds_table(results)]
     return [
         methods_table(results, description=description),
         accuracy_table(results),
-        *([difference] if difference is not None else []),
+        *(t for t in optional if t is not None),
     ]
 
 
