@@ -179,6 +179,55 @@ def test_compare_seeds_from_the_config_and_the_command_line(tmp_path):
             load_compare_config(path)
 
 
+def test_within_method_differences_pair_iterations_and_rounds_per_seed_and_problem():
+    """method_results: each iteration minus iteration 0, and the final round's majority minus round 1's, from the
+    runs' per-problem scores, seed by seed; none for a method without finetuning or with one round; the tables
+    pad a method with fewer iterations and are left out when no method has anything to show."""
+    from types import SimpleNamespace
+
+    from maft.compare import _Run, iterations_table, method_results, rounds_table
+    from maft.evaluation.metrics import Accuracy, Compute, IterationMetrics
+    from maft.report.tables import MISSING
+
+    ids = [f"p{i}" for i in range(6)]
+
+    def metrics(n: int) -> list[IterationMetrics]:
+        accuracy = SimpleNamespace(majority=Accuracy(mean=0.5, se=0.2, n=6))
+        return [IterationMetrics.model_construct(test=accuracy, compute=Compute(), diversity=None) for _ in range(n)]
+
+    final = {  # per seed, per iteration: the final round's majority per problem
+        0: [[0, 0, 1, 1, 0, 0], [1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 0]],
+        1: [[0, 1, 1, 0, 0, 0], [1, 1, 1, 0, 0, 1], [1, 1, 1, 1, 0, 1]],
+    }
+    first = {s: [[0, 0, 0, 0, 0, 0], [0, 0, 1, 0, 0, 0], [1, 0, 0, 0, 1, 0]] for s in (0, 1)}
+    runs = {
+        "maft": [_Run(s, f"maft/seed_{s}", metrics(3), ids, final[s], first[s]) for s in (0, 1)],
+        "majority_ft": [_Run(s, f"majority_ft/seed_{s}", metrics(2), ids, final[s][:2], None) for s in (0, 1)],
+        "single": [_Run(s, f"single/seed_{s}", metrics(1), ids, final[s][:1], None) for s in (0, 1)],
+    }
+    maft, majority_ft, single = method_results(runs)
+
+    def mean(a, b) -> float:
+        return float(np.mean([np.subtract(a[s], b[s]) for s in (0, 1)]))
+
+    for it in (1, 2):
+        d = maft.vs_iteration_0[it - 1]
+        assert d.mean == pytest.approx(mean({s: final[s][it] for s in (0, 1)}, {s: final[s][0] for s in (0, 1)}))
+        assert (d.iteration, d.reference_iteration) == (it, 0) and d.low <= d.mean <= d.high
+    for it in range(3):
+        g = maft.later_rounds[it]
+        assert g.mean == pytest.approx(mean({s: final[s][it] for s in (0, 1)}, {s: first[s][it] for s in (0, 1)}))
+        assert (g.iteration, g.reference_iteration) == (it, it) and g.low <= g.mean <= g.high
+    assert len(majority_ft.vs_iteration_0) == 1 and majority_ft.later_rounds is None
+    assert single.vs_iteration_0 is None and single.later_rounds is None
+
+    iterations = iterations_table([maft, majority_ft, single])
+    assert [c.header for c in iterations.columns] == ["method", "iter 1 - iter 0", "iter 2 - iter 0"]
+    assert [row[0] for row in iterations.rows] == ["maft", "majority_ft"] and iterations.rows[1][2] == MISSING
+    assert [row[0] for row in rounds_table([maft, majority_ft, single]).rows] == ["maft"]
+    assert iterations_table([single]) is None and rounds_table([majority_ft, single]) is None
+
+
 # -- end to end: 2 methods x 2 seeds ----------------------------------------------------------------------------------
 SMALL = [
     "iterations=0",
@@ -238,6 +287,7 @@ def test_a_comparison_over_seeds(seeded):
         rule = VoteRule.of(method_config(cfg, "maft", s))
         first[s] = majority_scores([t for t in turns if t.round == 1], task, problems, rule)
     (gain,) = maft.later_rounds
+    assert any(first[s] != per_seed["maft", s] for s in (0, 1))  # the rounds differ here: the gain is not 0 by default
     assert gain.mean == pytest.approx(np.mean([np.subtract(per_seed["maft", s], first[s]) for s in (0, 1)]))
     assert gain.low <= gain.mean <= gain.high and (gain.iteration, gain.reference_iteration) == (0, 0)
 

@@ -283,13 +283,14 @@ def compare(
         rule = VoteRule.of(run_config)
         debates = [read_jsonl(store.iter_dir(it) / "debate_test.jsonl", Turn) for it in range(len(metrics))]
         scores = [majority_scores(turns, society.task, society.splits.test, rule) for turns in debates]
-        first_round = [
-            majority_scores([t for t in turns if t.round == 1], society.task, society.splits.test, rule)
-            for turns in debates
-        ]
-        one_round = all(t.round == 1 for turns in debates for t in turns)
+        first_round = None
+        if any(t.round > 1 for turns in debates for t in turns):
+            first_round = [
+                majority_scores([t for t in turns if t.round == 1], society.task, society.splits.test, rule)
+                for turns in debates
+            ]
         problems = [p.id for p in society.splits.test]
-        runs[name].append(_Run(seed, run_dir, metrics, problems, scores, None if one_round else first_round))
+        runs[name].append(_Run(seed, run_dir, metrics, problems, scores, first_round))
     if engine is not None:
         engine.close()  # a managed server stops with the comparison
     results = method_results(runs)
@@ -386,7 +387,11 @@ def _scores(name: str, runs: list[_Run], first_round: bool = False) -> list[Scor
     lengths = {len(r.scores) for r in runs}
     if len(lengths) != 1:
         raise ValueError(f"{name}: its seeds ran different numbers of iterations")
-    rows = [(r, (r.first_round or []) if first_round else r.scores) for r in runs]
+    rows = []
+    for r in runs:
+        if first_round and r.first_round is None:
+            raise ValueError(f"{name}: seed {r.seed} has no round-1 scores (a one-round debate)")
+        rows.append((r, r.first_round if first_round and r.first_round is not None else r.scores))
     return [
         Scores.stack([(r.seed, r.problem_ids, values[it]) for r, values in rows], what=name)
         for it in range(lengths.pop())
@@ -558,8 +563,9 @@ def difference_table(results: list[MethodResult]) -> Table | None:
 
 
 WITHIN_NOTE = (
-    f"Paired on the same held-out problems (and seeds) within the method, with the {LEVEL:.0%} interval of a paired "
-    f"bootstrap as for Δ vs maft; {EXCLUDES_ZERO} marks an interval that excludes zero."
+    f"Paired on the same held-out problems (and seeds) within the method, with its {LEVEL:.0%} interval from a paired "
+    f"bootstrap ({RESAMPLES} resamples of the problems and of the seeds); {EXCLUDES_ZERO} marks an interval that "
+    "excludes zero."
 )
 
 
@@ -599,7 +605,11 @@ def rounds_table(results: list[MethodResult]) -> Table | None:
             [r.method, *(delta(d) for d in r.later_rounds or []), *[MISSING] * (iterations - len(r.later_rounds or []))]
             for r in rows
         ],
-        notes=[WITHIN_NOTE, "Round 1: the same agents' answers before they see each other's (the generation agents)."],
+        notes=[
+            WITHIN_NOTE,
+            "Round 1: each agent's first answer, before it sees the others' (the generation models; the final round "
+            "is the critics').",
+        ],
         id="rounds-table",
     )
 

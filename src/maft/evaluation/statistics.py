@@ -55,7 +55,8 @@ class Interval(BaseModel):
 
 
 class Difference(Interval):
-    """A method's accuracy at ``iteration`` minus the reference's (maft's) at ``reference_iteration``, paired."""
+    """A method's accuracy at ``iteration`` minus the reference's at ``reference_iteration``, paired: the reference
+    is maft, or the method itself at another iteration or round (:mod:`maft.compare`)."""
 
     iteration: int
     reference_iteration: int
