@@ -274,18 +274,23 @@ def role_parameters(model, role: str) -> list[tuple[str, Any]]:
     return [(name, p) for name, p in model.named_parameters() if f".{role}." in name]
 
 
-def _optimizer(model, role: _Role) -> None:
-    """The role's optimizer and scheduler, as the Trainer builds them (its weight-decay groups, its optimizer class
-    and arguments, its scheduler with the warmup of ``args``)."""
+def decayed_names(model) -> set[str]:
+    """The names of the parameters the Trainer applies weight decay to (not biases, not norms), for every role."""
     from torch import nn
-    from transformers import Trainer, get_scheduler
     from transformers.trainer_pt_utils import get_parameter_names
+
+    no_decay_patterns = [r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)"]  # Trainer's
+    return set(get_parameter_names(model, [nn.LayerNorm], no_decay_patterns))
+
+
+def _optimizer(model, role: _Role, decay: set[str]) -> None:
+    """The role's optimizer and scheduler, as the Trainer builds them (its weight-decay groups, ``decay``: from
+    :func:`decayed_names`; its optimizer class and arguments; its scheduler with the warmup of ``args``)."""
+    from transformers import Trainer, get_scheduler
 
     args = role.args
     named = role_parameters(model, role.name)
     role.params = [p for _, p in named]
-    no_decay_patterns = [r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)"]  # Trainer's
-    decay = set(get_parameter_names(model, [nn.LayerNorm], no_decay_patterns))
     groups = [
         {"params": [p for n, p in named if n in decay], "weight_decay": args.weight_decay},
         {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0},
@@ -406,8 +411,9 @@ def finetune_together(
             activation_checkpointing_kwargs=kwargs or None, every_n_layers=every, offload=offload
         )
     model.train()
+    decay = decayed_names(model)  # walks the whole model: once, not once per role
     for role in roles:
-        _optimizer(model, role)
+        _optimizer(model, role, decay)
     router = Router(model)
     collate = DataCollatorForLanguageModeling(
         pad_token_id=tokenizer.pad_token_id, pad_to_multiple_of=args.pad_to_multiple_of
