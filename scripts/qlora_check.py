@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from maft.bench import SHAPE_VOCAB, SHAPES
+from maft.bench import shape_config
 from maft.config import TrainConfig
 from maft.data.agent_data import Example
 from maft.tiny import default_checkpoint
@@ -54,14 +54,7 @@ def random_base(shape: str, work: Path, device: str) -> Path:
     if (base / "config.json").exists():
         return base
     tok = AutoTokenizer.from_pretrained(default_checkpoint())
-    config = LlamaConfig(
-        **SHAPES[shape],
-        vocab_size=SHAPE_VOCAB,
-        max_position_embeddings=4096,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
+    config = shape_config(shape, tok)
     torch.manual_seed(0)
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)

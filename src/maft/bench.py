@@ -161,6 +161,21 @@ def _device(device: str) -> str:
     return str(resolve_device(device))
 
 
+def shape_config(shape: str, tokenizer: Any) -> Any:
+    """The ``LlamaConfig`` of a named shape (:data:`SHAPES`), its special tokens the tokenizer's (the tiny model's,
+    whose ids are all below :data:`SHAPE_VOCAB`)."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        **SHAPES[shape],
+        vocab_size=SHAPE_VOCAB,
+        max_position_embeddings=4096,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
 def prepare(cfg: BenchConfig, workdir: Path) -> Setup:
     """Write the model (a named shape: random weights) and N seeded random adapters under ``workdir``."""
     import torch
@@ -169,7 +184,6 @@ def prepare(cfg: BenchConfig, workdir: Path) -> Setup:
         AutoConfig,
         AutoModelForCausalLM,
         AutoTokenizer,
-        LlamaConfig,
     )
 
     from maft.tasks import get_task
@@ -182,14 +196,7 @@ def prepare(cfg: BenchConfig, workdir: Path) -> Setup:
     if cfg.model in SHAPES:
         model_dir = workdir / "model"
         tok = AutoTokenizer.from_pretrained(tiny)
-        config = LlamaConfig(
-            **SHAPES[cfg.model],
-            vocab_size=SHAPE_VOCAB,
-            max_position_embeddings=4096,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
-        )
+        config = shape_config(cfg.model, tok)
         torch.manual_seed(cfg.seed)
         with torch.device(device):
             model = AutoModelForCausalLM.from_config(config, dtype=dtype)

@@ -387,11 +387,9 @@ def _scores(name: str, runs: list[_Run], first_round: bool = False) -> list[Scor
     lengths = {len(r.scores) for r in runs}
     if len(lengths) != 1:
         raise ValueError(f"{name}: its seeds ran different numbers of iterations")
-    rows = []
-    for r in runs:
-        if first_round and r.first_round is None:
-            raise ValueError(f"{name}: seed {r.seed} has no round-1 scores (a one-round debate)")
-        rows.append((r, r.first_round if first_round and r.first_round is not None else r.scores))
+    if first_round and (missing := [r.seed for r in runs if r.first_round is None]):
+        raise ValueError(f"{name}: seed {missing[0]} has no round-1 scores (a one-round debate)")
+    rows = [(r, (r.first_round or []) if first_round else r.scores) for r in runs]
     return [
         Scores.stack([(r.seed, r.problem_ids, values[it]) for r, values in rows], what=name)
         for it in range(lengths.pop())
@@ -540,25 +538,39 @@ def accuracy_table(results: list[MethodResult]) -> Table:
     )
 
 
-def difference_table(results: list[MethodResult]) -> Table | None:
-    """Each method minus maft per iteration of maft, paired, with its interval (None without maft)."""
-    rows = [r for r in results if r.vs_maft]
+def _differences(
+    title: str, columns: list[str], rows: list[tuple[str, list[Difference]]], notes: list[str], id: str
+) -> Table | None:
+    """A table of paired differences, one row per method (its name and its differences, one per column; a row with
+    fewer is padded), None without rows."""
     if not rows:
         return None
-    iterations = max(len(r.vs_maft or []) for r in rows)
     return Table(
+        title,
+        ["method", *columns],
+        [[name, *(delta(d) for d in ds), *[MISSING] * (len(columns) - len(ds))] for name, ds in rows],
+        notes=notes,
+        id=id,
+    )
+
+
+def _width(rows: list[tuple[str, list[Difference]]]) -> int:
+    return max((len(ds) for _, ds in rows), default=0)
+
+
+def difference_table(results: list[MethodResult]) -> Table | None:
+    """Each method minus maft per iteration of maft, paired, with its interval (None without maft)."""
+    rows = [(r.method, r.vs_maft) for r in results if r.vs_maft]
+    return _differences(
         "Δ vs maft per iteration, percentage points [95% CI] (paired on the same problems and seeds)",
-        ["method", *(f"iter {it}" for it in range(iterations))],
+        [f"iter {it}" for it in range(_width(rows))],
+        rows,
         [
-            [r.method, *(delta(d) for d in r.vs_maft or []), *[MISSING] * (iterations - len(r.vs_maft or []))]
-            for r in rows
-        ],
-        notes=[
             DIFFERENCE_NOTE,
             "Each column compares maft at that iteration with the method at the same iteration, or at its last "
             "one if it has fewer (a method without finetuning: its base-model result in every column).",
         ],
-        id="difference-table",
+        "difference-table",
     )
 
 
@@ -571,46 +583,30 @@ WITHIN_NOTE = (
 
 def iterations_table(results: list[MethodResult]) -> Table | None:
     """Each finetuning method at each iteration minus itself at iteration 0 (None: no method finetuned)."""
-    rows = [r for r in results if r.vs_iteration_0]
-    if not rows:
-        return None
-    iterations = max(len(r.vs_iteration_0 or []) for r in rows)
-    return Table(
+    rows = [(r.method, r.vs_iteration_0) for r in results if r.vs_iteration_0]
+    return _differences(
         "What finetuning changed: each iteration minus iteration 0, percentage points [95% CI]",
-        ["method", *(f"iter {it} - iter 0" for it in range(1, iterations + 1))],
-        [
-            [
-                r.method,
-                *(delta(d) for d in r.vs_iteration_0 or []),
-                *[MISSING] * (iterations - len(r.vs_iteration_0 or [])),
-            ]
-            for r in rows
-        ],
-        notes=[WITHIN_NOTE],
-        id="iterations-table",
+        [f"iter {it} - iter 0" for it in range(1, _width(rows) + 1)],
+        rows,
+        [WITHIN_NOTE],
+        "iterations-table",
     )
 
 
 def rounds_table(results: list[MethodResult]) -> Table | None:
     """Per iteration, each debating method's final-round majority minus its round-1 majority (None: none debated
     over more than one round)."""
-    rows = [r for r in results if r.later_rounds]
-    if not rows:
-        return None
-    iterations = max(len(r.later_rounds or []) for r in rows)
-    return Table(
+    rows = [(r.method, r.later_rounds) for r in results if r.later_rounds]
+    return _differences(
         "What the later debate rounds add: the final round's majority minus round 1's, percentage points [95% CI]",
-        ["method", *(f"iter {it}" for it in range(iterations))],
+        [f"iter {it}" for it in range(_width(rows))],
+        rows,
         [
-            [r.method, *(delta(d) for d in r.later_rounds or []), *[MISSING] * (iterations - len(r.later_rounds or []))]
-            for r in rows
-        ],
-        notes=[
             WITHIN_NOTE,
             "Round 1: each agent's first answer, before it sees the others' (the generation models; the final round "
             "is the critics').",
         ],
-        id="rounds-table",
+        "rounds-table",
     )
 
 
