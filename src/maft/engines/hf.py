@@ -2,7 +2,9 @@
 
 All requests of a call are batched: grouped by sampling settings, sorted by prompt length, left-padded,
 and requests for different adapters share a batch through PEFT's mixed-adapter inference
-(``adapter_names``; ``None`` is the base model).
+(``adapter_names``; ``None`` is the base model). Decoding keeps keys and values in
+:class:`~maft.engines.kv_cache.GrowingCache` (written in place, not copied every step) where the model's
+layers all attend to the whole sequence.
 
 Sampling is batch-invariant. Each request has its own seed (:func:`~maft.engines.base.request_seeds`: the
 call's seed, the request's content and its occurrence number among identical requests). A token is drawn
@@ -39,12 +41,16 @@ from transformers.utils import logging as hf_logging
 
 from maft.agents import Agents, saved_kind
 from maft.engines.base import Generation, Request, Sampling, Score, request_seeds
+from maft.engines.kv_cache import growing_cache_for
 
 if TYPE_CHECKING:
     from maft.agents import AdapterFor
 
 # peft calls a transformers property that is deprecated in transformers 5; harmless, and not the user's to fix
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+# transformers 5.24 renamed generate's past_key_values to cache (the old name works until 6, which maft excludes);
+# the old name is the one every transformers 5 accepts
+warnings.filterwarnings("ignore", message="`past_key_values` is deprecated.*", category=FutureWarning)
 
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 
@@ -250,6 +256,9 @@ class HFEngine:
 
     can_score = True
 
+    #: Tokens per ``generate`` call; rows that have ended leave the batch between calls (:meth:`_generate_batch`).
+    SEGMENT = 16
+
     # -- generation -------------------------------------------------------------------------------
     def prompt_ids(self, messages: Sequence[dict[str, str]]) -> list[int]:
         text = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
@@ -368,13 +377,64 @@ class HFEngine:
         seeds: Sequence[int] | None = None,
     ) -> tuple[list[str], list[int], list[bool]]:
         """Texts, generated token counts, and whether each ended with the end-of-turn token.
-        ``seeds``: each row's sampling seed (needed unless greedy)."""
+        ``seeds``: each row's sampling seed (needed unless greedy).
+
+        Decoding runs in segments of ``SEGMENT`` tokens, each a ``generate`` call that continues from the
+        previous one's cache; between segments the rows that have ended leave the batch and its cache.
+        (``generate`` alone keeps every row until the longest ends: in the default run's debates that
+        is 20-45% of the attention's reads.) A row's tokens do not depend on the segments: its sampling
+        noise is keyed by its seed and decoding step, and processors see the whole sequence so far."""
         tok = self.tokenizer
+        if not sampling.greedy and (seeds is None or len(seeds) != len(prompts)):
+            raise ValueError("sampling needs one seed per prompt")
         enc = tok.pad({"input_ids": prompts}, padding=True, return_tensors="pt").to(self.device)
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        width = ids.shape[1]
+        model, names = self._model(full, adapters)
+        cache = growing_cache_for(model, width + sampling.max_new_tokens)
+        rows = list(range(len(prompts)))  # the prompt each row of the running batch answers
+        new: list[list[int]] = [[] for _ in prompts]
+        ended = [False] * len(prompts)
+        segment = sampling.max_new_tokens if sampling.ignore_eos else self.SEGMENT
+        while rows and len(new[rows[0]]) < sampling.max_new_tokens:
+            steps = min(segment, sampling.max_new_tokens - len(new[rows[0]]))
+            kwargs = self._decoding_kwargs(sampling, steps, width, [seeds[r] for r in rows] if seeds else None)
+            row_names = {"adapter_names": [names["adapter_names"][r] for r in rows]} if names else {}
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                past_key_values=cache,
+                return_dict_in_generate=True,
+                **kwargs,
+                **row_names,
+            )
+            cache = out["cache"] if "cache" in out else out["past_key_values"]  # renamed in transformers 5.24
+            part = out.sequences[:, ids.shape[1] :]
+            keep = []
+            for j, (r, tokens) in enumerate(zip(rows, part.tolist())):
+                if not sampling.ignore_eos and tok.eos_token_id in tokens:
+                    new[r] += tokens[: tokens.index(tok.eos_token_id) + 1]
+                    ended[r] = True
+                else:  # running: every token of the segment is its own (generate stops early only when all end)
+                    new[r] += tokens
+                    keep.append(j)
+            ids, mask = out.sequences, torch.cat([mask, torch.ones_like(part)], dim=1)
+            if len(keep) < len(rows):
+                index = torch.tensor(keep, dtype=torch.long, device=ids.device)
+                ids, mask = ids[index], mask[index]
+                if keep:
+                    cache.batch_select_indices(index)
+                rows = [rows[j] for j in keep]
+        texts = tok.batch_decode(new, skip_special_tokens=True)
+        return [t.strip() for t in texts], [len(n) for n in new], ended
+
+    def _decoding_kwargs(self, sampling: Sampling, steps: int, width: int, seeds: list[int] | None) -> dict:
+        """``generate``'s keywords for ``steps`` tokens of ``sampling`` (``width``: the padded prompt's)."""
+        tok = self.tokenizer
         # transformers decodes greedily and adds no sampling warpers of its own (do_sample=False; the
         # model's generation config's temperature/top_p/top_k are overridden, so it warns of nothing)
         kwargs: dict = {
-            "max_new_tokens": sampling.max_new_tokens,
+            "max_new_tokens": steps,
             "pad_token_id": tok.pad_token_id,
             "eos_token_id": tok.eos_token_id,
             "do_sample": False,
@@ -382,23 +442,10 @@ class HFEngine:
             "top_p": None,
             "top_k": None,
         }
-        if sampling.ignore_eos:
-            kwargs["min_new_tokens"] = sampling.max_new_tokens
+        if sampling.ignore_eos:  # exactly max_new_tokens each (one segment)
+            kwargs["min_new_tokens"] = steps
         if not sampling.greedy:
-            if seeds is None or len(seeds) != len(prompts):
-                raise ValueError("sampling needs one seed per prompt")
-            width = enc["input_ids"].shape[1]
+            assert seeds is not None
             sampler = GumbelMaxSampler(seeds, width, sampling.temperature, sampling.top_p, self.device)
             kwargs["logits_processor"] = LogitsProcessorList([sampler])
-        model, names = self._model(full, adapters)
-        output = model.generate(**enc, **kwargs, **names)
-        new = output[:, enc["input_ids"].shape[1] :]
-        counts, ended = [], []
-        for row in new:
-            stops = (row == tok.eos_token_id).nonzero()
-            if sampling.ignore_eos:  # exactly max_new_tokens each (a generated pad token is no padding)
-                stops = stops[:0]
-            counts.append(int(stops[0]) + 1 if len(stops) else int((row != tok.pad_token_id).sum()))
-            ended.append(bool(len(stops)))
-        texts = tok.batch_decode(new, skip_special_tokens=True)
-        return [t.strip() for t in texts], counts, ended
+        return kwargs
