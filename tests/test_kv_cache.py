@@ -114,3 +114,22 @@ def adapters(tmp_path_factory):
         paths[name] = tmp_path_factory.mktemp(name)
         model.save_pretrained(paths[name])
     return paths
+
+
+def test_a_model_that_makes_its_own_cache_decodes_in_one_call(engine, arithmetic):
+    """generate refuses a cache passed beside a generation config's cache_implementation (Gemma's 'hybrid'):
+    such a model gets neither the growing cache nor segments, and the same tokens."""
+    sampling = Sampling(temperature=1.0, top_p=0.9, max_new_tokens=48)
+    requests = [
+        Request([{"role": "user", "content": arithmetic.prompt(p)}], sampling=sampling)
+        for p in arithmetic.splits(0, 4, seed=2).test
+    ]
+    engine.SEGMENT = 4
+    expected = [g.text for g in engine.generate(requests, seed=1)]
+    engine.model.generation_config.cache_implementation = "static"
+    try:
+        assert growing_cache_for(engine.model) is None
+        assert [g.text for g in engine.generate(requests, seed=1)] == expected
+    finally:
+        engine.model.generation_config.cache_implementation = None
+        del engine.SEGMENT

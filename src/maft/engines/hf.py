@@ -41,7 +41,7 @@ from transformers.utils import logging as hf_logging
 
 from maft.agents import Agents, saved_kind
 from maft.engines.base import Generation, Request, Sampling, Score, request_seeds
-from maft.engines.kv_cache import growing_cache_for
+from maft.engines.kv_cache import continues_generation, growing_cache_for
 
 if TYPE_CHECKING:
     from maft.agents import AdapterFor
@@ -383,7 +383,9 @@ class HFEngine:
         previous one's cache; between segments the rows that have ended leave the batch and its cache.
         (``generate`` alone keeps every row until the longest ends: in the default run's debates that
         is 20-45% of the attention's reads.) A row's tokens do not depend on the segments: its sampling
-        noise is keyed by its seed and decoding step, and processors see the whole sequence so far."""
+        noise is keyed by its seed and decoding step, and processors see the whole sequence so far. One
+        call decodes the whole batch where no row can end early (``ignore_eos``) or where the model's
+        generation config makes its own cache (:func:`~maft.engines.kv_cache.continues_generation`)."""
         tok = self.tokenizer
         if not sampling.greedy and (seeds is None or len(seeds) != len(prompts)):
             raise ValueError("sampling needs one seed per prompt")
@@ -395,7 +397,9 @@ class HFEngine:
         rows = list(range(len(prompts)))  # the prompt each row of the running batch answers
         new: list[list[int]] = [[] for _ in prompts]
         ended = [False] * len(prompts)
-        segment = sampling.max_new_tokens if sampling.ignore_eos else self.SEGMENT
+        # one generate call where no row ends early, or where generate cannot continue from a cache of ours
+        one_call = sampling.ignore_eos or not continues_generation(model)
+        segment = sampling.max_new_tokens if one_call else self.SEGMENT
         while rows and len(new[rows[0]]) < sampling.max_new_tokens:
             steps = min(segment, sampling.max_new_tokens - len(new[rows[0]]))
             kwargs = self._decoding_kwargs(sampling, steps, width, [seeds[r] for r in rows] if seeds else None)

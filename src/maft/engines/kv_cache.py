@@ -86,12 +86,23 @@ class GrowingCache(DynamicCache):
         Cache.__init__(self, layer_class_to_replicate=partial(GrowingLayer, max_length))
 
 
+def continues_generation(model: torch.nn.Module) -> bool:
+    """Whether ``model.generate`` can take a cache from outside and continue from it: not when the model's
+    generation config names a cache implementation of its own (``generate`` refuses a cache passed beside
+    one, e.g. Gemma's hybrid cache) or turns the cache off."""
+    generation_config = getattr(model, "generation_config", None)
+    if generation_config is None:
+        return False
+    return generation_config.cache_implementation is None and generation_config.use_cache is not False
+
+
 def growing_cache_for(model: torch.nn.Module, max_length: int | None = None) -> GrowingCache | None:
     """A :class:`GrowingCache` for ``model`` where transformers' own cache for it would be all plain
     ``DynamicLayer`` (full attention in every layer); None otherwise (sliding-window, chunked or
-    linear-attention layers keep transformers' default cache, whose layers know their windows)."""
+    linear-attention layers keep transformers' default cache, whose layers know their windows), and None
+    where the model's generation config makes its own cache (:func:`continues_generation`)."""
     config = getattr(model, "config", None)
-    if config is None:
+    if config is None or not continues_generation(model):
         return None
     layers = DynamicCache(config=config).layers
     if not layers or any(type(layer) is not DynamicLayer for layer in layers):
