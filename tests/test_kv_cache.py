@@ -1,6 +1,9 @@
 """The in-process engine's decoding against transformers' own: the growing key/value cache and the segmented
 decoding (ended rows leave the batch) must give transformers' tokens exactly."""
 
+import json
+import shutil
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig
@@ -10,25 +13,42 @@ from maft.engines import Request, Sampling
 from maft.engines.base import request_seeds
 from maft.engines.hf import BASE, GumbelMaxSampler, HFEngine
 from maft.engines.kv_cache import GrowingCache, GrowingLayer, growing_cache_for
+from maft.tiny import default_checkpoint
 
 
-def test_growing_layer_holds_what_a_dynamic_layer_holds():
+def _same(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor]) -> None:
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def _kv(batch: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.randn(batch, 2, n, 4), torch.randn(batch, 2, n, 4)
+
+
+@pytest.mark.parametrize("max_length", [None, 200])
+def test_growing_layer_holds_what_a_dynamic_layer_holds(max_length):
     torch.manual_seed(0)
-    grow, ref = GrowingLayer(max_length=40), DynamicLayer()
-    for n in [7, 1, 1, 30]:  # a prompt, two steps, then past the first buffer (headroom 64 is capped at 40)
-        kv = torch.randn(3, 2, n, 4), torch.randn(3, 2, n, 4)
-        for a, b in zip(grow.update(*kv), ref.update(*kv)):
-            assert torch.equal(a, b)
-    assert grow.get_seq_length() == ref.get_seq_length() == 39
-    index = torch.tensor([0, 2])
-    grow.batch_select_indices(index)
-    ref.batch_select_indices(index)
-    grow.crop(-2)
-    ref.crop(-2)
-    kv = torch.randn(2, 2, 1, 4), torch.randn(2, 2, 1, 4)
-    for a, b in zip(grow.update(*kv), ref.update(*kv)):
-        assert torch.equal(a, b)
-    assert grow.keys.shape == (2, 2, 38, 4)
+    grow, ref = GrowingLayer(max_length=max_length), DynamicLayer()
+    for n in [7, 1, 1, 80, 1]:  # a prompt, steps, then past the first buffer (7 + 64 headroom): it grows
+        kv = _kv(3, n)
+        _same(grow.update(*kv), ref.update(*kv))
+    assert grow.get_seq_length() == ref.get_seq_length() == 90
+    assert grow._keys is not None and grow._keys.shape[-2] >= 90 and grow._owns_view()
+    grow.crop(-5)  # a view of the buffer: the next step writes in place over the cropped positions
+    ref.crop(-5)
+    assert grow._owns_view()
+    kv = _kv(3, 1)
+    _same(grow.update(*kv), ref.update(*kv))
+    for layer in (grow, ref):
+        layer.batch_select_indices(torch.tensor([0, 2]))  # a copy: the buffer is rebuilt at the next step
+    kv = _kv(2, 1)
+    _same(grow.update(*kv), ref.update(*kv))
+    for layer in (grow, ref):
+        layer.batch_repeat_interleave(2)
+    kv = _kv(4, 3)
+    _same(grow.update(*kv), ref.update(*kv))
+    assert grow.keys.shape == (4, 2, 90, 4)
+    if max_length is not None:
+        assert grow._keys.shape[-2] <= max_length
 
 
 def _tiny(config_class, **extra):
@@ -70,6 +90,25 @@ def _transformers_generate(engine: HFEngine, requests: list[Request], seed: int)
     return rows
 
 
+def _requests(arithmetic, sampling: Sampling, n: int, names: list[str | None]) -> list[Request]:
+    problems = arithmetic.splits(0, n, seed=6).test
+    return [
+        Request([{"role": "user", "content": arithmetic.prompt(p)}], adapter=names[i % len(names)], sampling=sampling)
+        for i, p in enumerate(problems)
+    ]
+
+
+def _assert_transformers_tokens(engine: HFEngine, requests: list[Request], seed: int = 3) -> list:
+    got = engine.generate(requests, seed=seed)
+    expected = _transformers_generate(engine, requests, seed=seed)
+    assert [g.text for g in got] == [engine.tokenizer.decode(t, skip_special_tokens=True).strip() for t in expected]
+    assert [g.completion_tokens for g in got] == [len(t) for t in expected]
+    eos = engine.tokenizer.eos_token_id
+    max_new = requests[0].sampling.max_new_tokens
+    assert [g.truncated for g in got] == [t[-1] != eos and len(t) == max_new for t in expected]
+    return got
+
+
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 @pytest.mark.parametrize("with_adapters", [False, True])
 def test_segmented_decoding_gives_transformers_tokens(adapters, arithmetic, temperature, with_adapters):
@@ -80,26 +119,36 @@ def test_segmented_decoding_gives_transformers_tokens(adapters, arithmetic, temp
             engine.load_agent(name, path)
         names = [None, *adapters]
     engine.SEGMENT = 5  # many segments: rows end, and leave, at many points
-    sampling = Sampling(temperature=temperature, top_p=0.9, max_new_tokens=192)
-    problems = arithmetic.splits(0, 8, seed=6).test
-    requests = [
-        Request([{"role": "user", "content": arithmetic.prompt(p)}], adapter=names[i % len(names)], sampling=sampling)
-        for i, p in enumerate(problems)
-    ]
-    got = engine.generate(requests, seed=3)
-    expected = _transformers_generate(engine, requests, seed=3)
-    assert [g.text for g in got] == [engine.tokenizer.decode(t, skip_special_tokens=True).strip() for t in expected]
-    assert [g.completion_tokens for g in got] == [len(t) for t in expected]
+    got = _assert_transformers_tokens(engine, _requests(arithmetic, Sampling(temperature, 0.9, 192), 8, names))
     ends = {g.completion_tokens for g in got if not g.truncated}
     assert len(ends) > 2  # rows really ended in different segments
+    # a last segment shorter than the others, rows cut off by max_new_tokens among rows that ended
+    got = _assert_transformers_tokens(engine, _requests(arithmetic, Sampling(temperature, 0.9, 88), 8, names))
+    assert any(g.truncated for g in got) and not all(g.truncated for g in got)
+
+
+def test_segmented_decoding_keeps_a_sliding_window_models_own_cache(arithmetic, tmp_path):
+    """The shipped weights as a Mistral with a 64-token window: transformers' sliding-window cache (not ours)
+    carries the segments, rows leave it, and the tokens are still one generate call's."""
+    shutil.copytree(default_checkpoint(), tmp_path, dirs_exist_ok=True)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config.update(model_type="mistral", architectures=["MistralForCausalLM"], sliding_window=64)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    engine = HFEngine(tmp_path, batch_size=64)
+    assert type(engine.model).__name__ == "MistralForCausalLM"
+    assert growing_cache_for(engine.model) is None
+    engine.SEGMENT = 5
+    requests = _requests(arithmetic, Sampling(1.0, 0.9, 96), 8, [None])
+    got = _assert_transformers_tokens(engine, requests)
+    assert any(not g.truncated for g in got) and len({g.completion_tokens for g in got}) > 1  # rows left early
+    everything = HFEngine(batch_size=64)  # the window matters: the same weights attending to everything differ
+    assert [g.text for g in got] != [g.text for g in everything.generate(requests, seed=3)]
 
 
 @pytest.fixture(scope="module")
 def adapters(tmp_path_factory):
     """Two real LoRA adapters with different random weights on the shipped model."""
     from peft import LoraConfig, get_peft_model
-
-    from maft.tiny import default_checkpoint
 
     paths = {}
     for name, seed in [("gen_0", 1), ("critic_0", 2)]:
@@ -117,19 +166,25 @@ def adapters(tmp_path_factory):
 
 
 def test_a_model_that_makes_its_own_cache_decodes_in_one_call(engine, arithmetic):
-    """generate refuses a cache passed beside a generation config's cache_implementation (Gemma's 'hybrid'):
-    such a model gets neither the growing cache nor segments, and the same tokens."""
+    """generate refuses a cache passed beside a generation config's cache_implementation (Gemma's 'hybrid'),
+    returns none with use_cache off, and restarts min_new_tokens at every call: such a model gets neither
+    the growing cache nor segments, and the same tokens (min_new_tokens=2 changes none of these)."""
     sampling = Sampling(temperature=1.0, top_p=0.9, max_new_tokens=48)
     requests = [
         Request([{"role": "user", "content": arithmetic.prompt(p)}], sampling=sampling)
         for p in arithmetic.splits(0, 4, seed=2).test
     ]
-    engine.SEGMENT = 4
-    expected = [g.text for g in engine.generate(requests, seed=1)]
-    engine.model.generation_config.cache_implementation = "static"
+    config = engine.model.generation_config
     try:
-        assert growing_cache_for(engine.model) is None
-        assert [g.text for g in engine.generate(requests, seed=1)] == expected
+        engine.SEGMENT = 4
+        expected = [g.text for g in engine.generate(requests, seed=1)]
+        for setting, value in [("cache_implementation", "static"), ("use_cache", False), ("min_new_tokens", 2)]:
+            default = getattr(config, setting)
+            setattr(config, setting, value)
+            try:
+                assert growing_cache_for(engine.model) is None
+                assert [g.text for g in engine.generate(requests, seed=1)] == expected, setting
+            finally:
+                setattr(config, setting, default)
     finally:
-        engine.model.generation_config.cache_implementation = None
-        del engine.SEGMENT
+        engine.__dict__.pop("SEGMENT", None)

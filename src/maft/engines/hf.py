@@ -412,7 +412,8 @@ class HFEngine:
                 **kwargs,
                 **row_names,
             )
-            cache = out["cache"] if "cache" in out else out["past_key_values"]  # renamed in transformers 5.24
+            # the output's field is cache from transformers 5.24, past_key_values before (None: no cache used)
+            cache = getattr(out, "cache" if "cache" in out.__dataclass_fields__ else "past_key_values", None)
             part = out.sequences[:, ids.shape[1] :]
             keep = []
             for j, (r, tokens) in enumerate(zip(rows, part.tolist())):
@@ -426,7 +427,7 @@ class HFEngine:
             if len(keep) < len(rows):
                 index = torch.tensor(keep, dtype=torch.long, device=ids.device)
                 ids, mask = ids[index], mask[index]
-                if keep:
+                if keep and cache is not None:
                     cache.batch_select_indices(index)
                 rows = [rows[j] for j in keep]
         texts = tok.batch_decode(new, skip_special_tokens=True)

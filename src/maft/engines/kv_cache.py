@@ -65,9 +65,8 @@ class GrowingLayer(DynamicLayer):
         capacity = max(new + HEADROOM, 2 * old)
         if self.max_length is not None:
             capacity = max(new, min(capacity, self.max_length))
-        batch_heads = key_states.shape[:-2]
-        self._keys = key_states.new_empty((*batch_heads, capacity, key_states.shape[-1]))
-        self._values = value_states.new_empty((*batch_heads, capacity, value_states.shape[-1]))
+        self._keys = key_states.new_empty((*key_states.shape[:-2], capacity, key_states.shape[-1]))
+        self._values = value_states.new_empty((*value_states.shape[:-2], capacity, value_states.shape[-1]))
         if old:
             self._keys[..., :old, :] = self.keys
             self._values[..., :old, :] = self.values
@@ -86,14 +85,29 @@ class GrowingCache(DynamicCache):
         Cache.__init__(self, layer_class_to_replicate=partial(GrowingLayer, max_length))
 
 
+#: Generation-config settings that count from the start of a ``generate`` call (or its clock), so that a call
+#: continuing another would restart them: forcing the end token at ``max_length``, ``min_new_tokens``, a length
+#: penalty's start, tokens suppressed at the first step, a time limit.
+PER_CALL_SETTINGS = (
+    "forced_eos_token_id",
+    "min_new_tokens",
+    "exponential_decay_length_penalty",
+    "begin_suppress_tokens",
+    "max_time",
+)
+
+
 def continues_generation(model: torch.nn.Module) -> bool:
-    """Whether ``model.generate`` can take a cache from outside and continue from it: not when the model's
-    generation config names a cache implementation of its own (``generate`` refuses a cache passed beside
-    one, e.g. Gemma's hybrid cache) or turns the cache off."""
+    """Whether ``model.generate`` can continue from a cache that an earlier call filled, giving the tokens one
+    call would: not when the model's generation config names a cache implementation of its own (``generate``
+    refuses a cache passed beside one, e.g. Gemma's hybrid cache), turns the cache off, or sets any of
+    :data:`PER_CALL_SETTINGS`."""
     generation_config = getattr(model, "generation_config", None)
     if generation_config is None:
         return False
-    return generation_config.cache_implementation is None and generation_config.use_cache is not False
+    if generation_config.cache_implementation is not None or generation_config.use_cache is False:
+        return False
+    return all(getattr(generation_config, name, None) is None for name in PER_CALL_SETTINGS)
 
 
 def growing_cache_for(model: torch.nn.Module, max_length: int | None = None) -> GrowingCache | None:
