@@ -38,3 +38,35 @@ def arithmetic():
     from maft.tasks import get_task
 
     return get_task("arithmetic")
+
+
+@pytest.fixture(scope="session")
+def random_adapters(tmp_path_factory):
+    """Make two real LoRA adapters, gen_0 and critic_0, on the shipped model, with random B matrices of standard
+    deviation ``std`` on ``modules`` (each set made once per session): ``random_adapters(std, modules)``."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from maft.tiny import default_checkpoint
+
+    made: dict = {}
+
+    def make(std: float, modules: tuple[str, ...]) -> dict:
+        if (std, modules) not in made:
+            paths = {}
+            for name, seed in [("gen_0", 1), ("critic_0", 2)]:
+                model = get_peft_model(
+                    AutoModelForCausalLM.from_pretrained(default_checkpoint()),
+                    LoraConfig(r=4, lora_alpha=8, target_modules=list(modules), init_lora_weights=False),
+                )
+                torch.manual_seed(seed)
+                for n, p in model.named_parameters():
+                    if "lora_B" in n:
+                        p.data.normal_(0, std)
+                paths[name] = tmp_path_factory.mktemp(name)
+                model.save_pretrained(paths[name])
+            made[std, modules] = paths
+        return made[std, modules]
+
+    return make

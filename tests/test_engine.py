@@ -1,6 +1,5 @@
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
 from maft.engines import Request, Sampling
@@ -15,21 +14,9 @@ def ask(task, problem, adapter=None, sampling=GREEDY):
 
 
 @pytest.fixture(scope="module")
-def adapters(tmp_path_factory):
+def adapters(random_adapters):
     """Two real LoRA adapters with different random weights on the shipped model."""
-    paths = {}
-    for name, seed in [("gen_0", 1), ("critic_0", 2)]:
-        model = get_peft_model(
-            AutoModelForCausalLM.from_pretrained(default_checkpoint()),
-            LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"], init_lora_weights=False),
-        )
-        torch.manual_seed(seed)
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.data.normal_(0, 0.3)
-        paths[name] = tmp_path_factory.mktemp(name)
-        model.save_pretrained(paths[name])
-    return paths
+    return random_adapters(0.3, ("q_proj", "v_proj", "up_proj"))
 
 
 def test_batch_preserves_order_and_equals_one_at_a_time(engine, arithmetic):

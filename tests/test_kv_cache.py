@@ -109,6 +109,13 @@ def _assert_transformers_tokens(engine: HFEngine, requests: list[Request], seed:
     return got
 
 
+@pytest.fixture(scope="module")
+def adapters(random_adapters):
+    """Two real LoRA adapters with different random weights on the shipped model (milder than test_engine's:
+    their rows still end, at many lengths)."""
+    return random_adapters(0.1, ("q_proj", "v_proj"))
+
+
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 @pytest.mark.parametrize("with_adapters", [False, True])
 def test_segmented_decoding_gives_transformers_tokens(adapters, arithmetic, temperature, with_adapters):
@@ -145,35 +152,11 @@ def test_segmented_decoding_keeps_a_sliding_window_models_own_cache(arithmetic, 
     assert [g.text for g in got] != [g.text for g in everything.generate(requests, seed=3)]
 
 
-@pytest.fixture(scope="module")
-def adapters(tmp_path_factory):
-    """Two real LoRA adapters with different random weights on the shipped model."""
-    from peft import LoraConfig, get_peft_model
-
-    paths = {}
-    for name, seed in [("gen_0", 1), ("critic_0", 2)]:
-        model = get_peft_model(
-            AutoModelForCausalLM.from_pretrained(default_checkpoint()),
-            LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
-        )
-        torch.manual_seed(seed)
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.data.normal_(0, 0.1)
-        paths[name] = tmp_path_factory.mktemp(name)
-        model.save_pretrained(paths[name])
-    return paths
-
-
 def test_a_model_that_makes_its_own_cache_decodes_in_one_call(engine, arithmetic):
     """generate refuses a cache passed beside a generation config's cache_implementation (Gemma's 'hybrid'),
     returns none with use_cache off, and restarts min_new_tokens at every call: such a model gets neither
     the growing cache nor segments, and the same tokens (min_new_tokens=2 changes none of these)."""
-    sampling = Sampling(temperature=1.0, top_p=0.9, max_new_tokens=48)
-    requests = [
-        Request([{"role": "user", "content": arithmetic.prompt(p)}], sampling=sampling)
-        for p in arithmetic.splits(0, 4, seed=2).test
-    ]
+    requests = _requests(arithmetic, Sampling(temperature=1.0, top_p=0.9, max_new_tokens=48), 4, [None])
     config = engine.model.generation_config
     try:
         engine.SEGMENT = 4
