@@ -159,9 +159,12 @@ def test_short_and_long_mini_batches_share_a_forward_only_when_little_padding_is
     ]
 
 
-def test_a_mixed_forward_gives_each_adapter_the_gradient_of_its_own_rows(data, tmp_path):
+@pytest.mark.parametrize("sizes", [(3, 3, 3), (3, 2, 3)], ids=["equal-blocks-batched", "unequal-blocks-split"])
+def test_a_mixed_forward_gives_each_adapter_the_gradient_of_its_own_rows(data, tmp_path, sizes, monkeypatch):
     """One forward/backward over the mini-batches of three roles (a generation role next to a longer critic
-    conversation) against PEFT's own forward with one active adapter, role by role."""
+    conversation) against PEFT's own forward with one active adapter, role by role: with blocks of equal rows
+    (every LoRA layer's updates in one batched product, Router._batched) and of unequal rows (one product pair per
+    block)."""
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
     tokenizer = _tokenizer(BASE)
@@ -180,11 +183,16 @@ def test_a_mixed_forward_gives_each_adapter_the_gradient_of_its_own_rows(data, t
             self.name, self.rows, self.loss = role, prepared_rows(tokenizer, data[role], args, all_turns)[:3], 0.0
 
     parts = [Part(run.role) for run in runs]
+    for part, n in zip(parts, sizes, strict=True):
+        part.rows = part.rows[:n]
     collate = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id)
     counts = {p.name: sum(label != -100 for r in p.rows for label in r["labels"][1:]) for p in parts}
     model.train()
-    mixed_batch = [(p, [0, 1, 2]) for p in parts]
+    batched = []
+    monkeypatch.setattr(Router, "_batched", staticmethod(lambda *a, f=Router._batched: batched.append(1) or f(*a)))
+    mixed_batch = [(p, list(range(n))) for p, n in zip(parts, sizes, strict=True)]
     forward_backward(model, Router(model), collate, mixed_batch, counts, "cpu", contextlib.nullcontext)
+    assert len(batched) == (7 * 4 if len(set(sizes)) == 1 else 0)  # every LoRA layer (7 linears, 4 layers), or none
     mixed = {p.name: {n: w.grad.clone() for n, w in role_parameters(model, p.name)} for p in parts}
     model.zero_grad()
     for p in parts:

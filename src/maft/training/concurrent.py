@@ -21,7 +21,8 @@ have:
 
 Routing (:class:`Router`): in a forward over the mini-batches of several roles, one after another in the batch,
 every LoRA layer adds to the base output of each role's rows that role's adapter's update, as PEFT's forward does
-for its one active adapter; the base layers see the whole batch. PEFT's own mixed-adapter batch (``adapter_names``)
+for its one active adapter (for equal mini-batches, all roles' updates in one pair of batched products); the base
+layers see the whole batch. PEFT's own mixed-adapter batch (``adapter_names``)
 computes the same but is for inference (``PeftModel.forward`` refuses it in training mode) and gathers and
 scatters rows by index lists, which made the backward pass slower. Roles whose mini-batches differ much in length
 (short generation data, long critic conversations) would pad each other: within one step, mini-batches are
@@ -196,10 +197,16 @@ class Router:
     ``with router([(role, rows), ...]):`` around a forward and its backward (gradient checkpointing recomputes the
     forward there). Outside such a block the layers are PEFT's own.
 
-    A layer adds to its base output the concatenation of each block's ``lora_B(lora_A(dropout(x))) * scaling``, the
-    sum PEFT's forward computes for its one active adapter, so a row's output is the one it has alone. The input is
-    split into views and the updates concatenated (one copy each way), where PEFT's ``adapter_names`` batches index
-    rows by lists."""
+    A layer adds to its base output each block's ``lora_B(lora_A(dropout(x))) * scaling``, the update PEFT's
+    forward adds for its one active adapter, so a row's output is the one it has alone. Where the blocks have the
+    same number of rows and every block's role has an adapter in the layer (each step's full mini-batches), the
+    layer computes every block's update at once: the input viewed as (blocks, rows x positions, features), the
+    roles' ``lora_A`` and ``lora_B`` weights stacked, two batched matrix products (:meth:`_batched`). Otherwise it
+    splits the input into views, one pair of products per block, and concatenates the updates. Both are the
+    per-role products up to rounding; the batched one launches a handful of kernels per layer instead of a handful
+    per role, which a small-batch step on a GPU pays for (on one H200, a 1B-shape concurrent job's training time
+    fell from 17.6 s to 13.9 s; README). (PEFT's own mixed-adapter batches, ``adapter_names``, index rows by lists
+    and are for inference only.)"""
 
     def __init__(self, model) -> None:
         from peft.tuners.lora import LoraLayer
@@ -221,6 +228,10 @@ class Router:
         if self.blocks is None:
             return peft_forward(x, *args, **kwargs)
         result = layer.base_layer(x, *args, **kwargs)
+        roles = [role for role, _ in self.blocks]
+        sizes = {n for _, n in self.blocks}
+        if len(roles) > 1 and len(sizes) == 1 and all(self._plain(layer, role) for role in roles):
+            return (result + self._batched(layer, roles, x).view(result.shape)).to(result.dtype)
         deltas = []
         for (role, _), rows in zip(self.blocks, x.split([n for _, n in self.blocks]), strict=True):
             if role in layer.lora_A:
@@ -230,6 +241,33 @@ class Router:
             else:
                 deltas.append(result.new_zeros((len(rows), *result.shape[1:])))
         return (result + torch.cat(deltas)).to(result.dtype)
+
+    @staticmethod
+    def _plain(layer, role: str) -> bool:
+        """Whether ``role``'s update in ``layer`` is two bias-free products and a scaling (no dropout: it is 0)."""
+        import torch
+
+        return (
+            role in layer.lora_A
+            and isinstance(layer.lora_dropout[role], torch.nn.Identity)
+            and layer.lora_A[role].bias is None
+            and layer.lora_B[role].bias is None
+        )
+
+    @staticmethod
+    def _batched(layer, roles: list[str], x):
+        """The updates of equal blocks of rows of ``x``, block i through ``roles[i]``'s adapter, in one go:
+        shaped (blocks, rows x positions, out features)."""
+        import torch
+
+        a = torch.stack([layer.lora_A[role].weight for role in roles])  # (blocks, r, in)
+        b = torch.stack([layer.lora_B[role].weight for role in roles])  # (blocks, out, r)
+        rows = x.reshape(len(roles), -1, x.shape[-1]).to(a.dtype)
+        update = torch.bmm(torch.bmm(rows, a.transpose(1, 2)), b.transpose(1, 2))
+        scales = [layer.scaling[role] for role in roles]
+        if len(set(scales)) == 1:
+            return update * scales[0]
+        return update * torch.tensor(scales, dtype=update.dtype, device=update.device).view(-1, 1, 1)
 
     @contextlib.contextmanager
     def __call__(self, blocks: list[tuple[str, int]]) -> Iterator[None]:
