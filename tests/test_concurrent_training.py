@@ -7,6 +7,7 @@ each role as its own stage."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import random
 import re
@@ -36,7 +37,7 @@ from maft.training.concurrent import (
     role_parameters,
 )
 from maft.training.scheduler import TrainJob, run_ray
-from maft.training.sft import TrainResult, _tokenizer, finetune, sft_config, sft_trainer
+from maft.training.sft import TrainResult, _tokenizer, finetune, lora_config, sft_config, sft_trainer
 
 pytestmark = pytest.mark.slow
 
@@ -159,12 +160,17 @@ def test_short_and_long_mini_batches_share_a_forward_only_when_little_padding_is
     ]
 
 
-@pytest.mark.parametrize("sizes", [(3, 3, 3), (3, 2, 3)], ids=["equal-blocks-batched", "unequal-blocks-split"])
-def test_a_mixed_forward_gives_each_adapter_the_gradient_of_its_own_rows(data, tmp_path, sizes, monkeypatch):
+@pytest.mark.parametrize(
+    ("sizes", "bf16"),
+    [((3, 3, 3), False), ((3, 2, 3), False), ((3, 3, 3), True)],
+    ids=["equal-blocks-batched", "unequal-blocks-split", "equal-blocks-batched-bf16-autocast"],
+)
+def test_a_mixed_forward_gives_each_adapter_the_gradient_of_its_own_rows(data, tmp_path, sizes, bf16, monkeypatch):
     """One forward/backward over the mini-batches of three roles (a generation role next to a longer critic
     conversation) against PEFT's own forward with one active adapter, role by role: with blocks of equal rows
     (every LoRA layer's updates in one batched product, Router._batched) and of unequal rows (one product pair per
-    block)."""
+    block); and the batched product under bfloat16 autocast, as on a GPU with ``train.bf16`` (fp32 adapters, bf16
+    products: both sides round to bf16, so the tolerance is bf16's)."""
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
     tokenizer = _tokenizer(BASE)
@@ -191,22 +197,52 @@ def test_a_mixed_forward_gives_each_adapter_the_gradient_of_its_own_rows(data, t
     batched = []
     monkeypatch.setattr(Router, "_batched", staticmethod(lambda *a, f=Router._batched: batched.append(1) or f(*a)))
     mixed_batch = [(p, list(range(n))) for p, n in zip(parts, sizes, strict=True)]
-    forward_backward(model, Router(model), collate, mixed_batch, counts, "cpu", contextlib.nullcontext)
+    autocast = functools.partial(torch.autocast, "cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext
+    atol, rtol, loss_rel = (3e-4, 1e-2, 1e-2) if bf16 else (GRAD_ATOL, GRAD_RTOL, 1e-5)
+    forward_backward(model, Router(model), collate, mixed_batch, counts, "cpu", autocast)
     assert len(batched) == (7 * 4 if len(set(sizes)) == 1 else 0)  # every LoRA layer (7 linears, 4 layers), or none
     mixed = {p.name: {n: w.grad.clone() for n, w in role_parameters(model, p.name)} for p in parts}
     model.zero_grad()
     for p in parts:
         model.set_adapter(p.name)  # PEFT's forward, this adapter alone, on this role's rows alone
         batch = collate(p.rows)
-        nll = -model(**batch, fused_lm_head=True, use_cache=False).log_probs.sum()
-        assert float(nll.detach() / counts[p.name]) == pytest.approx(float(p.loss), rel=1e-5)
+        with autocast():
+            nll = -model(**batch, fused_lm_head=True, use_cache=False).log_probs.float().sum()
+        assert float(nll.detach() / counts[p.name]) == pytest.approx(float(p.loss), rel=loss_rel)
         (nll / counts[p.name]).backward()
         alone = {n: w.grad for n, w in role_parameters(model, p.name)}
         assert alone.keys() == mixed[p.name].keys() and len(alone) == 2 * 7 * 4  # A and B, 7 linears, 4 layers
         for name, grad in alone.items():
             assert grad.abs().max() > 0, name
-            torch.testing.assert_close(mixed[p.name][name], grad, atol=GRAD_ATOL, rtol=GRAD_RTOL, msg=name)
+            torch.testing.assert_close(
+                mixed[p.name][name], grad, atol=atol, rtol=rtol, msg=lambda m, n=name: f"{n}: {m}"
+            )
         model.zero_grad()
+
+
+def test_adapters_of_another_rank_or_unequal_blocks_take_the_per_block_path(data, tmp_path):
+    """The batched product needs equal blocks filling the batch and alike adapters; a role continuing from an
+    adapter saved with another rank (``init_from``) falls back to one product pair per block, and still runs."""
+    from peft.tuners.lora import LoraLayer
+
+    runs = [RoleRun(role, data[role], tmp_path / role, seed=SEEDS[role]) for role in ("gen_0", "gen_1")]
+    model = load_together(BASE, runs, CFG)
+    model.add_adapter("wide", lora_config(CFG.model_copy(update={"lora_r": 2 * CFG.lora_r})))
+    router = Router(model)
+    layer = next(m for m in model.modules() if isinstance(m, LoraLayer))
+    x = torch.randn(4, 5, layer.in_features)
+    cases = {
+        (("gen_0", 2), ("gen_1", 2)): True,
+        (("gen_0", 2), ("wide", 2)): False,  # ranks differ: the weights cannot be stacked
+        (("gen_0", 3), ("gen_1", 1)): False,  # unequal blocks
+        (("gen_0", 4),): False,  # one block: nothing to batch
+    }
+    for blocks, batchable in cases.items():
+        with router(list(blocks)):
+            assert router._batchable(layer, x) is batchable, blocks
+            assert layer(x).shape == (4, 5, layer.out_features)
+    with router([("gen_0", 1), ("gen_1", 1)]):
+        assert not router._batchable(layer, x)  # the blocks do not make up the batch
 
 
 def test_concurrent_training_gives_the_adapters_of_training_one_by_one(trained, data):

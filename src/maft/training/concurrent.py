@@ -228,9 +228,8 @@ class Router:
         if self.blocks is None:
             return peft_forward(x, *args, **kwargs)
         result = layer.base_layer(x, *args, **kwargs)
-        roles = [role for role, _ in self.blocks]
-        sizes = {n for _, n in self.blocks}
-        if len(roles) > 1 and len(sizes) == 1 and all(self._plain(layer, role) for role in roles):
+        if self._batchable(layer, x):
+            roles = [role for role, _ in self.blocks]
             return (result + self._batched(layer, roles, x).view(result.shape)).to(result.dtype)
         deltas = []
         for (role, _), rows in zip(self.blocks, x.split([n for _, n in self.blocks]), strict=True):
@@ -242,32 +241,42 @@ class Router:
                 deltas.append(result.new_zeros((len(rows), *result.shape[1:])))
         return (result + torch.cat(deltas)).to(result.dtype)
 
-    @staticmethod
-    def _plain(layer, role: str) -> bool:
-        """Whether ``role``'s update in ``layer`` is two bias-free products and a scaling (no dropout: it is 0)."""
+    def _batchable(self, layer, x) -> bool:
+        """Whether the blocks' updates in ``layer`` can be one batched product: several blocks of equal rows that
+        make up the batch's first dimension, each role's update two bias-free products (no dropout: it is 0),
+        the roles' adapters alike in rank, weight dtype and scaling (a role continuing from an adapter saved with
+        other settings takes the per-block path)."""
         import torch
 
+        assert self.blocks is not None
+        roles = [role for role, _ in self.blocks]
+        if len(roles) < 2 or len({n for _, n in self.blocks}) > 1 or x.shape[0] != sum(n for _, n in self.blocks):
+            return False
+        if not all(role in layer.lora_A for role in roles):
+            return False
+        a, b = [layer.lora_A[role] for role in roles], [layer.lora_B[role] for role in roles]
         return (
-            role in layer.lora_A
-            and isinstance(layer.lora_dropout[role], torch.nn.Identity)
-            and layer.lora_A[role].bias is None
-            and layer.lora_B[role].bias is None
+            all(isinstance(layer.lora_dropout[role], torch.nn.Identity) for role in roles)
+            and all(m.bias is None for m in a + b)
+            and len({m.weight.shape for m in a}) == 1
+            and len({m.weight.shape for m in b}) == 1
+            and len({m.weight.dtype for m in a + b}) == 1
+            and len({layer.scaling[role] for role in roles}) == 1
         )
 
     @staticmethod
     def _batched(layer, roles: list[str], x):
         """The updates of equal blocks of rows of ``x``, block i through ``roles[i]``'s adapter, in one go:
-        shaped (blocks, rows x positions, out features)."""
+        shaped (blocks, rows x positions, out features). The adapters' weights are read directly (no module
+        hooks: fine in this one process, where nothing shards them)."""
         import torch
 
         a = torch.stack([layer.lora_A[role].weight for role in roles])  # (blocks, r, in)
         b = torch.stack([layer.lora_B[role].weight for role in roles])  # (blocks, out, r)
-        rows = x.reshape(len(roles), -1, x.shape[-1]).to(a.dtype)
-        update = torch.bmm(torch.bmm(rows, a.transpose(1, 2)), b.transpose(1, 2))
-        scales = [layer.scaling[role] for role in roles]
-        if len(set(scales)) == 1:
-            return update * scales[0]
-        return update * torch.tensor(scales, dtype=update.dtype, device=update.device).view(-1, 1, 1)
+        rows = x.reshape(len(roles), -1, x.shape[-1])
+        if not torch.is_autocast_enabled(x.device.type):  # under autocast bmm casts both sides itself
+            rows = rows.to(a.dtype)
+        return torch.bmm(torch.bmm(rows, a.transpose(1, 2)), b.transpose(1, 2)) * layer.scaling[roles[0]]
 
     @contextlib.contextmanager
     def __call__(self, blocks: list[tuple[str, int]]) -> Iterator[None]:
