@@ -68,6 +68,12 @@ class Server:
         self.stop()
         raise RuntimeError(f"server did not answer within {timeout} s: {self.log.read_text()[-2000:]}")
 
+    def kill(self) -> None:
+        """End it at once (SIGKILL to its process group): connections in flight are cut, not drained."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)

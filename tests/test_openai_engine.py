@@ -150,16 +150,26 @@ def test_generate_inside_a_running_event_loop(server, arithmetic):
 
 
 def test_server_killed_and_restarted_mid_round(tmp_path, arithmetic):
+    """The server is killed (SIGKILL: no graceful drain of the requests in flight) once the round's first answer
+    is in, and restarted: the lost requests are retried and every text is the one an undisturbed round gives."""
     s = transformers_serve(tmp_path / "server.log").start()
     engine = OpenAIEngine(s.url, TINY, concurrency=2, max_retries=30, backoff=0.5)
-    requests = ask(arithmetic, 8, GREEDY)
+    requests = ask(arithmetic, 16, GREEDY)
     expected = texts(engine, requests, seed=9)
+
+    def answered() -> int:
+        return s.log.read_text().count('"POST /v1/chat/completions HTTP/1.1" 200')
+
+    before = answered()
     result: dict = {}
     worker = threading.Thread(target=lambda: result.update(texts=texts(engine, requests, seed=9)))
     try:
         worker.start()
-        time.sleep(0.5)
-        s.stop()  # mid-round
+        deadline = time.monotonic() + 120
+        while answered() == before and time.monotonic() < deadline:
+            time.sleep(0.01)
+        s.kill()  # mid-round: after this round's first answer, with the rest to come
+        assert before < answered() < before + len(requests)
         s.start()
         worker.join(timeout=300)
     finally:
