@@ -103,6 +103,33 @@ def test_flops_and_speedup_in_the_rows(run):
     assert sequential["speedup_train"] is None and rows["full-sequential"]["speedup_train"] is None
 
 
+def test_repeats_interleave_the_paths_and_show_the_median_run(tmp_path):
+    out = tmp_path / "train.json"
+    args = ["bench", "train", *_workload_args(), "--device", "cpu", "--no-isolate", "--out", str(out)]
+    res = CliRunner().invoke(app, [*args, "--paths", "lora-sequential,lora-concurrent", "--repeats", "3"])
+    assert res.exit_code == 0, res.output
+    assert "median of 3 runs each" in " ".join(res.output.split())
+    data = json.loads(out.read_text())
+    sequential, concurrent = ("lora-sequential", "lora-concurrent")
+    assert data["order"] == [sequential, concurrent, concurrent, sequential, sequential, concurrent]
+    rows = {r["path"]: r for r in data["paths"]}
+    for row in rows.values():
+        runs = row["runs"]
+        assert len(runs) == 3 and all(r["total"] == pytest.approx(r["setup"] + r["train"] + r["save"]) for r in runs)
+        median = sorted(runs, key=lambda r: r["total"])[1]
+        assert (row["setup_seconds"], row["train_seconds"], row["total_seconds"]) == (
+            median["setup"],
+            median["train"],
+            median["total"],
+        )
+        assert row["peak_memory_mib"] == max(r["peak_memory_mib"] for r in runs)
+    seq, con = rows[sequential], rows[concurrent]
+    assert con["speedup_total"] == pytest.approx(seq["total_seconds"] / con["total_seconds"])
+    ratios = [a["total"] / b["total"] for a, b in zip(seq["runs"], con["runs"], strict=True)]
+    assert con["speedup_total_range"] == [min(ratios), max(ratios)]
+    assert seq["speedup_total_range"] is None
+
+
 def test_flop_formulas_by_hand():
     # full: 6 x 1e9 parameters x 1000 tokens
     assert train_flops("full", 10**9, 0, 1000) == 6e12
@@ -150,6 +177,7 @@ def test_workload_has_fixed_completion_lengths():
     [
         ("--shape", "llama-70b", "unknown shape 'llama-70b'; accepted: tiny, llama-1b, llama-8b"),
         ("--paths", "lora-sequential,qlora", "unknown path 'qlora'; accepted: " + ", ".join(PATHS)),
+        ("--repeats", "0", "Invalid value for '--repeats': Input should be greater than or equal to 1"),
     ],
 )
 def test_bad_input_is_refused_clearly(tmp_path, option, value, message):

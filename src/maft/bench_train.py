@@ -23,7 +23,11 @@ path, as they load a real checkpoint.
 
 Clocks: ``setup`` is model loading, dataset preparation and trainer/optimizer set-up; ``train`` is the training
 steps alone (forward, backward, optimizer); saving the adapters or checkpoints is neither, but is in ``total``
-(setup + train + save), which is what the loop pays (sequential paths pay setup once per role). Rates:
+(setup + train + save), which is what the loop pays (sequential paths pay setup once per role). Importing the
+training libraries (transformers' trainer, TRL, PEFT, datasets; seconds in a fresh process) is on no clock: every
+path imports the same ones once per process, and which clock paid for them depended on each path's import order
+(measured before 2026-11-27, the concurrent path's set-up carried about 3 s of them and the sequential path's
+almost none). Rates:
 examples/s and tokens/s over ``train`` (and over ``total``). Tokens are the tokens that go through the forward
 pass and are not padding: the ``input_ids`` TRL prepares for each example, summed (padding added to batch rows is
 not counted).
@@ -37,6 +41,12 @@ honestly: forward 2 P, backward through the frozen base for the input gradients 
 
 Each path runs in a fresh process by default (``isolate``), so that its peak memory is its own (the peak
 resident set on a CPU, ``torch.cuda.max_memory_allocated`` on a GPU).
+
+Repeats (``repeats`` K > 1): each path runs K times, the paths interleaved and their order reversed every other
+round (A B C, C B A, ...), so that a machine's drift falls on every path alike. A row then shows its median run (by
+total seconds; the lower of the middle two for an even K) and keeps every run in ``runs``; the speedups are those
+of the median runs, and ``speedup_total_range`` / ``speedup_train_range`` the least and greatest over the rounds
+(round i's concurrent run against round i's sequential run). Peak memory is the largest of the runs.
 """
 
 from __future__ import annotations
@@ -99,13 +109,14 @@ class TrainBenchConfig:
     isolate: bool = True  # each path in a fresh process (its own peak memory)
     threads: int | None = None  # CPU: torch threads (default: every core this process may use)
     activation_checkpointing: bool = True  # recompute activations in the backward pass (TRL's default)
+    repeats: int = 1  # runs of each path, interleaved (module docstring)
 
     def check(self) -> None:
         self.paths = parse_paths(self.paths)
         if self.shape not in MODELS:
             raise BenchError(f"unknown shape {self.shape!r}; accepted: {', '.join(MODELS)}")
-        if min(self.roles, self.examples, self.gen_tokens, self.critic_tokens, self.batch_size) < 1:
-            raise BenchError("roles, examples, gen_tokens, critic_tokens and batch_size must be >= 1")
+        if min(self.roles, self.examples, self.gen_tokens, self.critic_tokens, self.batch_size, self.repeats) < 1:
+            raise BenchError("roles, examples, gen_tokens, critic_tokens, batch_size and repeats must be >= 1")
 
 
 @dataclass
@@ -318,12 +329,21 @@ def _concurrent(work: Workload, tcfg: Any, out: Path, checkpointing: bool = True
     }
 
 
+def _import_training_stack() -> None:
+    """Import what every path trains with, so that no path's clock pays a first import."""
+    import datasets  # noqa: F401
+    import peft  # noqa: F401
+    import transformers.trainer  # noqa: F401
+    import trl.trainer.sft_trainer  # noqa: F401
+
+
 def run_path(path: str, work: Workload, cfg: TrainBenchConfig) -> dict[str, Any]:
     """Run one path here and measure it (its memory peak is this process's unless ``cfg.isolate``)."""
     import torch
 
     from maft.engines.hf import cpu_threads
 
+    _import_training_stack()  # on no clock (module docstring)
     cuda = work.device.startswith("cuda")
     if cuda:
         torch.ones(1, device=work.device).sum().item()  # the CUDA context, not charged to the first role
@@ -402,21 +422,32 @@ def bench_train(cfg: TrainBenchConfig, workdir: str | Path | None = None, *, ech
         examples = sum(len(ex) for ex in work.roles.values())
         rows: list[dict[str, Any]] = []
         omitted: dict[str, str] = {}
+        runs: dict[str, list[dict[str, Any]]] = {}
+        order: list[str] = []
         for path in cfg.paths:
             if (reason := too_big(path, params["parameters"], element_bytes, memory)) is not None:
                 omitted[path] = reason
                 say(f"[yellow]{escape(path)} {escape(reason)}[/]")
-                continue
-            say(f"running {escape(path)}")
-            try:
-                result = isolated(run_path, path, work, cfg) if cfg.isolate else run_path(path, work, cfg)
-            except Exception as e:  # noqa: BLE001 - a path that cannot run is reported, the others still run
-                omitted[path] = f"{type(e).__name__}: {e}"
-                say(f"[yellow]{escape(path)} omitted: {escape(omitted[path])}[/]")
-                continue
+        for round_ in range(cfg.repeats):
+            for path in cfg.paths if round_ % 2 == 0 else cfg.paths[::-1]:
+                if path in omitted:
+                    continue
+                say(f"running {escape(path)}" + (f" ({round_ + 1}/{cfg.repeats})" if cfg.repeats > 1 else ""))
+                try:
+                    result = isolated(run_path, path, work, cfg) if cfg.isolate else run_path(path, work, cfg)
+                except Exception as e:  # noqa: BLE001 - a path that cannot run is reported, the others still run
+                    omitted[path] = f"{type(e).__name__}: {e}"
+                    runs.pop(path, None)
+                    say(f"[yellow]{escape(path)} omitted: {escape(omitted[path])}[/]")
+                    continue
+                result["total"] = result["setup"] + result["train"] + result["save"]
+                runs.setdefault(path, []).append(result)
+                order.append(path)
+        for path in [p for p in cfg.paths if p in runs]:
+            result = _median_run(runs[path])
             method = path.split("-")[0]
             flops = train_flops(method, params["flop_parameters"], params["lora_parameters"], total_tokens)
-            total = result["setup"] + result["train"] + result["save"]
+            total = result["total"]
             rows.append(
                 {
                     "path": path,
@@ -436,9 +467,12 @@ def bench_train(cfg: TrainBenchConfig, workdir: str | Path | None = None, *, ech
                     "flops": flops,
                     "tflops_per_s": flops / result["train"] / 1e12,
                     "mfu": utilization(flops, result["train"], peak),
-                    "peak_memory_mib": result["peak_memory_mib"],
+                    "peak_memory_mib": max(r["peak_memory_mib"] for r in runs[path]),
                     "memory_scope": result["memory_scope"],
                     "note": result["note"],
+                    "runs": [
+                        {k: r[k] for k in ("setup", "train", "save", "total", "peak_memory_mib")} for r in runs[path]
+                    ],
                 }
             )
         by_path = {r["path"]: r for r in rows}
@@ -447,8 +481,12 @@ def bench_train(cfg: TrainBenchConfig, workdir: str | Path | None = None, *, ech
             if row["path"].endswith("concurrent") and sequential:
                 row["speedup_train"] = sequential["train_seconds"] / row["train_seconds"]
                 row["speedup_total"] = sequential["total_seconds"] / row["total_seconds"]
+                for clock in ("train", "total"):
+                    ratios = [a[clock] / b[clock] for a, b in zip(sequential["runs"], row["runs"], strict=True)]
+                    row[f"speedup_{clock}_range"] = [min(ratios), max(ratios)]
             else:
                 row["speedup_train"] = row["speedup_total"] = None
+                row["speedup_train_range"] = row["speedup_total_range"] = None
         return {
             "config": asdict(cfg),
             "machine": info,
@@ -470,10 +508,17 @@ def bench_train(cfg: TrainBenchConfig, workdir: str | Path | None = None, *, ech
             },
             "paths": rows,
             "omitted": omitted,
+            "order": order,
         }
     finally:
         if own:
             shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run of median total seconds (the lower of the middle two for an even count)."""
+    ranked = sorted(runs, key=lambda r: r["total"])
+    return ranked[(len(ranked) - 1) // 2]
 
 
 def table(result: dict[str, Any]):
@@ -484,6 +529,7 @@ def table(result: dict[str, Any]):
     t = Table(
         title=f"finetuning: {len(w['roles'])} roles x {w['examples'] // max(len(w['roles']), 1)} examples, "
         f"{w['tokens']} tokens ({result['model']['name']}, {result['machine']['device']})"
+        + (f", median of {k} runs each" if (k := result["config"].get("repeats", 1)) > 1 else "")
     )
     cols = ["path", "steps", "setup s", "train s", "total s", "examples/s", "tokens/s", "tokens/s total"]
     cols += ["x sequential", "MFU", "peak MiB"]
@@ -497,7 +543,11 @@ def table(result: dict[str, Any]):
 
 
 def _cells(r: dict[str, Any]) -> list[str]:
-    speedup = f"{r['speedup_train']:.2f} ({r['speedup_total']:.2f} total)" if r["speedup_train"] is not None else "-"
+    speedup = "-"
+    if r["speedup_train"] is not None:
+        spread = r.get("speedup_total_range")
+        runs = f", {spread[0]:.2f}-{spread[1]:.2f}" if spread and len(r.get("runs", [])) > 1 else ""
+        speedup = f"{r['speedup_train']:.2f} ({r['speedup_total']:.2f} total{runs})"
     return [
         r["path"],
         str(r["steps"]),

@@ -673,6 +673,9 @@ def bench_train_command(
     activation_checkpointing: Annotated[
         bool, typer.Option(help="recompute activations in the backward pass (TRL's default; a run decides by memory)")
     ] = True,
+    repeats: Annotated[
+        int, typer.Option(min=1, help="runs of each path, interleaved; the table shows the median run and the range")
+    ] = 1,
 ) -> None:
     """One iteration's finetuning (R roles x E examples, one epoch) on each path: examples/s, tokens/s,
     set-up and training seconds, concurrent over sequential speedup, MFU on a GPU, peak memory."""
@@ -694,6 +697,7 @@ def bench_train_command(
             isolate=isolate,
             threads=threads,
             activation_checkpointing=activation_checkpointing,
+            repeats=repeats,
         )
         cfg.check()
         start = time.perf_counter()
