@@ -222,27 +222,45 @@ def test_a_mixed_forward_gives_each_adapter_the_gradient_of_its_own_rows(data, t
 
 def test_adapters_of_another_rank_or_unequal_blocks_take_the_per_block_path(data, tmp_path):
     """The batched product needs equal blocks filling the batch and alike adapters; a role continuing from an
-    adapter saved with another rank (``init_from``) falls back to one product pair per block, and still runs."""
+    adapter saved with another rank or scaling (``init_from``) falls back to one product pair per block. Either
+    way each block's output is PEFT's own forward with that block's adapter alone."""
     from peft.tuners.lora import LoraLayer
 
     runs = [RoleRun(role, data[role], tmp_path / role, seed=SEEDS[role]) for role in ("gen_0", "gen_1")]
     model = load_together(BASE, runs, CFG)
-    model.add_adapter("wide", lora_config(CFG.model_copy(update={"lora_r": 2 * CFG.lora_r})))
+    r, alpha = CFG.lora_r, CFG.lora_alpha
+    model.add_adapter("wide", lora_config(CFG.model_copy(update={"lora_r": 2 * r, "lora_alpha": 2 * alpha})))
+    model.add_adapter("loud", lora_config(CFG.model_copy(update={"lora_alpha": 2 * alpha})))
+    torch.manual_seed(0)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:  # B starts at zero, which would make every update zero
+            p.data.normal_(0, 0.05)
     router = Router(model)
     layer = next(m for m in model.modules() if isinstance(m, LoraLayer))
+    assert layer.scaling["wide"] == layer.scaling["gen_0"] != layer.scaling["loud"]
     x = torch.randn(4, 5, layer.in_features)
     cases = {
         (("gen_0", 2), ("gen_1", 2)): True,
         (("gen_0", 2), ("wide", 2)): False,  # ranks differ: the weights cannot be stacked
+        (("gen_0", 2), ("loud", 2)): False,  # scalings differ
         (("gen_0", 3), ("gen_1", 1)): False,  # unequal blocks
         (("gen_0", 4),): False,  # one block: nothing to batch
     }
-    for blocks, batchable in cases.items():
-        with router(list(blocks)):
-            assert router._batchable(layer, x) is batchable, blocks
-            assert layer(x).shape == (4, 5, layer.out_features)
-    with router([("gen_0", 1), ("gen_1", 1)]):
-        assert not router._batchable(layer, x)  # the blocks do not make up the batch
+    with torch.no_grad():
+        for blocks, batchable in cases.items():
+            with router(list(blocks)):
+                assert router._batchable(layer, x) is batchable, blocks
+                mixed = layer(x)
+            alone = []
+            for (role, _), rows in zip(blocks, x.split([n for _, n in blocks]), strict=True):
+                model.set_adapter(role)  # PEFT's forward, this adapter alone
+                alone.append(layer(rows))
+            torch.testing.assert_close(
+                mixed, torch.cat(alone), atol=1e-6, rtol=1e-5, msg=lambda m, b=blocks: f"{b}: {m}"
+            )
+            assert not torch.allclose(alone[0], layer.base_layer(x[: blocks[0][1]]))  # the adapter changes it
+        with router([("gen_0", 1), ("gen_1", 1)]):
+            assert not router._batchable(layer, x)  # the blocks do not make up the batch
 
 
 def test_concurrent_training_gives_the_adapters_of_training_one_by_one(trained, data):

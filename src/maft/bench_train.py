@@ -26,8 +26,8 @@ steps alone (forward, backward, optimizer); saving the adapters or checkpoints i
 (setup + train + save), which is what the loop pays (sequential paths pay setup once per role). Importing the
 training libraries (transformers' trainer, TRL, PEFT, datasets; seconds in a fresh process) is on no clock: every
 path imports the same ones once per process, and which clock paid for them depended on each path's import order
-(measured before 2026-11-27, the concurrent path's set-up carried about 3 s of them and the sequential path's
-almost none). Rates:
+(before 2026-11-27 the sequential path imported transformers' trainer before its clock and the concurrent path
+inside its set-up: 3.6 s in one timing on a 2-core CPU). Rates:
 examples/s and tokens/s over ``train`` (and over ``total``). Tokens are the tokens that go through the forward
 pass and are not padding: the ``input_ids`` TRL prepares for each example, summed (padding added to batch rows is
 not counted).
@@ -46,7 +46,9 @@ Repeats (``repeats`` K > 1): each path runs K times, the paths interleaved and t
 round (A B C, C B A, ...), so that a machine's drift falls on every path alike. A row then shows its median run (by
 total seconds; the lower of the middle two for an even K) and keeps every run in ``runs``; the speedups are those
 of the median runs, and ``speedup_total_range`` / ``speedup_train_range`` the least and greatest over the rounds
-(round i's concurrent run against round i's sequential run). Peak memory is the largest of the runs.
+(round i's concurrent run against round i's sequential run). The median runs by total may come from different
+rounds, so the training speedup shown can lie outside ``speedup_train_range``. Peak memory is the largest of the
+runs. A path that fails in any round is omitted (its reason names the round), and its runs leave ``order``.
 """
 
 from __future__ import annotations
@@ -436,8 +438,10 @@ def bench_train(cfg: TrainBenchConfig, workdir: str | Path | None = None, *, ech
                 try:
                     result = isolated(run_path, path, work, cfg) if cfg.isolate else run_path(path, work, cfg)
                 except Exception as e:  # noqa: BLE001 - a path that cannot run is reported, the others still run
-                    omitted[path] = f"{type(e).__name__}: {e}"
+                    where = f" (round {round_ + 1} of {cfg.repeats})" if cfg.repeats > 1 else ""
+                    omitted[path] = f"{type(e).__name__}{where}: {e}"
                     runs.pop(path, None)
+                    order = [p for p in order if p != path]
                     say(f"[yellow]{escape(path)} omitted: {escape(omitted[path])}[/]")
                     continue
                 result["total"] = result["setup"] + result["train"] + result["save"]
@@ -526,10 +530,11 @@ def table(result: dict[str, Any]):
     from rich.table import Table
 
     w = result["workload"]
+    k = result["config"].get("repeats", 1)
+    runs = f", {'lower ' * (k % 2 == 0)}median of {k} runs each" if k > 1 else ""
     t = Table(
         title=f"finetuning: {len(w['roles'])} roles x {w['examples'] // max(len(w['roles']), 1)} examples, "
-        f"{w['tokens']} tokens ({result['model']['name']}, {result['machine']['device']})"
-        + (f", median of {k} runs each" if (k := result["config"].get("repeats", 1)) > 1 else "")
+        f"{w['tokens']} tokens ({result['model']['name']}, {result['machine']['device']}){runs}"
     )
     cols = ["path", "steps", "setup s", "train s", "total s", "examples/s", "tokens/s", "tokens/s total"]
     cols += ["x sequential", "MFU", "peak MiB"]
