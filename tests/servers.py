@@ -75,13 +75,13 @@ class Server:
             self.process.wait()
 
     def stop(self) -> None:
+        """End it gracefully (SIGTERM to its process group), killing it after 30 s."""
         if self.process is not None and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
                 self.process.wait(30)
             except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+                self.kill()
 
 
 def transformers_serve(log: Path, port: int | None = None) -> Server:
