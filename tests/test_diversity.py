@@ -77,6 +77,25 @@ def test_embedding_dissimilarity_with_all_minilm(arithmetic):
     assert embedding_dissimilarity(rows, embedder) == pytest.approx(expected, abs=1e-6)
     assert 1 - float(e[0] @ e[1]) < 1 - float(e[0] @ e[2])  # a paraphrase is closer than an unrelated sentence
 
+    # a text repeated by several agents and problems is encoded once, and the mean is the one over every pair
+    class Counting:
+        def __init__(self) -> None:
+            self.texts: list[str] = []
+
+        def encode(self, texts, **kwargs):
+            self.texts += texts
+            return embedder.encode(texts, **kwargs)
+
+    repeated = [
+        [turn("p0", n, None, t) for n, t in enumerate([texts[0], texts[0], texts[2]])],
+        [turn("p1", n, None, t) for n, t in enumerate([texts[1], texts[0], texts[1]])],
+    ]
+    counting = Counting()
+    got = embedding_dissimilarity(repeated, counting)
+    assert sorted(counting.texts) == sorted(texts)
+    d = lambda a, b: 1 - float(e[a] @ e[b])  # noqa: E731
+    assert got == pytest.approx((d(0, 0) + 2 * d(0, 2) + 2 * d(1, 0) + d(1, 1)) / 6, abs=1e-6)
+
 
 class Counting:
     """A scorer that records what it was asked to score."""
