@@ -96,7 +96,7 @@ def test_resume_refuses_a_changed_config_and_new_run_refuses_an_existing_dir(tmp
         "run", "--resume", str(root), "--set", "execution.generation_batch_size=8"
     )  # execution settings may change
     assert smaller.returncode == 0, smaller.stdout + smaller.stderr
-    assert "changed on resume: execution.generation_batch_size: 128 -> 8" in smaller.stdout
+    assert "changed on resume: execution.generation_batch_size: None -> 8" in smaller.stdout
     assert "batch_size: 8" in (root / "config.yaml").read_text()
 
 

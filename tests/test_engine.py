@@ -93,6 +93,14 @@ def test_small_models_merge_adapters_by_default(engine):
     assert engine.num_parameters < 1_000_000 and engine.merge_adapters
 
 
+def test_batch_size_defaults_by_model_size(monkeypatch):
+    import maft.engines.hf as hf
+
+    assert HFEngine().batch_size == hf.SMALL_MODEL_BATCH == 512 and HFEngine(batch_size=8).batch_size == 8
+    monkeypatch.setattr(hf, "MERGE_BELOW", 1000)  # the tiny model counted as a large one
+    assert HFEngine().batch_size == hf.BATCH == 128
+
+
 def test_reloading_an_agent_under_its_name_replaces_it(adapters, arithmetic):
     """Each iteration loads the new agents under the same role names; nothing of the old one may stay."""
     problems = arithmetic.splits(0, 4, seed=6).test

@@ -100,7 +100,9 @@ def evaluate(
     temperature: Annotated[float, typer.Option(min=0, help="0 means greedy")] = 1.0,
     top_p: Annotated[float, typer.Option(min=0, max=1)] = 0.9,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 256,
-    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    batch_size: Annotated[
+        int | None, typer.Option(min=1, help="requests per batch (default: 512 below 200M parameters, else 128)")
+    ] = None,
     seed: int = 0,
     device: str = "auto",
     url: Annotated[

@@ -50,8 +50,11 @@ class ExecutionConfig(Strict):
 
     # -- generation in this process (model.engine=hf) --
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1, mps (auto: CUDA, then MPS, then CPU)")
-    generation_batch_size: int = Field(
-        128, ge=1, description="requests per forward pass of the in-process engine (lower it for large models)"
+    generation_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="requests per forward pass of the in-process engine (None: 512 for a model under 200M "
+        "parameters, whose decoding steps cost mostly their fixed overhead, else 128; lower it for large models)",
     )
     merge_adapters: bool | None = Field(
         None, description="serve each agent as a merged copy of the model (None: when it has < 200M parameters)"
