@@ -229,8 +229,7 @@ class Router:
             return peft_forward(x, *args, **kwargs)
         result = layer.base_layer(x, *args, **kwargs)
         if self._batchable(layer, x):
-            roles = [role for role, _ in self.blocks]
-            return (result + self._batched(layer, roles, x).view(result.shape)).to(result.dtype)
+            return self._batched(layer, [role for role, _ in self.blocks], x, result)
         deltas = []
         for (role, _), rows in zip(self.blocks, x.split([n for _, n in self.blocks]), strict=True):
             if role in layer.lora_A:
@@ -265,18 +264,29 @@ class Router:
         )
 
     @staticmethod
-    def _batched(layer, roles: list[str], x):
-        """The updates of equal blocks of rows of ``x``, block i through ``roles[i]``'s adapter, in one go:
-        shaped (blocks, rows x positions, out features). The adapters' weights are read directly (no module
-        hooks: fine in this one process, where nothing shards them)."""
+    def _batched(layer, roles: list[str], x, result):
+        """``result`` (the base layer's output) plus the updates of equal blocks of rows of ``x``, block i through
+        ``roles[i]``'s adapter, in one go. Outside autocast, the second product adds itself to ``result`` and
+        applies the scaling in the same call (``baddbmm_``), so the full-width update is never written on its own,
+        nor scaled (its backward scales the thin rank-wide gradients instead). The adapters' weights are read
+        directly (no module hooks: fine in this one process, where nothing shards them)."""
         import torch
 
         a = torch.stack([layer.lora_A[role].weight for role in roles])  # (blocks, r, in)
         b = torch.stack([layer.lora_B[role].weight for role in roles])  # (blocks, out, r)
         rows = x.reshape(len(roles), -1, x.shape[-1])
-        if not torch.is_autocast_enabled(x.device.type):  # under autocast bmm casts both sides itself
+        autocast = torch.is_autocast_enabled(x.device.type)  # under autocast bmm casts its inputs itself
+        if not autocast:
             rows = rows.to(a.dtype)
-        return torch.bmm(torch.bmm(rows, a.transpose(1, 2)), b.transpose(1, 2)) * layer.scaling[roles[0]]
+        low = torch.bmm(rows, a.transpose(1, 2))  # (blocks, rows x positions, r)
+        up = b.transpose(1, 2)  # (blocks, r, out)
+        base = result.reshape(len(roles), -1, result.shape[-1])
+        scaling = layer.scaling[roles[0]]
+        if not autocast and base.dtype == low.dtype == up.dtype:
+            # in place: the base layer's output is a fresh tensor that its backward does not need (not under
+            # autocast, where an in-place call is not cast and bf16 would round in another order than PEFT's)
+            return base.baddbmm_(low, up, alpha=scaling).view(result.shape)
+        return (result + (torch.bmm(low, up) * scaling).view(result.shape)).to(result.dtype)
 
     @contextlib.contextmanager
     def __call__(self, blocks: list[tuple[str, int]]) -> Iterator[None]:
