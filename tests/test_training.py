@@ -99,3 +99,42 @@ def test_full_finetuning_saves_a_checkpoint_the_engine_serves(examples, tmp_path
     problem = arithmetic.splits(0, 1, seed=2).test[0]
     reply = engine.generate([Request([{"role": "user", "content": arithmetic.prompt(problem)}], adapter="critic_0")])
     assert reply[0].completion_tokens > 0
+
+
+def test_a_right_padding_mask_is_dropped_with_the_same_loss_and_gradients():
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from maft.training.sft import attend_causally
+
+    torch.manual_seed(0)
+    lengths = [12, 7, 3, 12]
+    ids = torch.zeros((4, 12), dtype=torch.long)  # right padding, as TRL's collator pads
+    mask = torch.zeros_like(ids)
+    for row, n in enumerate(lengths):
+        ids[row, :n], mask[row, :n] = torch.randint(3, 400, (n,)), 1
+    labels = ids.masked_fill(mask == 0, -100)
+
+    def run(causal: bool, attention_mask):
+        model = AutoModelForCausalLM.from_pretrained(str(default_checkpoint()), dtype=torch.float32)
+        if causal:
+            attend_causally(model)
+        seen = []
+        model.get_decoder().register_forward_pre_hook(
+            lambda m, args, kwargs: seen.append(kwargs.get("attention_mask")), with_kwargs=True
+        )
+        loss = model(input_ids=ids, attention_mask=attention_mask, labels=labels).loss
+        loss.backward()
+        return loss, {n: p.grad for n, p in model.named_parameters()}, seen[0]
+
+    masked, masked_grads, passed = run(False, mask)
+    assert passed is mask
+    causal, causal_grads, dropped = run(True, mask)
+    assert dropped is None  # attention ran without a mask
+    assert torch.allclose(causal, masked, atol=1e-6)
+    for name, grad in masked_grads.items():
+        torch.testing.assert_close(causal_grads[name], grad, atol=1e-6, rtol=1e-5, msg=name)
+
+    left = mask.flip(1)  # left padding (or any other form): the mask is the model's to apply, and stays
+    _, _, kept = run(True, left)
+    assert kept is left

@@ -61,6 +61,7 @@ from maft.training.sft import (
     _quiet,
     _refusal,
     _tokenizer,
+    attend_causally,
     finetune,
     lora_config,
     loss_on_all_turns,
@@ -306,6 +307,7 @@ def load_together(base_model: str, roles: Sequence[RoleRun], cfg: TrainConfig):
     from trl.trainer import add_fused_lm_head
 
     base = AutoModelForCausalLM.from_pretrained(base_model, dtype=_dtype(cfg))
+    attend_causally(base)  # as the one-by-one trainer's model does
     model = None
     for run in roles:
         if run.init_from is not None:

@@ -25,6 +25,10 @@ With ``train.quantization=4bit`` (QLoRA) the frozen base under the adapters is l
 bfloat16 compute (bitsandbytes, on CUDA) and prepared with ``peft.prepare_model_for_kbit_training``; the
 adapters it saves are ordinary LoRA adapters, served on the unquantized base.
 
+The model attends without the batch's padding mask where that only marks right padding, as TRL's collator
+pads (:func:`attend_causally`): no real token attends to a later position, so the mask changes no loss or
+gradient, but it makes attention compute the whole score matrix where the causal path skips its upper triangle.
+
 Every role ends with a loadable artifact in ``out_dir``: a PEFT adapter (LoRA) or a full checkpoint.
 A role with no examples keeps its starting weights (an untouched adapter is saved), so that the
 agent exists in the next debate and stays what it was.
@@ -150,6 +154,25 @@ def _tokenizer(base_model: str) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+def attend_causally(model) -> None:
+    """Let ``model`` (a transformers causal LM) ignore an attention mask that only marks right padding: a forward
+    pre-hook on its decoder drops such a mask. Every row's tokens come first and attention is causal, so no
+    token attends to a padding position, and the padding positions' own outputs carry no loss (label -100): the
+    losses and gradients are those with the mask (tests/test_training.py), while attention takes its causal path
+    instead of applying the mask to every block of the score matrix (the tiny model's 16-row critic step on a
+    2-core CPU: 0.35-0.37 s instead of 0.39-0.41 s). The batch itself keeps its mask (TRL counts tokens with it);
+    a mask of any other form (left padding, holes) is passed on. Positions count from each row's first token
+    either way."""
+    model.get_decoder().register_forward_pre_hook(_drop_right_padding_mask, with_kwargs=True)
+
+
+def _drop_right_padding_mask(module, args, kwargs):
+    mask = kwargs.get("attention_mask")
+    if mask is None or mask.dim() != 2 or not bool((mask[:, 1:] <= mask[:, :-1]).all()):
+        return None
+    return args, {**kwargs, "attention_mask": None}
+
+
 def _load_trainable(base_model: str, init_from: Path | None, cfg: TrainConfig, dtype, *, checkpointing: bool = True):
     """The model to train and the PEFT config to hand TRL (None when the model already is a PeftModel).
     ``checkpointing``: whether a quantized base is prepared for activation checkpointing (PEFT's default turns it
@@ -158,9 +181,12 @@ def _load_trainable(base_model: str, init_from: Path | None, cfg: TrainConfig, d
     from transformers import AutoModelForCausalLM
 
     if cfg.method == "full":
-        return AutoModelForCausalLM.from_pretrained(str(init_from or base_model), dtype=dtype), None
+        model = AutoModelForCausalLM.from_pretrained(str(init_from or base_model), dtype=dtype)
+        attend_causally(model)
+        return model, None
     quantization = quantization_config(cfg)
     base = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype, quantization_config=quantization)
+    attend_causally(base)
     if quantization is not None:
         from peft import prepare_model_for_kbit_training
 
