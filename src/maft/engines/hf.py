@@ -351,16 +351,16 @@ class HFEngine:
     def _score_batch(
         self, rows: list[tuple[list[int], list[int]]], adapters: list[str | None] | None, full: str | None
     ) -> list[float]:
-        """Sum of completion-token log-probabilities; sequences right-padded (positions start at 0)."""
+        """Sum of completion-token log-probabilities; sequences right-padded (positions start at 0), without an
+        attention mask: causal attention never reaches the padding after a row's tokens, and skips the score
+        matrix's upper triangle where a mask would make it compute every block."""
         width = max(len(p) + len(c) for p, c in rows)
         ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
         for b, (p, c) in enumerate(rows):
             ids[b, : len(p) + len(c)] = torch.tensor(p + c)
-            mask[b, : len(p) + len(c)] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
+        ids = ids.to(self.device)
         model, kwargs = self._model(full, adapters)
-        logits = model(input_ids=ids, attention_mask=mask, **kwargs).logits.float()
+        logits = model(input_ids=ids, **kwargs).logits.float()
         logprobs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
         out = []
         for b, (p, c) in enumerate(rows):
