@@ -101,6 +101,16 @@ def test_batch_size_defaults_by_model_size(monkeypatch):
     assert HFEngine().batch_size == hf.BATCH == 128
 
 
+def test_scoring_batches_stay_at_128_rows_under_a_wider_generation_batch(arithmetic):
+    engine = HFEngine(batch_size=512)
+    rows = []
+    original = engine._score_batch
+    engine._score_batch = lambda batch, *args: rows.append(len(batch)) or original(batch, *args)
+    requests = [ask(arithmetic, p) for p in arithmetic.splits(0, 130, seed=3).test]
+    engine.score(requests, ["\\boxed{1}"] * len(requests))
+    assert rows == [128, 2]
+
+
 def test_reloading_an_agent_under_its_name_replaces_it(adapters, arithmetic):
     """Each iteration loads the new agents under the same role names; nothing of the old one may stay."""
     problems = arithmetic.splits(0, 4, seed=6).test

@@ -138,3 +138,16 @@ def test_a_right_padding_mask_is_dropped_with_the_same_loss_and_gradients():
     left = mask.flip(1)  # left padding (or any other form): the mask is the model's to apply, and stays
     _, _, kept = run(True, left)
     assert kept is left
+
+
+def test_both_training_paths_drop_the_right_padding_mask(examples, tmp_path):
+    from maft.training.concurrent import RoleRun, load_together
+    from maft.training.sft import _drop_right_padding_mask, sft_trainer
+
+    def hooked(model) -> bool:
+        return _drop_right_padding_mask in model.get_base_model().get_decoder()._forward_pre_hooks.values()
+
+    one = sft_trainer(str(default_checkpoint()), examples, tmp_path / "one", FAST, device="cpu")
+    assert hooked(one.model)  # the trainer's PeftModel still reaches the hook on its decoder
+    together = load_together(str(default_checkpoint()), [RoleRun("gen_0", examples, tmp_path / "two")], FAST)
+    assert hooked(together)

@@ -62,7 +62,7 @@ MERGE_BELOW = 200_000_000
 #: Requests per batch when none is given: a small model's decoding step costs mostly its fixed overhead
 #: (generate's loop, one kernel launch per layer), so wider batches pay off (the tiny model's held-out debate
 #: on a 2-core CPU: 19-20 s at 512 against 24-26 s at 128, the same texts); a large one's key/value cache
-#: grows with the batch, so it keeps 128.
+#: grows with the batch, so it keeps 128. Scoring batches stay at most 128 either way (:meth:`HFEngine.score`).
 SMALL_MODEL_BATCH, BATCH = 512, 128
 
 
@@ -310,7 +310,10 @@ class HFEngine:
             prompt = self.prompt_ids(r.messages)
             completion = self.tokenizer(text, add_special_tokens=False)["input_ids"] + [eos]
             rows.append((prompt, completion))
-        batches = self._batches(requests, [len(p) + len(c) for p, c in rows], by_sampling=False)
+        # at most BATCH rows: a scoring pass holds full fp32 logits (rows x length x vocabulary, twice), which a
+        # small model with a large vocabulary would make huge at the small-model generation batch
+        size = min(self.batch_size, BATCH)
+        batches = self._batches(requests, [len(p) + len(c) for p, c in rows], by_sampling=False, size=size)
         out: list[Score | None] = [None] * len(requests)
         with Progress(transient=True, disable=not progress) as bar:
             task = bar.add_task(progress if isinstance(progress, str) else "score", total=len(requests))
@@ -322,9 +325,9 @@ class HFEngine:
         return out  # type: ignore[return-value]
 
     def _batches(
-        self, requests: Sequence[Request], lengths: Sequence[int], *, by_sampling: bool
+        self, requests: Sequence[Request], lengths: Sequence[int], *, by_sampling: bool, size: int | None = None
     ) -> list[tuple[Sampling | None, str | None, list[int]]]:
-        """Request indices in batches of at most ``batch_size``, as (sampling, full model, indices).
+        """Request indices in batches of at most ``size`` (default ``batch_size``), as (sampling, full model, indices).
 
         Adapters share the base model's batches (full model None); a fully finetuned agent is a model of
         its own. Generation also groups by sampling settings. Longest first: memory errors show early."""
@@ -336,7 +339,8 @@ class HFEngine:
         batches = []
         for (sampling, full), idx in groups.items():
             idx.sort(key=lambda i: lengths[i], reverse=True)
-            batches += [(sampling, full, idx[s : s + self.batch_size]) for s in range(0, len(idx), self.batch_size)]
+            step = size or self.batch_size
+            batches += [(sampling, full, idx[s : s + step]) for s in range(0, len(idx), step)]
         return batches
 
     def _model(self, full: str | None, adapters: list[str | None] | None) -> tuple[torch.nn.Module, dict]:

@@ -284,8 +284,9 @@ class Router:
         base = result.reshape(len(roles), -1, result.shape[-1])
         scaling = layer.scaling[roles[0]]
         if not autocast and base.dtype == low.dtype == up.dtype:
-            # in place: the base layer's output is a fresh tensor that its backward does not need (not under
-            # autocast, where an in-place call is not cast and bf16 would round in another order than PEFT's)
+            # in place: the base layer's output is a fresh tensor that its backward does not need. Equal to PEFT's
+            # multiply-then-add up to fp32 rounding; not under autocast, where an in-place call is not cast and
+            # bf16 would round the sum differently enough to matter (the bf16 gradient test's tolerance)
             return base.baddbmm_(low, up, alpha=scaling).view(result.shape)
         return (result + (torch.bmm(low, up) * scaling).view(result.shape)).to(result.dtype)
 
