@@ -366,6 +366,17 @@ def test_the_loop_records_each_role_as_its_own_stage_and_resume_keeps_the_finish
     assert not list(store.root.rglob(".tmp-*")) and not list(store.root.rglob(".trainer"))
 
 
+def test_the_loop_trains_together_by_default_where_it_can(tmp_path):
+    """execution.concurrent_training left at None: the embedded default run trains its roles together (they fit
+    in this machine's RAM); where they cannot train together (dropout), one by one, without an error."""
+    for overrides, together in (([], True), (["train.lora_dropout=0.05"], False), (["train.method=full"], False)):
+        store = RunStore.create(tmp_path / str(len(list(tmp_path.iterdir()))), load_config(None, overrides))
+        assert store.config.execution.concurrent_training is None
+        config, _ = Society(store, progress=False)._training_plan()
+        assert config.execution.concurrent_training is together
+        assert config.hash() == store.config.hash()  # how to run, not what
+
+
 def test_with_ray_the_concurrent_job_is_one_ray_task(data, tmp_path):
     ray = pytest.importorskip("ray")
     import os

@@ -108,12 +108,15 @@ class ExecutionConfig(Strict):
         "device), since recomputing costs a second forward pass (1.48x slower training of the embedded model on "
         "a CPU)",
     )
-    concurrent_training: bool = Field(
-        False,
+    concurrent_training: bool | None = Field(
+        None,
         description="train an iteration's LoRA adapters together: one process and one copy of the base model, each "
         "step one forward/backward over the roles' concatenated mini-batches, each role its own loss and optimizer "
         "(maft.training.concurrent); the same adapters as one by one up to rounding, so only the speed changes "
-        "(needs train.lora_dropout=0 and an unquantized base; with scheduler=ray, one Ray task)",
+        "(needs train.lora_dropout=0 and an unquantized base; with scheduler=ray, one Ray task). None: together "
+        "wherever that is possible and the roles run one by one anyway (train.method=lora, quantization=none, "
+        "lora_dropout=0, one process per job, scheduler=local) and the one job fits in the memory free when the "
+        "iteration's training starts; else one by one (maft.training.memory.trains_together)",
     )
     # -- experiment tracking (maft.tracking) --
     report_to: list[Literal["none", "tensorboard", "trackio", "wandb", "mlflow"]] = Field(
@@ -428,7 +431,7 @@ class RunConfig(Strict):
                 "has its own finetuned model: only a shared model (train.shared=true) can answer in another shape"
             )
         m, x = self.model, self.execution
-        if x.concurrent_training and self.iterations > 0:  # maft.training.concurrent.check_concurrent, up front
+        if x.concurrent_training is True and self.iterations > 0:  # maft.training.concurrent.check_concurrent
             t = self.train
             if t.method != "lora" or t.quantization != "none" or t.lora_dropout > 0:
                 raise ValueError(
@@ -438,7 +441,7 @@ class RunConfig(Strict):
                 )
         if x.job_processes > 1 and self.iterations > 0:  # maft.training.distributed, up front
             t, k = self.train, x.job_processes
-            if x.concurrent_training:
+            if x.concurrent_training is True:
                 raise ValueError(
                     f"execution.concurrent_training trains the adapters in one process, but each role would train in "
                     f"{k} processes (execution.processes_per_job / gpus_per_job): use one or the other"

@@ -6,7 +6,7 @@ Iteration 0 is the base model's debate on the test problems. Iteration l >= 1:
     votes          majority vote of the final round -> one label per problem
     data           D^G_n and D^C_n for every agent n, from its own responses only
     train/<role>   each of the 2N roles (gen_n, critic_n) finetuned on its own data, independently (one
-                   after another, or together on one base copy: execution.concurrent_training)
+                   after another, or together on one base copy where they can and fit: execution.concurrent_training)
     debate_test    the new agents debate the held-out problems (generation agents answer round 1,
                    critic agents later rounds)
     metrics        accuracy with standard error, per agent and round, agreement, data sizes (and, with
@@ -52,7 +52,13 @@ from maft.store import (
 )
 from maft.tasks import Splits, Task, get_task
 from maft.tracking import SOCIETY, MetricsLogger, Tracking, iteration_scalars, role_stream
-from maft.training.memory import ModelCounts, activation_checkpointing, device_memory
+from maft.training.memory import (
+    ModelCounts,
+    activation_checkpointing,
+    device_memory,
+    trains_together,
+    with_concurrency,
+)
 from maft.training.scheduler import TrainJob, run_local, run_ray, run_together
 from maft.training.sft import TrainResult, check_critic_loss
 
@@ -343,20 +349,29 @@ class Society:
             )
         return info
 
-    def _activation_checkpointing(self) -> bool:
-        """``execution.activation_checkpointing``, resolved against the memory free now (call it once the engine
-        has stepped aside: what it keeps loaded is then already taken)."""
-        x = self.config.execution.activation_checkpointing
-        if x is not None:
-            return x
+    def _training_plan(self) -> tuple[RunConfig, bool]:
+        """The run's config with ``execution.concurrent_training`` resolved, and ``execution.activation_checkpointing``
+        resolved, both against the memory free now (call it once the engine has stepped aside: what it keeps
+        loaded is then already taken)."""
+        config, x = self.config, self.config.execution
+        if x.concurrent_training is not None and x.activation_checkpointing is not None:
+            return config, x.activation_checkpointing
         import torch
 
         if torch.cuda.is_available():
             torch.cuda.empty_cache()  # memory the engine's allocator caches but no longer uses is free to the jobs
-        on = activation_checkpointing(self.config, ModelCounts.of(self.base_model), device_memory(self.config))
-        why = "a job would not fit without it, or its memory is unknown" if on else "the jobs fit without it"
-        self.console.print(f"  activation checkpointing {'on' if on else 'off'} (auto: {why})")
-        return on
+        counts, memory = ModelCounts.of(self.base_model), device_memory(config)
+        if x.concurrent_training is None:
+            together = trains_together(config, counts, memory)
+            config = with_concurrency(config, together)
+            if together:
+                self.console.print("  the roles' adapters train together on one base copy (concurrent_training auto)")
+        checkpointing = x.activation_checkpointing
+        if checkpointing is None:
+            checkpointing = activation_checkpointing(config, counts, memory)
+            why = "a job would not fit without it, or its memory is unknown" if checkpointing else "jobs fit without it"
+            self.console.print(f"  activation checkpointing {'on' if checkpointing else 'off'} (auto: {why})")
+        return config, checkpointing
 
     def _train(self, it: int) -> None:
         """Finetune every role of iteration ``it`` not finished yet; each is a stage of its own."""
@@ -368,7 +383,7 @@ class Society:
             return
         if self.engine_loaded:
             self.engine.release()  # a managed server on the training GPU steps aside (maft.servers.managed)
-        checkpointing = self._activation_checkpointing()  # against the memory free once the engine stepped aside
+        cfg, checkpointing = self._training_plan()  # against the memory free once the engine stepped aside
         jobs = [
             TrainJob(
                 role=role,

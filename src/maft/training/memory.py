@@ -52,7 +52,10 @@ The same estimate decides ``execution.activation_checkpointing`` left at None (:
 when an iteration's training starts, against what is free then (after a managed server has stepped aside;
 with the in-process engine loaded beside the jobs, its memory is already taken): without checkpointing where one
 job without it fits with :data:`HEADROOM` to spare, with it where it does not, where the memory is unknown, or
-where several jobs or processes share one device's memory (:func:`shares_a_device`).
+where several jobs or processes share one device's memory (:func:`shares_a_device`). It decides
+``execution.concurrent_training`` left at None too (:func:`trains_together`), at the same moment and first: the
+roles train together where they can and their one job fits with :data:`HEADROOM` to spare, else one by one;
+the up-front check counts None as one by one, the plan it falls back to.
 """
 
 from __future__ import annotations
@@ -326,9 +329,49 @@ def shards(config: RunConfig, kind: str) -> int:
     return config.execution.job_processes if kind == "cuda" else 1
 
 
+def can_train_together(config: RunConfig) -> bool:
+    """Whether ``execution.concurrent_training`` left at None may train the roles together: LoRA on an
+    unquantized base without dropout (the same adapters as one by one), one process per job, and the local
+    scheduler (which would train the jobs one by one; Ray spreads them over its resources instead)."""
+    t, x = config.train, config.execution
+    return (
+        t.method == "lora"
+        and t.quantization == "none"
+        and t.lora_dropout == 0
+        and x.job_processes == 1
+        and x.scheduler == "local"
+        and len(trained_roles(config)) > 1
+    )
+
+
+def trains_together(config: RunConfig, counts: ModelCounts, memory: DeviceMemory | None) -> bool:
+    """``execution.concurrent_training`` resolved: as set, or (None) together where :func:`can_train_together`
+    and the one job of all the roles fits in ``memory`` with :data:`HEADROOM` to spare (what is free when the
+    iteration's training starts; an unknown memory is not checked), else one by one. Which it is changes only
+    speed and memory: the adapters are the same up to rounding (tests/test_concurrent_training.py)."""
+    chosen = config.execution.concurrent_training
+    if chosen is not None:
+        return chosen
+    if not can_train_together(config):
+        return False
+    if memory is None:
+        return True
+    checkpointing, k = config.execution.activation_checkpointing is not False, shards(config, memory.kind)
+    roles = len(trained_roles(config))
+    need = estimate(config.train, counts, gradient_checkpointing=checkpointing, shards=k, roles=roles).total
+    return need + engine_weights(config, counts) <= memory.free * (1 - HEADROOM)
+
+
+def with_concurrency(config: RunConfig, together: bool) -> RunConfig:
+    """``config`` with ``execution.concurrent_training`` set to ``together`` (not in the config hash)."""
+    execution = config.execution.model_copy(update={"concurrent_training": together})
+    return config.model_copy(update={"execution": execution})
+
+
 def roles_per_job(config: RunConfig) -> int:
     """The LoRA roles one finetuning job trains: all of an iteration's with ``execution.concurrent_training``,
-    else one."""
+    else one. None (not yet resolved by :func:`trains_together`) counts as one: the plan it falls back to
+    where the roles together would not fit, so a check of it refuses only what cannot run either way."""
     return len(trained_roles(config)) if config.execution.concurrent_training else 1
 
 
