@@ -28,6 +28,7 @@ from maft.training.memory import (
     ModelCounts,
     activation_checkpointing,
     can_train_together,
+    cannot_train_together,
     device_memory,
     estimate,
     roles_per_job,
@@ -335,34 +336,45 @@ def test_adapters_trained_together_are_counted_together(llama8b):
 
 def test_concurrent_training_left_at_none_trains_together_only_where_it_can_and_fits(llama8b):
     """execution.concurrent_training None: together on the local scheduler for LoRA on an unquantized base without
-    dropout, where the one job of all the roles fits; one by one where it would not (checked, not refused) or
-    where it cannot run (no error, unlike true); as set otherwise."""
+    dropout, where the one job of the roles fits; one by one where it would not (checked, not refused), where the
+    memory is unknown, or where it cannot run (no error, unlike true); as set otherwise."""
     plan = ["model.engine=openai", "execution.urls=[http://127.0.0.1:1/v1]", "train.bf16=true", "train.batch_size=8"]
     auto = load_config(None, plan)
     assert auto.execution.concurrent_training is None and can_train_together(auto)
-    six = estimate(auto.train, llama8b, roles=6).total
-    one = estimate(auto.train, llama8b).total
+
+    def need(roles: int, checkpointing: bool) -> int:
+        return estimate(auto.train, llama8b, gradient_checkpointing=checkpointing, roles=roles).total
 
     def gpu(need: int) -> DeviceMemory:  # free memory leaving the 10% spare
         return DeviceMemory(math.ceil(need / 0.9) + 1, "cuda", "a GPU")
 
-    assert trains_together(auto, llama8b, gpu(six)) is True
-    assert trains_together(auto, llama8b, DeviceMemory(math.floor(six / 0.9) - 1, "cuda", "a GPU")) is False
-    assert trains_together(auto, llama8b, gpu(one)) is False
-    check_memory(auto, llama8b, gpu(one))  # what it falls back to fits: no refusal
-    assert trains_together(auto, llama8b, None) is True  # memory unknown: not checked
-    for cannot in (
-        ["train.lora_dropout=0.05"],
-        ["train.method=full", "model.server_kind=transformers"],
-        ["execution.scheduler=ray"],  # Ray spreads the jobs over its GPUs instead
-        ["execution.processes_per_job=2", "train.gradient_accumulation_steps=2"],
-        ["train.shared=true"],  # one role
+    assert trains_together(auto, llama8b, gpu(need(6, False))) is True
+    assert trains_together(auto, llama8b, DeviceMemory(math.floor(need(6, False) / 0.9) - 1, "cuda", "")) is False
+    assert trains_together(auto, llama8b, gpu(need(1, False))) is False
+    check_memory(auto, llama8b, gpu(need(1, True)))  # what it falls back to fits: no refusal
+    assert trains_together(auto, llama8b, None) is False  # memory unknown: the plan the up-front check validated
+    # checkpointing left at None: together with it only where one by one needs it too (2 roles left on resume)
+    assert need(2, True) < need(1, False) < need(2, False)
+    assert trains_together(auto, llama8b, gpu(need(2, True)), roles=2) is True  # one by one would recompute too
+    assert trains_together(auto, llama8b, gpu(need(1, False)), roles=2) is False  # one by one needs no recompute
+    recompute = load_config(None, [*plan, "execution.activation_checkpointing=true"])
+    assert trains_together(recompute, llama8b, gpu(need(1, False)), roles=2) is True
+    # the in-process engine's weights are already out of the memory measured when training starts: not again
+    hf = load_config(None, ["train.bf16=true", "train.batch_size=8"])
+    assert trains_together(hf, llama8b, gpu(need(6, False))) is True
+    for cannot, why in (
+        (["train.lora_dropout=0.05"], "train.lora_dropout=0.05"),
+        (["train.method=full", "model.server_kind=transformers"], "train.method=full"),
+        (["execution.scheduler=ray"], "scheduler=ray"),  # Ray spreads the jobs over its GPUs instead
+        (["execution.processes_per_job=2", "train.gradient_accumulation_steps=2"], "2 processes per job"),
+        (["train.shared=true"], "one role"),
     ):
         config = load_config(None, [*plan, *cannot])  # no error: None never asks for what cannot run
-        assert not can_train_together(config) and trains_together(config, llama8b, gpu(six)) is False
+        assert why in cannot_train_together(config)
+        assert trains_together(config, llama8b, gpu(need(6, False))) is False
     for chosen in (True, False):
         config = load_config(None, [*plan, f"execution.concurrent_training={str(chosen).lower()}"])
-        assert trains_together(config, llama8b, gpu(one)) is chosen
+        assert trains_together(config, llama8b, gpu(need(1, False))) is chosen
         assert roles_per_job(config) == (6 if chosen else 1)
     assert roles_per_job(auto) == 1 and roles_per_job(with_concurrency(auto, True)) == 6
     # the embedded default run on this machine: together

@@ -121,6 +121,8 @@ def test_each_role_is_trained_on_its_own_data_and_the_adapters_differ(finished_r
         assert info["examples"] == len(examples) and info["init"] == "base"
         weights[role] = load_file(str(root / f"iter_1/agents/{role}/adapter_model.safetensors"))
     assert all(counts[f"agent_{n}"]["generation"] > 0 for n in range(2))
+    # trained together (execution.concurrent_training left at None, the embedded model on a CPU)
+    assert "gen_1" in json.loads((root / "iter_1/agents/gen_0/maft_train.json").read_text())["trained_with"]
     for a, b in [("gen_0", "gen_1"), ("gen_0", "critic_0"), ("critic_0", "critic_1")]:
         assert weights[a].keys() == weights[b].keys()
         assert any(not weights[a][k].equal(weights[b][k]) for k in weights[a]), f"{a} and {b} are the same adapter"
@@ -240,6 +242,7 @@ def test_ray_scheduler_trains_every_role_in_ray_workers(tmp_path):
         kind = "generation" if role.startswith("gen") else "critic"
         assert info["examples"] == counts[f"agent_{role[-1]}"][kind]
         assert info["pid"] not in (0, os.getpid())  # trained in a Ray worker process
+        assert info["trained_with"] == []  # concurrent_training None: Ray runs the jobs in parallel instead
         assert (store.root / f"iter_1/agents/{role}/adapter_model.safetensors").is_file()
     assert not list(store.root.rglob(".tmp-*"))
 

@@ -114,9 +114,10 @@ class ExecutionConfig(Strict):
         "step one forward/backward over the roles' concatenated mini-batches, each role its own loss and optimizer "
         "(maft.training.concurrent); the same adapters as one by one up to rounding, so only the speed changes "
         "(needs train.lora_dropout=0 and an unquantized base; with scheduler=ray, one Ray task). None: together "
-        "wherever that is possible and the roles run one by one anyway (train.method=lora, quantization=none, "
-        "lora_dropout=0, one process per job, scheduler=local) and the one job fits in the memory free when the "
-        "iteration's training starts; else one by one (maft.training.memory.trains_together)",
+        "where the local scheduler would otherwise train several roles one by one (train.method=lora, "
+        "quantization=none, lora_dropout=0, one process per job, scheduler=local) and their one job fits in the "
+        "memory free when the iteration's training starts, without activation checkpointing where one by one "
+        "needs none; else one by one, and the run prints which and why (maft.training.memory.trains_together)",
     )
     # -- experiment tracking (maft.tracking) --
     report_to: list[Literal["none", "tensorboard", "trackio", "wandb", "mlflow"]] = Field(

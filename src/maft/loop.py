@@ -55,6 +55,7 @@ from maft.tracking import SOCIETY, MetricsLogger, Tracking, iteration_scalars, r
 from maft.training.memory import (
     ModelCounts,
     activation_checkpointing,
+    cannot_train_together,
     device_memory,
     trains_together,
     with_concurrency,
@@ -349,10 +350,10 @@ class Society:
             )
         return info
 
-    def _training_plan(self) -> tuple[RunConfig, bool]:
-        """The run's config with ``execution.concurrent_training`` resolved, and ``execution.activation_checkpointing``
-        resolved, both against the memory free now (call it once the engine has stepped aside: what it keeps
-        loaded is then already taken)."""
+    def _training_plan(self, pending: int | None = None) -> tuple[RunConfig, bool]:
+        """The run's config with ``execution.concurrent_training`` resolved for ``pending`` roles (default: all),
+        and ``execution.activation_checkpointing`` resolved, both against the memory free now (call it once the
+        engine has stepped aside: what it keeps loaded is then already taken)."""
         config, x = self.config, self.config.execution
         if x.concurrent_training is not None and x.activation_checkpointing is not None:
             return config, x.activation_checkpointing
@@ -362,10 +363,12 @@ class Society:
             torch.cuda.empty_cache()  # memory the engine's allocator caches but no longer uses is free to the jobs
         counts, memory = ModelCounts.of(self.base_model), device_memory(config)
         if x.concurrent_training is None:
-            together = trains_together(config, counts, memory)
+            together = trains_together(config, counts, memory, pending)
             config = with_concurrency(config, together)
-            if together:
-                self.console.print("  the roles' adapters train together on one base copy (concurrent_training auto)")
+            fit = "together they would not fit, or only with activation checkpointing where one by one needs none"
+            why = cannot_train_together(config) or ("memory unknown" if memory is None else fit)
+            how = "together on one base copy" if together else f"one by one ({why})"
+            self.console.print(f"  the roles' adapters train {how} (execution.concurrent_training auto)")
         checkpointing = x.activation_checkpointing
         if checkpointing is None:
             checkpointing = activation_checkpointing(config, counts, memory)
@@ -383,7 +386,7 @@ class Society:
             return
         if self.engine_loaded:
             self.engine.release()  # a managed server on the training GPU steps aside (maft.servers.managed)
-        cfg, checkpointing = self._training_plan()  # against the memory free once the engine stepped aside
+        cfg, checkpointing = self._training_plan(len(pending))  # against the memory free once the engine stepped aside
         jobs = [
             TrainJob(
                 role=role,

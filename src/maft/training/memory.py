@@ -329,37 +329,55 @@ def shards(config: RunConfig, kind: str) -> int:
     return config.execution.job_processes if kind == "cuda" else 1
 
 
-def can_train_together(config: RunConfig) -> bool:
-    """Whether ``execution.concurrent_training`` left at None may train the roles together: LoRA on an
-    unquantized base without dropout (the same adapters as one by one), one process per job, and the local
-    scheduler (which would train the jobs one by one; Ray spreads them over its resources instead)."""
+def cannot_train_together(config: RunConfig) -> str | None:
+    """Why ``execution.concurrent_training`` left at None does not train the roles together whatever the memory,
+    or None where it may: LoRA on an unquantized base without dropout (the same adapters as one by one), one
+    process per job, the local scheduler (which would otherwise train the jobs one by one; Ray spreads them over
+    its resources instead), and more than one role."""
     t, x = config.train, config.execution
-    return (
-        t.method == "lora"
-        and t.quantization == "none"
-        and t.lora_dropout == 0
-        and x.job_processes == 1
-        and x.scheduler == "local"
-        and len(trained_roles(config)) > 1
-    )
+    reasons = {
+        "train.method=full: a model per role": t.method != "lora",
+        f"train.quantization={t.quantization}": t.quantization != "none",
+        f"train.lora_dropout={t.lora_dropout}": t.lora_dropout != 0,
+        f"{x.job_processes} processes per job": x.job_processes != 1,
+        "scheduler=ray runs the jobs in parallel instead": x.scheduler != "local",
+        "one role": len(trained_roles(config)) < 2,
+    }
+    return next((why for why, applies in reasons.items() if applies), None)
 
 
-def trains_together(config: RunConfig, counts: ModelCounts, memory: DeviceMemory | None) -> bool:
+def can_train_together(config: RunConfig) -> bool:
+    """Whether ``execution.concurrent_training`` left at None may train the roles together (memory aside)."""
+    return cannot_train_together(config) is None
+
+
+def trains_together(
+    config: RunConfig, counts: ModelCounts, memory: DeviceMemory | None, roles: int | None = None
+) -> bool:
     """``execution.concurrent_training`` resolved: as set, or (None) together where :func:`can_train_together`
-    and the one job of all the roles fits in ``memory`` with :data:`HEADROOM` to spare (what is free when the
-    iteration's training starts; an unknown memory is not checked), else one by one. Which it is changes only
-    speed and memory: the adapters are the same up to rounding (tests/test_concurrent_training.py)."""
+    and the one job of ``roles`` roles (default: all that the run trains) fits in ``memory`` with
+    :data:`HEADROOM` to spare, else one by one. ``memory``: what is free when the iteration's training starts,
+    the in-process engine's share already taken (as for :func:`activation_checkpointing`); unknown, one by one
+    (the plan the up-front check validated). With ``execution.activation_checkpointing`` left at None, a job
+    that fits together only with checkpointing trains together only where one by one would need it too:
+    recomputing costs a second forward pass (1.48x on the embedded model), more than training together saves.
+    Which it is changes only speed and memory: the adapters are the same up to rounding
+    (tests/test_concurrent_training.py)."""
     chosen = config.execution.concurrent_training
     if chosen is not None:
         return chosen
-    if not can_train_together(config):
+    if not can_train_together(config) or memory is None:
         return False
-    if memory is None:
-        return True
-    checkpointing, k = config.execution.activation_checkpointing is not False, shards(config, memory.kind)
-    roles = len(trained_roles(config))
-    need = estimate(config.train, counts, gradient_checkpointing=checkpointing, shards=k, roles=roles).total
-    return need + engine_weights(config, counts) <= memory.free * (1 - HEADROOM)
+    room = memory.free * (1 - HEADROOM)
+    together = len(trained_roles(config)) if roles is None else roles
+
+    def fits(n: int, checkpointing: bool) -> bool:
+        return estimate(config.train, counts, gradient_checkpointing=checkpointing, roles=n).total <= room
+
+    chosen_checkpointing = config.execution.activation_checkpointing
+    if chosen_checkpointing is not None:
+        return fits(together, chosen_checkpointing)
+    return fits(together, False) or (not fits(1, False) and fits(together, True))
 
 
 def with_concurrency(config: RunConfig, together: bool) -> RunConfig:
