@@ -430,7 +430,7 @@ class Society:
             )
 
         if cfg.execution.scheduler == "ray":
-            together = " trained together in one task" if cfg.execution.concurrent_training else ""
+            together = ", trained together: one task per group" if cfg.execution.concurrent_training else ""
             self.console.print(f"[bold]iter_{it}/train[/bold]: {len(jobs)} finetuning jobs on Ray{together} ...")
             run_ray(jobs, done, cfg.execution)
             return

@@ -28,7 +28,8 @@ real trainer in tests/test_memory.py):
   gradient). In all: ``b*s*((L*h + A)*d + V*(d + 8))`` with checkpointing.
 - ``roles``: with ``execution.concurrent_training`` one job trains every LoRA role of the iteration on one
   base: the base once, each role's adapter with its gradients and AdamW states, and, at worst, the
-  mini-batches of all the roles in one forward (``roles * b`` examples).
+  mini-batches of all the roles in one forward (``roles * b`` examples). With Ray a job trains one group of
+  the roles (:func:`maft.training.scheduler.balanced_groups`), which the count of all of them bounds.
 - ``shards``: a job trained by several processes on GPUs (``execution.processes_per_job`` or a whole
   ``gpus_per_job`` > 1; :mod:`maft.training.distributed`) shards weights, gradients and optimizer states
   over them with FSDP, so each GPU holds 1/shards of those, and the activations of its own batch of
@@ -451,7 +452,7 @@ def shares_a_device(config: RunConfig, kind: str) -> bool:
     gives each process its own."""
     x = config.execution
     gpus = 1 if x.gpus_per_job is None else x.gpus_per_job  # None: a whole GPU per job where there are GPUs
-    ray_shares = x.scheduler == "ray" and not x.concurrent_training and (kind == "cpu" or gpus < 1)
+    ray_shares = x.scheduler == "ray" and (kind == "cpu" or gpus < 1)  # trained together too: a task per group
     return ray_shares or (kind == "cpu" and x.job_processes > 1)
 
 

@@ -6,9 +6,12 @@ finishes (``on_done``), so a crash loses only the jobs still running. Trained to
 (:mod:`maft.training.concurrent`), the jobs share one copy of the base model and one training loop, and each
 is reported as soon as its role has taken its last step. With Ray, every job is a task
 that asks for ``gpus_per_job`` GPUs and ``cpus_per_job`` CPUs, so the jobs of an iteration run in
-parallel across the GPUs (and nodes) of a cluster; trained together, they are one such task, a Ray
-generator that streams each role's result to the driver as the role is saved, so that there too a crash
-loses only the roles still training. The run directory (an absolute path) and the base
+parallel across the GPUs (and nodes) of a cluster. Trained together, the roles are split into as many groups as
+Ray can run such tasks at once (its cluster's GPUs over ``gpus_per_job``, or CPUs over ``cpus_per_job`` where
+the jobs take no GPU; :func:`ray_slots`), balanced by the size of their data (:func:`balanced_groups`): one
+concurrent job per GPU group, each a Ray generator task that streams each role's result to the driver as the
+role is saved, so that there too a crash loses only the roles still training (a group's failure does not stop
+the others; it is raised once they end). The run directory (an absolute path) and the base
 model must be reachable from every node, and the driver's generation engine keeps the GPU it holds.
 """
 
@@ -102,9 +105,32 @@ def train_together(jobs: Sequence[TrainJob], threads: int | None = None) -> Iter
     worker.join()
 
 
+def ray_slots(gpus: float, cpus: float) -> int:
+    """How many tasks of ``gpus`` GPUs (or, with none, ``cpus`` CPUs) each the Ray cluster can run at once."""
+    import ray
+
+    resources = ray.cluster_resources()
+    have, each = (resources.get("GPU", 0.0), gpus) if gpus > 0 else (resources.get("CPU", 1.0), cpus)
+    return max(1, int(have // each)) if each > 0 else 1
+
+
+def balanced_groups(jobs: Sequence[TrainJob], groups: int) -> list[list[TrainJob]]:
+    """``jobs`` in at most ``groups`` non-empty groups of about equal work: the largest data file (bytes, about
+    its tokens) first, each to the group with the least so far; each group in the jobs' own order."""
+    bins: list[list[TrainJob]] = [[] for _ in range(max(1, min(groups, len(jobs))))]
+    load = [0] * len(bins)
+    for job in sorted(jobs, key=lambda j: j.data.stat().st_size if j.data.is_file() else 0, reverse=True):
+        i = load.index(min(load))
+        bins[i].append(job)
+        load[i] += job.data.stat().st_size if job.data.is_file() else 0
+    order = {job.role: k for k, job in enumerate(jobs)}
+    return [sorted(b, key=lambda j: order[j.role]) for b in bins if b]
+
+
 def run_ray(jobs: Sequence[TrainJob], on_done: OnDone, config: ExecutionConfig) -> None:
-    """Submit every job to Ray at once; report each as it finishes (with ``config.concurrent_training``, all of
-    them in one task that streams each role's result as the role is saved)."""
+    """Submit every job to Ray at once; report each as it finishes (with ``config.concurrent_training``, the jobs
+    in groups, one task per group, as many as Ray can run at once, each streaming its roles' results as they are
+    saved)."""
     try:
         import ray
     except ImportError:
@@ -117,18 +143,8 @@ def run_ray(jobs: Sequence[TrainJob], on_done: OnDone, config: ExecutionConfig) 
         import torch
 
         gpus = 1 if torch.cuda.is_available() else 0
-    if config.concurrent_training:  # one generator task trains them all, streaming each role's result
-        by_role = {job.role: job for job in jobs}
-        # no retry: a retried task would train and report again the roles already recorded (resume redoes the rest)
-        together = ray.remote(num_gpus=gpus, num_cpus=config.cpus_per_job, max_retries=0)(train_together)
-        stream = together.remote(list(jobs), threads)
-        try:
-            for ref in stream:
-                role, result = ray.get(ref)
-                on_done(by_role[role], result)
-        except BaseException:  # the driver stops (an error, Ctrl-C): so does the task
-            ray.cancel(stream, force=True)
-            raise
+    if config.concurrent_training:
+        _run_ray_together(jobs, on_done, config, gpus, threads)
         return
     task = ray.remote(num_gpus=gpus, num_cpus=config.cpus_per_job)(run_job)
     pending = {task.remote(job, None, threads): job for job in jobs}
@@ -137,3 +153,38 @@ def run_ray(jobs: Sequence[TrainJob], on_done: OnDone, config: ExecutionConfig) 
         for ref in done:
             job = pending.pop(ref)
             on_done(job, ray.get(ref))
+
+
+def _run_ray_together(
+    jobs: Sequence[TrainJob], on_done: OnDone, config: ExecutionConfig, gpus: float, threads: int
+) -> None:
+    """One generator task per group of jobs (:func:`balanced_groups` over :func:`ray_slots`), each role reported
+    as its group streams it. A group that fails ends without its remaining roles; the others go on, and the
+    first failure is raised when they are done. The driver stopping (an error of its own, Ctrl-C) stops them all."""
+    import ray
+
+    by_role = {job.role: job for job in jobs}
+    # no retry: a retried task would train and report again the roles already recorded (resume redoes the rest)
+    together = ray.remote(num_gpus=gpus, num_cpus=config.cpus_per_job, max_retries=0)(train_together)
+    streams = [together.remote(group, threads) for group in balanced_groups(jobs, ray_slots(gpus, config.cpus_per_job))]
+    failure: BaseException | None = None
+    try:
+        while streams:
+            ready, _ = ray.wait(streams, num_returns=1)
+            for stream in ready:
+                try:
+                    role, result = ray.get(next(stream))
+                except StopIteration:
+                    streams.remove(stream)
+                    continue
+                except Exception as e:  # this group's task failed: the others train on
+                    failure = failure or e
+                    streams.remove(stream)
+                    continue
+                on_done(by_role[role], result)
+    except BaseException:
+        for stream in streams:
+            ray.cancel(stream, force=True)
+        raise
+    if failure is not None:
+        raise failure
