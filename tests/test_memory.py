@@ -357,6 +357,7 @@ def test_concurrent_training_left_at_none_trains_together_only_where_it_can_and_
     assert need(2, True) < need(1, False) < need(2, False)
     assert trains_together(auto, llama8b, gpu(need(2, True)), roles=2) is True  # one by one would recompute too
     assert trains_together(auto, llama8b, gpu(need(1, False)), roles=2) is False  # one by one needs no recompute
+    assert trains_together(auto, llama8b, gpu(need(6, False)), roles=1) is False  # one role left: alone
     recompute = load_config(None, [*plan, "execution.activation_checkpointing=true"])
     assert trains_together(recompute, llama8b, gpu(need(1, False)), roles=2) is True
     # the in-process engine's weights are already out of the memory measured when training starts: not again

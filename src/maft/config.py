@@ -114,8 +114,8 @@ class ExecutionConfig(Strict):
         "step one forward/backward over the roles' concatenated mini-batches, each role its own loss and optimizer "
         "(maft.training.concurrent); the same adapters as one by one up to rounding, so only the speed changes "
         "(needs train.lora_dropout=0 and an unquantized base; with scheduler=ray, true: one Ray task per group of "
-        "roles, as many groups as the cluster runs at once, GPUs / gpus_per_job). None: together "
-        "where the local scheduler would otherwise train several roles one by one (train.method=lora, "
+        "roles, as many groups as the cluster runs at once: GPUs / gpus_per_job and CPUs / cpus_per_job). None: "
+        "together where the local scheduler would otherwise train several roles one by one (train.method=lora, "
         "quantization=none, lora_dropout=0, one process per job, scheduler=local) and their one job fits in the "
         "memory free when the iteration's training starts, without activation checkpointing where one by one "
         "needs none; else one by one, and the run prints which and why (maft.training.memory.trains_together)",

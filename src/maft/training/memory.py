@@ -29,7 +29,9 @@ real trainer in tests/test_memory.py):
 - ``roles``: with ``execution.concurrent_training`` one job trains every LoRA role of the iteration on one
   base: the base once, each role's adapter with its gradients and AdamW states, and, at worst, the
   mini-batches of all the roles in one forward (``roles * b`` examples). With Ray a job trains one group of
-  the roles (:func:`maft.training.scheduler.balanced_groups`), which the count of all of them bounds.
+  the roles (:func:`maft.training.scheduler.balanced_groups`), which the count of all of them bounds; each
+  group is a job of its own, with its own base copy, so groups on one CPU or on fractions of one GPU add up
+  as Ray's one-role jobs there do (:func:`shares_a_device`).
 - ``shards``: a job trained by several processes on GPUs (``execution.processes_per_job`` or a whole
   ``gpus_per_job`` > 1; :mod:`maft.training.distributed`) shards weights, gradients and optimizer states
   over them with FSDP, so each GPU holds 1/shards of those, and the activations of its own batch of
@@ -371,6 +373,8 @@ def trains_together(
         return False
     room = memory.free * (1 - HEADROOM)
     together = len(trained_roles(config)) if roles is None else roles
+    if together < 2:  # one role left (a resume): nothing to train together
+        return False
 
     def fits(n: int, checkpointing: bool) -> bool:
         return estimate(config.train, counts, gradient_checkpointing=checkpointing, roles=n).total <= room

@@ -7,16 +7,17 @@ finishes (``on_done``), so a crash loses only the jobs still running. Trained to
 is reported as soon as its role has taken its last step. With Ray, every job is a task
 that asks for ``gpus_per_job`` GPUs and ``cpus_per_job`` CPUs, so the jobs of an iteration run in
 parallel across the GPUs (and nodes) of a cluster. Trained together, the roles are split into as many groups as
-Ray can run such tasks at once (its cluster's GPUs over ``gpus_per_job``, or CPUs over ``cpus_per_job`` where
-the jobs take no GPU; :func:`ray_slots`), balanced by the size of their data (:func:`balanced_groups`): one
-concurrent job per GPU group, each a Ray generator task that streams each role's result to the driver as the
-role is saved, so that there too a crash loses only the roles still training (a group's failure does not stop
-the others; it is raised once they end). The run directory (an absolute path) and the base
+Ray can run such tasks at once (per live node, as many as its GPUs over ``gpus_per_job`` and its CPUs over
+``cpus_per_job`` allow; :func:`ray_slots`), balanced by the size of their data (:func:`balanced_groups`): one
+concurrent job per GPU group (or CPU slot), each a Ray generator task that streams each role's result to the
+driver as the role is saved, so that there too a crash loses only the roles still training (a group's failure
+does not stop the others; it is raised once they end). The run directory (an absolute path) and the base
 model must be reachable from every node, and the driver's generation engine keeps the GPU it holds.
 """
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -106,25 +107,36 @@ def train_together(jobs: Sequence[TrainJob], threads: int | None = None) -> Iter
 
 
 def ray_slots(gpus: float, cpus: float) -> int:
-    """How many tasks of ``gpus`` GPUs (or, with none, ``cpus`` CPUs) each the Ray cluster can run at once."""
+    """How many tasks of ``gpus`` GPUs and ``cpus`` CPUs each the Ray cluster's live nodes can run at once: per
+    node, as many as both its GPUs and its CPUs allow (a task does not span nodes), summed; at least 1."""
     import ray
 
-    resources = ray.cluster_resources()
-    have, each = (resources.get("GPU", 0.0), gpus) if gpus > 0 else (resources.get("CPU", 1.0), cpus)
-    return max(1, int(have // each)) if each > 0 else 1
+    def fit(have: float, each: float) -> float:
+        return math.floor(have / each + 1e-6) if each > 0 else math.inf  # 1.0 // 0.2 is 4.0 in floating point
+
+    slots = 0.0
+    for node in ray.nodes():
+        if node.get("Alive"):
+            have = node.get("Resources", {})
+            slots += min(fit(have.get("GPU", 0.0), gpus), fit(have.get("CPU", 0.0), cpus))
+    return max(1, int(min(slots, 1 << 20)))
 
 
 def balanced_groups(jobs: Sequence[TrainJob], groups: int) -> list[list[TrainJob]]:
     """``jobs`` in at most ``groups`` non-empty groups of about equal work: the largest data file (bytes, about
-    its tokens) first, each to the group with the least so far; each group in the jobs' own order."""
-    bins: list[list[TrainJob]] = [[] for _ in range(max(1, min(groups, len(jobs))))]
+    its tokens) first, each to the group with the least so far (of equal loads, the one with the fewest jobs);
+    each group in the jobs' own order."""
+
+    def size(job: TrainJob) -> int:
+        return job.data.stat().st_size if job.data.is_file() else 0
+
+    bins: list[list[int]] = [[] for _ in range(max(1, min(groups, len(jobs))))]
     load = [0] * len(bins)
-    for job in sorted(jobs, key=lambda j: j.data.stat().st_size if j.data.is_file() else 0, reverse=True):
-        i = load.index(min(load))
-        bins[i].append(job)
-        load[i] += job.data.stat().st_size if job.data.is_file() else 0
-    order = {job.role: k for k, job in enumerate(jobs)}
-    return [sorted(b, key=lambda j: order[j.role]) for b in bins if b]
+    for k in sorted(range(len(jobs)), key=lambda k: size(jobs[k]), reverse=True):
+        i = min(range(len(bins)), key=lambda i: (load[i], len(bins[i])))
+        bins[i].append(k)
+        load[i] += size(jobs[k])
+    return [[jobs[k] for k in sorted(b)] for b in bins if b]
 
 
 def run_ray(jobs: Sequence[TrainJob], on_done: OnDone, config: ExecutionConfig) -> None:
