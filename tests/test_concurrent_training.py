@@ -400,7 +400,7 @@ def test_jobs_are_grouped_by_the_size_of_their_data(tmp_path):
 
 
 def test_with_ray_the_concurrent_jobs_are_one_ray_task_per_group_ray_can_run(data, tmp_path):
-    """With 2 CPUs: one CPU per job gives two groups (two tasks, both running), two CPUs per job one."""
+    """With 2 CPUs: one CPU per job gives two groups (two tasks), two CPUs per job one."""
     ray = pytest.importorskip("ray")
     import os
 

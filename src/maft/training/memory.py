@@ -371,18 +371,17 @@ def trains_together(
         return chosen
     if not can_train_together(config) or memory is None:
         return False
-    room = memory.free * (1 - HEADROOM)
     together = len(trained_roles(config)) if roles is None else roles
     if together < 2:  # one role left (a resume): nothing to train together
         return False
 
-    def fits(n: int, checkpointing: bool) -> bool:
-        return estimate(config.train, counts, gradient_checkpointing=checkpointing, roles=n).total <= room
+    def fit(n: int, checkpointing: bool) -> bool:
+        return fits(config, counts, memory, roles=n, checkpointing=checkpointing)
 
     chosen_checkpointing = config.execution.activation_checkpointing
     if chosen_checkpointing is not None:
-        return fits(together, chosen_checkpointing)
-    return fits(together, False) or (not fits(1, False) and fits(together, True))
+        return fit(together, chosen_checkpointing)
+    return fit(together, False) or (not fit(1, False) and fit(together, True))
 
 
 def with_concurrency(config: RunConfig, together: bool) -> RunConfig:
@@ -471,10 +470,15 @@ def activation_checkpointing(config: RunConfig, counts: ModelCounts, memory: Dev
         return chosen
     if memory is None or shares_a_device(config, memory.kind):
         return True
-    together = roles_per_job(config)
+    return not fits(config, counts, memory, roles=roles_per_job(config), checkpointing=False)
+
+
+def fits(config: RunConfig, counts: ModelCounts, memory: DeviceMemory, *, roles: int, checkpointing: bool) -> bool:
+    """Whether one finetuning job of ``config`` training ``roles`` LoRA roles together, with or without
+    activation checkpointing, fits in ``memory`` with :data:`HEADROOM` to spare."""
     k = shards(config, memory.kind)
-    need = estimate(config.train, counts, gradient_checkpointing=False, shards=k, roles=together).total
-    return need > memory.free * (1 - HEADROOM)
+    need = estimate(config.train, counts, gradient_checkpointing=checkpointing, shards=k, roles=roles).total
+    return need <= memory.free * (1 - HEADROOM)
 
 
 def _alternatives(train: TrainConfig, kind: str) -> list[list[TrainConfig]]:
