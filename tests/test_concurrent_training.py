@@ -471,3 +471,85 @@ def test_with_ray_a_crash_of_the_concurrent_task_keeps_the_roles_that_finished(d
     assert set(reported) == {*other, *(r for r in failing if r != "critic_0" and steps[r] < 3)}
     for role in reported:
         assert reported[role].steps == steps[role] and (out[role] / "adapter_model.safetensors").is_file()
+
+
+def test_with_ray_each_group_is_reported_as_it_streams_not_after_the_groups_before_it(data, tmp_path):
+    """Two groups (1 CPU per job). The first group's only role reads its data from a named pipe, so its task waits
+    until the driver writes it; the driver writes it when it is told that the second group's role is done (an empty
+    data file: an untouched adapter at once). A driver that drained the groups in order would wait on the first for
+    ever: a timer writes the pipe after 120 s, so that such a driver fails this test instead of hanging it."""
+    ray = pytest.importorskip("ray")
+    import os
+    import threading
+
+    pipe, empty = tmp_path / "gen_0.jsonl", tmp_path / "gen_1.jsonl"
+    os.mkfifo(pipe)
+    empty.write_text("")
+    jobs = [
+        TrainJob("gen_0", BASE, pipe, tmp_path / "gen_0", None, SEEDS["gen_0"], "cpu", CFG),
+        TrainJob("gen_1", BASE, empty, tmp_path / "gen_1", None, SEEDS["gen_1"], "cpu", CFG),
+    ]
+    lines = "".join(e.model_dump_json() + "\n" for e in data["gen_0"][:4])
+    fed_by: list[str] = []
+    lock = threading.Lock()
+
+    def feed(by: str) -> None:
+        with lock:
+            if not fed_by:
+                fed_by.append(by)
+                with open(pipe, "w", encoding="utf-8") as f:  # returns once the task has opened it to read
+                    f.write(lines)
+
+    reported: list[str] = []
+
+    def on_done(job, result):
+        reported.append(job.role)
+        if job.role == "gen_1":
+            feed("driver")
+
+    timer = threading.Timer(120, feed, args=("timer",))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        assert [[j.role for j in g] for g in balanced_groups(jobs, ray_slots(0, 1))] == [["gen_0"], ["gen_1"]]
+        timer.start()
+        run_ray(jobs, on_done, ExecutionConfig(scheduler="ray", concurrent_training=True, cpus_per_job=1))
+    finally:
+        timer.cancel()
+        ray.shutdown()
+    assert fed_by == ["driver"] and reported == ["gen_1", "gen_0"]
+    assert (tmp_path / "gen_0" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("together", [False, True])
+def test_with_ray_every_failed_task_is_named_and_the_others_train_on(data, tmp_path, together):
+    """gen_1 and the critic fail to save (their directories would be under a file), each in a Ray task of its own
+    (one job per task, or two groups with 1 CPU per job). The driver waits for every task, then raises one of the
+    errors with notes naming what each failure left untrained. gen_0 trains on: it is reported, unless it shares
+    a group whose failure came before gen_0's last step."""
+    ray = pytest.importorskip("ray")
+
+    (tmp_path / "blocker").write_text("a file, not a directory")
+    jobs = []
+    for role, examples in data.items():
+        write_jsonl(tmp_path / f"{role}.jsonl", examples[:4])
+        out_dir = tmp_path / role if role == "gen_0" else tmp_path / "blocker" / role
+        jobs.append(TrainJob(role, BASE, tmp_path / f"{role}.jsonl", out_dir, None, SEEDS[role], "cpu", CFG))
+    reported: dict[str, TrainResult] = {}
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        config = ExecutionConfig(scheduler="ray", concurrent_training=together, cpus_per_job=1)
+        with pytest.raises(OSError, match="blocker") as raised:  # file exists, or is not a directory
+            run_ray(jobs, lambda job, result: reported.__setitem__(job.role, result), config)
+    finally:
+        ray.shutdown()
+    first, other = raised.value.__notes__
+    assert (m := re.fullmatch(r"this error left untrained: ([\w, ]+)", first))
+    named = [set(m[1].split(", "))]
+    assert (m := re.match(r"another Ray task failed too, leaving untrained ([\w, ]+): \w+Error: .*blocker", other))
+    named.append(set(m[1].split(", ")))
+    assert named[0].isdisjoint(named[1]) and {"gen_1", "critic_0"} <= named[0] | named[1]
+    assert set(reported) | named[0] | named[1] == set(data) and not set(reported) & (named[0] | named[1])
+    if not together:
+        assert list(reported) == ["gen_0"]
+    for role in reported:
+        assert (tmp_path / role / "adapter_model.safetensors").is_file()

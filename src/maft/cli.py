@@ -293,6 +293,11 @@ def _os_message(e: OSError) -> str:
     return f"{e.filename}{other}: {e.strerror or e}{hint}"
 
 
+def _notes(e: BaseException) -> str:
+    """The notes added to an error (say, the other Ray tasks that failed with it), each on a line of its own."""
+    return "".join(f"\n  {note}" for note in getattr(e, "__notes__", ()))
+
+
 def _first_problem(e: Exception) -> str:
     """The first line of an error; of a validation error, the first field and its problem."""
     from pydantic import ValidationError
@@ -385,10 +390,10 @@ def run(
         if e.filename is None and e.errno not in FILE_ERRNOS:  # not a file problem: show where it came from
             console.print(f"[red]the run stopped[/red]; {resume_hint}")
             raise
-        console.print(f"[red]error:[/red] {escape(_os_message(e))}; the run stopped, {resume_hint}")
+        console.print(f"[red]error:[/red] {escape(_os_message(e))}; the run stopped, {resume_hint}{escape(_notes(e))}")
         raise typer.Exit(code=1) from None
     except (ServerError, EngineError, EmbeddingsUnavailable) as e:  # its message says what to fix
-        console.print(f"[red]error:[/red] {escape(str(e))}")
+        console.print(f"[red]error:[/red] {escape(str(e) + _notes(e))}")
         console.print(f"[red]the run stopped[/red]; {resume_hint}")
         raise typer.Exit(code=1) from None
     except Exception:

@@ -10,8 +10,10 @@ parallel across the GPUs (and nodes) of a cluster. Trained together, the roles a
 Ray can run such tasks at once (per live node, as many as its GPUs over ``gpus_per_job`` and its CPUs over
 ``cpus_per_job`` allow; :func:`ray_slots`), balanced by the size of their data (:func:`balanced_groups`): one
 concurrent job per GPU group (or CPU slot), each a Ray generator task that streams each role's result to the
-driver as the role is saved, so that there too a crash loses only the roles still training (a group's failure
-does not stop the others; it is raised once they end). The run directory (an absolute path) and the base
+driver as the role is saved, so that there too a crash loses only the roles still training. On Ray, a failing
+task (a job, or a group) does not stop the others: the first failure is raised once they have all ended,
+with a note naming what each failure left untrained (:func:`raise_failures`); the driver stopping (an
+error of its own, Ctrl-C) cancels them all. The run directory (an absolute path) and the base
 model must be reachable from every node, and the driver's generation engine keeps the GPU it holds.
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import math
 import queue
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 
@@ -160,11 +163,23 @@ def run_ray(jobs: Sequence[TrainJob], on_done: OnDone, config: ExecutionConfig) 
         return
     task = ray.remote(num_gpus=gpus, num_cpus=config.cpus_per_job)(run_job)
     pending = {task.remote(job, None, threads): job for job in jobs}
-    while pending:
-        done, _ = ray.wait(list(pending), num_returns=1)
-        for ref in done:
-            job = pending.pop(ref)
-            on_done(job, ray.get(ref))
+    failures: list[tuple[list[str], Exception]] = []
+    try:
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                job = pending.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except Exception as e:  # this job failed: the others train on
+                    failures.append(([job.role], e))
+                    continue
+                on_done(job, result)
+    except BaseException:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise
+    raise_failures(failures)
 
 
 def _run_ray_together(
@@ -172,31 +187,53 @@ def _run_ray_together(
 ) -> None:
     """One generator task per group of jobs (:func:`balanced_groups` over :func:`ray_slots`), each role reported
     as its group streams it. A group that fails ends without its remaining roles; the others go on, and the
-    first failure is raised when they are done. The driver stopping (an error of its own, Ctrl-C) stops them all."""
+    failures are raised when they are done (:func:`raise_failures`). The driver stopping (an error of its own,
+    Ctrl-C) stops them all."""
     import ray
 
     by_role = {job.role: job for job in jobs}
     # no retry: a retried task would train and report again the roles already recorded (resume redoes the rest)
     together = ray.remote(num_gpus=gpus, num_cpus=config.cpus_per_job, max_retries=0)(train_together)
-    streams = [together.remote(group, threads) for group in balanced_groups(jobs, ray_slots(gpus, config.cpus_per_job))]
-    failure: BaseException | None = None
+    groups = balanced_groups(jobs, ray_slots(gpus, config.cpus_per_job))
+    # each running group's stream, and the roles it has yet to report
+    streams = {together.remote(group, threads): [job.role for job in group] for group in groups}
+    failures: list[tuple[list[str], Exception]] = []
     try:
         while streams:
-            ready, _ = ray.wait(streams, num_returns=1)
+            ready, _ = ray.wait(list(streams), num_returns=1)
             for stream in ready:
                 try:
                     role, result = ray.get(next(stream))
                 except StopIteration:
-                    streams.remove(stream)
+                    del streams[stream]
                     continue
                 except Exception as e:  # this group's task failed: the others train on
-                    failure = failure or e
-                    streams.remove(stream)
+                    failures.append((streams.pop(stream), e))
                     continue
+                streams[stream].remove(role)
                 on_done(by_role[role], result)
     except BaseException:
         for stream in streams:
             ray.cancel(stream, force=True)
         raise
-    if failure is not None:
-        raise failure
+    raise_failures(failures)
+
+
+def raise_failures(failures: Sequence[tuple[Sequence[str], BaseException]]) -> None:
+    """Once every Ray task has ended: raise the first failure, with a note on it naming the roles each failure
+    left untrained and the first line of every other failure's error, so that none goes unsaid (the roles that
+    finished are recorded; a resumed run trains the rest). Nothing when nothing failed."""
+    if not failures:
+        return
+    lines = [f"this error left untrained: {', '.join(failures[0][0])}"]
+    for roles, error in failures[1:]:
+        cause = getattr(error, "cause", None) or error  # a Ray task's error wraps the task's own
+        why = f"{type(cause).__name__}: {(str(cause).splitlines() or [''])[0]}"
+        lines.append(f"another Ray task failed too, leaving untrained {', '.join(roles)}: {why}")
+    first = failures[0][1]
+    if hasattr(first, "add_note"):  # Python 3.11+
+        for line in lines:
+            first.add_note(line)
+    else:
+        print(*lines, sep="\n", file=sys.stderr)
+    raise first
