@@ -329,6 +329,7 @@ def test_every_execution_setting_is_left_out_of_the_hash():
         "device": "cpu",
         "generation_batch_size": 3,
         "merge_adapters": True,
+        "prefix_cache_gb": 0.0,
         "server": "managed",
         "urls": ["http://127.0.0.1:1/v1"],
         "served_name": "x",

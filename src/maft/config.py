@@ -59,6 +59,12 @@ class ExecutionConfig(Strict):
     merge_adapters: bool | None = Field(
         None, description="serve each agent as a merged copy of the model (None: when it has < 200M parameters)"
     )
+    prefix_cache_gb: float = Field(
+        2.0,
+        ge=0,
+        description="memory for finished generations' keys and values, reused where a later prompt of the same "
+        "agent starts with them (a debate round after one by the same model); 0 turns it off",
+    )
     # -- servers (model.engine=openai; README, "Engines and servers") --
     server: Literal["external", "managed"] = Field(
         "external", description="external: servers already running at urls; managed: maft starts and stops them"

@@ -126,7 +126,12 @@ def make_engine(config: RunConfig, root: Path, *, say: Callable[[str], None] = p
         from maft.engines.hf import HFEngine
 
         return HFEngine(
-            m.name, device=x.device, dtype=m.dtype, batch_size=x.generation_batch_size, merge_adapters=x.merge_adapters
+            m.name,
+            device=x.device,
+            dtype=m.dtype,
+            batch_size=x.generation_batch_size,
+            merge_adapters=x.merge_adapters,
+            prefix_cache_gb=x.prefix_cache_gb,
         )
     from maft.engines.openai import OpenAIEngine
 

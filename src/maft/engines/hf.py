@@ -42,6 +42,7 @@ from transformers.utils import logging as hf_logging
 from maft.agents import Agents, saved_kind
 from maft.engines.base import Generation, Request, Sampling, Score, request_seeds
 from maft.engines.kv_cache import continues_generation, growing_cache_for
+from maft.engines.prefix_cache import Kept, PrefixStore
 
 if TYPE_CHECKING:
     from maft.agents import AdapterFor
@@ -180,6 +181,7 @@ class HFEngine:
         batch_size: int | None = None,
         threads: int | None = None,
         merge_adapters: bool | None = None,
+        prefix_cache_gb: float = 2.0,
     ) -> None:
         from maft.tiny import default_checkpoint
 
@@ -204,6 +206,9 @@ class HFEngine:
         self.adapters: dict[str, str] = {}  # name -> path, PEFT adapters on the shared base model
         self.full_models: dict[str, torch.nn.Module] = {}  # name -> a fully finetuned model of its own
         self.sources: dict[str, str] = {}  # agent name -> the path it was loaded from by serve()
+        # finished rows' keys and values, reused by later prompts that start with them (maft.engines.prefix_cache)
+        self.prefixes = PrefixStore(int(prefix_cache_gb * 2**30)) if prefix_cache_gb > 0 else None
+        self._calls = 0
 
     # -- adapters ---------------------------------------------------------------------------------
     def load_adapter(self, name: str, path: str | Path) -> None:
@@ -223,6 +228,8 @@ class HFEngine:
         self.model.eval()
         self.full_models.pop(name, None)
         self.adapters[name] = str(path)
+        if self.prefixes is not None:
+            self.prefixes.clear()
 
     def load_agent(self, name: str, path: str | Path) -> None:
         """Load an agent saved by training: a PEFT adapter (merged into a copy of the model when
@@ -241,6 +248,8 @@ class HFEngine:
             self.model.delete_adapter(name)
             del self.adapters[name]
         self.full_models[name] = model.to(self.device).eval()
+        if self.prefixes is not None:
+            self.prefixes.clear()
 
     @property
     def agents(self) -> list[str]:
@@ -275,6 +284,9 @@ class HFEngine:
         (``request_seeds(requests, seed)``), so its text does not depend on the batch size or on the
         other requests of the call; identical requests in one call draw different samples."""
         self._check_adapters(requests)
+        self._calls += 1
+        if self.prefixes is not None:
+            self.prefixes.begin(self._calls)
         prompts = [self.prompt_ids(r.messages) for r in requests]
         seeds = request_seeds(requests, seed)
         batches = self._batches(requests, [len(p) for p in prompts], by_sampling=True)
@@ -404,6 +416,12 @@ class HFEngine:
         width = ids.shape[1]
         model, names = self._model(full, adapters)
         cache = growing_cache_for(model, width + sampling.max_new_tokens)
+        # which model computed each row's keys and values (the key its finished rows are kept under)
+        models = [full] * len(prompts) if full is not None else [a or BASE for a in adapters or [None] * len(prompts)]
+        if cache is not None and self.prefixes is not None:  # start from kept prefixes where the prompts share them
+            reused = self.prefixes.prefill(models, prompts, width)
+            for layer, (k, v) in enumerate(zip(*reused) if reused else ()):
+                cache.update(k, v, layer)
         rows = list(range(len(prompts)))  # the prompt each row of the running batch answers
         new: list[list[int]] = [[] for _ in prompts]
         ended = [False] * len(prompts)
@@ -434,6 +452,12 @@ class HFEngine:
                     new[r] += tokens
                     keep.append(j)
             ids, mask = out.sequences, torch.cat([mask, torch.ones_like(part)], dim=1)
+            if self.prefixes is not None and cache is not None:
+                # the rows that ended, or every row when the running ones have their last token
+                last = not keep or len(new[rows[keep[0]]]) >= sampling.max_new_tokens
+                kept = set(keep)
+                leaving = range(len(rows)) if last else [j for j in range(len(rows)) if j not in kept]
+                self._keep(cache, prompts, new, models, rows, width, leaving)
             if len(keep) < len(rows):
                 index = torch.tensor(keep, dtype=torch.long, device=ids.device)
                 ids, mask = ids[index], mask[index]
@@ -442,6 +466,38 @@ class HFEngine:
                 rows = [rows[j] for j in keep]
         texts = tok.batch_decode(new, skip_special_tokens=True)
         return [t.strip() for t in texts], [len(n) for n in new], ended
+
+    def _keep(
+        self,
+        cache,
+        prompts: list[list[int]],
+        new: list[list[int]],
+        models: list[str],
+        rows: list[int],
+        width: int,
+        leaving: Sequence[int],
+    ) -> None:
+        """Keep the running batch's rows ``leaving`` (indices into ``rows``) in the prefix store: each row's tokens
+        (prompt and generated) and the keys and values the cache holds for them (after its left padding, up to
+        the last position computed; the positions past an end token hold padding and are not kept)."""
+        assert self.prefixes is not None
+        filled = cache.get_seq_length()
+        for j in leaving:
+            r = rows[j]
+            pad = width - len(prompts[r])
+            tokens = prompts[r] + new[r]
+            n = min(filled - pad, len(tokens))
+            layers = cache.layers
+            self.prefixes.keep(
+                self._calls,
+                models[r],
+                Kept(
+                    ids=tokens,
+                    keys=[layer.keys[j, :, pad : pad + n].clone() for layer in layers],
+                    values=[layer.values[j, :, pad : pad + n].clone() for layer in layers],
+                    prompt_length=len(prompts[r]),
+                ),
+            )
 
     def _decoding_kwargs(self, sampling: Sampling, steps: int, width: int, seeds: list[int] | None) -> dict:
         """``generate``'s keywords for ``steps`` tokens of ``sampling`` (``width``: the padded prompt's)."""
