@@ -286,6 +286,23 @@ def test_gumbel_max_sampler_adds_the_noise_of_seed_step_and_token(top_p):
     assert torch.equal(torch.isfinite(out), kept) and torch.equal(out[kept], expected[kept])
 
 
+def test_the_nucleus_is_transformers_top_p_whether_found_among_the_candidates_or_by_sorting():
+    """On 3,000 rows of random logits over the embedded model's vocabulary size, from flat to peaked, the nucleus is
+    the one TopPLogitsWarper keeps; flat rows (whose most likely candidates hold less than top_p) sort all their
+    tokens, peaked ones do not."""
+    from transformers import TopPLogitsWarper
+
+    from maft.engines.hf import NUCLEUS_CANDIDATES, nucleus
+
+    torch.manual_seed(0)
+    scores = torch.randn(3000, 418) * torch.rand(3000, 1) * 6
+    for top_p in (0.3, 0.9, 0.95):
+        expected = torch.isfinite(TopPLogitsWarper(top_p)(None, scores.clone()))
+        assert torch.equal(nucleus(scores, top_p), expected), top_p
+        candidates = scores.softmax(-1).topk(NUCLEUS_CANDIDATES).values.sum(-1)
+        assert (candidates < top_p).sum() > 100 and (candidates >= top_p).sum() > 100  # both paths ran
+
+
 def _draws(logits, temperature, top_p, n_seeds=8000, steps=5):
     """Tokens the sampler picks for ``logits`` over n_seeds x steps (seed, step) pairs, and their frequencies."""
     from maft.engines.hf import GumbelMaxSampler

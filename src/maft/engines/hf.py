@@ -35,7 +35,6 @@ from transformers import (
     LogitsProcessor,
     LogitsProcessorList,
     TemperatureLogitsWarper,
-    TopPLogitsWarper,
 )
 from transformers.utils import logging as hf_logging
 
@@ -112,6 +111,30 @@ def gumbel_noise(seeds: torch.Tensor, step: int, tokens: torch.Tensor) -> torch.
     return -torch.log(-torch.log(uniform_noise(seeds, step, tokens)))
 
 
+#: The most likely tokens in which each row's top-p nucleus is looked for first (:func:`nucleus`).
+NUCLEUS_CANDIDATES = 16
+
+
+def nucleus(scores: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Each row's top-p nucleus as a mask: the most likely tokens, in order, each kept while the probability of the
+    tokens before it is below ``top_p`` (the fewest most likely tokens whose probabilities reach ``top_p``; the
+    first always). The rule of transformers' ``TopPLogitsWarper``, computed from the top instead of the bottom: the
+    same tokens up to rounding at the edge. The nucleus is looked for among the :data:`NUCLEUS_CANDIDATES` most
+    likely tokens (a partial top-k, about 3x faster than sorting the embedded model's 418-token vocabulary, which
+    the decoding step of a 300-row batch spent 2 ms on, on a 2-core CPU); a row whose candidates hold less than
+    ``top_p`` sorts all its tokens. Either way, a kept token's mass before it is the same sum of the same terms."""
+    probs = scores.float().softmax(-1)
+    top, index = probs.topk(min(NUCLEUS_CANDIDATES, probs.shape[-1]))
+    total = top.cumsum(-1)
+    keep = torch.zeros_like(probs, dtype=torch.bool).scatter_(-1, index, total - top < top_p)
+    short = (total[:, -1] < top_p).nonzero().squeeze(-1)  # the nucleus may reach past the candidates
+    if len(short):
+        ranked, order = probs[short].sort(-1, descending=True)
+        full = torch.zeros_like(ranked, dtype=torch.bool).scatter_(-1, order, ranked.cumsum(-1) - ranked < top_p)
+        keep[short] = full
+    return keep
+
+
 class GumbelMaxSampler(LogitsProcessor):
     """Sampling as a logits processor for greedy decoding: temperature, top-p, then Gumbel noise.
 
@@ -134,14 +157,17 @@ class GumbelMaxSampler(LogitsProcessor):
         self.seeds = torch.tensor(list(seeds), dtype=torch.long, device=device)
         self.prompt_width = prompt_width
         self.warpers = LogitsProcessorList([TemperatureLogitsWarper(float(temperature))] if temperature != 1 else [])
-        if top_p < 1:
-            self.warpers.append(TopPLogitsWarper(float(top_p)))
+        self.top_p = float(top_p)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         scores = self.warpers(input_ids, scores)
         step = input_ids.shape[1] - self.prompt_width
         seeds = self.seeds.to(scores.device)
-        kept = scores > float("-inf")
+        if self.top_p < 1:
+            kept = nucleus(scores, self.top_p)
+            scores = scores.masked_fill(~kept, float("-inf"))
+        else:
+            kept = scores > float("-inf")
         if int(kept.sum()) > scores.numel() // 4:  # most tokens in the running: noise for all
             tokens = torch.arange(scores.shape[-1], device=scores.device)
             return scores + gumbel_noise(seeds[:, None], step, tokens[None, :]).to(scores.dtype)
