@@ -38,10 +38,14 @@ def test_growing_layer_holds_what_a_dynamic_layer_holds(max_length):
     assert grow._owns_view()
     kv = _kv(3, 1)
     _same(grow.update(*kv), ref.update(*kv))
+    buffer = grow._keys.data_ptr()
     for layer in (grow, ref):
-        layer.batch_select_indices(torch.tensor([0, 2]))  # a copy: the buffer is rebuilt at the next step
+        layer.batch_select_indices(torch.tensor([2, 0]))  # rows moved within the buffer, in any order
+    _same((grow.keys, grow.values), (ref.keys, ref.values))
+    assert grow._owns_view() and grow._keys.data_ptr() == buffer
     kv = _kv(2, 1)
     _same(grow.update(*kv), ref.update(*kv))
+    assert grow._keys.data_ptr() == buffer  # the step after a selection writes in place
     for layer in (grow, ref):
         layer.batch_repeat_interleave(2)
     kv = _kv(4, 3)

@@ -52,8 +52,8 @@ class GrowingLayer(DynamicLayer):
         return self.keys, self.values
 
     def _owns_view(self) -> bool:
-        """Whether ``keys``/``values`` still view the buffers (``crop`` keeps the views; a batch selection
-        or repetition replaces them with copies, which then become the new buffers' contents)."""
+        """Whether ``keys``/``values`` still view the buffers (``crop`` and :meth:`batch_select_indices` keep the
+        views; a batch repetition replaces them with copies, which then become the new buffers' contents)."""
         assert self._keys is not None and self._values is not None
         return (
             self.keys.data_ptr() == self._keys.data_ptr()
@@ -70,6 +70,19 @@ class GrowingLayer(DynamicLayer):
         if old:
             self._keys[..., :old, :] = self.keys
             self._values[..., :old, :] = self.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep the batch rows ``indices``, moved to the front of the buffers: a selection copies the filled part
+        once and needs no new buffer, where transformers' copy would make the next update allocate one and copy
+        the cache again."""
+        if self._keys is None or self._values is None or not self._owns_view():
+            super().batch_select_indices(indices)
+            return
+        n, rows = self.keys.shape[-2], len(indices)
+        self._keys[:rows, ..., :n, :] = self.keys[indices]  # the right side is a copy: any order of rows is safe
+        self._values[:rows, ..., :n, :] = self.values[indices]
+        self._keys, self._values = self._keys[:rows], self._values[:rows]
+        self.keys, self.values = self._keys[..., :n, :], self._values[..., :n, :]
 
     def reset(self) -> None:
         self._keys = self._values = None
