@@ -75,8 +75,10 @@ def debate(
                         {"role": "assistant", "content": previous[i][n].response},
                         {"role": "user", "content": critiques[i][n]},
                     ]
+        # an agent that also answers the next round continues its own conversation there (a hint for engines)
+        continued = [m < rounds and adapter_for(n, m + 1) == adapter_for(n, m) for n in range(agents)]
         requests = [
-            Request(messages=conversations[i][n], adapter=adapter_for(n, m), sampling=sampling)
+            Request(messages=conversations[i][n], adapter=adapter_for(n, m), sampling=sampling, continued=continued[n])
             for i in range(len(problems))
             for n in range(agents)
         ]

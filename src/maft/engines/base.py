@@ -45,11 +45,17 @@ class Sampling:
 
 @dataclass(frozen=True)
 class Request:
-    """One generation: continue ``messages`` as the assistant, with ``adapter`` (None: the base model)."""
+    """One generation: continue ``messages`` as the assistant, with ``adapter`` (None: the base model).
+
+    ``continued``: a later call will send the same agent this conversation with its response and more turns (a
+    debate round answered by the agent that answers the next one), so an engine may keep what it computed for it
+    (the in-process engine's prefix cache, :mod:`maft.engines.prefix_cache`). A hint: it changes no text and no
+    seed."""
 
     messages: Sequence[Message]
     adapter: str | None = None
     sampling: Sampling = field(default_factory=Sampling)
+    continued: bool = False
 
 
 def _canonical(request: Request) -> str:

@@ -323,7 +323,12 @@ class HFEngine:
                 assert sampling is not None  # generation batches are grouped by their sampling settings
                 adapters = [requests[i].adapter for i in idx] if full is None else None
                 texts, counts, ended = self._generate_batch(
-                    [prompts[i] for i in idx], adapters, sampling, full, seeds=[seeds[i] for i in idx]
+                    [prompts[i] for i in idx],
+                    adapters,
+                    sampling,
+                    full,
+                    seeds=[seeds[i] for i in idx],
+                    to_store=[requests[i].continued for i in idx],
                 )
                 for i, text, n, end in zip(idx, texts, counts, ended):
                     out[i] = Generation(
@@ -423,9 +428,11 @@ class HFEngine:
         full: str | None = None,
         *,
         seeds: Sequence[int] | None = None,
+        to_store: Sequence[bool] | None = None,
     ) -> tuple[list[str], list[int], list[bool]]:
         """Texts, generated token counts, and whether each ended with the end-of-turn token.
-        ``seeds``: each row's sampling seed (needed unless greedy).
+        ``seeds``: each row's sampling seed (needed unless greedy). ``to_store``: the rows whose keys and values go to
+        the prefix store when they end (their requests are ``continued``).
 
         Decoding runs in segments of ``SEGMENT`` tokens, each a ``generate`` call that continues from the
         previous one's cache; between segments the rows that have ended leave the batch and its cache.
@@ -444,6 +451,7 @@ class HFEngine:
         cache = growing_cache_for(model, width + sampling.max_new_tokens)
         # which model computed each row's keys and values (the key its finished rows are kept under)
         models = [full] * len(prompts) if full is not None else [a or BASE for a in adapters or [None] * len(prompts)]
+        to_keep = list(to_store) if to_store is not None else [False] * len(prompts)
         if cache is not None and self.prefixes is not None:  # start from kept prefixes where the prompts share them
             reused = self.prefixes.prefill(models, prompts, width)
             for layer, (k, v) in enumerate(zip(*reused) if reused else ()):
@@ -483,7 +491,9 @@ class HFEngine:
                 last = not keep or len(new[rows[keep[0]]]) >= sampling.max_new_tokens
                 kept = set(keep)
                 leaving = range(len(rows)) if last else [j for j in range(len(rows)) if j not in kept]
-                self._keep(cache, prompts, new, models, rows, width, leaving)
+                continued = [j for j in leaving if to_keep[rows[j]]]
+                if continued:
+                    self._keep(cache, prompts, new, models, rows, width, continued)
             if len(keep) < len(rows):
                 index = torch.tensor(keep, dtype=torch.long, device=ids.device)
                 ids, mask = ids[index], mask[index]

@@ -6,7 +6,8 @@ In a debate, an agent's round-m prompt is its round-(m-1) prompt and answer foll
 others' answers), so about two thirds of round 2's prompt tokens were already computed in round 1. On the
 embedded model on a 2-core CPU, round 2's prefill is about a quarter of a debate's time.
 
-:class:`PrefixStore` keeps, for each row of a finished batch, its token ids (prompt and generated tokens) and the
+:class:`PrefixStore` keeps, for each finished row whose request is ``continued`` (the debate marks an agent's
+requests so where the same agent answers the next round), its token ids (prompt and generated tokens) and the
 keys and values of as many of them as the decoding cache holds (per layer ``[heads, n, head_dim]``), under the
 model that computed them (a merged or fully finetuned agent's name, or an adapter's, or the base). A new batch
 looks up, for each prompt, the kept row of the same model that shares the longest prefix of token ids with it.
