@@ -36,7 +36,14 @@ from maft.training.concurrent import (
     prepared_rows,
     role_parameters,
 )
-from maft.training.scheduler import TrainJob, balanced_groups, ray_slots, run_ray
+from maft.training.scheduler import (
+    TrainJob,
+    add_failure_notes,
+    balanced_groups,
+    raise_failures,
+    ray_slots,
+    run_ray,
+)
 from maft.training.sft import TrainResult, _tokenizer, finetune, lora_config, sft_config, sft_trainer
 
 pytestmark = pytest.mark.slow
@@ -479,8 +486,10 @@ def test_with_ray_each_group_is_reported_as_it_streams_not_after_the_groups_befo
     data file: an untouched adapter at once). A driver that drained the groups in order would wait on the first for
     ever: a timer writes the pipe after 120 s, so that such a driver fails this test instead of hanging it."""
     ray = pytest.importorskip("ray")
+    import errno
     import os
     import threading
+    import time
 
     pipe, empty = tmp_path / "gen_0.jsonl", tmp_path / "gen_1.jsonl"
     os.mkfifo(pipe)
@@ -495,10 +504,20 @@ def test_with_ray_each_group_is_reported_as_it_streams_not_after_the_groups_befo
 
     def feed(by: str) -> None:
         with lock:
-            if not fed_by:
-                fed_by.append(by)
-                with open(pipe, "w", encoding="utf-8") as f:  # returns once the task has opened it to read
-                    f.write(lines)
+            if fed_by:
+                return
+            fed_by.append(by)
+            deadline = time.monotonic() + 120
+            while True:  # open once the task has opened it to read; a task that never does fails the test
+                try:
+                    fd = os.open(pipe, os.O_WRONLY | os.O_NONBLOCK)
+                    break
+                except OSError as e:
+                    if e.errno != errno.ENXIO or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(lines)
 
     reported: list[str] = []
 
@@ -553,3 +572,24 @@ def test_with_ray_every_failed_task_is_named_and_the_others_train_on(data, tmp_p
         assert list(reported) == ["gen_0"]
     for role in reported:
         assert (tmp_path / role / "adapter_model.safetensors").is_file()
+
+
+def test_failure_notes_name_what_each_failed_task_left_untrained():
+    """The notes that :func:`raise_failures` puts on the first failure, and that the driver's own error (Ctrl-C, a
+    failing record) carries when it stops the others."""
+    first = NotADirectoryError("x/blocker/critic_0")
+    other = RuntimeError("out of memory\nmore lines")
+    failures = [(["critic_0", "gen_2"], first), ([], other)]
+    with pytest.raises(NotADirectoryError) as raised:
+        raise_failures(failures)
+    assert raised.value.__notes__ == [
+        "this error left untrained: critic_0, gen_2",
+        "another Ray task failed too, leaving untrained nothing (it had reported every role): "
+        "RuntimeError: out of memory",
+    ]
+    stopped = KeyboardInterrupt()
+    add_failure_notes(stopped, failures[:1], first_is_this=False)
+    assert stopped.__notes__ == [
+        "another Ray task failed too, leaving untrained critic_0, gen_2: NotADirectoryError: x/blocker/critic_0"
+    ]
+    raise_failures([])  # nothing failed: nothing raised

@@ -3,6 +3,7 @@ decoding (ended rows leave the batch) must give transformers' tokens exactly."""
 
 import json
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
@@ -149,8 +150,10 @@ def test_segmented_decoding_keeps_a_sliding_window_models_own_cache(arithmetic, 
     assert type(engine.model).__name__ == "MistralForCausalLM"
     assert growing_cache_for(engine.model) is None
     engine.SEGMENT = 5
-    requests = _requests(arithmetic, Sampling(1.0, 0.9, 96), 8, [None])
+    # marked continued: the prefix store keeps only rows of our own cache, so it keeps none of these
+    requests = [replace(r, continued=True) for r in _requests(arithmetic, Sampling(1.0, 0.9, 96), 8, [None])]
     got = _assert_transformers_tokens(engine, requests)
+    assert engine.prefixes is not None and engine.prefixes.bytes == 0
     assert any(not g.truncated for g in got) and len({g.completion_tokens for g in got}) > 1  # rows left early
     everything = HFEngine(batch_size=64)  # the window matters: the same weights attending to everything differ
     assert [g.text for g in got] != [g.text for g in everything.generate(requests, seed=3)]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from maft.debate.protocol import debate
-from maft.engines import Sampling
+from maft.engines import Request, Sampling
 from maft.engines.hf import HFEngine
 from maft.engines.prefix_cache import Kept, PrefixStore
 
@@ -33,7 +33,7 @@ def test_later_rounds_reuse_the_rounds_before_and_generate_the_same_texts(arithm
     store = on.prefixes
     # rounds 2 and 3 reuse most of their prompts (the conversation so far); round 1 and the summaries reuse nothing
     assert store.reused > store.computed / 2, (store.reused, store.computed)
-    assert store.bytes > 0
+    assert store.bytes == 0  # each kept row left once its conversation continued; the last round keeps none
 
 
 def test_an_agent_never_reuses_another_models_keys_and_loading_clears_them(random_adapters, arithmetic):
@@ -58,10 +58,17 @@ def test_an_agent_never_reuses_another_models_keys_and_loading_clears_them(rando
         store = engine.prefixes
         assert store is not None
         # a round-1 request is marked continued only where its agent answers round 2 too; others are not kept
-        assert (store.reused > 0) == (store.bytes > 0) == (name == "kept"), (name, store.reused, store.bytes)
-        if name == "kept":
-            engine.load_adapter("gen_0", adapters["critic_0"])
-            assert store.bytes == 0 and not store.calls
+        assert (store.kept > 0) == (store.reused > 0) == (name == "kept"), (name, store.kept, store.reused)
+        assert store.bytes == 0  # what was kept was reused, and left
+    # loading an agent, or stepping aside for training, gives kept keys and values back
+    continued = [
+        Request([{"role": "user", "content": arithmetic.prompt(problems[0])}], continued=True, sampling=SAMPLED)
+    ]
+    for give_back in (lambda: engine.load_adapter("gen_0", adapters["critic_0"]), engine.release):
+        engine.generate(continued)
+        assert store.bytes > 0
+        give_back()
+        assert store.bytes == 0 and not store.calls
 
 
 def _row(ids: list[int], prompt_length: int, cached: int, tag: float) -> Kept:
@@ -86,12 +93,17 @@ def test_the_longest_shared_prefix_of_the_same_model_is_reused_right_aligned():
     # a batch of two prompts left-padded to 8: row 0 (8 tokens) could reuse 6 positions, row 1 (7 tokens) reuses 4
     # and has 3 to compute; both compute 3, so the cache has 5 columns: row 0 reuses 5 of its 6, row 1 its 4
     # right-aligned after one column of padding
-    keys, values = store.prefill(["a", "a"], [[1, 2, 3, 4, 5, 6, 0, 0], [5, 5, 5, 5, 1, 1, 1]], width=8)
-    assert keys[0].shape == (2, 1, 5, 2) and torch.equal(values[0], -keys[0])
-    assert keys[0][0, 0, :, 0].tolist() == [100, 101, 102, 103, 104]
-    assert keys[0][1, 0, :, 0].tolist() == [0, 400, 401, 402, 403]
+    before = store.bytes
+    keys, values, columns = store.prefill(["a", "a"], [[1, 2, 3, 4, 5, 6, 0, 0], [5, 5, 5, 5, 1, 1, 1]], 8, 12)
+    assert columns == 5 and keys[0].shape == (2, 1, 12, 2) and values[0].shape == (2, 1, 12, 2)
+    assert torch.equal(values[0][:, :, :5], -keys[0][:, :, :5])
+    assert keys[0][0, 0, :5, 0].tolist() == [100, 101, 102, 103, 104]
+    assert keys[0][1, 0, :5, 0].tolist() == [0, 400, 401, 402, 403]
     assert (store.reused, store.computed) == (9, 6)
-    assert store.prefill(["a", "a"], [[1, 2, 3, 4, 5, 6, 0], [7, 7, 7, 7, 7, 7, 7]], width=7) is None  # no gain
+    # the two reused rows left the store (a conversation continues once); the others stay
+    assert store.bytes == before - 7 * 16 - 4 * 16
+    assert store.longest("a", [5, 5, 5, 5, 1])[0] is None and store.longest("a", [1, 2, 3, 4, 9, 9])[1] == 5
+    assert store.prefill(["a", "a"], [[1, 2, 3, 4, 9, 9, 0], [7, 7, 7, 7, 7, 7, 7]], 7, 7) is None  # no gain
 
 
 def test_the_store_keeps_what_fits_and_the_rows_of_two_calls_before_the_current():

@@ -62,7 +62,7 @@ class ExecutionConfig(Strict):
     prefix_cache_gb: float = Field(
         2.0,
         ge=0,
-        description="memory for finished generations' keys and values, reused where a later prompt of the same "
+        description="GiB for finished generations' keys and values, reused where a later prompt of the same "
         "agent starts with them (a debate round after one by the same model); 0 turns it off",
     )
     # -- servers (model.engine=openai; README, "Engines and servers") --

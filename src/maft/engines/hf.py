@@ -40,7 +40,7 @@ from transformers.utils import logging as hf_logging
 
 from maft.agents import Agents, saved_kind
 from maft.engines.base import Generation, Request, Sampling, Score, request_seeds
-from maft.engines.kv_cache import continues_generation, growing_cache_for
+from maft.engines.kv_cache import HEADROOM, continues_generation, growing_cache_for
 from maft.engines.prefix_cache import Kept, PrefixStore
 
 if TYPE_CHECKING:
@@ -119,7 +119,8 @@ def nucleus(scores: torch.Tensor, top_p: float) -> torch.Tensor:
     """Each row's top-p nucleus as a mask: the most likely tokens, in order, each kept while the probability of the
     tokens before it is below ``top_p`` (the fewest most likely tokens whose probabilities reach ``top_p``; the
     first always). The rule of transformers' ``TopPLogitsWarper``, computed from the top instead of the bottom: the
-    same tokens up to rounding at the edge. The nucleus is looked for among the :data:`NUCLEUS_CANDIDATES` most
+    same tokens up to rounding at the edge and, where tokens of exactly equal probability straddle it, the choice
+    among them. The nucleus is looked for among the :data:`NUCLEUS_CANDIDATES` most
     likely tokens (a partial top-k, about 3x faster than sorting the embedded model's 418-token vocabulary, which
     the decoding step of a 300-row batch spent 2 ms on, on a 2-core CPU); a row whose candidates hold less than
     ``top_p`` sorts all its tokens. Either way, a kept token's mass before it is the same sum of the same terms."""
@@ -290,7 +291,11 @@ class HFEngine:
         return agents.answerer
 
     def release(self) -> None:
-        """Nothing to give back: finetuning runs beside the loaded model."""
+        """Finetuning runs beside the loaded model: only the prefix store's keys and values are given back."""
+        if self.prefixes is not None:
+            self.prefixes.clear()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def close(self) -> None:
         """Nothing to stop: the model lives in this process."""
@@ -432,7 +437,8 @@ class HFEngine:
     ) -> tuple[list[str], list[int], list[bool]]:
         """Texts, generated token counts, and whether each ended with the end-of-turn token.
         ``seeds``: each row's sampling seed (needed unless greedy). ``to_store``: the rows whose keys and values go to
-        the prefix store when they end (their requests are ``continued``).
+        the prefix store when they end (their requests are ``continued``). Where the prompts start with kept rows'
+        tokens, the cache starts filled with those rows' keys and values (:mod:`maft.engines.prefix_cache`).
 
         Decoding runs in segments of ``SEGMENT`` tokens, each a ``generate`` call that continues from the
         previous one's cache; between segments the rows that have ended leave the batch and its cache.
@@ -452,10 +458,15 @@ class HFEngine:
         # which model computed each row's keys and values (the key its finished rows are kept under)
         models = [full] * len(prompts) if full is not None else [a or BASE for a in adapters or [None] * len(prompts)]
         to_keep = list(to_store) if to_store is not None else [False] * len(prompts)
-        if cache is not None and self.prefixes is not None:  # start from kept prefixes where the prompts share them
-            reused = self.prefixes.prefill(models, prompts, width)
-            for layer, (k, v) in enumerate(zip(*reused) if reused else ()):
-                cache.update(k, v, layer)
+        # the prefix store serves and keeps only our own cache (its layers hold whole sequences)
+        prefixing = self.prefixes is not None and cache is not None
+        if prefixing:  # start from kept prefixes where the prompts share them
+            assert self.prefixes is not None and cache is not None
+            reused = self.prefixes.prefill(
+                models, prompts, width, min(width + HEADROOM, width + sampling.max_new_tokens)
+            )
+            if reused is not None:
+                cache.adopt(*reused)
         rows = list(range(len(prompts)))  # the prompt each row of the running batch answers
         new: list[list[int]] = [[] for _ in prompts]
         ended = [False] * len(prompts)
@@ -486,7 +497,7 @@ class HFEngine:
                     new[r] += tokens
                     keep.append(j)
             ids, mask = out.sequences, torch.cat([mask, torch.ones_like(part)], dim=1)
-            if self.prefixes is not None and cache is not None:
+            if prefixing:
                 # the rows that ended, or every row when the running ones have their last token
                 last = not keep or len(new[rows[keep[0]]]) >= sampling.max_new_tokens
                 kept = set(keep)

@@ -16,6 +16,7 @@ exactly those ``DynamicCache`` would hold, so generated text is unchanged (teste
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
 
 import torch
@@ -71,6 +72,13 @@ class GrowingLayer(DynamicLayer):
             self._keys[..., :old, :] = self.keys
             self._values[..., :old, :] = self.values
 
+    def adopt(self, keys: torch.Tensor, values: torch.Tensor, filled: int) -> None:
+        """Start from the buffers ``keys`` and ``values`` (``[batch, heads, capacity, head_dim]``), whose first
+        ``filled`` positions are the cache (keys and values reused from earlier generations)."""
+        self.lazy_initialization(keys, values)
+        self._keys, self._values = keys, values
+        self.keys, self.values = keys[..., :filled, :], values[..., :filled, :]
+
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         """Keep the batch rows ``indices``, moved to the front of the buffers: a selection copies the filled part
         once and needs no new buffer, where transformers' copy would make the next update allocate one and copy
@@ -96,6 +104,14 @@ class GrowingCache(DynamicCache):
 
     def __init__(self, max_length: int | None = None) -> None:
         Cache.__init__(self, layer_class_to_replicate=partial(GrowingLayer, max_length))
+
+    def adopt(self, keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor], filled: int) -> None:
+        """Start every layer from its buffers (:meth:`GrowingLayer.adopt`); the cache must be empty."""
+        assert not self.layers, "adopt starts an empty cache"
+        for k, v in zip(keys, values):
+            layer = self.layer_class_to_replicate()
+            layer.adopt(k, v, filled)
+            self.layers.append(layer)
 
 
 #: Generation-config settings that count from the start of a ``generate`` call (or its clock), so that a call

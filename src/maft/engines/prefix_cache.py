@@ -7,7 +7,7 @@ others' answers), so about two thirds of round 2's prompt tokens were already co
 embedded model on a 2-core CPU, round 2's prefill is about a quarter of a debate's time.
 
 :class:`PrefixStore` keeps, for each finished row whose request is ``continued`` (the debate marks an agent's
-requests so where the same agent answers the next round), its token ids (prompt and generated tokens) and the
+requests where the same agent answers the next round), its token ids (prompt and generated tokens) and the
 keys and values of as many of them as the decoding cache holds (per layer ``[heads, n, head_dim]``), under the
 model that computed them (a merged or fully finetuned agent's name, or an adapter's, or the base). A new batch
 looks up, for each prompt, the kept row of the same model that shares the longest prefix of token ids with it.
@@ -23,8 +23,10 @@ a segment of its own (:meth:`~maft.engines.hf.HFEngine._generate_batch`). A batc
 prefix computes in full.
 
 Bounded: the rows of the last two engine calls before the current one and of the current one, as many as fit
-in ``budget`` bytes (a row that does not fit is not kept). The engine clears the store when it loads an agent,
-so that a name never refers to older weights.
+in ``budget`` bytes (a row that does not fit is not kept); a row leaves once reused (a conversation continues
+once). The engine clears the store when it loads an agent, so that a name never refers to older weights, and
+when it steps aside for training (``release``). A prompt identical to a kept one is not looked up (it would
+reuse all but its last position; a debate never sends one).
 """
 
 from __future__ import annotations
@@ -44,6 +46,12 @@ class Kept:
     keys: list[torch.Tensor]  # per layer, [heads, n, head_dim]
     values: list[torch.Tensor]
     prompt_length: int
+    model: str = ""  # set when kept: the model that computed it, and the engine call it ended in
+    call: int = 0
+
+    @property
+    def key(self) -> tuple[str, int, tuple[int, ...]]:
+        return self.model, self.prompt_length, tuple(self.ids[: self.prompt_length])
 
     @property
     def length(self) -> int:
@@ -72,6 +80,7 @@ class PrefixStore:
         self.lengths: dict[str, set[int]] = defaultdict(set)  # model -> the prompt lengths kept for it
         self.bytes = 0
         self.reused = self.computed = 0  # prompt tokens reused from / computed past the store, since creation
+        self.kept = 0  # rows kept, since creation
 
     def clear(self) -> None:
         self.calls.clear()
@@ -90,17 +99,26 @@ class PrefixStore:
         rows kept so far (none is dropped during a call: the call's later batches may reuse them)."""
         if row.length == 0 or self.bytes + row.bytes > self.budget:
             return
+        row.model, row.call = model, call
         self.calls.setdefault(call, []).append((model, row))
-        self.index[(model, row.prompt_length, tuple(row.ids[: row.prompt_length]))].append(row)
+        self.index[row.key].append(row)
         self.lengths[model].add(row.prompt_length)
         self.bytes += row.bytes
+        self.kept += 1
+
+    def _forget(self, row: Kept) -> None:
+        """Drop one row (a lookup may still try its prompt length: it finds nothing)."""
+        self.calls[row.call].remove((row.model, row))
+        self.index[row.key].remove(row)
+        if not self.index[row.key]:
+            del self.index[row.key]
+        self.bytes -= row.bytes
 
     def _drop(self, call: int) -> None:
-        for model, row in self.calls.pop(call):
-            key = (model, row.prompt_length, tuple(row.ids[: row.prompt_length]))
-            self.index[key].remove(row)
-            if not self.index[key]:
-                del self.index[key]
+        for _, row in self.calls.pop(call):
+            self.index[row.key].remove(row)
+            if not self.index[row.key]:
+                del self.index[row.key]
             self.bytes -= row.bytes
         self.lengths = defaultdict(set)
         for model, length, _ in self.index:
@@ -121,12 +139,14 @@ class PrefixStore:
         return best, reuse
 
     def prefill(
-        self, models: Sequence[str], prompts: Sequence[Sequence[int]], width: int
-    ) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
-        """Each layer's keys and values ``[rows, heads, width - new, head_dim]`` for a batch of ``prompts``
-        left-padded to ``width``, every row's reused positions right-aligned (zeros where padded); None when
-        nothing can be reused (a row without a kept prefix computes its whole prompt, so the others reuse
-        only what leaves as many positions to compute as its prompt has)."""
+        self, models: Sequence[str], prompts: Sequence[Sequence[int]], width: int, capacity: int
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], int] | None:
+        """For a batch of ``prompts`` left-padded to ``width``: each layer's key and value buffers
+        ``[rows, heads, capacity, head_dim]`` whose first ``columns`` positions hold every row's reused keys and
+        values right-aligned (zeros where padded), and ``columns``; None when nothing can be reused (a row without
+        a kept prefix computes its whole prompt, so the others reuse only what leaves as many positions to
+        compute as its prompt has). A row that is reused leaves the store: a continued conversation continues
+        once, and its continuation is kept in turn."""
         if not self.calls:
             return None
         found = [self.longest(m, p) for m, p in zip(models, prompts)]
@@ -136,15 +156,25 @@ class PrefixStore:
         if first is None or columns <= 0:
             self.computed += sum(len(p) for p in prompts)
             return None
-        keys = [k.new_zeros((len(prompts), k.shape[0], columns, k.shape[-1])) for k in first.keys]
-        values = [v.new_zeros((len(prompts), v.shape[0], columns, v.shape[-1])) for v in first.values]
+        capacity = max(capacity, width)
+
+        def buffer(t: torch.Tensor) -> torch.Tensor:
+            b = t.new_empty((len(prompts), t.shape[0], capacity, t.shape[-1]))
+            b[:, :, :columns].zero_()  # padding; the positions past ``columns`` are written before they are read
+            return b
+
+        keys, values = [buffer(k) for k in first.keys], [buffer(v) for v in first.values]
+        used: dict[int, Kept] = {}
         for b, (prompt, (row, _)) in enumerate(zip(prompts, found)):
             use = max(0, len(prompt) - new)  # a row without a kept prefix has use 0: it is the longest's padding
             self.reused += use
             self.computed += len(prompt) - use
             if row is None or use == 0:
                 continue
+            used[id(row)] = row
             for layer in range(len(keys)):
-                keys[layer][b, :, columns - use :] = row.keys[layer][:, :use]
-                values[layer][b, :, columns - use :] = row.values[layer][:, :use]
-        return keys, values
+                keys[layer][b, :, columns - use : columns] = row.keys[layer][:, :use]
+                values[layer][b, :, columns - use : columns] = row.values[layer][:, :use]
+        for row in used.values():
+            self._forget(row)
+        return keys, values, columns

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 import queue
-import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 
@@ -175,9 +174,10 @@ def run_ray(jobs: Sequence[TrainJob], on_done: OnDone, config: ExecutionConfig) 
                     failures.append(([job.role], e))
                     continue
                 on_done(job, result)
-    except BaseException:
+    except BaseException as e:
         for ref in pending:
             ray.cancel(ref, force=True)
+        add_failure_notes(e, failures, first_is_this=False)
         raise
     raise_failures(failures)
 
@@ -212,28 +212,38 @@ def _run_ray_together(
                     continue
                 streams[stream].remove(role)
                 on_done(by_role[role], result)
-    except BaseException:
+    except BaseException as e:
         for stream in streams:
             ray.cancel(stream, force=True)
+        add_failure_notes(e, failures, first_is_this=False)
         raise
     raise_failures(failures)
 
 
 def raise_failures(failures: Sequence[tuple[Sequence[str], BaseException]]) -> None:
-    """Once every Ray task has ended: raise the first failure, with a note on it naming the roles each failure
-    left untrained and the first line of every other failure's error, so that none goes unsaid (the roles that
-    finished are recorded; a resumed run trains the rest). Nothing when nothing failed."""
-    if not failures:
-        return
-    lines = [f"this error left untrained: {', '.join(failures[0][0])}"]
-    for roles, error in failures[1:]:
-        cause = getattr(error, "cause", None) or error  # a Ray task's error wraps the task's own
+    """Once every Ray task has ended: raise the first failure, with notes (:func:`add_failure_notes`) naming the
+    roles each failure left untrained and the first line of every other failure's error, so that none goes unsaid
+    (the roles that finished are recorded; a resumed run trains the rest). Nothing when nothing failed."""
+    if failures:
+        first = failures[0][1]
+        add_failure_notes(first, failures, first_is_this=True)
+        raise first
+
+
+def add_failure_notes(
+    error: BaseException, failures: Sequence[tuple[Sequence[str], BaseException]], *, first_is_this: bool
+) -> None:
+    """Note on ``error`` what each of ``failures`` (the roles it left untrained, its error) cost; the first is
+    ``error`` itself when ``first_is_this``. Notes go to ``__notes__`` (set directly where Python lacks
+    ``add_note``: 3.10), which tracebacks (3.11+) and ``maft run``'s error line show."""
+    lines = []
+    for n, (roles, failed) in enumerate(failures):
+        untrained = ", ".join(roles) or "nothing (it had reported every role)"
+        if n == 0 and first_is_this:
+            lines.append(f"this error left untrained: {untrained}")
+            continue
+        cause = getattr(failed, "cause", None) or failed  # a Ray task's error wraps the task's own
         why = f"{type(cause).__name__}: {(str(cause).splitlines() or [''])[0]}"
-        lines.append(f"another Ray task failed too, leaving untrained {', '.join(roles)}: {why}")
-    first = failures[0][1]
-    if hasattr(first, "add_note"):  # Python 3.11+
-        for line in lines:
-            first.add_note(line)
-    else:
-        print(*lines, sep="\n", file=sys.stderr)
-    raise first
+        lines.append(f"another Ray task failed too, leaving untrained {untrained}: {why}")
+    if lines:
+        error.__notes__ = [*getattr(error, "__notes__", []), *lines]
