@@ -34,6 +34,11 @@ def test_later_rounds_reuse_the_rounds_before_and_generate_the_same_texts(arithm
     # rounds 2 and 3 reuse most of their prompts (the conversation so far); round 1 and the summaries reuse nothing
     assert store.reused > store.computed / 2, (store.reused, store.computed)
     assert store.bytes == 0  # each kept row left once its conversation continued; the last round keeps none
+    # a budget for about a dozen rows (each about 3 KB a token): the others are not kept, the texts are the same
+    small = HFEngine(batch_size=16, prefix_cache_gb=12 * 250_000 / 2**30)
+    again = debate(small, arithmetic, problems, agents=3, rounds=3, summarizer="model", sampling=SAMPLED, seed=5)
+    assert texts(again) == texts(without)
+    assert small.prefixes is not None and 0 < small.prefixes.kept < store.kept / 2, (small.prefixes.kept, store.kept)
 
 
 def test_an_agent_never_reuses_another_models_keys_and_loading_clears_them(random_adapters, arithmetic):

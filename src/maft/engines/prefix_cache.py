@@ -19,8 +19,10 @@ The batch stays one left-padded block: every row computes the same number of new
 longest of its uncached suffixes, and reuses ``len(prompt) - new`` cached positions (fewer than it may have
 where another row's suffix is longer). The cache handed to ``generate`` has ``width - new`` columns, a row's
 reused keys and values right-aligned in it after its padding, so ``generate`` continues from it as it does from
-a segment of its own (:meth:`~maft.engines.hf.HFEngine._generate_batch`). A batch where a row has no cached
-prefix computes in full.
+a segment of its own (:meth:`~maft.engines.hf.HFEngine._generate_batch`). A row without a kept prefix (one
+the budget left out, say) computes its whole prompt, so its batch, one block, reuses at most what leaves as
+many positions to compute: a budget that keeps only some of a round's rows saves little or nothing (tested:
+the same texts either way).
 
 Bounded: the rows of the last two engine calls before the current one and of the current one, as many as fit
 in ``budget`` bytes (a row that does not fit is not kept); a row leaves once reused (a conversation continues
