@@ -23,6 +23,7 @@ import math
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from maft.config import ExecutionConfig
 from maft.training.job import OnDone, TrainJob, finetune_job
@@ -161,60 +162,65 @@ def run_ray(jobs: Sequence[TrainJob], on_done: OnDone, config: ExecutionConfig) 
         _run_ray_together(jobs, on_done, config, gpus, threads)
         return
     task = ray.remote(num_gpus=gpus, num_cpus=config.cpus_per_job)(run_job)
-    pending = {task.remote(job, None, threads): job for job in jobs}
-    failures: list[tuple[list[str], Exception]] = []
-    try:
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            for ref in done:
-                job = pending.pop(ref)
-                try:
-                    result = ray.get(ref)
-                except Exception as e:  # this job failed: the others train on
-                    failures.append(([job.role], e))
-                    continue
-                on_done(job, result)
-    except BaseException as e:
-        for ref in pending:
-            ray.cancel(ref, force=True)
-        add_failure_notes(e, failures, first_is_this=False)
-        raise
-    raise_failures(failures)
+    by_role = {job.role: job for job in jobs}
+    refs = {task.remote(job, None, threads): [job.role] for job in jobs}
+    # a task returns its one role's result; asked again once it has reported it, it has none left
+    _drive(refs, lambda ref: (refs[ref][0], ray.get(ref)) if refs[ref] else None, by_role, on_done)
 
 
 def _run_ray_together(
     jobs: Sequence[TrainJob], on_done: OnDone, config: ExecutionConfig, gpus: float, threads: int
 ) -> None:
     """One generator task per group of jobs (:func:`balanced_groups` over :func:`ray_slots`), each role reported
-    as its group streams it. A group that fails ends without its remaining roles; the others go on, and the
-    failures are raised when they are done (:func:`raise_failures`). The driver stopping (an error of its own,
-    Ctrl-C) stops them all."""
+    as its group streams it (:func:`_drive`)."""
     import ray
 
-    by_role = {job.role: job for job in jobs}
     # no retry: a retried task would train and report again the roles already recorded (resume redoes the rest)
     together = ray.remote(num_gpus=gpus, num_cpus=config.cpus_per_job, max_retries=0)(train_together)
     groups = balanced_groups(jobs, ray_slots(gpus, config.cpus_per_job))
-    # each running group's stream, and the roles it has yet to report
     streams = {together.remote(group, threads): [job.role for job in group] for group in groups}
+
+    def next_result(stream):
+        try:
+            return ray.get(next(stream))
+        except StopIteration:
+            return None
+
+    _drive(streams, next_result, {job.role: job for job in jobs}, on_done)
+
+
+def _drive(
+    tasks: dict[Any, list[str]],
+    next_result: Callable[[Any], tuple[str, TrainResult] | None],
+    by_role: dict[str, TrainJob],
+    on_done: OnDone,
+) -> None:
+    """Report Ray tasks' results as they come: ``tasks`` maps each running task to the roles it has yet to report;
+    ``next_result(task)``, once Ray says the task is ready, gives its next ``(role, result)``, None when it has
+    no more, or raises the task's error. A failing task ends without its remaining roles while the others go on,
+    and once all have ended the failures are raised (:func:`raise_failures`). The driver stopping (an error of its
+    own, Ctrl-C) cancels them all, its error noting the failures so far."""
+    import ray
+
     failures: list[tuple[list[str], Exception]] = []
     try:
-        while streams:
-            ready, _ = ray.wait(list(streams), num_returns=1)
-            for stream in ready:
+        while tasks:
+            ready, _ = ray.wait(list(tasks), num_returns=1)
+            for task in ready:
                 try:
-                    role, result = ray.get(next(stream))
-                except StopIteration:
-                    del streams[stream]
+                    got = next_result(task)
+                except Exception as e:  # this task failed: the others train on
+                    failures.append((tasks.pop(task), e))
                     continue
-                except Exception as e:  # this group's task failed: the others train on
-                    failures.append((streams.pop(stream), e))
+                if got is None:
+                    del tasks[task]
                     continue
-                streams[stream].remove(role)
+                role, result = got
+                tasks[task].remove(role)
                 on_done(by_role[role], result)
     except BaseException as e:
-        for stream in streams:
-            ray.cancel(stream, force=True)
+        for task in tasks:
+            ray.cancel(task, force=True)
         add_failure_notes(e, failures, first_is_this=False)
         raise
     raise_failures(failures)
