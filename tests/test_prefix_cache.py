@@ -85,14 +85,18 @@ def _row(ids: list[int], prompt_length: int, cached: int, tag: float) -> Kept:
 def test_the_longest_shared_prefix_of_the_same_model_is_reused_right_aligned():
     store = PrefixStore(budget=1 << 20)
     store.begin(1)
-    store.keep(1, "a", _row([1, 2, 3, 4, 5, 6, 7, 8], prompt_length=3, cached=7, tag=100.0))
-    store.keep(1, "a", _row([1, 2, 3, 4, 9, 9, 9, 9], prompt_length=3, cached=8, tag=200.0))
+    first, second = (
+        _row([1, 2, 3, 4, 5, 6, 7, 8], prompt_length=3, cached=7, tag=100.0),
+        _row([1, 2, 3, 4, 9, 9, 9, 9], prompt_length=3, cached=8, tag=200.0),
+    )
+    store.keep(1, "a", first)
+    store.keep(1, "a", second)
     store.keep(1, "b", _row([1, 2, 3, 4, 5, 6, 7, 8, 9], prompt_length=3, cached=9, tag=300.0))
     store.keep(1, "a", _row([5, 5, 5, 5], prompt_length=2, cached=4, tag=400.0))
     # the longest shared prefix, capped by what is cached and by the prompt less its last position
-    assert store.longest("a", [1, 2, 3, 4, 5, 6, 0]) == (store.calls[1][0][1], 6)
-    assert store.longest("a", [1, 2, 3, 4, 5, 6, 7, 8, 9, 9]) == (store.calls[1][0][1], 7)  # 7 of 8 cached
-    assert store.longest("a", [1, 2, 3, 4, 9, 9]) == (store.calls[1][1][1], 5)  # the other row; not the last
+    assert store.longest("a", [1, 2, 3, 4, 5, 6, 0]) == (first, 6)
+    assert store.longest("a", [1, 2, 3, 4, 5, 6, 7, 8, 9, 9]) == (first, 7)  # 7 of 8 cached
+    assert store.longest("a", [1, 2, 3, 4, 9, 9]) == (second, 5)  # the other row; not the last
     assert store.longest("a", [1, 2, 0]) == (None, 0)  # its kept prompt (3 tokens) is not a prefix
     assert store.longest("b", [5, 5, 5, 5, 5])[0] is None  # another model's row is never used
     # a batch of two prompts left-padded to 8: row 0 (8 tokens) could reuse 6 positions, row 1 (7 tokens) reuses 4

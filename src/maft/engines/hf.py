@@ -528,13 +528,12 @@ class HFEngine:
         (prompt and generated) and the keys and values the cache holds for them (after its left padding, up to
         the last position computed; the positions past an end token hold padding and are not kept)."""
         assert self.prefixes is not None
-        filled = cache.get_seq_length()
+        filled, layers = cache.get_seq_length(), cache.layers
         for j in leaving:
             r = rows[j]
             pad = width - len(prompts[r])
             tokens = prompts[r] + new[r]
             n = min(filled - pad, len(tokens))
-            layers = cache.layers
             self.prefixes.keep(
                 self._calls,
                 models[r],

@@ -77,7 +77,7 @@ class PrefixStore:
 
     def __init__(self, budget: int) -> None:
         self.budget = budget
-        self.calls: OrderedDict[int, list[tuple[str, Kept]]] = OrderedDict()  # call number -> its rows
+        self.calls: OrderedDict[int, dict[int, Kept]] = OrderedDict()  # call number -> its rows, by id
         self.index: dict[tuple[str, int, tuple[int, ...]], list[Kept]] = defaultdict(list)
         self.lengths: dict[str, set[int]] = defaultdict(set)  # model -> the prompt lengths kept for it
         self.bytes = 0
@@ -102,7 +102,7 @@ class PrefixStore:
         if row.length == 0 or self.bytes + row.bytes > self.budget:
             return
         row.model, row.call = model, call
-        self.calls.setdefault(call, []).append((model, row))
+        self.calls.setdefault(call, {})[id(row)] = row
         self.index[row.key].append(row)
         self.lengths[model].add(row.prompt_length)
         self.bytes += row.bytes
@@ -110,21 +110,22 @@ class PrefixStore:
 
     def _forget(self, row: Kept) -> None:
         """Drop one row (a lookup may still try its prompt length: it finds nothing)."""
-        self.calls[row.call].remove((row.model, row))
-        self.index[row.key].remove(row)
-        if not self.index[row.key]:
-            del self.index[row.key]
-        self.bytes -= row.bytes
+        del self.calls[row.call][id(row)]
+        self._unindex(row)
 
     def _drop(self, call: int) -> None:
-        for _, row in self.calls.pop(call):
-            self.index[row.key].remove(row)
-            if not self.index[row.key]:
-                del self.index[row.key]
-            self.bytes -= row.bytes
+        for row in self.calls.pop(call).values():
+            self._unindex(row)
         self.lengths = defaultdict(set)
         for model, length, _ in self.index:
             self.lengths[model].add(length)
+
+    def _unindex(self, row: Kept) -> None:
+        rows = self.index[row.key]
+        rows.remove(row)
+        if not rows:
+            del self.index[row.key]
+        self.bytes -= row.bytes
 
     def longest(self, model: str, prompt: Sequence[int]) -> tuple[Kept | None, int]:
         """The kept row of ``model`` sharing the longest prefix with ``prompt``, and how many of its cached
