@@ -62,7 +62,8 @@ def one_thread():
 
 
 #: Two mini-batches per optimizer step, one and a half epochs: steps of 2 and 1 mini-batches, a partial last epoch.
-CFG = TrainConfig(batch_size=2, gradient_accumulation_steps=2, epochs=1.5, critic_loss="all_turns")
+#: fp32 (not train.bf16=auto, bf16 on a CPU that has it): the paths must agree to fp32 rounding
+CFG = TrainConfig(batch_size=2, gradient_accumulation_steps=2, epochs=1.5, critic_loss="all_turns", bf16=False)
 
 #: float32 on CPU. The mixed forward computes a row in a larger batch than training alone does (other matrix-multiply
 #: blocking): the gradients agree to ~1e-7 relative. AdamW normalizes each weight's step to about the learning rate

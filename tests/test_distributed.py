@@ -53,7 +53,9 @@ def test_two_processes_train_what_one_does(tmp_path, method, checkpointing):
     mean loss and the same weights within 1e-5, 1% of one AdamW step at this learning rate (FSDP's reduce-scatter
     sums the gradients in another order; the largest difference seen is about 2e-6, the weights move by more
     than 1e-4)."""
-    cfg = TrainConfig(method=method, batch_size=4, gradient_accumulation_steps=2, epochs=1.0, learning_rate=1e-3)
+    cfg = TrainConfig(
+        method=method, batch_size=4, gradient_accumulation_steps=2, epochs=1.0, learning_rate=1e-3, bf16=False
+    )
     data = examples()
     write_jsonl(tmp_path / "data.jsonl", data)
     steps: list[tuple[int, int]] = []

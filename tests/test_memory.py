@@ -69,7 +69,7 @@ def test_llama_8b_counts_are_the_published_ones(llama8b):
 
 def test_full_finetuning_is_16_bytes_per_parameter_in_fp32_and_8_in_bf16(llama8b):
     P = llama8b.parameters
-    fp32 = estimate(TrainConfig(method="full"), llama8b)
+    fp32 = estimate(TrainConfig(method="full", bf16=False), llama8b)
     assert (fp32.weights, fp32.gradients, fp32.optimizer) == (4 * P, 4 * P, 8 * P)  # 128 GB of states
     assert fp32.weights + fp32.gradients + fp32.optimizer == 16 * P
     bf16 = estimate(TrainConfig(method="full", bf16=True), llama8b)
@@ -133,7 +133,10 @@ def _nbytes(tensors) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("settings", [{"method": "full"}, {"method": "full", "bf16": True}, {}, {"bf16": True}])
+@pytest.mark.parametrize(
+    "settings",
+    [{"method": "full", "bf16": False}, {"method": "full", "bf16": True}, {"bf16": False}, {"bf16": True}],
+)
 def test_the_accounting_is_what_a_real_trainer_holds(settings, tmp_path):
     """Weights, gradients (one per trainable value) and AdamW's states of the tiny model after a real TRL step."""
     cfg = TrainConfig(epochs=1, batch_size=4, **settings)
@@ -187,13 +190,13 @@ def test_an_impossible_plan_is_refused_with_the_fixes_that_fit(llama8b):
 def test_on_the_cpu_no_gpu_fix_is_offered_and_nothing_fitting_says_so(llama8b):
     ram = DeviceMemory(64 * GB, "cpu", "this machine has 64 GB of RAM available")
     with pytest.raises(SetupError) as refused:
-        check_memory(load_config(None, ["train.method=full"]), llama8b, ram)
+        check_memory(load_config(None, ["train.method=full", "train.bf16=false"]), llama8b, ram)
     message = str(refused.value)
     assert "quantization" not in message and "bf16" not in message
     assert "use train.method=lora train.batch_size=1 train.gradient_accumulation_steps=16 together" in message
     small = DeviceMemory(8 * GB, "cpu", "this machine has 8 GB of RAM available")
     with pytest.raises(SetupError, match=r"even train.method=lora .* would need about 51 GB in all: use a smaller"):
-        check_memory(load_config(None, ["train.method=full"]), llama8b, small)
+        check_memory(load_config(None, ["train.method=full", "train.bf16=false"]), llama8b, small)
 
 
 def test_the_embedded_model_s_default_run_fits_here():
@@ -240,7 +243,18 @@ def test_activation_checkpointing_is_automatic_only_where_memory_needs_it(llama8
 def test_a_huge_batch_is_refused_through_the_cli_before_a_run_directory_exists(tmp_path):
     root = tmp_path / "run"
     result = subprocess.run(
-        [sys.executable, "-m", "maft.cli", "run", "--out", str(root), "--set", "train.batch_size=100000"],
+        [
+            sys.executable,
+            "-m",
+            "maft.cli",
+            "run",
+            "--out",
+            str(root),
+            "--set",
+            "train.batch_size=100000",
+            "--set",
+            "train.bf16=false",
+        ],
         capture_output=True,
         text=True,
         env={**os.environ, "COLUMNS": "400"},
@@ -257,7 +271,7 @@ def test_prepare_refuses_full_finetuning_of_a_70b_shape(tmp_path):
     model.mkdir()
     (model / "config.json").write_text(json.dumps(LLAMA_70B))
     with pytest.raises(SetupError, match=r"train.method=full on a model of 70.6B parameters needs about 1.\d TB"):
-        prepare(load_config(None, [f"model.name={model}", "train.method=full"]))
+        prepare(load_config(None, [f"model.name={model}", "train.method=full", "train.bf16=false"]))
 
 
 def test_qlora_needs_lora_and_changes_the_hash():
@@ -381,3 +395,10 @@ def test_concurrent_training_left_at_none_trains_together_only_where_it_can_and_
     # the embedded default run on this machine: together
     tiny = ModelCounts.of(str(default_checkpoint()))
     assert trains_together(RunConfig(), tiny, device_memory(RunConfig())) is True
+
+
+def test_auto_precision_counts_as_fp32_until_the_device_is_known(llama8b):
+    """train.bf16=auto resolves where a job trains (a refusal resolves it for the device it checks); an estimate
+    without a device counts the larger, fp32."""
+    assert estimate(TrainConfig(), llama8b).total == estimate(TrainConfig(bf16=False), llama8b).total
+    assert estimate(TrainConfig(), llama8b).total > estimate(TrainConfig(bf16=True), llama8b).total

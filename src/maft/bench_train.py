@@ -5,7 +5,8 @@ examples (seeded), one epoch. A generation role's example is an arithmetic task 
 ``gen_tokens`` random digits; a critic role's example is the task prompt, a first answer of ``gen_tokens`` digits
 and a second-round user turn (other agents' answers), with a completion of ``critic_tokens`` digits (every digit
 is one token of the tiny model's tokenizer, which every shape uses). Loss on the completion only
-(``train.critic_loss=final``); the rest is :class:`~maft.config.TrainConfig`'s defaults, with ``bf16`` on CUDA.
+(``train.critic_loss=final``); the rest is :class:`~maft.config.TrainConfig`'s defaults: ``bf16`` as ``bf16`` says
+(auto: where the device computes it natively, a CUDA GPU or a CPU with AVX512-BF16/AMX; :mod:`maft.training.precision`).
 Activation checkpointing is on (TRL's default, as every number in the README was measured) unless
 ``activation_checkpointing=False``; a run's default decides it from memory (:mod:`maft.training.memory`).
 Paths:
@@ -112,11 +113,14 @@ class TrainBenchConfig:
     threads: int | None = None  # CPU: torch threads (default: every core this process may use)
     activation_checkpointing: bool = True  # recompute activations in the backward pass (TRL's default)
     repeats: int = 1  # runs of each path, interleaved (module docstring)
+    bf16: str = "auto"  # train.bf16: auto, true or false
 
     def check(self) -> None:
         self.paths = parse_paths(self.paths)
         if self.shape not in MODELS:
             raise BenchError(f"unknown shape {self.shape!r}; accepted: {', '.join(MODELS)}")
+        if str(self.bf16).lower() not in ("auto", "true", "false"):
+            raise BenchError(f"--bf16 {self.bf16!r}: give auto, true or false")
         if min(self.roles, self.examples, self.gen_tokens, self.critic_tokens, self.batch_size, self.repeats) < 1:
             raise BenchError("roles, examples, gen_tokens, critic_tokens, batch_size and repeats must be >= 1")
 
@@ -178,8 +182,12 @@ def make_examples(cfg: TrainBenchConfig) -> dict[str, list]:
 
 def train_config(method: str, cfg: TrainBenchConfig, device: str):
     from maft.config import TrainConfig
+    from maft.training.precision import resolve_bf16
 
-    return TrainConfig(method=method, epochs=1, batch_size=cfg.batch_size, bf16=device.startswith("cuda"))
+    bf16 = str(cfg.bf16).lower()
+    precision = "auto" if bf16 == "auto" else bf16 == "true"
+    train = TrainConfig(method=method, epochs=1, batch_size=cfg.batch_size, bf16=precision)
+    return resolve_bf16(train, device)
 
 
 def role_tokens(model_dir: str, examples: Sequence, tcfg: Any, device: str) -> int:
@@ -406,9 +414,9 @@ def bench_train(cfg: TrainBenchConfig, workdir: str | Path | None = None, *, ech
     work_dir = Path(tempfile.mkdtemp(prefix="maft-bench-train-")) if workdir is None else Path(workdir)
     try:
         device = _device(cfg.device)
-        element_bytes = 2 if device.startswith("cuda") else 4
         memory = device_memory(device)
         lora_cfg = train_config("lora", cfg, device)
+        element_bytes = 2 if lora_cfg.bf16 else 4
         if cfg.shape in SHAPES:  # before the random weights are built
             shape_params = parameter_counts(cfg.shape, lora_cfg)["parameters"]
             if (reason := too_big("lora", shape_params, element_bytes, memory)) is not None:

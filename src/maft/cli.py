@@ -683,6 +683,9 @@ def bench_train_command(
     repeats: Annotated[
         int, typer.Option(min=1, help="runs of each path, interleaved; the table shows the median run and the range")
     ] = 1,
+    bf16: Annotated[
+        str, typer.Option(help="train.bf16: auto (bf16 where the device computes it natively), true or false")
+    ] = "auto",
 ) -> None:
     """One iteration's finetuning (R roles x E examples, one epoch) on each path: examples/s, tokens/s,
     set-up and training seconds, concurrent over sequential speedup, MFU on a GPU, peak memory."""
@@ -705,6 +708,7 @@ def bench_train_command(
             threads=threads,
             activation_checkpointing=activation_checkpointing,
             repeats=repeats,
+            bf16=bf16,
         )
         cfg.check()
         start = time.perf_counter()

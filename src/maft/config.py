@@ -305,7 +305,12 @@ class TrainConfig(Strict):
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="fraction of the steps spent warming the learning rate up")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     max_length: int = Field(1024, ge=16, description="tokens per example; longer examples are truncated")
-    bf16: bool = Field(False, description="train in bfloat16 mixed precision (GPUs that support it)")
+    bf16: bool | Literal["auto"] = Field(
+        "auto",
+        description="train in bfloat16 mixed precision (auto: where the device computes bf16 natively: a CUDA GPU "
+        "that supports it, a CPU with AVX512-BF16 or AMX; fp32 elsewhere). On a CPU, attention stays in fp32 "
+        "(maft.training.precision)",
+    )
     # -- LoRA (PEFT LoraConfig) --
     lora_r: int = Field(8, ge=1, description="LoRA rank")
     lora_alpha: int = Field(16, ge=1, description="LoRA scaling numerator (the update is scaled by alpha / r)")

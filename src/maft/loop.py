@@ -60,6 +60,7 @@ from maft.training.memory import (
     trains_together,
     with_concurrency,
 )
+from maft.training.precision import precision_line
 from maft.training.scheduler import TrainJob, run_local, run_ray, run_together
 from maft.training.sft import TrainResult, check_critic_loss
 
@@ -375,6 +376,8 @@ class Society:
             checkpointing = activation_checkpointing(config, counts, memory)
             why = "a job would not fit without it, or its memory is unknown" if checkpointing else "jobs fit without it"
             self.console.print(f"  activation checkpointing {'on' if checkpointing else 'off'} (auto: {why})")
+        if config.train.bf16 == "auto":
+            self._warn_once("precision", f"  {precision_line(x.device)} (train.bf16 auto)")
         return config, checkpointing
 
     def _train(self, it: int) -> None:

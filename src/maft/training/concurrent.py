@@ -55,8 +55,10 @@ from typing import TYPE_CHECKING, Any
 from maft.config import TrainConfig
 from maft.data.agent_data import Example
 from maft.tracking import MetricsLogger, Tracking
+from maft.training.precision import resolve_bf16
 from maft.training.sft import (
     TrainResult,
+    _cpu_attention,
     _dtype,
     _quiet,
     _refusal,
@@ -299,16 +301,19 @@ class Router:
             self.blocks = None
 
 
-def load_together(base_model: str, roles: Sequence[RoleRun], cfg: TrainConfig):
+def load_together(base_model: str, roles: Sequence[RoleRun], cfg: TrainConfig, device: str = "auto"):
     """One base model with an adapter per role, named after it: its previous adapter, or a fresh one initialized
     after seeding with the role's seed (as TRL seeds before it creates the adapter). Only the adapters train; the
-    base carries TRL's fused LM head (per-token log-probabilities without the full logits)."""
+    base carries TRL's fused LM head (per-token log-probabilities without the full logits). ``cfg.bf16`` resolved
+    for ``device``: in bf16 on a CPU, attention computes in fp32, as the one-by-one trainer's."""
     from peft import PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM, set_seed
     from trl.trainer import add_fused_lm_head
 
+    cfg = resolve_bf16(cfg, device)
     base = AutoModelForCausalLM.from_pretrained(base_model, dtype=_dtype(cfg))
     attend_causally(base)  # as the one-by-one trainer's model does
+    _cpu_attention(base, cfg, device)
     model = None
     for run in roles:
         if run.init_from is not None:
@@ -426,6 +431,7 @@ def finetune_together(
 
     check_concurrent(cfg)
     _quiet()
+    cfg = resolve_bf16(cfg, device)
     results: dict[str, TrainResult] = {}
 
     def finish(role: str, result: TrainResult) -> None:
@@ -462,7 +468,7 @@ def finetune_together(
         role.targets = [sum(label != -100 for label in row["labels"][1:]) for row in rows]
         roles.append(role)
     args = roles[0].args
-    model = load_together(base_model, runs, cfg).to(args.device)
+    model = load_together(base_model, runs, cfg, device).to(args.device)
     if args.activation_checkpointing:  # as the one-by-one trainer (execution.activation_checkpointing)
         model.enable_input_require_grads()
         kwargs = dict(args.activation_checkpointing_kwargs or {})
@@ -506,6 +512,7 @@ def finetune_together(
                 train_loss=float(role.loss) / role.done if role.done else None,
                 seconds=role.seconds,
                 method=cfg.method,
+                bf16=bool(cfg.bf16),
                 init=str(role.run.init_from) if role.run.init_from else "base",
                 host=socket.gethostname(),
                 pid=os.getpid(),

@@ -4,7 +4,8 @@ compares it with the device the jobs will train on and refuses a plan that canno
 
 Accounting, in bytes. P: the base model's parameters; T: the trainable LoRA parameters, ``r * (in + out)``
 summed over the targeted linear layers (PEFT's matching); d: bytes per value of the dtype the job trains in,
-2 with ``train.bf16`` and 4 without (maft loads the model in that dtype). AdamW keeps two moments per
+2 with ``train.bf16`` and 4 without (maft loads the model in that dtype; ``auto`` resolved for the device the
+jobs train on, or counted as 4 where that is not known). AdamW keeps two moments per
 trainable parameter, in that parameter's dtype, and maft keeps no fp32 master copy (both checked against a
 real trainer in tests/test_memory.py):
 
@@ -74,6 +75,7 @@ from pydantic import BaseModel
 
 from maft.agents import trained_roles
 from maft.config import RunConfig, TrainConfig
+from maft.training.precision import resolve_bf16
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel
@@ -209,7 +211,7 @@ def estimate(
     their mini-batches in one forward."""
     counts = model if isinstance(model, ModelCounts) else ModelCounts.of(model)
     checkpointing = trl_checkpoints() if gradient_checkpointing is None else gradient_checkpointing
-    d = 2 if train.bf16 else 4
+    d = 2 if train.bf16 is True else 4  # auto not resolved for a device: counted as fp32, the larger
     P = counts.parameters
     if train.method == "full":
         trainable = P
@@ -401,7 +403,8 @@ def refusal(config: RunConfig, counts: ModelCounts, memory: DeviceMemory) -> str
     """Why ``config``'s finetuning jobs cannot fit in ``memory``, and the changes that would fit with
     :data:`HEADROOM` to spare (each with what it needs, the engine's share included), or None when they fit.
     Pure: the caller measures ``memory`` (per GPU, for a job sharded over several)."""
-    train = config.train
+    train = resolve_bf16(config.train, memory.kind)
+    config = config.model_copy(update={"train": train})
     room = memory.free * (1 - HEADROOM)
     checkpointing, k = config.execution.activation_checkpointing is not False, shards(config, memory.kind)
     together = roles_per_job(config)
@@ -477,7 +480,8 @@ def fits(config: RunConfig, counts: ModelCounts, memory: DeviceMemory, *, roles:
     """Whether one finetuning job of ``config`` training ``roles`` LoRA roles together, with or without
     activation checkpointing, fits in ``memory`` with :data:`HEADROOM` to spare."""
     k = shards(config, memory.kind)
-    need = estimate(config.train, counts, gradient_checkpointing=checkpointing, shards=k, roles=roles).total
+    train = resolve_bf16(config.train, memory.kind)
+    need = estimate(train, counts, gradient_checkpointing=checkpointing, shards=k, roles=roles).total
     return need <= memory.free * (1 - HEADROOM)
 
 

@@ -29,6 +29,9 @@ The model attends without the batch's padding mask where that only marks right p
 pads (:func:`attend_causally`): no real token attends to a later position, so the mask changes no loss or
 gradient, but it makes attention compute the whole score matrix where the causal path skips its upper triangle.
 
+Precision: ``train.bf16`` (``auto``: bf16 where the device computes it natively) is resolved at the start of a
+job; in bf16 on a CPU, attention computes in fp32 (:mod:`maft.training.precision`).
+
 Every role ends with a loadable artifact in ``out_dir``: a PEFT adapter (LoRA) or a full checkpoint.
 A role with no examples keeps its starting weights (an untouched adapter is saved), so that the
 agent exists in the next debate and stays what it was.
@@ -53,6 +56,7 @@ from maft.agents import saved_kind
 from maft.config import TrainConfig
 from maft.data.agent_data import Example
 from maft.tracking import Tracking, set_trainer_environment, trainer_arguments, trainer_callbacks
+from maft.training.precision import attention_in_fp32, bf16_for, resolve_bf16
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -77,6 +81,8 @@ class TrainResult(BaseModel):
     # trained by this many processes, its weights, gradients and optimizer states sharded over them with FSDP
     # (maft.training.distributed); 1: one process
     sharded_over: int = 1
+    # trained in bf16 mixed precision (train.bf16, resolved for the device); None: not recorded (older runs)
+    bf16: bool | None = None
 
 
 def multi_turn(example: Example) -> bool:
@@ -175,20 +181,31 @@ def _drop_right_padding_mask(module, args, kwargs):
     return args, {**kwargs, "attention_mask": None}
 
 
-def _load_trainable(base_model: str, init_from: Path | None, cfg: TrainConfig, dtype, *, checkpointing: bool = True):
+def _load_trainable(
+    base_model: str,
+    init_from: Path | None,
+    cfg: TrainConfig,
+    dtype,
+    *,
+    checkpointing: bool = True,
+    device: str = "auto",
+):
     """The model to train and the PEFT config to hand TRL (None when the model already is a PeftModel).
     ``checkpointing``: whether a quantized base is prepared for activation checkpointing (PEFT's default turns it
-    on; off, it is left off, as the trainer is told)."""
+    on; off, it is left off, as the trainer is told). In bf16 on a CPU, attention computes in fp32
+    (:func:`~maft.training.precision.attention_in_fp32`)."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     if cfg.method == "full":
         model = AutoModelForCausalLM.from_pretrained(str(init_from or base_model), dtype=dtype)
         attend_causally(model)
+        _cpu_attention(model, cfg, device)
         return model, None
     quantization = quantization_config(cfg)
     base = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype, quantization_config=quantization)
     attend_causally(base)
+    _cpu_attention(base, cfg, device)
     if quantization is not None:
         from peft import prepare_model_for_kbit_training
 
@@ -197,6 +214,12 @@ def _load_trainable(base_model: str, init_from: Path | None, cfg: TrainConfig, d
     if init_from is not None:
         return PeftModel.from_pretrained(base, str(init_from), is_trainable=True), None
     return base, lora_config(cfg)
+
+
+def _cpu_attention(model, cfg: TrainConfig, device: str) -> None:
+    """bf16 on a CPU: attention in fp32 (maft.training.precision)."""
+    if cfg.bf16 is True and _on_cpu(device):
+        attention_in_fp32(model)
 
 
 def lora_config(cfg: TrainConfig):
@@ -224,8 +247,11 @@ def quantization_config(cfg: TrainConfig):
 
 
 def _dtype(cfg: TrainConfig):
+    """The dtype the model trains in: ``cfg.bf16`` already resolved for the device (:func:`resolve_bf16`)."""
     import torch
 
+    if cfg.bf16 == "auto":
+        raise ValueError("train.bf16=auto must be resolved for the device first (maft.training.precision)")
     return torch.bfloat16 if cfg.bf16 else torch.float32
 
 
@@ -250,11 +276,14 @@ def sft_trainer(
     from trl import SFTTrainer
 
     _quiet()
+    cfg = resolve_bf16(cfg, device)
     tokenizer = _tokenizer(base_model)
     all_turns = loss_on_all_turns(examples, cfg)
     if all_turns and (problem := template_problem(tokenizer)):
         raise _refusal(base_model, problem)
-    model, lora = _load_trainable(base_model, init_from, cfg, _dtype(cfg), checkpointing=activation_checkpointing)
+    model, lora = _load_trainable(
+        base_model, init_from, cfg, _dtype(cfg), checkpointing=activation_checkpointing, device=device
+    )
     set_trainer_environment(tracking)  # read by transformers' integration callbacks (maft.tracking)
     if processes > 1 and _on_cpu(device):
         from maft.training.fsdp import allow_fsdp_on_cpu
@@ -322,7 +351,7 @@ def sft_config(
         max_length=cfg.max_length,
         completion_only_loss=not all_turns,
         assistant_only_loss=all_turns,
-        bf16=cfg.bf16,
+        bf16=bf16_for(cfg, device),
         use_cpu=cpu,
         **parallelism(processes, cpu=cpu, activation_checkpointing=activation_checkpointing),
         seed=seed,
@@ -383,6 +412,7 @@ def finetune(
 
     _quiet()
     start = time.perf_counter()
+    cfg = resolve_bf16(cfg, device)
     if init_from is not None and cfg.method == "lora" and saved_kind(init_from, missing_ok=True) != "adapter":
         raise FileNotFoundError(f"cannot continue LoRA training from {init_from}: no adapter_config.json there")
     init = str(init_from) if init_from else "base"
@@ -400,6 +430,7 @@ def finetune(
             train_loss=None,
             seconds=time.perf_counter() - start,
             method=cfg.method,
+            bf16=bool(cfg.bf16),
             init=init,
             host=socket.gethostname(),
             pid=os.getpid(),
@@ -450,6 +481,7 @@ def finetune(
         train_loss=loss,
         seconds=time.perf_counter() - start,
         method=cfg.method,
+        bf16=bool(cfg.bf16),
         init=init,
         host=socket.gethostname(),
         pid=os.getpid(),
