@@ -31,6 +31,7 @@ from maft.training.memory import (
     cannot_train_together,
     device_memory,
     estimate,
+    refusal,
     roles_per_job,
     trains_together,
     with_concurrency,
@@ -402,3 +403,17 @@ def test_auto_precision_counts_as_fp32_until_the_device_is_known(llama8b):
     without a device counts the larger, fp32."""
     assert estimate(TrainConfig(), llama8b).total == estimate(TrainConfig(bf16=False), llama8b).total
     assert estimate(TrainConfig(), llama8b).total > estimate(TrainConfig(bf16=True), llama8b).total
+
+
+def test_auto_precision_follows_the_device_the_memory_describes(llama8b):
+    """A refusal resolves train.bf16=auto with what the checked device computes natively (DeviceMemory.bf16),
+    not with the machine running the check."""
+    config = load_config(None, ["model.engine=openai", "execution.urls=[http://127.0.0.1:1/v1]"])
+
+    def ram(bf16: bool) -> DeviceMemory:
+        return DeviceMemory(30 * GB, "cpu", "this machine has 30 GB of RAM available", bf16)
+
+    fp32, bf16 = refusal(config, llama8b, ram(False)), refusal(config, llama8b, ram(True))
+    assert fp32 is not None and "(weights 32 GB," in fp32 and "would need about 35 GB" in fp32
+    assert bf16 is not None and "(weights 16 GB," in bf16 and "use train.batch_size=4" in bf16
+    assert "bf16" not in fp32 + bf16  # the precision is the device's, never offered as a fix on a CPU

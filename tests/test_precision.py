@@ -19,6 +19,10 @@ def test_auto_is_the_default_and_resolves_to_what_the_device_computes_natively()
     assert bf16_for(TrainConfig(), "cpu") is native_bf16("cpu")
     assert bf16_for(TrainConfig(bf16=False), "cpu") is False and bf16_for(TrainConfig(bf16=True), "cpu") is True
     assert native_bf16("mps") is False
+    # full finetuning keeps fp32 weights under auto: maft keeps no fp32 master copy (maft.training.precision)
+    assert bf16_for(TrainConfig(method="full"), "cpu") is False
+    assert resolve_bf16(TrainConfig(method="full"), "cpu").bf16 is False
+    assert bf16_for(TrainConfig(method="full", bf16=True), "cpu") is True
     if not torch.cuda.is_available():
         assert native_bf16("auto") is native_bf16("cpu")  # auto: where the trainer runs, the CPU here
 
@@ -100,3 +104,32 @@ def test_both_training_paths_train_in_bf16_with_fp32_attention_on_this_cpu(arith
     assert not fp32.args.bf16 and fp32.model.get_base_model().config._attn_implementation == "sdpa"
     result = finetune_together(base, [RoleRun("gen_0", examples, tmp_path / "four")], cfg, device="cpu")["gen_0"]
     assert result.bf16 is True and result.steps == 2
+
+
+def test_the_loop_says_what_auto_chose_and_warns_where_earlier_roles_trained_otherwise(tmp_path):
+    """Said once, even with every execution setting fixed; a resumed run whose earlier roles recorded the other
+    precision (maft_train.json, e.g. trained on another machine) gets a warning, since the config keeps auto."""
+    import io
+    import json
+
+    from rich.console import Console
+
+    from maft.loop import Society
+    from maft.store import RunStore
+
+    overrides = ["execution.concurrent_training=true", "execution.activation_checkpointing=false"]
+    store = RunStore.create(tmp_path / "run", load_config(None, overrides))
+    out = io.StringIO()
+    society = Society(store, console=Console(file=out, width=200), progress=False)
+    society._training_plan()
+    society._training_plan()
+    now = bf16_for(store.config.train, "auto")
+    said = out.getvalue()
+    assert said.count("(train.bf16 auto)") == 1 and ("bf16 mixed precision" in said) is now
+    assert "differ in precision" not in said
+    agent = store.root / "iter_1" / "agents" / "gen_0"
+    agent.mkdir(parents=True)
+    (agent / "maft_train.json").write_text(json.dumps({"bf16": not now}))
+    again = io.StringIO()
+    Society(RunStore.open(store.root), console=Console(file=again, width=200), progress=False)._training_plan()
+    assert "differ in precision" in again.getvalue()

@@ -60,7 +60,7 @@ from maft.training.memory import (
     trains_together,
     with_concurrency,
 )
-from maft.training.precision import precision_line
+from maft.training.precision import bf16_for, precision_line
 from maft.training.scheduler import TrainJob, run_local, run_ray, run_together
 from maft.training.sft import TrainResult, check_critic_loss
 
@@ -356,6 +356,8 @@ class Society:
         and ``execution.activation_checkpointing`` resolved, both against the memory free now (call it once the
         engine has stepped aside: what it keeps loaded is then already taken)."""
         config, x = self.config, self.config.execution
+        if config.train.bf16 == "auto":
+            self._say_precision()
         if x.concurrent_training is not None and x.activation_checkpointing is not None:
             return config, x.activation_checkpointing
         import torch
@@ -376,9 +378,26 @@ class Society:
             checkpointing = activation_checkpointing(config, counts, memory)
             why = "a job would not fit without it, or its memory is unknown" if checkpointing else "jobs fit without it"
             self.console.print(f"  activation checkpointing {'on' if checkpointing else 'off'} (auto: {why})")
-        if config.train.bf16 == "auto":
-            self._warn_once("precision", f"  {precision_line(x.device)} (train.bf16 auto)")
         return config, checkpointing
+
+    def _say_precision(self) -> None:
+        """Say once what ``train.bf16: auto`` trains in here, and warn where roles this run trained before (a
+        resumed run, on another machine) recorded the other precision: ``auto`` is in the config, not what it
+        resolved to (:mod:`maft.training.precision`)."""
+        train, device = self.config.train, self.config.execution.device
+        self._warn_once("precision", f"  {precision_line(train, device)} (train.bf16 auto)")
+        now = bf16_for(train, device)
+        earlier = {
+            json.loads(path.read_text()).get("bf16")
+            for path in sorted(self.store.root.glob("iter_*/agents/*/maft_train.json"))
+        }
+        if (not now) in earlier:
+            self._warn_once(
+                "precision-changed",
+                f"[yellow]train.bf16 auto trains in {'bf16' if now else 'fp32'} here, but roles this run trained "
+                f"before recorded {'fp32' if now else 'bf16'} (maft_train.json): the iterations differ in "
+                "precision[/yellow]",
+            )
 
     def _train(self, it: int) -> None:
         """Finetune every role of iteration ``it`` not finished yet; each is a stage of its own."""

@@ -75,7 +75,7 @@ from pydantic import BaseModel
 
 from maft.agents import trained_roles
 from maft.config import RunConfig, TrainConfig
-from maft.training.precision import resolve_bf16
+from maft.training.precision import native_bf16
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel
@@ -288,6 +288,7 @@ class DeviceMemory:
     free: int
     kind: Literal["cuda", "cpu"]
     where: str  # e.g. "this GPU (cuda:0, NVIDIA H100 80GB HBM3) has 79 GB free"
+    bf16: bool = False  # whether it computes bf16 natively: what train.bf16=auto trains in there
 
 
 def device_memory(config: RunConfig) -> DeviceMemory | None:
@@ -304,11 +305,12 @@ def device_memory(config: RunConfig) -> DeviceMemory | None:
         gpus = range(torch.cuda.device_count()) if x.scheduler == "ray" else [0]
         free, gpu = min((torch.cuda.mem_get_info(i)[0], i) for i in gpus)
         name = torch.cuda.get_device_name(gpu)
-        return DeviceMemory(free, "cuda", f"this GPU (cuda:{gpu}, {name}) has {gb(free)} free")
+        where = f"this GPU (cuda:{gpu}, {name}) has {gb(free)} free"
+        return DeviceMemory(free, "cuda", where, native_bf16(f"cuda:{gpu}"))
     free = available_ram()
     if free is None:
         return None
-    return DeviceMemory(free, "cpu", f"this machine has {gb(free)} of RAM available")
+    return DeviceMemory(free, "cpu", f"this machine has {gb(free)} of RAM available", native_bf16("cpu"))
 
 
 def available_ram() -> int | None:
@@ -403,7 +405,7 @@ def refusal(config: RunConfig, counts: ModelCounts, memory: DeviceMemory) -> str
     """Why ``config``'s finetuning jobs cannot fit in ``memory``, and the changes that would fit with
     :data:`HEADROOM` to spare (each with what it needs, the engine's share included), or None when they fit.
     Pure: the caller measures ``memory`` (per GPU, for a job sharded over several)."""
-    train = resolve_bf16(config.train, memory.kind)
+    train = _resolved(config.train, memory)
     config = config.model_copy(update={"train": train})
     room = memory.free * (1 - HEADROOM)
     checkpointing, k = config.execution.activation_checkpointing is not False, shards(config, memory.kind)
@@ -480,9 +482,16 @@ def fits(config: RunConfig, counts: ModelCounts, memory: DeviceMemory, *, roles:
     """Whether one finetuning job of ``config`` training ``roles`` LoRA roles together, with or without
     activation checkpointing, fits in ``memory`` with :data:`HEADROOM` to spare."""
     k = shards(config, memory.kind)
-    train = resolve_bf16(config.train, memory.kind)
+    train = _resolved(config.train, memory)
     need = estimate(train, counts, gradient_checkpointing=checkpointing, shards=k, roles=roles).total
     return need <= memory.free * (1 - HEADROOM)
+
+
+def _resolved(train: TrainConfig, memory: DeviceMemory) -> TrainConfig:
+    """``train`` with ``bf16=auto`` resolved for the device ``memory`` describes."""
+    if train.bf16 != "auto":
+        return train
+    return train.model_copy(update={"bf16": memory.bf16 and train.method != "full"})  # as bf16_for resolves it
 
 
 def _alternatives(train: TrainConfig, kind: str) -> list[list[TrainConfig]]:
