@@ -308,8 +308,8 @@ class TrainConfig(Strict):
     bf16: bool | Literal["auto"] = Field(
         "auto",
         description="train in bfloat16 mixed precision (auto: where the device computes bf16 natively: a CUDA GPU "
-        "that supports it, a CPU with AVX512-BF16 or AMX; fp32 elsewhere). On a CPU, attention stays in fp32 "
-        "(maft.training.precision)",
+        "of compute capability 8.0+, a CPU with AVX512-BF16 or AMX; fp32 elsewhere, and for method=full, whose "
+        "weights have no fp32 master copy). On a CPU, attention stays in fp32 (maft.training.precision)",
     )
     # -- LoRA (PEFT LoraConfig) --
     lora_r: int = Field(8, ge=1, description="LoRA rank")
