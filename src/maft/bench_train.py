@@ -368,6 +368,7 @@ def run_path(path: str, work: Workload, cfg: TrainBenchConfig) -> dict[str, Any]
         result = trains(work, tcfg, out, cfg.activation_checkpointing)
     finally:
         shutil.rmtree(out, ignore_errors=True)
+    result["bf16"] = bool(tcfg.bf16)  # --bf16 resolved for this path (auto keeps full finetuning in fp32)
     if cuda:
         result["peak_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20
         result["memory_scope"] = "GPU, torch.cuda.max_memory_allocated"
@@ -481,6 +482,7 @@ def bench_train(cfg: TrainBenchConfig, workdir: str | Path | None = None, *, ech
                     "mfu": utilization(flops, result["train"], peak),
                     "peak_memory_mib": max(r["peak_memory_mib"] for r in runs[path]),
                     "memory_scope": result["memory_scope"],
+                    "bf16": result["bf16"],
                     "note": result["note"],
                     "runs": [
                         {k: r[k] for k in ("setup", "train", "save", "total", "peak_memory_mib")} for r in runs[path]
@@ -505,7 +507,7 @@ def bench_train(cfg: TrainBenchConfig, workdir: str | Path | None = None, *, ech
             "peak_flops": peak,
             "model": {
                 "name": cfg.shape,
-                "dtype": "bfloat16" if element_bytes == 2 else "float32",
+                "dtype": "bfloat16" if element_bytes == 2 else "float32",  # the LoRA paths'; each row says its own
                 **params,
             },
             "workload": {
