@@ -41,6 +41,36 @@ def arithmetic():
 
 
 @pytest.fixture(scope="session")
+def solved_examples(arithmetic):
+    """``solved_examples(n)``: n generation examples of agent 0, arithmetic training problems (problem seed 9)
+    with the synthetic solver's correct step-by-step solutions."""
+    import random
+    import re
+
+    from maft.data.agent_data import Example
+    from maft.tasks.arithmetic import Expression
+    from maft.tiny.synth import solve
+
+    def make(n: int) -> list[Example]:
+        rng = random.Random(0)
+        out = []
+        for p in arithmetic.splits(n, 1, seed=9).train:
+            text, _ = solve(Expression(*map(int, re.findall(r"\d+", p.question))), rng, 0.0, "places")
+            out.append(
+                Example(
+                    prompt=[{"role": "user", "content": arithmetic.prompt(p)}],
+                    completion=[{"role": "assistant", "content": text}],
+                    problem_id=p.id,
+                    agent=0,
+                    kind="generation",
+                )
+            )
+        return out
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def random_adapters(tmp_path_factory):
     """Make two real LoRA adapters, gen_0 and critic_0, on the shipped model, with random B matrices of standard
     deviation ``std`` on ``modules`` (each set made once per session): ``random_adapters(std, modules)``."""

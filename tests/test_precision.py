@@ -68,31 +68,13 @@ def test_fp32_attention_keeps_the_padding_masks():
 
 @pytest.mark.slow
 @pytest.mark.skipif(not native_bf16("cpu"), reason="this CPU has no native bf16: auto trains in fp32 here")
-def test_both_training_paths_train_in_bf16_with_fp32_attention_on_this_cpu(arithmetic, tmp_path):
+def test_both_training_paths_train_in_bf16_with_fp32_attention_on_this_cpu(solved_examples, tmp_path):
     """auto on a CPU with native bf16: the one-by-one trainer and the concurrent job load the base in bf16 and
     switch its attention to fp32; bf16=false keeps fp32 and transformers' SDPA."""
-    import random
-    import re
-
-    from maft.data.agent_data import Example
-    from maft.tasks.arithmetic import Expression
-    from maft.tiny.synth import solve
     from maft.training.concurrent import RoleRun, finetune_together, load_together
     from maft.training.sft import sft_trainer
 
-    rng = random.Random(0)
-    examples = []
-    for p in arithmetic.splits(8, 1, seed=9).train:
-        text, _ = solve(Expression(*map(int, re.findall(r"\d+", p.question))), rng, 0.0, "places")
-        examples.append(
-            Example(
-                prompt=[{"role": "user", "content": arithmetic.prompt(p)}],
-                completion=[{"role": "assistant", "content": text}],
-                problem_id=p.id,
-                agent=0,
-                kind="generation",
-            )
-        )
+    examples = solved_examples(8)
     base = str(default_checkpoint())
     cfg = TrainConfig(epochs=1, batch_size=4)
     one = sft_trainer(base, examples, tmp_path / "one", cfg, device="cpu")

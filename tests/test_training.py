@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import json
-import random
-import re
 
 import pytest
 from safetensors.torch import load_file
 
 from maft.config import TrainConfig
-from maft.data.agent_data import Example
 from maft.engines import Request, Sampling
 from maft.engines.hf import HFEngine
-from maft.tasks.arithmetic import Expression
 from maft.tiny import default_checkpoint
-from maft.tiny.synth import solve
 from maft.training.sft import finetune
 
 pytestmark = pytest.mark.slow
@@ -23,21 +18,8 @@ FAST = TrainConfig(epochs=1, batch_size=8)
 
 
 @pytest.fixture(scope="module")
-def examples(arithmetic):
-    rng = random.Random(0)
-    out = []
-    for p in arithmetic.splits(16, 1, seed=9).train:
-        text, _ = solve(Expression(*map(int, re.findall(r"\d+", p.question))), rng, 0.0, "places")
-        out.append(
-            Example(
-                prompt=[{"role": "user", "content": arithmetic.prompt(p)}],
-                completion=[{"role": "assistant", "content": text}],
-                problem_id=p.id,
-                agent=0,
-                kind="generation",
-            )
-        )
-    return out
+def examples(solved_examples):
+    return solved_examples(16)
 
 
 def lora_b(path):

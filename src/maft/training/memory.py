@@ -75,7 +75,7 @@ from pydantic import BaseModel
 
 from maft.agents import trained_roles
 from maft.config import RunConfig, TrainConfig
-from maft.training.precision import native_bf16
+from maft.training.precision import native_bf16, with_native_bf16
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel
@@ -405,7 +405,7 @@ def refusal(config: RunConfig, counts: ModelCounts, memory: DeviceMemory) -> str
     """Why ``config``'s finetuning jobs cannot fit in ``memory``, and the changes that would fit with
     :data:`HEADROOM` to spare (each with what it needs, the engine's share included), or None when they fit.
     Pure: the caller measures ``memory`` (per GPU, for a job sharded over several)."""
-    train = _resolved(config.train, memory)
+    train = with_native_bf16(config.train, memory.bf16)
     config = config.model_copy(update={"train": train})
     room = memory.free * (1 - HEADROOM)
     checkpointing, k = config.execution.activation_checkpointing is not False, shards(config, memory.kind)
@@ -482,16 +482,9 @@ def fits(config: RunConfig, counts: ModelCounts, memory: DeviceMemory, *, roles:
     """Whether one finetuning job of ``config`` training ``roles`` LoRA roles together, with or without
     activation checkpointing, fits in ``memory`` with :data:`HEADROOM` to spare."""
     k = shards(config, memory.kind)
-    train = _resolved(config.train, memory)
+    train = with_native_bf16(config.train, memory.bf16)
     need = estimate(train, counts, gradient_checkpointing=checkpointing, shards=k, roles=roles).total
     return need <= memory.free * (1 - HEADROOM)
-
-
-def _resolved(train: TrainConfig, memory: DeviceMemory) -> TrainConfig:
-    """``train`` with ``bf16=auto`` resolved for the device ``memory`` describes."""
-    if train.bf16 != "auto":
-        return train
-    return train.model_copy(update={"bf16": memory.bf16 and train.method != "full"})  # as bf16_for resolves it
 
 
 def _alternatives(train: TrainConfig, kind: str) -> list[list[TrainConfig]]:

@@ -61,9 +61,7 @@ def native_bf16(device: str) -> bool:
 
 def bf16_for(cfg: TrainConfig, device: str) -> bool:
     """``train.bf16`` on ``device``: ``auto`` resolved by :func:`native_bf16` (fp32 for full finetuning)."""
-    if cfg.bf16 != "auto":
-        return bool(cfg.bf16)
-    return cfg.method != "full" and native_bf16(device)
+    return bool(resolve_bf16(cfg, device).bf16)
 
 
 def precision_line(cfg: TrainConfig, device: str) -> str:
@@ -81,9 +79,15 @@ def precision_line(cfg: TrainConfig, device: str) -> str:
 
 def resolve_bf16(cfg: TrainConfig, device: str) -> TrainConfig:
     """``cfg`` with ``bf16`` a plain bool for a job on ``device``."""
+    return cfg if cfg.bf16 != "auto" else with_native_bf16(cfg, native_bf16(device))
+
+
+def with_native_bf16(cfg: TrainConfig, native: bool) -> TrainConfig:
+    """``cfg`` with ``auto`` resolved for a device that computes bf16 natively (``native``) or not: bf16 there,
+    except for full finetuning (module docstring)."""
     if cfg.bf16 != "auto":
         return cfg
-    return cfg.model_copy(update={"bf16": bf16_for(cfg, device)})
+    return cfg.model_copy(update={"bf16": native and cfg.method != "full"})
 
 
 def attention_in_fp32(model: Any) -> bool:

@@ -56,7 +56,7 @@ from maft.agents import saved_kind
 from maft.config import TrainConfig
 from maft.data.agent_data import Example
 from maft.tracking import Tracking, set_trainer_environment, trainer_arguments, trainer_callbacks
-from maft.training.precision import attention_in_fp32, bf16_for, resolve_bf16
+from maft.training.precision import attention_in_fp32, bf16_for, device_kind, resolve_bf16
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -317,9 +317,7 @@ def sft_trainer(
 
 def _on_cpu(device: str) -> bool:
     """Whether a job on ``device`` trains on the CPU (``auto``: when CUDA is missing)."""
-    import torch
-
-    return device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    return device_kind(device) == "cpu"
 
 
 def sft_config(
