@@ -123,6 +123,12 @@ def test_repeats_interleave_the_paths_and_show_the_median_run(tmp_path):
             median["total"],
         )
         assert row["peak_memory_mib"] == max(r["peak_memory_mib"] for r in runs)
+        for r in runs:  # where the concurrent set-up went, every part measured
+            if row["path"] == "lora-concurrent":
+                assert min(r["setup_parts"].values()) > 0
+                assert sum(r["setup_parts"].values()) == pytest.approx(r["setup"])
+            else:
+                assert "setup_parts" not in r
     seq, con = rows[sequential], rows[concurrent]
     assert con["speedup_total"] == pytest.approx(seq["total_seconds"] / con["total_seconds"])
     ratios = [a["total"] / b["total"] for a, b in zip(seq["runs"], con["runs"], strict=True)]

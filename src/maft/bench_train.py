@@ -24,14 +24,16 @@ path, as they load a real checkpoint.
 
 Clocks: ``setup`` is model loading, dataset preparation and trainer/optimizer set-up; ``train`` is the training
 steps alone (forward, backward, optimizer); saving the adapters or checkpoints is neither, but is in ``total``
-(setup + train + save), which is what the loop pays (sequential paths pay setup once per role). Importing the
-training libraries (transformers' trainer, TRL, PEFT, datasets; seconds in a fresh process) is on no clock: every
-path imports the same ones once per process, and which clock paid for them depended on each path's import order
-(before 2026-11-27 the sequential path imported transformers' trainer before its clock and the concurrent path
-inside its set-up: 3.6 s in one timing on a 2-core CPU). Rates:
-examples/s and tokens/s over ``train`` (and over ``total``). Tokens are the tokens that go through the forward
-pass and are not padding: the ``input_ids`` TRL prepares for each example, summed (padding added to batch rows is
-not counted).
+(setup + train + save), which is what the loop pays (sequential paths pay setup once per role). The concurrent
+path's runs split their set-up (``setup_parts``): ``rows`` (TRL's data preparation of every role), ``load`` (the
+base model and every role's adapter, on the CPU: :func:`~maft.training.concurrent.load_together`) and ``rest``
+(moving the model to the device, activation checkpointing, the optimizers). Importing the training libraries
+(transformers' trainer, TRL, PEFT, datasets; seconds in a fresh process) is on no clock: every path imports the
+same ones once per process, and which clock paid for them depended on each path's import order (before 2026-11-27
+the sequential path imported transformers' trainer before its clock and the concurrent path inside its set-up: 3.6
+s in one timing on a 2-core CPU). Rates: examples/s and tokens/s over ``train`` (and over ``total``). Tokens are
+the tokens that go through the forward pass and are not padding: the ``input_ids`` TRL prepares for each example,
+summed (padding added to batch rows is not counted).
 
 On a GPU (or with ``peak_tflops``) each path gets its model FLOPs utilization: achieved FLOPs / peak dense bf16
 FLOPs. Achieved FLOPs count the matrix products of the parameters only (no attention score FLOPs, no recompute of
@@ -302,7 +304,18 @@ def _concurrent(work: Workload, tcfg: Any, out: Path, checkpointing: bool = True
     """finetune_together, its first forward marking the end of set-up and its saves timed apart."""
     from maft.training import concurrent
 
-    marks: dict[str, float] = {"save": 0.0}
+    marks: dict[str, float] = {"save": 0.0, "rows": 0.0, "load": 0.0}
+
+    def timed(mark: str):
+        def call(original, *args, **kwargs):
+            synchronize(work.device)
+            began = time.perf_counter()
+            result = original(*args, **kwargs)
+            synchronize(work.device)
+            marks[mark] += time.perf_counter() - began
+            return result
+
+        return call
 
     def first_forward(original, *args, **kwargs):
         if "train_start" not in marks:
@@ -323,7 +336,12 @@ def _concurrent(work: Workload, tcfg: Any, out: Path, checkpointing: bool = True
     ]
     synchronize(work.device)
     began = time.perf_counter()
-    with _clocked(concurrent, "forward_backward", first_forward), _clocked(concurrent, "save_adapter", save):
+    with (
+        _clocked(concurrent, "forward_backward", first_forward),
+        _clocked(concurrent, "save_adapter", save),
+        _clocked(concurrent, "prepared_together", timed("rows")),
+        _clocked(concurrent, "load_together", timed("load")),
+    ):
         results = concurrent.finetune_together(
             work.model_dir, runs, tcfg, device=work.device, activation_checkpointing=checkpointing
         )
@@ -332,6 +350,11 @@ def _concurrent(work: Workload, tcfg: Any, out: Path, checkpointing: bool = True
     start = marks.get("train_start", end)
     return {
         "setup": start - began,
+        "setup_parts": {  # where the set-up went: TRL's data preparation, the base and adapters, the rest
+            "rows": marks["rows"],
+            "load": marks["load"],
+            "rest": start - began - marks["rows"] - marks["load"],
+        },
         "train": end - start - marks["save"],
         "save": marks["save"],
         "steps": sum(r.steps for r in results.values()),
@@ -485,7 +508,12 @@ def bench_train(cfg: TrainBenchConfig, workdir: str | Path | None = None, *, ech
                     "bf16": result["bf16"],
                     "note": result["note"],
                     "runs": [
-                        {k: r[k] for k in ("setup", "train", "save", "total", "peak_memory_mib")} for r in runs[path]
+                        {
+                            k: r[k]
+                            for k in ("setup", "setup_parts", "train", "save", "total", "peak_memory_mib")
+                            if k in r
+                        }
+                        for r in runs[path]
                     ],
                 }
             )
