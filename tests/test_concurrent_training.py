@@ -34,7 +34,6 @@ from maft.training.concurrent import (
     load_together,
     merge_groups,
     prepared_rows,
-    prepared_together,
     role_parameters,
 )
 from maft.training.scheduler import (
@@ -153,40 +152,6 @@ def test_prepared_rows_are_the_rows_trl_trains_on(data, tmp_path):
         expected = [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in trainer.train_dataset]
         assert prepared_rows(tokenizer, data[role], args, all_turns) == expected
     assert any(label == -100 for label in expected[0]["labels"][1:-5])  # the critic's context carries no loss
-
-
-def test_roles_prepared_together_get_the_rows_each_gets_alone(data, tmp_path, monkeypatch):
-    """Roles with the same preparation share one dataset (one pass per step), and each still gets its own rows in
-    its own order, also where truncation drops some rows (a prompt alone filling max_length: no label left)."""
-    from trl import SFTTrainer
-
-    tokenizer = _tokenizer(BASE)
-    args = sft_config(tmp_path, CFG, seed=0, device="cpu", all_turns=False)
-    prompts = sorted(
-        r["labels"].index(next(x for x in r["labels"] if x != -100))
-        for r in prepared_rows(tokenizer, data["critic_0"], args, False)
-    )
-    assert prompts[0] < prompts[-1]
-    short = CFG.model_copy(update={"max_length": prompts[-1]})  # the longest critic prompt fills it: that row goes
-    calls = []
-    original = SFTTrainer._prepare_dataset
-
-    def counted(self, *args, **kwargs):
-        calls.append(1)
-        return original(self, *args, **kwargs)
-
-    for cfg in (CFG, short):
-        parts = [
-            (data[role], sft_config(tmp_path / role, cfg, seed=SEEDS[role], device="cpu", all_turns=turns), turns)
-            for role, turns in (("gen_0", False), ("critic_0", False), ("gen_1", False), ("critic_0", True))
-        ]
-        alone = [prepared_rows(tokenizer, *part) for part in parts]
-        calls.clear()
-        with monkeypatch.context() as patch:
-            patch.setattr(SFTTrainer, "_prepare_dataset", counted)
-            assert prepared_together(tokenizer, parts) == alone
-        assert len(calls) == 2  # prompt-completion rows in one dataset, whole conversations in another
-    assert 0 < len(alone[1]) < len(data["critic_0"])  # the short max_length dropped some critic rows, not all
 
 
 def test_the_schedule_has_the_trainers_steps_and_epochs(tmp_path):

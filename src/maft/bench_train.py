@@ -339,7 +339,7 @@ def _concurrent(work: Workload, tcfg: Any, out: Path, checkpointing: bool = True
     with (
         _clocked(concurrent, "forward_backward", first_forward),
         _clocked(concurrent, "save_adapter", save),
-        _clocked(concurrent, "prepared_together", timed("rows")),
+        _clocked(concurrent, "prepared_rows", timed("rows")),
         _clocked(concurrent, "load_together", timed("load")),
     ):
         results = concurrent.finetune_together(

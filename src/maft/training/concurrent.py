@@ -139,50 +139,19 @@ def prepared_rows(
 ) -> list[dict]:
     """The rows (``input_ids``, ``labels``) :func:`~maft.training.sft.sft_trainer` trains ``examples`` on: TRL's own
     preparation, run without building a trainer (which would load a model)."""
-    return prepared_together(tokenizer, [(examples, args, all_turns)])[0]
-
-
-#: SFTConfig fields that differ between roles but that TRL's dataset preparation does not read.
-_PER_ROLE_ARGS = ("output_dir", "logging_dir", "run_name", "seed", "data_seed")
-
-
-def prepared_together(
-    tokenizer: PreTrainedTokenizerBase, parts: Sequence[tuple[Sequence[Example], SFTConfig, bool]]
-) -> list[list[dict]]:
-    """:func:`prepared_rows` of each part (its examples, its trainer's arguments, its ``all_turns``), in order.
-    Parts whose preparation is the same (the same ``all_turns`` and the same arguments but for the per-role ones
-    preparation does not read: :data:`_PER_ROLE_ARGS`) are prepared as one dataset, a column telling their rows
-    apart: every step of TRL's preparation is per row (tokenize, build labels, truncate, drop rows left without a
-    label), so each part gets the rows it would get alone, with one pass of ``Dataset.map`` per step instead of one
-    per part (each pass has a fixed cost: about 0.3 s of a role's set-up at 128 examples)."""
     from datasets import Dataset
     from trl import SFTTrainer
     from trl.chat_template_utils import get_training_chat_template, has_generation_markers
 
-    groups: dict[str, list[int]] = {}
-    for i, (_, args, all_turns) in enumerate(parts):
-        shared = {k: v for k, v in args.to_dict().items() if k not in _PER_ROLE_ARGS}
-        groups.setdefault(repr((all_turns, sorted(shared.items()))), []).append(i)
-    prepared: list[list[dict]] = [[] for _ in parts]
-    for members in groups.values():
-        _, args, all_turns = parts[members[0]]
-        shell = SFTTrainer.__new__(SFTTrainer)  # what _prepare_dataset reads, set as SFTTrainer.__init__ sets it
-        shell._tokenizer = tokenizer
-        shell.completion_only_loss = args.completion_only_loss
-        markers = has_generation_markers(tokenizer.chat_template)
-        shell.chat_template = (
-            get_training_chat_template(tokenizer) if args.assistant_only_loss and not markers else None
-        )
-        rows = [{**row, _PART: i} for i in members for row in sft_rows(parts[i][0], all_turns)]
-        if not rows:
-            continue
-        data = shell._prepare_dataset(Dataset.from_list(rows), tokenizer, args, args.packing, None, "train")
-        for row in data:
-            prepared[row[_PART]].append({"input_ids": row["input_ids"], "labels": row["labels"]})
-    return prepared
-
-
-_PART = "maft_part"  # the column that tells the parts of a shared preparation apart
+    shell = SFTTrainer.__new__(SFTTrainer)  # what _prepare_dataset reads, set as SFTTrainer.__init__ sets it
+    shell._tokenizer = tokenizer
+    shell.completion_only_loss = args.completion_only_loss
+    markers = has_generation_markers(tokenizer.chat_template)
+    shell.chat_template = get_training_chat_template(tokenizer) if args.assistant_only_loss and not markers else None
+    data = shell._prepare_dataset(
+        Dataset.from_list(sft_rows(examples, all_turns)), tokenizer, args, args.packing, None, "train"
+    )
+    return [{"input_ids": row["input_ids"], "labels": row["labels"]} for row in data]
 
 
 def batch_schedule(n: int, args: SFTConfig) -> list[list[list[int]]]:
@@ -481,7 +450,6 @@ def finetune_together(
         start = time.perf_counter()  # the roles without examples have their own seconds
     tokenizer = _tokenizer(base_model)
     roles: list[_Role] = []
-    parts = []
     for run in runs:
         all_turns = loss_on_all_turns(run.examples, cfg)
         if all_turns and (problem := template_problem(tokenizer)):
@@ -494,8 +462,7 @@ def finetune_together(
             all_turns=all_turns,
             activation_checkpointing=activation_checkpointing,
         )
-        parts.append((run.examples, args, all_turns))
-    for run, (_, args, _), rows in zip(runs, parts, prepared_together(tokenizer, parts), strict=True):
+        rows = prepared_rows(tokenizer, run.examples, args, all_turns)
         role = _Role(run=run, args=args, rows=rows, steps=batch_schedule(len(rows), args))
         role.logger = MetricsLogger(run.tracking) if run.tracking else None
         role.targets = [sum(label != -100 for label in row["labels"][1:]) for row in rows]
