@@ -47,7 +47,10 @@ with ``model.engine=hf`` and the local scheduler, the base model, and from itera
 when they are whole models (``train.method=full``, or merged adapters).
 
 Not counted: the CUDA context and the allocator's fragmentation (a few hundred MB to a few GB), optimizer
-temporaries, and the attention scores of a backend that materializes them (CPU with padding masks may).
+temporaries, the attention scores of a backend that materializes them (CPU with padding masks may), and, for bf16
+training on a CPU, the fp32 copies of the queries, keys, values and attention output that its fp32 attention
+keeps for the backward pass (:func:`maft.training.precision.attention_in_fp32`; about ``(2h + 2kv) * 4`` bytes per
+token per layer kept).
 The estimate is a floor for what a job holds at its peak, so the check refuses only plans that cannot fit;
 the fixes it names leave :data:`HEADROOM` of the free memory spare. The check counts activations with
 checkpointing (the least a job can hold).
