@@ -62,6 +62,18 @@ def test_no_examples_keeps_the_starting_weights(tmp_path, arithmetic):
     assert [g.text for g in engine.generate(ask)] == [g.text for g in engine.generate(as_agent)]
 
 
+def test_a_full_role_without_examples_saves_its_starting_weights_exactly(tmp_path):
+    """Not rounded to the training dtype: the shipped fp32 weights come back bit for bit under train.bf16=true."""
+    cfg = FAST.model_copy(update={"method": "full", "bf16": True})
+    result = finetune(str(default_checkpoint()), [], tmp_path / "empty", cfg)
+    assert result.examples == 0 and result.method == "full"
+    base = load_file(str(default_checkpoint() / "model.safetensors"))
+    saved = load_file(str(tmp_path / "empty" / "model.safetensors"))
+    assert saved.keys() == base.keys()
+    assert all(saved[k].dtype == base[k].dtype and saved[k].equal(base[k]) for k in base)
+    assert (tmp_path / "empty" / "tokenizer.json").is_file()
+
+
 def test_lora_cannot_continue_from_a_full_checkpoint(examples, tmp_path):
     with pytest.raises(FileNotFoundError, match="no adapter_config.json"):
         finetune(str(default_checkpoint()), examples, tmp_path / "x", FAST, init_from=default_checkpoint())

@@ -33,8 +33,9 @@ Precision: ``train.bf16`` (``auto``: bf16 where the device computes it natively)
 job; in bf16 on a CPU, attention computes in fp32 (:mod:`maft.training.precision`).
 
 Every role ends with a loadable artifact in ``out_dir``: a PEFT adapter (LoRA) or a full checkpoint.
-A role with no examples keeps its starting weights (an untouched adapter is saved), so that the
-agent exists in the next debate and stays what it was.
+A role with no examples keeps its starting weights (an untouched adapter is saved; with ``method=full`` the
+starting checkpoint in its own dtype, whatever ``train.bf16`` says), so that the agent exists in the next debate
+and stays what it was.
 """
 
 from __future__ import annotations
@@ -416,12 +417,18 @@ def finetune(
     init = str(init_from) if init_from else "base"
     out_dir.mkdir(parents=True, exist_ok=True)
     if not examples:
-        model, lora = _load_trainable(base_model, init_from, cfg, _dtype(cfg))
-        if lora is not None:
-            model = get_peft_model(model, lora)
-        model.save_pretrained(str(out_dir))
-        if cfg.method == "full":
+        if cfg.method == "full":  # the starting weights as saved, in their own dtype: not rounded to train.bf16's
+            from transformers import AutoModelForCausalLM
+
+            AutoModelForCausalLM.from_pretrained(str(init_from or base_model), dtype="auto").save_pretrained(
+                str(out_dir)
+            )
             _tokenizer(base_model).save_pretrained(str(out_dir))
+        else:
+            model, lora = _load_trainable(base_model, init_from, cfg, _dtype(cfg))
+            if lora is not None:
+                model = get_peft_model(model, lora)
+            model.save_pretrained(str(out_dir))
         return TrainResult(
             examples=0,
             steps=0,
