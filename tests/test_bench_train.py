@@ -14,9 +14,11 @@ from maft.bench_train import (
     PATHS,
     TrainBenchConfig,
     make_examples,
+    parameter_counts,
     parse_paths,
     peak_flops,
     too_big,
+    train_config,
     train_flops,
     utilization,
 )
@@ -160,6 +162,20 @@ def test_full_finetuning_that_cannot_fit_is_skipped():
     assert reason is not None and reason.startswith("skipped: needs at least 108 GiB")
     assert too_big("lora-concurrent", eight_b, 2, 80 * gib) is None  # bf16 weights alone on an 80 GB GPU
     assert too_big("full-sequential", 1_038_682_112, 2, 80 * gib) is None
+
+
+def test_the_skip_counts_full_finetuning_in_its_own_precision(tmp_path, monkeypatch):
+    """Under --bf16 auto full finetuning trains in fp32 (maft.training.precision) whatever LoRA trains in, so its
+    skip counts 4 bytes a value: room for 9 P bytes skips it (16 P), as bf16's 8 P would not."""
+    import maft.bench_train as bench_train
+    from maft.tiny import default_checkpoint
+
+    p = parameter_counts(str(default_checkpoint()), train_config("lora", TrainBenchConfig(), "cpu"))["parameters"]
+    monkeypatch.setattr(bench_train, "device_memory", lambda device: int(9 * p / 0.9))
+    cfg = TrainBenchConfig(roles=ROLES, examples=EXAMPLES, paths=["full-sequential"], device="cpu")
+    result = bench_train.bench_train(cfg, tmp_path)
+    assert result["omitted"]["full-sequential"].startswith("skipped: needs at least")
+    assert result["paths"] == []
 
 
 def test_workload_has_fixed_completion_lengths():

@@ -459,7 +459,8 @@ def bench_train(cfg: TrainBenchConfig, workdir: str | Path | None = None, *, ech
         runs: dict[str, list[dict[str, Any]]] = {}
         order: list[str] = []
         for path in cfg.paths:
-            if (reason := too_big(path, params["parameters"], element_bytes, memory)) is not None:
+            method_bytes = 2 if train_config(path.split("-")[0], cfg, device).bf16 else 4  # auto: full in fp32
+            if (reason := too_big(path, params["parameters"], method_bytes, memory)) is not None:
                 omitted[path] = reason
                 say(f"[yellow]{escape(path)} {escape(reason)}[/]")
         for round_ in range(cfg.repeats):
