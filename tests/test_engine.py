@@ -78,6 +78,29 @@ def test_model_without_chat_template_is_refused(recipe_checkpoint, tmp_path):
         HFEngine(copy)
 
 
+def test_a_generation_ends_at_any_end_of_turn_token_of_the_models_generation_config(engine, arithmetic, tmp_path):
+    """Llama 3, Phi-3 and Gemma end a turn with a token listed in generation_config.eos_token_id, not the
+    tokenizer's eos: the engine stops there (as vLLM does), and the answer is not reported truncated."""
+    import shutil
+
+    request = ask(arithmetic, arithmetic.splits(0, 1, seed=2).test[0])
+    whole = engine.generate([request])[0]
+    ids = engine.tokenizer(whole.text, add_special_tokens=False)["input_ids"]
+    assert len(ids) > 4 and whole.completion_tokens > 4
+    stop = ids[3]  # the greedy answer's fourth token now ends a turn (its first occurrence is at 3 or before)
+    copy = tmp_path / "eot"
+    shutil.copytree(default_checkpoint(), copy)
+    model = AutoModelForCausalLM.from_pretrained(copy)
+    model.generation_config.eos_token_id = [engine.tokenizer.eos_token_id, stop]
+    model.generation_config.save_pretrained(copy)
+    ended = HFEngine(copy, merge_adapters=True)
+    out = ended.generate([request])[0]
+    first = ids.index(stop)
+    assert out.completion_tokens == first + 1 and not out.truncated
+    assert whole.text.startswith(out.text.removesuffix(engine.tokenizer.decode([stop])).strip())
+    assert ended.end_ids == [engine.tokenizer.eos_token_id, stop]
+
+
 def test_merged_agent_generates_what_the_unmerged_adapter_does(adapters, arithmetic):
     merged, unmerged = HFEngine(merge_adapters=True), HFEngine(merge_adapters=False)
     for engine in (merged, unmerged):

@@ -186,6 +186,18 @@ def cpu_threads() -> int:
         return os.cpu_count() or 1
 
 
+def end_tokens(model: torch.nn.Module, tokenizer) -> list[int]:
+    """The tokens that end a turn: the model's generation config's ``eos_token_id`` (one id or a list: Llama 3's
+    ``<|eot_id|>``, Phi-3's ``<|end|>``, Gemma's ``<end_of_turn>`` are there, not in the tokenizer) and the
+    tokenizer's end-of-sequence token, as vLLM and ``transformers serve`` stop at either."""
+    config = getattr(model, "generation_config", None)
+    ids = getattr(config, "eos_token_id", None)
+    ids = [] if ids is None else [int(ids)] if isinstance(ids, int) else [int(i) for i in ids]
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.insert(0, int(tokenizer.eos_token_id))
+    return ids
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         if torch.cuda.is_available():
@@ -228,6 +240,7 @@ class HFEngine:
         ]
         self.model = AutoModelForCausalLM.from_pretrained(self.model_name, dtype=torch_dtype).to(self.device).eval()
         self.num_parameters = sum(p.numel() for p in self.model.parameters())
+        self.end_ids = end_tokens(self.model, self.tokenizer)  # a generation stops at the first of these
         self.batch_size = batch_size or (SMALL_MODEL_BATCH if self.num_parameters < MERGE_BELOW else BATCH)
         self.merge_adapters = self.num_parameters < MERGE_BELOW if merge_adapters is None else merge_adapters
         self.adapters: dict[str, str] = {}  # name -> path, PEFT adapters on the shared base model
@@ -435,7 +448,7 @@ class HFEngine:
         seeds: Sequence[int] | None = None,
         to_store: Sequence[bool] | None = None,
     ) -> tuple[list[str], list[int], list[bool]]:
-        """Texts, generated token counts, and whether each ended with the end-of-turn token.
+        """Texts, generated token counts, and whether each ended with an end-of-turn token (:func:`end_tokens`).
         ``seeds``: each row's sampling seed (needed unless greedy). ``to_store``: the rows whose keys and values go to
         the prefix store when they end (their requests are ``continued``). Where the prompts start with kept rows'
         tokens, the cache starts filled with those rows' keys and values (:mod:`maft.engines.prefix_cache`).
@@ -467,6 +480,7 @@ class HFEngine:
             )
             if reused is not None:
                 cache.adopt(*reused)
+        ends = set(self.end_ids)
         rows = list(range(len(prompts)))  # the prompt each row of the running batch answers
         new: list[list[int]] = [[] for _ in prompts]
         ended = [False] * len(prompts)
@@ -490,8 +504,9 @@ class HFEngine:
             part = out.sequences[:, ids.shape[1] :]
             keep = []
             for j, (r, tokens) in enumerate(zip(rows, part.tolist())):
-                if not sampling.ignore_eos and tok.eos_token_id in tokens:
-                    new[r] += tokens[: tokens.index(tok.eos_token_id) + 1]
+                end = None if sampling.ignore_eos else next((k for k, t in enumerate(tokens) if t in ends), None)
+                if end is not None:
+                    new[r] += tokens[: end + 1]
                     ended[r] = True
                 else:  # running: every token of the segment is its own (generate stops early only when all end)
                     new[r] += tokens
@@ -553,7 +568,7 @@ class HFEngine:
         kwargs: dict = {
             "max_new_tokens": steps,
             "pad_token_id": tok.pad_token_id,
-            "eos_token_id": tok.eos_token_id,
+            "eos_token_id": self.end_ids,
             "do_sample": False,
             "temperature": None,
             "top_p": None,
