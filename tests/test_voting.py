@@ -29,6 +29,17 @@ def test_abstentions_never_vote_or_win():
     assert empty.answer is None and empty.count == 0 and empty.voters == 0 and empty.classes == []
 
 
+@pytest.mark.parametrize("kind", ["numeric", "math"])
+def test_answers_that_grade_as_nothing_abstain_and_never_win_a_tie(kind):
+    """"\\text{}", "x=" or "\\%" normalise to nothing and equal no answer, not even themselves: they abstain,
+    and cannot win a random tie against a real answer."""
+    same = lambda a, b: grading.equivalent(a, b, kind=kind)  # noqa: E731
+    for problem in range(20):
+        vote = majority_vote(["\\text{}", "x=", "5", "\\%"], same, tie_break="random", key=tie_key(0, str(problem)))
+        assert vote.answer == "5" and vote.voters == 1 and vote.tied == 1 and vote.classes == [[2]]
+    assert majority_vote(["\\text{}", "\\text{}"], same).answer is None
+
+
 def test_three_way_tie_goes_to_the_first_answer():
     assert majority_vote([None, "5", "4", "6"], numeric).answer == "5"
 

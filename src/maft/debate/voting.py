@@ -49,8 +49,9 @@ def majority_vote(
     key: str | None = None,
 ) -> Vote:
     """Plurality vote: answers are grouped by ``equivalent`` (each joins the first class whose first
-    member it equals); abstentions (None) never vote. The winning class's first member is the
-    reported answer.
+    member it equals); abstentions never vote: None, and an answer not equivalent to itself (one that
+    grades as nothing, such as ``\\text{}`` or ``x=``, which would otherwise be a class of its own and could
+    win a tie). The winning class's first member is the reported answer.
 
     Ties among the largest classes: ``first`` picks the one whose first member came first (the
     lowest index); ``random`` picks one uniformly with ``random.Random(key)`` (``key`` is required:
@@ -59,7 +60,7 @@ def majority_vote(
         raise ValueError(f"unknown tie_break {tie_break!r}; expected 'random' or 'first'")
     classes: list[list[int]] = []
     for i, a in enumerate(answers):
-        if a is None:
+        if a is None or not equivalent(a, a):
             continue
         for members in classes:
             if equivalent(answers[members[0]], a):  # type: ignore[arg-type]
