@@ -161,9 +161,25 @@ def test_several_errors_are_all_reported():
 def test_debate_rounds_need_two_agents():
     with pytest.raises(ConfigError, match="at least 2 agents"):
         load_config(None, ["debate.agents=1"])
-    # a single agent is fine without debate rounds, or without training iterations
+    # without training iterations too: a lone critic would be shown no other answers
+    with pytest.raises(ConfigError, match="at least 2 agents"):
+        load_config(None, ["debate.agents=1", "iterations=0"])
+    # a single agent is fine without debate rounds, trained or not
     assert load_config(None, ["debate.agents=1", "debate.rounds=1"]).debate.agents == 1
-    assert load_config(None, ["debate.agents=1", "iterations=0"]).iterations == 0
+    assert load_config(None, ["debate.agents=1", "debate.rounds=1", "iterations=0"]).iterations == 0
+
+
+@pytest.mark.parametrize(
+    "name", ["reduce_lr_on_plateau", "greedy", "cosine_with_min_lr", "cosine_warmup_with_min_lr", "warmup_stable_decay"]
+)
+def test_schedulers_that_need_settings_maft_does_not_pass_are_refused_up_front(name):
+    """Each would have crashed every finetuning job after the first debate (TrainingArguments or get_scheduler)."""
+    with pytest.raises(ConfigError, match=f"'{name}' needs settings maft does not pass.*use one of.*cosine"):
+        load_config(None, [f"train.lr_scheduler={name}"])
+    for usable in ("constant", "linear", "cosine", "constant_with_warmup"):
+        assert load_config(None, [f"train.lr_scheduler={usable}"]).train.lr_scheduler == usable
+    with pytest.raises(ConfigError, match="'cosin' is not a transformers scheduler"):
+        load_config(None, ["train.lr_scheduler=cosin"])
 
 
 def test_config_error_is_a_value_error():

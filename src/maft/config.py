@@ -7,6 +7,7 @@ arithmetic, 3 agents x 2 rounds, as in the paper. For a real model, write a YAML
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -339,12 +340,41 @@ class TrainConfig(Strict):
         return self
 
 
+#: transformers' schedulers that step on evaluation metrics: a finetuning job has no evaluation set
+_NEED_EVALUATION = ("reduce_lr_on_plateau", "greedy")
+
+
+@functools.cache
+def usable_schedulers() -> tuple[str, ...]:
+    """transformers' learning-rate schedulers that a job can run as maft configures it: no evaluation set and no
+    ``lr_scheduler_kwargs`` (each is built once on a dummy optimizer, as the Trainer would build it)."""
+    import torch
+    from transformers import get_scheduler
+    from transformers.trainer_utils import SchedulerType
+
+    usable = []
+    for kind in SchedulerType:
+        if kind.value in _NEED_EVALUATION:
+            continue
+        try:
+            get_scheduler(kind.value, torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), 0, 10)
+        except (TypeError, ValueError):  # needs settings maft does not pass (min_lr, num_decay_steps, ...)
+            continue
+        usable.append(kind.value)
+    return tuple(usable)
+
+
 def _check_scheduler(name: str) -> str:
     from transformers.trainer_utils import SchedulerType
 
-    known = [s.value for s in SchedulerType]
-    if name not in known:
-        raise ValueError(f"unknown learning-rate scheduler {name!r}; one of {', '.join(known)}")
+    usable = usable_schedulers()
+    if name not in usable:
+        why = (
+            "needs settings maft does not pass (an evaluation set, or lr_scheduler_kwargs such as min_lr)"
+            if name in {s.value for s in SchedulerType}
+            else "is not a transformers scheduler"
+        )
+        raise ValueError(f"learning-rate scheduler {name!r} {why}; use one of {', '.join(usable)}")
     return name
 
 
@@ -418,8 +448,10 @@ class RunConfig(Strict):
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
-        if self.iterations > 0 and self.debate.agents < 2 and self.debate.rounds > 1:
-            raise ValueError("a debate with rounds > 1 needs at least 2 agents (debate.agents)")
+        if self.debate.agents < 2 and self.debate.rounds > 1:  # a lone critic would see no other answers
+            raise ValueError(
+                "a debate with rounds > 1 needs at least 2 agents (debate.agents); one agent: debate.rounds=1"
+            )
         if self.train.shared and self.train.roles != "all":
             raise ValueError("train.shared finetunes one model for every role; train.roles must be 'all'")
         if self.train.roles == "critic" and self.debate.rounds < 2:
