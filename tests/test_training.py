@@ -62,6 +62,23 @@ def test_no_examples_keeps_the_starting_weights(tmp_path, arithmetic):
     assert [g.text for g in engine.generate(ask)] == [g.text for g in engine.generate(as_agent)]
 
 
+def test_a_fresh_adapter_without_examples_is_seeded_by_its_role(tmp_path):
+    """Its lora_A (random; lora_B is zero) is what the next iteration trains on from (train.init=previous): it must
+    follow the role's seed, not whatever the global generator's state was (a resumed run, or another order)."""
+    import torch
+
+    def lora_a(out):
+        return {k: v for k, v in load_file(str(out / "adapter_model.safetensors")).items() if "lora_A" in k}
+
+    for state, name in [(1, "a"), (2, "b")]:
+        torch.manual_seed(state)
+        finetune(str(default_checkpoint()), [], tmp_path / name, FAST, seed=7)
+    finetune(str(default_checkpoint()), [], tmp_path / "other", FAST, seed=8)
+    a, b, other = lora_a(tmp_path / "a"), lora_a(tmp_path / "b"), lora_a(tmp_path / "other")
+    assert a and a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+    assert any(not a[k].equal(other[k]) for k in a)
+
+
 def test_a_full_role_without_examples_saves_its_starting_weights_exactly(tmp_path):
     """Not rounded to the training dtype: the shipped fp32 weights come back bit for bit under train.bf16=true."""
     cfg = FAST.model_copy(update={"method": "full", "bf16": True})
