@@ -31,8 +31,8 @@ def test_abstentions_never_vote_or_win():
 
 @pytest.mark.parametrize("kind", ["numeric", "math"])
 def test_answers_that_grade_as_nothing_abstain_and_never_win_a_tie(kind):
-    """"\\text{}", "x=" or "\\%" normalise to nothing and equal no answer, not even themselves: they abstain,
-    and cannot win a random tie against a real answer."""
+    """Answers such as "\\text{}", "x=" or "\\%" normalise to nothing and equal no answer, not even
+    themselves: they abstain, and cannot win a random tie against a real answer."""
     same = lambda a, b: grading.equivalent(a, b, kind=kind)  # noqa: E731
     for problem in range(20):
         vote = majority_vote(["\\text{}", "x=", "5", "\\%"], same, tie_break="random", key=tie_key(0, str(problem)))

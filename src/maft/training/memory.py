@@ -24,9 +24,12 @@ real trainer in tests/test_memory.py):
   (2kv), the MLP's gate, activation, up projection and product (4i); h: the hidden size, kv: the key/value
   width (key-value heads x head size), i: the MLP width; attention by a fused kernel that keeps no s x s
   scores. Without gradient checkpointing the L layers keep ``L*A``; with it only each layer's input, plus
-  one layer recomputed at a time: ``L*h + A``. The logits add
-  ``V*(d + 8)`` bytes per token (V: the vocabulary; the logits, and the loss's fp32 log-softmax and its
-  gradient). In all: ``b*s*((L*h + A)*d + V*(d + 8))`` with checkpointing.
+  one layer recomputed at a time: ``L*h + A``. The output layer adds :data:`HEAD_BYTES` ``+ h*d`` bytes per
+  token: TRL's fused LM head (``add_fused_lm_head``, in every SFTTrainer and in the concurrent path) computes the
+  log-probabilities in tiles of the vocabulary and keeps for the backward pass only the final hidden state, the
+  target and two fp32 numbers per token, never the ``b*s*V`` logits (its tiles, a few thousand tokens by at most
+  32,768 vocabulary entries, live only during the head's forward and backward). In all: ``b*s*((L*h + A + h)*d +
+  16)`` with checkpointing. (A real step's saved tensors, measured: tests/test_memory.py.)
 - ``roles``: with ``execution.concurrent_training`` one job trains every LoRA role of the iteration on one
   base: the base once, each role's adapter with its gradients and AdamW states, and, at worst, the
   mini-batches of all the roles in one forward (``roles * b`` examples). With Ray a job trains one group of
@@ -85,6 +88,9 @@ if TYPE_CHECKING:
 
 #: Bytes per base weight of a linear layer in 4-bit NF4: half a byte, plus one fp32 scale per block of 64.
 NF4_BYTES = 0.5 + 4 / 64
+#: Per token, what TRL's fused LM head keeps beside the final hidden state: the target (int64) and two fp32 values
+#: (the log-partition function and the entropy's slot)
+HEAD_BYTES = 8 + 4 + 4
 #: A fix is offered only if it leaves this share of the free memory unused (what the estimate does not count).
 HEADROOM = 0.1
 
@@ -232,7 +238,7 @@ def estimate(
     layer = 6 * h + 2 * counts.kv_width + 4 * counts.intermediate
     kept = L * h + layer if checkpointing else L * layer
     tokens = train.batch_size * train.max_length * (roles if train.method == "lora" else 1)
-    activations = tokens * (kept * d + counts.vocab * (d + 8))
+    activations = tokens * ((kept + h) * d + HEAD_BYTES)
     shards = max(1, shards)
     plan = f"train.method={train.method}" + (
         f" train.quantization={train.quantization}" * (train.quantization != "none")
