@@ -93,6 +93,21 @@ def test_two_processes_train_what_one_does(tmp_path, method, checkpointing):
     assert not (tmp_path / "two" / "training_args.bin").exists() and not (tmp_path / "two" / ".trainer").exists()
 
 
+def test_an_epoch_whose_mini_batches_do_not_divide_among_the_processes_trains_what_one_does(tmp_path):
+    """18 examples in batches of 4: five mini-batches an epoch, the last of 2, for two processes. accelerate gives
+    the process that runs short a repeat of the epoch's first mini-batch (even_batches); its labels are masked, so
+    the step sees the examples one process sees, over two epochs (three steps each, the last of one mini-batch)."""
+    cfg = TrainConfig(batch_size=4, gradient_accumulation_steps=2, epochs=2.0, learning_rate=1e-3, bf16=False)
+    data = examples(18)
+    write_jsonl(tmp_path / "data.jsonl", data)
+    job = TrainJob("agent_0", BASE, tmp_path / "data.jsonl", tmp_path / "two", None, 7, "cpu", cfg, processes=2)
+    two = run_job(job, on_step=lambda done, total: None)
+    one = finetune(BASE, data, tmp_path / "one", cfg, seed=7, device="cpu")
+    assert (two.examples, two.steps) == (one.examples, one.steps) == (18, 6)
+    assert two.train_loss == pytest.approx(one.train_loss, rel=1e-5)
+    assert largest_difference(weights(tmp_path / "two"), weights(tmp_path / "one")) <= 1e-5
+
+
 def test_a_failing_process_fails_the_job_with_its_role(tmp_path):
     write_jsonl(tmp_path / "data.jsonl", examples(4))
     cfg = TrainConfig(batch_size=2, gradient_accumulation_steps=2, epochs=1.0)

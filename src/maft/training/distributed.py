@@ -19,7 +19,9 @@ The effective batch stays ``train.batch_size x train.gradient_accumulation_steps
 not divide). The trainer's sampler deals the mini-batches of a step round-robin over the processes, and the
 loss of a step is normalized by the label tokens of all of them (transformers' ``average_tokens_across_devices``),
 so a step sees the same examples and the same gradient as one process accumulating them all: the weights
-match one-process training up to floating-point rounding (tests/test_distributed.py).
+match one-process training up to floating-point rounding (tests/test_distributed.py), also where an epoch's
+mini-batches do not divide among the processes (the rows accelerate repeats to even them out are masked:
+:class:`~maft.training.sft.RepeatsMasked`).
 
 With Ray, the job's task holds ``gpus_per_job`` GPUs and launches the processes on its node. The launcher's
 main process (rank 0) reports progress on its standard output, one ``maft-step <done> <total>`` line per

@@ -41,6 +41,7 @@ and stays what it was.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import socket
@@ -313,7 +314,45 @@ def sft_trainer(
             f"({trainer.accelerator.distributed_type}, accelerate {version('accelerate')}): train each role in "
             "one process (execution.processes_per_job=1, and gpus_per_job at most 1)"
         )
+    if trainer.accelerator.num_processes > 1:
+        trainer.data_collator = RepeatsMasked(
+            trainer.data_collator,
+            rows=len(trainer.train_dataset),
+            batch_size=trainer.args.per_device_train_batch_size,
+            processes=trainer.accelerator.num_processes,
+            rank=trainer.accelerator.process_index,
+        )
     return trainer
+
+
+class RepeatsMasked:
+    """The collator of one of several processes training a role, with the labels of accelerate's repeated rows
+    masked (-100), so that they add nothing to the loss or to its token count.
+
+    accelerate deals an epoch's mini-batches round-robin over the processes and, where the last of them is short
+    or their number does not divide among the processes, fills them up with the epoch's first rows again (its
+    ``even_batches``: every process must run the same number of steps). One process runs no such rows, so without
+    the mask a multi-process role would train on some examples twice in the last step of each epoch. The k-th
+    mini-batch a process collates in an epoch is the epoch's mini-batch ``rank + k * processes``, whose rows past
+    ``rows - its first row`` are repeats (the trainer collates in order, in the main process:
+    ``dataloader_num_workers`` 0)."""
+
+    def __init__(self, collate: Callable, *, rows: int, batch_size: int, processes: int, rank: int) -> None:
+        self.collate, self.rows, self.batch_size = collate, rows, batch_size
+        self.processes, self.rank = processes, rank
+        self.per_epoch = math.ceil(math.ceil(rows / batch_size) / processes)  # mini-batches a process collates
+        self.calls = 0
+
+    def __call__(self, features: list[dict]) -> dict:
+        batch = self.collate(features)
+        k = self.calls % self.per_epoch
+        self.calls += 1
+        real = min(max(self.rows - (self.rank + k * self.processes) * self.batch_size, 0), len(features))
+        if real < len(features):
+            labels = batch["labels"].clone()
+            labels[real:] = -100
+            batch["labels"] = labels
+        return batch
 
 
 def _on_cpu(device: str) -> bool:
