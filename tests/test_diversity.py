@@ -35,6 +35,20 @@ def turn(
     )
 
 
+def test_agreement_reads_answers_with_the_runs_vote_rule(arithmetic):
+    """Under debate.truncated=abstain a response cut off at the token limit abstains in the agreement as in the vote
+    (and in debate_metrics): two truncated 5s and a 6 agree on nothing."""
+    from maft.debate.voting import VoteRule
+
+    turns = [turn("p0", 0, "5"), turn("p0", 1, "5"), turn("p0", 2, "6")]
+    turns = [t.model_copy(update={"truncated": t.agent < 2}) for t in turns]
+    assert diversity(turns, arithmetic).answer_agreement == pytest.approx(1 / 3)  # the extracted answers
+    abstain = diversity(turns, arithmetic, answer_of=VoteRule(truncated="abstain").answer)
+    assert abstain.answer_agreement == 0.0 and abstain.consensus == 0.0
+    keep = diversity(turns, arithmetic, answer_of=VoteRule(truncated="keep").answer)
+    assert keep.answer_agreement == pytest.approx(1 / 3)
+
+
 def test_answer_agreement_and_consensus_by_hand(arithmetic):
     turns = [
         turn("p0", 0, "5"),

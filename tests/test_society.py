@@ -212,6 +212,9 @@ def test_transfer_debates_another_task_with_the_finetuned_agents(finished_run):
         transfer(root, "gsm8k", options=gsm8k, n=3, iterations=[2])
     with pytest.raises(ValueError, match="50 test problems asked, only 5 exist"):
         transfer(root, "gsm8k", options=gsm8k, n=50)
+    # the run's own task: its 8 held-out problems come first, the 9th was trained on (refused before any debate)
+    with pytest.raises(ValueError, match=r"1 of the 9 problems of 'arithmetic' are the run's training .*--n 8"):
+        transfer(root, "arithmetic", n=9)
 
 
 def test_a_finished_run_resumes_without_redoing_anything(finished_run):

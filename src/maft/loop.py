@@ -569,6 +569,7 @@ class Society:
                 paper_likelihoods=cfg.paper_likelihoods,
                 adapter_for=self.engine.serve(self.agents(it)) if likelihood else None,
                 progress=f"iter_{it}/diversity score" if self.progress else False,
+                answer_of=VoteRule.of(self.config).answer,  # a truncated response abstains, as in the vote
             )
             write_json(self.store.iter_dir(it) / "diversity.json", result.model_dump(mode="json"))
             shown = {k: v for k, v in result.model_dump().items() if isinstance(v, float)}

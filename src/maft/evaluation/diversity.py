@@ -32,7 +32,7 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -171,16 +171,19 @@ def diversity(
     adapter_for: AdapterFor | None = None,
     paper_likelihoods: bool = True,
     progress: bool | str = False,
+    answer_of: Callable[[Turn], str | None] | None = None,
 ) -> Diversity:
     """The diversity of round ``round`` (and, with a scorer and ``paper_likelihoods``, of the final round
     and from the base model); embeddings with ``embedder`` (whose model ``encoder`` names), likelihoods
     with ``scorer`` (agent a of round m scores as ``adapter_for(a, m)``, None being the base model).
-    Needs at least 2 agents."""
+    ``answer_of``: the answer a turn agrees with (the run's :meth:`maft.debate.voting.VoteRule.answer`, under which
+    a truncated response abstains; default: its extracted answer). Needs at least 2 agents."""
     ids, rows = _rows(turns, round)
     agents = len(rows[0])
     if agents < 2:
         raise ValueError("diversity across agents needs at least 2 agents")
-    pairwise, unanimous = agreement([[t.answer for t in row] for row in rows], task)
+    answer = answer_of or (lambda t: t.answer)
+    pairwise, unanimous = agreement([[answer(t) for t in row] for row in rows], task)
     result = Diversity(round=round, agents=agents, problems=len(rows), answer_agreement=pairwise, consensus=unanimous)
     if embedder is not None:
         result.embedding_dissimilarity = embedding_dissimilarity(rows, embedder)

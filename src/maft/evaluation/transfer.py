@@ -54,6 +54,13 @@ def transfer(
     problems = task.splits(0, n, seed=cfg.split_seed).test  # the same problems for every seed of a comparison
     if len(problems) < n:
         raise ValueError(f"task {task_name!r} has {len(problems)} test problems, fewer than n={n}")
+    trained = _trained_on(cfg, task_name, problems)
+    if trained:
+        raise ValueError(
+            f"{trained} of the {n} problems of {task_name!r} are the run's training problems (the run trained on "
+            f"{cfg.task.n_train} problems of this task and held out {cfg.task.n_test}): use --n {cfg.task.n_test} or "
+            "fewer, or another task"
+        )
     check_serving(cfg)
     engine = None
     where = transfer_dir(store.root, task_name, options or {})
@@ -89,6 +96,16 @@ def transfer(
         if engine is not None:  # a managed server stops with the transfer
             engine.close()
     return out
+
+
+def _trained_on(cfg, task_name: str, problems: Sequence) -> int:
+    """How many of ``problems`` the run trained on (their questions among its training problems' questions): a
+    transfer to the run's own task must not grade agents on what they were finetuned on."""
+    if task_name != cfg.task.name or cfg.iterations == 0:
+        return 0
+    own = get_task(cfg.task.name, **cfg.task.options)
+    train = {p.question for p in own.splits(cfg.task.n_train, cfg.task.n_test, seed=cfg.split_seed).train}
+    return sum(p.question in train for p in problems)
 
 
 def transfer_dir(run: Path, task_name: str, options: dict) -> Path:
