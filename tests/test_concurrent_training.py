@@ -233,6 +233,19 @@ def test_a_mixed_forward_gives_each_adapter_the_gradient_of_its_own_rows(data, t
         model.zero_grad()
 
 
+def test_a_base_model_with_dropout_is_refused(data, tmp_path):
+    """Its masks would be drawn in another order in the concatenated batch than one role at a time."""
+    import shutil
+
+    base = tmp_path / "dropping"
+    shutil.copytree(BASE, base)
+    config = json.loads((base / "config.json").read_text())
+    (base / "config.json").write_text(json.dumps({**config, "attention_dropout": 0.1}))
+    runs = [RoleRun(role, examples[:4], tmp_path / role) for role, examples in data.items()]
+    with pytest.raises(ValueError, match="applies dropout 0.1 in training.*execution.concurrent_training=false"):
+        load_together(str(base), runs, CFG)
+
+
 def test_adapters_of_another_rank_or_unequal_blocks_take_the_per_block_path(data, tmp_path):
     """The batched product needs equal blocks filling the batch and alike adapters; a role continuing from an
     adapter saved with another rank or scaling (``init_from``) falls back to one product pair per block. Either

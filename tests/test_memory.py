@@ -451,6 +451,14 @@ def test_concurrent_training_left_at_none_trains_together_only_where_it_can_and_
         config = load_config(None, [*plan, *cannot])  # no error: None never asks for what cannot run
         assert why in cannot_train_together(config)
         assert trains_together(config, llama8b, gpu(need(6, False))) is False
+    # a base model that applies dropout in training (its masks would be drawn in another order together)
+    assert llama8b.dropout == 0 and ModelCounts.of(str(default_checkpoint())).dropout == 0
+    llama = LlamaConfig(**{**LLAMA_8B.to_dict(), "attention_dropout": 0.1})
+    for shape in (llama, _gpt2({"n_layer": 2, "n_embd": 64, "n_head": 4})):
+        dropping = ModelCounts.of(shape)
+        assert dropping.dropout == pytest.approx(0.1)  # GPT-2's default resid_pdrop, embd_pdrop, attn_pdrop
+        assert "the base model's own dropout (0.1" in cannot_train_together(auto, dropping)
+        assert trains_together(auto, dropping, gpu(need(6, False))) is False
     for chosen in (True, False):
         config = load_config(None, [*plan, f"execution.concurrent_training={str(chosen).lower()}"])
         assert trains_together(config, llama8b, gpu(need(1, False))) is chosen
@@ -459,6 +467,12 @@ def test_concurrent_training_left_at_none_trains_together_only_where_it_can_and_
     # the embedded default run on this machine: together
     tiny = ModelCounts.of(str(default_checkpoint()))
     assert trains_together(RunConfig(), tiny, device_memory(RunConfig())) is True
+
+
+def _gpt2(shape: dict):
+    from transformers import GPT2Config
+
+    return GPT2Config(**shape)
 
 
 def test_auto_precision_counts_as_fp32_until_the_device_is_known(llama8b):

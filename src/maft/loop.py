@@ -370,7 +370,7 @@ class Society:
             config = with_concurrency(config, together)
             fit = "together they would not fit, or only with activation checkpointing where one by one needs none"
             left = "one role left" if pending is not None and pending < 2 else None
-            why = cannot_train_together(config) or left or ("memory unknown" if memory is None else fit)
+            why = cannot_train_together(config, counts) or left or ("memory unknown" if memory is None else fit)
             how = "together on one base copy" if together else f"one by one ({why})"
             self.console.print(f"  the roles' adapters train {how} (execution.concurrent_training auto)")
         checkpointing = x.activation_checkpointing

@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING, Any
 from maft.config import TrainConfig
 from maft.data.agent_data import Example
 from maft.tracking import MetricsLogger, Tracking
+from maft.training.memory import model_dropout
 from maft.training.precision import resolve_bf16
 from maft.training.sft import (
     TrainResult,
@@ -312,6 +313,12 @@ def load_together(base_model: str, roles: Sequence[RoleRun], cfg: TrainConfig, d
 
     cfg = resolve_bf16(cfg, device)
     base = AutoModelForCausalLM.from_pretrained(base_model, dtype=_dtype(cfg))
+    if dropout := model_dropout(base):
+        raise ValueError(
+            f"{base_model} applies dropout {dropout} in training: the roles' concatenated batch would draw its masks "
+            "in another order, so the adapters would differ from those trained one by one; set "
+            "execution.concurrent_training=false (or leave it unset: it then trains them one by one)"
+        )
     attend_causally(base)  # as the one-by-one trainer's model does
     _cpu_attention(base, cfg, device)
     model = None

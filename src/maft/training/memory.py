@@ -108,6 +108,7 @@ class ModelCounts:
     intermediate: int
     vocab: int
     config_dtype: str | None  # the checkpoint's dtype (config.json), if it says
+    dropout: float = 0.0  # the base model's own largest dropout probability in training (model_dropout)
 
     @classmethod
     def of(cls, model: str | Path | PretrainedConfig | PreTrainedModel) -> ModelCounts:
@@ -140,6 +141,7 @@ class ModelCounts:
             intermediate=int(intermediate),
             vocab=int(text.vocab_size),
             config_dtype=str(dtype).removeprefix("torch.") if dtype is not None else None,
+            dropout=model_dropout(built),
         )
 
     def lora_parameters(self, r: int, targets: Sequence[str] | str) -> int:
@@ -345,9 +347,22 @@ def shards(config: RunConfig, kind: str) -> int:
     return config.execution.job_processes if kind == "cuda" else 1
 
 
-def cannot_train_together(config: RunConfig) -> str | None:
+def model_dropout(model) -> float:
+    """The largest dropout probability ``model`` applies in training: its dropout modules' (GPT-2's and Phi's
+    ``resid_pdrop``, ...) and its config's ``attention_dropout`` (Llama, Qwen and Mistral apply it inside
+    attention, without a module; 0 in their released configs)."""
+    import torch
+
+    text = model.config.get_text_config()
+    ps = [m.p for m in model.modules() if isinstance(m, torch.nn.modules.dropout._DropoutNd)]
+    attention = getattr(text, "attention_dropout", 0.0)
+    return float(max([*ps, attention if isinstance(attention, int | float) else 0.0]))
+
+
+def cannot_train_together(config: RunConfig, counts: ModelCounts | None = None) -> str | None:
     """Why ``execution.concurrent_training`` left at None does not train the roles together whatever the memory,
-    or None where it may: LoRA on an unquantized base without dropout (the same adapters as one by one), one
+    or None where it may: LoRA on an unquantized base, without dropout in the adapters or (``counts``) in the base
+    model (a concatenated batch draws its dropout masks in another order: not the adapters of one by one), one
     process per job, the local scheduler (which would otherwise train the jobs one by one; Ray spreads them over
     its resources instead), and more than one role."""
     t, x = config.train, config.execution
@@ -355,6 +370,7 @@ def cannot_train_together(config: RunConfig) -> str | None:
         "train.method=full: a model per role": t.method != "lora",
         f"train.quantization={t.quantization}": t.quantization != "none",
         f"train.lora_dropout={t.lora_dropout}": t.lora_dropout != 0,
+        f"the base model's own dropout ({counts.dropout if counts else 0})": bool(counts and counts.dropout > 0),
         f"{x.job_processes} processes per job": x.job_processes != 1,
         "scheduler=ray runs the jobs in parallel instead": x.scheduler != "local",
         "one role": len(trained_roles(config)) < 2,
@@ -382,7 +398,7 @@ def trains_together(
     chosen = config.execution.concurrent_training
     if chosen is not None:
         return chosen
-    if not can_train_together(config) or memory is None:
+    if cannot_train_together(config, counts) is not None or memory is None:
         return False
     together = len(trained_roles(config)) if roles is None else roles
     if together < 2:  # one role left (a resume): nothing to train together
