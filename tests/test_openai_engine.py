@@ -241,6 +241,21 @@ def test_api_kind_refuses_finetuning_up_front():
         check_serving(cfg)
 
 
+def test_a_managed_servers_python_may_be_a_command_on_the_path(monkeypatch):
+    """execution.server_python=python3.11 (a name the shell finds) is checked where it is found, not refused as a
+    missing file."""
+    import shutil
+    from pathlib import Path
+
+    python = Path(sys.executable)
+    monkeypatch.setenv("PATH", f"{python.parent}:{os.environ.get('PATH', '')}")
+    assert shutil.which(python.name) is not None
+    managed = ["model.engine=openai", "model.server_kind=transformers", "execution.server=managed", "iterations=0"]
+    check_serving(load_config(None, [*managed, f"execution.server_python={python.name}"]))  # transformers serve
+    with pytest.raises(ServerError, match="needs transformers installed in no-such-python3"):
+        check_serving(load_config(None, [*managed, "execution.server_python=no-such-python3"]))
+
+
 def test_maft_run_on_transformers_serve(server, tmp_path):
     """One iteration of the loop through the server: transcripts and metrics as with the hf engine."""
     cfg = load_config(

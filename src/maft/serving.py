@@ -10,6 +10,7 @@ installation) before a run directory is created.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -182,7 +183,7 @@ def check_serving(config: RunConfig) -> None:
                 text=True,
                 timeout=120,
             )
-            if Path(server_python(config)).exists()
+            if shutil.which(server_python(config))  # a path, or a command name on PATH
             else None
         )
         if probe is None or probe.returncode != 0:
