@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import http.server
+import json
 import os
 import shutil
 import signal
@@ -116,7 +117,9 @@ def vllm_serve(python: str, model: Path, log: Path, *, lora: bool = True, max_lo
 class FaultProxy:
     """A loopback HTTP proxy in front of ``target`` (a base URL without /v1). ``fail(status, n)`` answers the
     next n requests with that status (and a Retry-After when given); ``drop(n)`` closes n connections unanswered;
-    ``delay`` holds every request that long. ``seen`` counts requests; ``in_flight_max`` the most at once."""
+    ``delay`` holds every request that long; ``as_model`` sends chat completions for a model name to another (an
+    endpoint where an adapter never arrived answers as the base model). ``seen`` counts requests; ``in_flight_max``
+    the most at once."""
 
     def __init__(self, target: str) -> None:
         self.target = target.rstrip("/")
@@ -125,6 +128,7 @@ class FaultProxy:
         self.seen = 0
         self.completions = 0  # chat completions seen
         self.down_from: int | None = None  # drop every chat completion after this many (a server that died)
+        self.as_model: dict[str, str] = {}  # model name -> the name the server is asked for instead
         self.in_flight = 0
         self.in_flight_max = 0
         self.lock = threading.Lock()
@@ -145,6 +149,9 @@ class FaultProxy:
                     fault = proxy.faults.pop(0) if proxy.faults else None
                     if self.path.endswith("/chat/completions"):
                         proxy.completions += 1
+                        request = json.loads(body or b"{}")
+                        if request.get("model") in proxy.as_model:
+                            body = json.dumps({**request, "model": proxy.as_model[request["model"]]}).encode()
                         if proxy.down_from is not None and proxy.completions > proxy.down_from:
                             fault = ("drop", 0, None)
                 try:

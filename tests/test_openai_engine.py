@@ -17,7 +17,7 @@ import pytest
 from interrupt import sigint_default
 from servers import FaultProxy, transformers_serve
 
-from maft.agents import Agents, agents_at
+from maft.agents import Agents, agents_at, fingerprint
 from maft.config import load_config
 from maft.debate.transcript import Turn
 from maft.engines import Request, Sampling
@@ -196,11 +196,22 @@ def test_merged_agents_served_by_path_and_checked_by_the_canary(server, tmp_path
     agents = Agents(1, {"gen_0": root / "iter_1/agents/gen_0"})
     who = engine.serve(agents)
     assert who(0, 1) == "gen_0" and who(0, 2) is None
-    assert engine.names["gen_0"] == str((root / "iter_1/served/gen_0").resolve())
-    assert (root / "iter_1/served/gen_0/config.json").is_file()
+    first = root / "iter_1/served" / f"gen_0-{fingerprint(root / 'iter_1/agents/gen_0')}"
+    assert engine.names["gen_0"] == str(first) and (first / "config.json").is_file()
     request = ask(arithmetic, 1, GREEDY)[0]
     base, agent = texts(engine, [request, Request(request.messages, adapter="gen_0", sampling=GREEDY)])
     assert base != agent
+    # the role retrained (a resume redoing its stage): served from a new path, never the server's copy of the old
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(TINY), LoraConfig(r=4, target_modules="all-linear"))
+    torch.manual_seed(2)
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            p.data.normal_(0, 0.6)
+    model.save_pretrained(root / "iter_1" / "agents" / "gen_0")
+    engine.serve(agents)
+    assert engine.names["gen_0"] != str(first) and not first.exists()  # the old copy is gone
+    retrained = texts(engine, [Request(request.messages, adapter="gen_0", sampling=GREEDY)])[0]
+    assert retrained != agent
     # transformers serve gives text only: an agent that answers as the base model is reported, not refused
     engine.serve(Agents(1, {"critic_0": root / "iter_1/agents/critic_0"}))
     assert "critic_0 answer the canary as the base model" in capsys.readouterr().out
@@ -287,7 +298,7 @@ def test_maft_run_on_transformers_serve(server, tmp_path):
     stage = json.loads((store.root / "manifest.json").read_text())["stages"]["iter_1/debate_test"]
     assert stage["endpoints"][server.url]["requests"] == 8 * 2 * 2
     assert agents_at(cfg, store.root, 1).models["gen_0"].is_dir()
-    assert all((store.root / "iter_1/served" / f"gen_{n}" / "config.json").is_file() for n in range(2))
+    assert all(len(list((store.root / "iter_1/served").glob(f"gen_{n}-*/config.json"))) == 1 for n in range(2))
     # resume redoes nothing
     again = Society(RunStore.open(store.root), progress=False)
     assert [m.test.majority for m in again.run()] == [m.test.majority for m in metrics]
@@ -364,6 +375,35 @@ def test_maft_evaluate_against_a_server_equals_the_hf_engine_greedy(server, tmp_
     assert outputs[0] == outputs[1]
     refused = CliRunner().invoke(app, ["evaluate", "--n", "2", "--url", "http://127.0.0.1:9/v1"])
     assert refused.exit_code == 2 and "no answer from http://127.0.0.1:9/v1" in " ".join(refused.output.split())
+
+
+def test_maft_compare_runs_one_managed_server_at_a_time(tmp_path, monkeypatch):
+    """Each method's run has its own server engine; the previous one's managed server stops before the next
+    starts (two vLLM servers on one GPU would not both fit)."""
+    from maft.compare import CompareConfig, compare
+    from maft.servers.managed import ManagedServers
+
+    running: list[ManagedServers] = []
+    overlaps: list[int] = []
+    start = ManagedServers.start
+
+    def started(self):
+        if not self.running:
+            overlaps.append(sum(other.running for other in running))
+            running.append(self)
+        return start(self)
+
+    monkeypatch.setattr(ManagedServers, "start", started)
+    run = {
+        "model": {"engine": "openai", "server_kind": "transformers"},
+        "execution": {"server": "managed"},
+        "task": {"n_test": 4},
+        "debate": {"max_new_tokens": 32},
+        "diversity": {"enabled": False},
+    }
+    compare(CompareConfig(methods=["single", "majority"], run=run), tmp_path / "cmp", progress=False)
+    assert overlaps == [0, 0]  # two servers started, never beside another
+    assert len(running) == 2 and not any(server.running for server in running)  # both stopped at the end
 
 
 @pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from safetensors.torch import load_file
@@ -196,6 +197,11 @@ def test_transfer_debates_another_task_with_the_finetuned_agents(finished_run):
     mtime = (transfer_dir(root, "gsm8k", gsm8k) / "iter_1/debate_test.jsonl").stat().st_mtime_ns
     assert transfer(root, "gsm8k", options=gsm8k, n=3, iterations=[1], progress=False) == {1: results[1]}
     assert (transfer_dir(root, "gsm8k", gsm8k) / "iter_1/debate_test.jsonl").stat().st_mtime_ns == mtime  # kept
+    # an agent written again since (a role retrained on resume) makes the finished transfer stale: debated again
+    weights = root / "iter_1/agents/gen_0/adapter_model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    assert transfer(root, "gsm8k", options=gsm8k, n=3, iterations=[1], progress=False) == {1: results[1]}
+    assert (transfer_dir(root, "gsm8k", gsm8k) / "iter_1/debate_test.jsonl").stat().st_mtime_ns != mtime
     # other task options are another transfer: never mistaken for a finished one
     transfer(root, "arithmetic", options={"high": 12}, n=3, iterations=[1], progress=False)
     transfer(root, "arithmetic", options={"high": 20}, n=3, iterations=[1], progress=False)

@@ -16,6 +16,7 @@ server gets 8 slots (at most 7 adapters are ever active here), so the last one s
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -24,10 +25,10 @@ import httpx
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from servers import require_vllm, vllm_serve
+from servers import FaultProxy, require_vllm, vllm_serve
 from transformers import AutoModelForCausalLM
 
-from maft.agents import Agents
+from maft.agents import Agents, fingerprint
 from maft.engines import Request, Sampling
 from maft.engines.openai import OpenAIEngine
 from maft.servers.errors import ServerError
@@ -127,7 +128,7 @@ def test_publish_loads_each_iteration_under_new_names_and_unloads_the_previous(s
     seen: set[str] = set()
     for it in (1, 2):
         engine.serve(Agents(it, adapters[it]))
-        names = {"gen_0": f"maft-pub-i{it}-gen_0", "critic_0": f"maft-pub-i{it}-critic_0"}
+        names = {role: f"maft-pub-i{it}-{role}-{fingerprint(adapters[it][role])}" for role in ("gen_0", "critic_0")}
         assert engine.names == names
         assert not seen & set(names.values())  # a name is never reused
         seen |= set(names.values())
@@ -139,7 +140,7 @@ def test_publish_loads_each_iteration_under_new_names_and_unloads_the_previous(s
         # the adapter really answers under its name (and differs from the base model)
         out = [g.text for g in engine.generate([ask(p, a) for p in problems(3, 4) for a in (None, "gen_0")])]
         assert out[0::2] != out[1::2]
-    assert "maft-pub-i1-gen_0" not in served_models(server.url)
+    assert f"maft-pub-i1-gen_0-{fingerprint(adapters[1]['gen_0'])}" not in served_models(server.url)
     # the base model only: nothing to publish, requests for a role are refused by name
     engine.serve(Agents(0))
     with pytest.raises(KeyError, match="unknown adapter 'gen_0'"):
@@ -157,6 +158,21 @@ def test_mixed_adapter_round_equals_each_request_alone(engine):
     assert len({tuple(v) for v in by_adapter.values()}) == 3  # each agent answers for itself
 
 
+def test_an_agent_written_again_at_its_path_is_published_under_a_new_name(server, tiny32, tmp_path):
+    """A role retrained on resume, or a new run in an old run's directory, writes new weights where the served ones
+    came from: they get a new name (the server's copy of the old ones is never answered from) and the old is
+    unloaded."""
+    engine = OpenAIEngine(server.url, str(tiny32), server=VLLMServer(tag="maft-rewrite"))
+    path = make_adapter(tiny32, tmp_path / "iter_1" / "gen_0", seed=21)
+    request = ask(problems(1, 5)[0], "gen_0")
+    engine.serve(Agents(1, {"gen_0": path}))
+    old_name, old_text = engine.names["gen_0"], engine.generate([request])[0].text
+    make_adapter(tiny32, path, seed=22)  # the same path, other weights
+    engine.serve(Agents(1, {"gen_0": path}))
+    assert engine.names["gen_0"] != old_name and old_name not in served_models(server.url)
+    assert engine.generate([request])[0].text != old_text
+
+
 # -- c. the canary --------------------------------------------------------------------------------------------------
 def test_canary_refuses_an_adapter_equal_to_the_base_model(server, tiny32, adapters, tmp_path):
     zero = make_adapter(tiny32, tmp_path / "zero", seed=5, zero=True)
@@ -164,6 +180,21 @@ def test_canary_refuses_an_adapter_equal_to_the_base_model(server, tiny32, adapt
     with pytest.raises(ServerError, match=r"answers as the base model for critic_0:") as refused:
         engine.serve(Agents(1, {"gen_0": adapters[1]["gen_0"], "critic_0": zero}))
     assert "gen_0," not in str(refused.value) and "maft-canary-i1-critic_0" in str(refused.value)
+
+
+def test_the_canary_asks_every_endpoint(server, tiny32, adapters):
+    """Two endpoints (the second a proxy of the same server): where an adapter never arrived on one of them, that
+    endpoint answers its name as the base model, and the run stops."""
+    engine = OpenAIEngine([server.url, server.url], str(tiny32), server=VLLMServer(tag="maft-both"))
+    engine.serve(Agents(1, {"gen_0": adapters[1]["gen_0"]}))  # both endpoints serve it: not refused
+    proxy = FaultProxy(server.url.removesuffix("/v1"))
+    try:
+        engine = OpenAIEngine([server.url, proxy.url], str(tiny32), server=VLLMServer(tag="maft-both"))
+        proxy.as_model = {f"maft-both-i2-gen_0-{fingerprint(adapters[2]['gen_0'])}": str(tiny32)}
+        with pytest.raises(ServerError, match="answers as the base model for gen_0"):
+            engine.serve(Agents(2, {"gen_0": adapters[2]["gen_0"]}))
+    finally:
+        proxy.close()
 
 
 def test_the_canary_spares_a_role_that_took_no_training_step(server, tiny32, tmp_path):
@@ -317,6 +348,13 @@ def test_one_iteration_through_a_managed_vllm_server(vllm_python, tiny32, tmp_pa
         metrics = society.run()
         managed = society.engine.server.managed
         assert managed.starts == 1 and managed.running  # one server for the whole run (no GPU: never stopped)
+        # a server that dies (a crash) is started again before the next request, with the agents served last
+        request = ask(problems(1, 6)[0], "gen_0")
+        before = society.engine.generate([request])[0].text
+        os.killpg(managed.processes[0].pid, signal.SIGKILL)
+        managed.processes[0].wait()
+        assert society.engine.generate([request])[0].text == before  # gen_0 answers again, not a 404
+        assert managed.starts == 2
         pid = managed.processes[0].pid
     finally:
         society.close()

@@ -13,6 +13,7 @@ round)`` that a debate uses. The loop, transfer and the diversity stage all go t
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,17 @@ def trained_roles(config: RunConfig) -> list[str]:
     every = roles(config.debate.agents, config.debate.rounds)
     prefix = {"all": "", "generation": "gen_", "critic": "critic_"}[config.train.roles]
     return [r for r in every if r.startswith(prefix)]
+
+
+def fingerprint(path: Path) -> str:
+    """Eight hex digits that change whenever the agent saved at ``path`` is written again: the names, sizes and
+    modification times of its files (an adapter's or a checkpoint's folder; nothing is read)."""
+    digest = hashlib.sha256()
+    for item in sorted(Path(path).iterdir()):
+        if item.is_file():
+            stat = item.stat()
+            digest.update(f"{item.name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:8]
 
 
 def saved_kind(path: Path, *, missing_ok: bool = False) -> Literal["adapter", "checkpoint"] | None:

@@ -274,12 +274,21 @@ def compare(
         # server belong to one run directory
         same = (run_config.model, run_config.execution) == engine_model
         shared = engine if same and run_config.model.engine == "hf" else None
+        if engine is not None and shared is None:  # not reused: give its memory back before this run loads its own
+            engine.close()
+            engine = engine_model = None
         society = Society(store, console=console, progress=progress, engine=shared, shared_debates=out / SHARED)
-        metrics = society.run()
+        try:
+            metrics = society.run()
+        except BaseException:
+            if society.engine_loaded and society.engine is not engine:
+                society.engine.close()  # a managed server stops with the failed run
+            raise
         if society.engine_loaded and society.engine is not engine:
-            if engine is not None:
-                engine.close()
-            engine, engine_model = society.engine, (run_config.model, run_config.execution)
+            if run_config.model.engine == "hf":  # kept for the next method on the same model
+                engine, engine_model = society.engine, (run_config.model, run_config.execution)
+            else:  # a server engine is never shared: its managed server stops now, before the next run starts one
+                society.engine.close()
         rule = VoteRule.of(run_config)
         debates = [read_jsonl(store.iter_dir(it) / "debate_test.jsonl", Turn) for it in range(len(metrics))]
         scores = [majority_scores(turns, society.task, society.splits.test, rule) for turns in debates]

@@ -64,7 +64,7 @@ class ServerStrategy(Protocol):
         """Servers maft started, stopped when the engine closes."""
         ...
 
-    def ensure(self, engine: OpenAIEngine) -> None: ...
+    def ensure(self, engine: OpenAIEngine) -> bool: ...
 
     def release(self, engine: OpenAIEngine) -> None: ...
 
@@ -128,6 +128,7 @@ class OpenAIEngine:
         self.extra_body = dict(extra_body or {})
         self._tokenizer = tokenizer
         self.names: dict[str, str] = {}  # role -> the server's model name for it
+        self._agents: Agents | None = None  # the agents served last (published again on a restarted server)
         self.retries: Counter[str] = Counter()  # why requests were retried, over the engine's life
 
     def set_urls(self, urls: Sequence[str]) -> None:
@@ -135,14 +136,19 @@ class OpenAIEngine:
         if [e.url for e in self.endpoints] != [u.rstrip("/") for u in urls]:
             self.endpoints = [Endpoint(u.rstrip("/")) for u in urls]
 
-    def _ensure(self) -> None:
-        if self.server is not None:
-            self.server.ensure(self)
+    def _ensure(self, *, publish: bool = True) -> None:
+        """Start a managed server that is not running; one (re)started holds none of the agents served last, which
+        are published there again (with ``publish``)."""
+        if self.server is None or not self.server.ensure(self):
+            return
+        if publish and self._agents is not None and self._agents.models:
+            self.names = dict(self.server.publish(self, self._agents))
 
     # -- agents -----------------------------------------------------------------------------------
     def serve(self, agents: Agents) -> AdapterFor:
         """Put ``agents`` on the server(s) (see :mod:`maft.servers`); returns who answers each (agent, round)."""
-        self._ensure()
+        self._ensure(publish=False)
+        self._agents = agents
         if agents.models:
             if self.server is None:
                 raise EngineError("this engine serves the base model only; it has no server kind to load agents")

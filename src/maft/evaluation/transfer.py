@@ -1,8 +1,9 @@
 """Zero-shot transfer (SPEC section 5): a finished run's agents debate the held-out problems of another task.
 
 Results land in ``<run>/transfer/<task>[-<options hash>]/iter_<l>/`` (debate_test.jsonl, metrics.json,
-spec.json: task, options and problem ids), one folder per evaluated iteration; iteration 0 (the base model)
-is the reference. A folder is reused only for the same task, options and problems.
+spec.json: task, options, problem ids and the agents' weights' fingerprints), one folder per evaluated iteration;
+iteration 0 (the base model) is the reference. A folder is reused only for the same task, options, problems and
+agents.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
-from maft.agents import agents_at
+from maft.agents import agents_at, fingerprint
 from maft.debate.protocol import run_debate
 from maft.debate.voting import VoteRule
 from maft.evaluation.metrics import DebateMetrics, debate_metrics
@@ -69,10 +70,13 @@ def transfer(
     try:
         for it in wanted:
             d = where / f"iter_{it}"
+            agents = agents_at(cfg, store.root, it)
+            # the agents' weights too: a role retrained since (a resumed run) makes the folder stale
+            spec_it = {**spec, "agents": {role: fingerprint(path) for role, path in sorted(agents.models.items())}}
             if (
                 (d / "metrics.json").is_file()
                 and (d / "spec.json").is_file()
-                and json.loads((d / "spec.json").read_text()) == spec
+                and json.loads((d / "spec.json").read_text()) == spec_it
             ):
                 console.print(f"[dim]transfer to {escape(where.name)}, iteration {it}: finished earlier, kept[/dim]")
                 out[it] = DebateMetrics.model_validate_json((d / "metrics.json").read_text())
@@ -83,7 +87,7 @@ def transfer(
                 cfg,
                 task,
                 problems,
-                agents_at(cfg, store.root, it),
+                agents,
                 seed=cfg.seed * 1000,
                 progress=f"transfer {escape(task_name)} iter_{it}" if progress else False,
             )
@@ -91,7 +95,7 @@ def transfer(
             with atomic_dir(d) as tmp:
                 write_jsonl(tmp / "debate_test.jsonl", turns)
                 write_json(tmp / "metrics.json", out[it].model_dump(mode="json"))
-                write_json(tmp / "spec.json", spec)
+                write_json(tmp / "spec.json", spec_it)
     finally:
         if engine is not None:  # a managed server stops with the transfer
             engine.close()

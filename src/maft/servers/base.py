@@ -2,13 +2,16 @@
 
 A :class:`ServerKind` turns the :class:`~maft.agents.Agents` of an iteration into server model names
 (``publish``), so that a request for role r goes to ``model=<name of r>``. Names are never reused: one
-name per run, iteration and role, so no server cache can answer with stale weights. After publishing,
-a canary asks each new agent and the base model the same fixed question greedily: an agent whose
+name per run directory, iteration, role and saved weights (:func:`~maft.agents.fingerprint`: a role retrained
+on resume, or a new run written where an old one was, gets a new name), so no server cache can answer with
+stale weights, and a name a server already holds is the same weights. After publishing,
+a canary asks each new agent and the base model, on every endpoint, the same fixed question greedily: an agent whose
 answer and log-probability equal the base model's never arrived (a known silent failure of adapter
 serving), and the run stops with a clear error instead of training on the base model's answers.
 
 Managed servers (see :mod:`maft.servers.managed`) are started by the kind on first use and stopped
-by ``release`` while the agents are finetuned, where the server and training share a GPU.
+by ``release`` while the agents are finetuned, where the server and training share a GPU; one found dead
+before a request (a crash) is started again and the engine publishes its agents there again.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from maft.agents import Agents
+from maft.agents import Agents, fingerprint
 from maft.servers.errors import ServerError
 
 if TYPE_CHECKING:
@@ -56,11 +59,14 @@ class ServerKind:
         self.managed = managed
         self.say = say
 
-    def ensure(self, engine: OpenAIEngine) -> None:
-        """Start the managed server(s) if they are not running, and point the engine at them."""
-        if self.managed is not None:
-            urls = self.managed.start()
-            engine.set_urls(urls)
+    def ensure(self, engine: OpenAIEngine) -> bool:
+        """Start the managed server(s) if they are not running, and point the engine at them; whether they were
+        (re)started (a started server holds no agents: the engine publishes them again)."""
+        if self.managed is None:
+            return False
+        started = not self.managed.running
+        engine.set_urls(self.managed.start())
+        return started
 
     def release(self, engine: OpenAIEngine) -> None:
         """Stop managed servers that hold an accelerator the finetuning needs."""
@@ -75,7 +81,7 @@ class ServerKind:
         )
 
     def name_for(self, agents: Agents, role: str) -> str:
-        return f"{self.tag}-i{agents.iteration}-{role}"
+        return f"{self.tag}-i{agents.iteration}-{role}-{fingerprint(agents.models[role])}"
 
     def canary(self, engine: OpenAIEngine, agents: Agents, names: Mapping[str, str]) -> None:
         """Every agent in ``names`` (role -> served name, roles of ``agents``) that took a training step must
@@ -86,8 +92,10 @@ class ServerKind:
         names = {role: name for role, name in names.items() if _steps(agents.models[role]) != 0}
         if not names:
             return
-        base = self._canary_answer(engine, engine.model_name)
-        same = [role for role, name in names.items() if self._canary_answer(engine, name) == base]
+        same: set[str] = set()
+        for url in [e.url for e in engine.endpoints]:  # each endpoint loaded the adapters on its own
+            base = self._canary_answer(engine, engine.model_name, url)
+            same |= {role for role, name in names.items() if self._canary_answer(engine, name, url) == base}
         if not same:
             return
         served = ", ".join(names[r] for r in sorted(same))
@@ -102,11 +110,11 @@ class ServerKind:
             f"arrive ({self.name} served {served}); check the server's log"
         )
 
-    def _canary_answer(self, engine: OpenAIEngine, name: str) -> tuple[str, float | None]:
+    def _canary_answer(self, engine: OpenAIEngine, name: str, url: str) -> tuple[str, float | None]:
         import httpx
 
         r = httpx.post(
-            f"{engine.endpoints[0].url}/chat/completions",
+            f"{url}/chat/completions",
             json={"model": name, "messages": CANARY, "max_tokens": 16, "temperature": 0, "logprobs": True},
             timeout=engine.timeout,
         )

@@ -4,8 +4,10 @@ SGLang's runtime endpoints sit at the server root, not under ``/v1``: ``POST /lo
 and ``POST /unload_lora_adapter`` with ``{"lora_name", "lora_path"}``; start the server with
 ``--enable-lora``, ``--max-lora-rank`` >= ``train.lora_r``, ``--lora-target-modules all`` and
 ``--max-loras-per-batch`` >= the number of agents. Unlike vLLM, ``/v1/models`` does not list loaded
-adapters, so this strategy remembers what it loaded on each endpoint (a restarted server is reloaded
-after the failed canary tells). SGLang does not run on this project's CPU-only machines: this kind is
+adapters, so this strategy remembers what it loaded on each endpoint (a managed server restarted on new ports
+starts empty); a name the server already holds (it refuses to load it again: "already exists"), from before
+a resume or from ``maft transfer``, is the same run's same weights (names carry the weights' fingerprint) and
+is used as it is, after the canary. SGLang does not run on this project's CPU-only machines: this kind is
 documented but has no test against a real server here.
 """
 
@@ -49,7 +51,7 @@ class SGLangServer(ServerKind):
                     json={"lora_name": name, "lora_path": str(agents.models[role].resolve())},
                     timeout=engine.timeout,
                 )
-                if r.status_code != 200:
+                if r.status_code != 200 and "already exists" not in r.text:
                     raise ServerError(
                         f"{root} could not load the adapter of {role} (HTTP {r.status_code}: {r.text[:300]}); "
                         "start SGLang with --enable-lora and --max-lora-rank at least train.lora_r"
