@@ -8,7 +8,7 @@ adapters, so this strategy remembers what it loaded on each endpoint (a managed 
 starts empty); a name the server already holds (it refuses to load it again: "already exists"), from before
 a resume or from ``maft transfer``, is the same run's same weights (names carry the weights' fingerprint) and
 is used as it is, after the canary. SGLang does not run on this project's CPU-only machines: this kind is
-documented but has no test against a real server here.
+tested against a stand-in of that HTTP surface only (tests/test_sglang.py), never a real server.
 """
 
 from __future__ import annotations
