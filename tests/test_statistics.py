@@ -382,6 +382,7 @@ def test_several_seeds_average_their_diversity_and_sum_their_compute():
     assert mean is not None and mean.answer_agreement == pytest.approx(0.3) and mean.consensus == 0.5
     assert mean.kl is None and mean.kl_from_base_by_role == {"gen_0": 2.0} and mean.agents == 2
     assert _mean_diversity([None, None]) is None
+    assert _mean_diversity([d(0.2, 0.1, None), None]) is None  # a seed without diversity: no mean, as documented
     total = _summed([Compute(test_generated_tokens=5, seconds=1.5), Compute(test_generated_tokens=7, seconds=2.0)])
     assert total == Compute(test_generated_tokens=12, seconds=3.5)
 

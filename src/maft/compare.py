@@ -415,7 +415,9 @@ def _summed(computes: list[Compute]) -> Compute:
 def _mean_diversity(values: list[Diversity | None]) -> Diversity | None:
     """The mean of each measure over the seeds (None where a seed lacks it); None if a seed has no diversity."""
     present = [v for v in values if v is not None]
-    if len(values) == 1 or len(present) < len(values):
+    if len(present) < len(values):
+        return None
+    if len(values) == 1:
         return values[0]
     out: dict[str, Any] = present[0].model_dump()
     for key, value in out.items():
