@@ -5,7 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from maft.tasks import grading
-from maft.tasks.grading import equivalent, extract_answer, last_boxed, normalize, to_number
+from maft.tasks.grading import choice_letter, equivalent, extract_answer, last_boxed, normalize, to_number
 
 # --- extraction -----------------------------------------------------------------------------
 
@@ -237,3 +237,46 @@ def test_extraction_is_linear_in_unclosed_boxes():
     assert last_boxed(text) is None and extract_answer(text, fallback=False) is None
     assert last_boxed("\\boxed{" * 50_000 + "\\boxed{7}") == "7"
     assert last_boxed("\\boxed{3}" + "\\boxed{" * 50_000) == "3"
+
+
+@pytest.mark.parametrize(
+    "response, gold",
+    [
+        (r"so \boxed{18 \text{ dollars}}", "18"),
+        (r"\boxed{18\,\text{km}}", "18"),
+        (r"\boxed{18 hours}", "18"),
+        ("#### 18 dollars", "18"),
+        (r"\boxed{3 \times 6 = 18}", "18"),
+        (r"\boxed{1{,}000}", "1000"),
+        (r"\boxed{+18}", "18"),
+        ("#### $1,000", "1000"),
+    ],
+)
+def test_a_numeric_answer_is_the_number_stated_whatever_surrounds_it(response, gold):
+    """Units, an equation before the number, LaTeX's {,} and a plus sign (GSM8K answers from instruction models);
+    before, each compared as text and graded wrong, and split the vote from a bare "18"."""
+    assert equivalent(extract_answer(response), gold, "numeric")
+
+
+@pytest.mark.parametrize("kind", ["numeric", "math"])
+def test_a_list_is_not_one_number_with_thousands_separators(kind):
+    assert not equivalent("3, 125", "3125", kind) and not equivalent("0, 100", "100", kind)
+    assert equivalent("1,000", "1000", kind) and equivalent("12,345.5", "12345.5", kind)
+
+
+def test_integers_compare_exactly_and_json_numbers_in_exponent_form_are_numbers():
+    assert not equivalent("1000000", "1000001", "numeric")  # within 1e-6 relative, but other integers
+    assert equivalent("0.1000000001", "0.1", "numeric")  # decimals keep the tolerance
+    assert equivalent("1e-05", "0.00001", "numeric") and equivalent("2.5E3", "2500", "math")  # str(0.00001)
+
+
+def test_a_markdown_heading_after_hashes_is_not_the_answer():
+    text = "#### Step 1: Find the cost\n3*2 = 6.\n#### Step 2: Total\nSo the total is 6 + 4 = 10 dollars."
+    assert extract_answer(text) == "10"
+    assert extract_answer("so #### 42") == "42" and extract_answer("#### -3.5") == "-3.5"
+
+
+def test_an_article_is_not_an_option_letter_and_bold_letters_are():
+    assert choice_letter("a mitochondrion") is None and choice_letter("A. a mitochondrion") == "A"
+    assert choice_letter(r"\mathbf{B}") == "B" and choice_letter(r"\textit{(c)}") == "C"
+    assert choice_letter("(b) 42") == "B" and choice_letter("b.") == "B" and choice_letter("d") == "D"

@@ -96,6 +96,16 @@ def test_gsm8k_from_file():
     )
 
 
+def test_a_gsm8k_row_whose_answer_is_neither_a_solution_nor_a_number_is_refused(tmp_path):
+    """MetaMath-style "The answer is: 42" without GSM8K's "####" would become whole-text gold that nothing equals."""
+    path = tmp_path / "gsm8k.jsonl"
+    path.write_text(json.dumps({"question": "q?", "answer": "So 6 + 36 = 42. The answer is: 42"}) + "\n")
+    with pytest.raises(ValueError, match="neither a GSM8K solution ending in '#### <number>' nor a number"):
+        GSM8KTask(path=str(path)).problems()
+    path.write_text(json.dumps({"question": "q?", "answer": "1,042"}) + "\n")  # just the final number: fine
+    assert GSM8KTask(path=str(path)).problems()["all"][0].answer == "1042"
+
+
 def test_gsm8k_too_few_problems():
     with pytest.raises(ValueError, match="only 12 exist"):
         GSM8KTask(path=GSM8K).splits(10, 5)
@@ -217,6 +227,7 @@ def test_jsonl_choice_and_grader_from_file(tmp_path):
     assert first.id == "jsonl-0" and first.answer == "C" and second.answer == "B"
     assert "C. 7" in first.question
     assert "letter" in task.prompt(first)
+    assert task.answer_format == r"\boxed{letter}"  # what the critic messages of rounds > 1 ask for too
     assert task.is_correct(task.extract(r"The answer is \boxed{(c)}"), first)
     assert not task.is_correct(task.extract(r"\boxed{A}"), first)
 

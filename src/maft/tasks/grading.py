@@ -3,8 +3,9 @@
 Three grader kinds:
 
 - ``numeric``: both answers parsed as exact numbers (fractions allowed; no float overflow), equal
-  within a relative tolerance of 1e-6 (absolute 1e-9); answers that are not numbers compare as
-  normalised strings.
+  exactly where both are integers, else within a relative tolerance of 1e-6 (absolute 1e-9); answers that
+  are not numbers compare as normalised strings. A stated number's unit, sign or equation around it is
+  dropped first (:func:`normalize`).
 - ``math``: normalised string equality, then numbers as above, then symbolic equivalence with
   ``math_verify``, run in a worker process under a hard timeout (:data:`MATH_VERIFY_TIMEOUT`) that
   also works off the main thread. A check that times out counts as "not equivalent", and so does an
@@ -49,6 +50,8 @@ REL_TOL, ABS_TOL = Fraction(1, 10**6), Fraction(1, 10**9)
 # Extraction
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)")
+#: How a stated final answer starts (after GSM8K's ``####``): a number, maybe signed or in dollars, or a lone option
+_STATED_RE = re.compile(r"[-+]?\\?\$?\s*\.?\d|\(?[A-Ea-e]\)?\.?$")
 _NUMBER_RE = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|-?\.\d+")
 
 
@@ -106,7 +109,8 @@ def extract_answer(text: str, fallback: bool = True) -> str | None:
     """The final answer in a response, or None (an abstention).
 
     In order: the last ``\\boxed{...}``; then, with ``fallback`` (arithmetic, GSM8K, numeric and
-    choice files), the rest of the line after the last ``####`` (GSM8K), else the last number in the
+    choice files), the rest of the line after the last ``####`` (GSM8K) where it starts with a number or is a
+    lone option letter (not a markdown heading such as ``#### Step 2: Total``), else the last number in the
     text. Without ``fallback`` (MATH, math files: the authors' grader needs a boxed answer) a response
     with no complete ``\\boxed{}`` abstains.
     """
@@ -115,7 +119,7 @@ def extract_answer(text: str, fallback: bool = True) -> str | None:
         return boxed
     if "####" in text:
         after = _clean(text.rsplit("####", 1)[1].split("\n", 1)[0])
-        if after is not None:
+        if after is not None and _STATED_RE.match(after):
             return after
     numbers = _NUMBER_RE.findall(text)
     return numbers[-1].replace(",", "") if numbers else None
@@ -124,29 +128,41 @@ def extract_answer(text: str, fallback: bool = True) -> str | None:
 # ---------------------------------------------------------------------------------------------
 # Normalisation
 
-_TEXT_RE = re.compile(r"\\(?:text|textbf|textrm|mathrm|mbox)\s*\{([^{}]*)\}")
+_TEXT_RE = re.compile(r"\\(?:text|textbf|textrm|textit|mathrm|mathbf|mathit|mbox)\s*\{([^{}]*)\}")
 _THOUSANDS_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _PREFIX_RE = re.compile(r"^[A-Za-z]\w{0,2}=")  # "x=", "ans=", but only with a single "="
 _REMOVE = ("\\left", "\\right", "\\!", "\\,", "\\;", "\\:", "\\$", "\\%", "^{\\circ}", "^\\circ", "\\circ", "$", "%")
 
 
 def normalize(answer: str, kind: GraderKind = "math") -> str:
-    """Light, kind-aware normalisation used before comparing answers as strings or numbers."""
-    s = _TEXT_RE.sub(r"\1", answer)
+    """Light, kind-aware normalisation used before comparing answers as strings or numbers.
+
+    Thousands separators (``1,000``, LaTeX's ``1{,}000``) go, but not the comma of a list (``3, 125``). For
+    ``numeric`` (GSM8K, arithmetic, numeric files: the answer is one number), also what surrounds the number a
+    response states: a leading ``+``, what comes before the last ``=`` (``3 \\times 6 = 18``) and a unit after it
+    (``18 \\text{ dollars}``, ``18 km``)."""
+    s = _TEXT_RE.sub(r"\1", answer).replace("{,}", ",")
     for token in _REMOVE:
         s = s.replace(token, "")
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    thousands = _THOUSANDS_RE.fullmatch(s.strip().removesuffix("."))  # before spaces go: "3, 125" is a list
     s = re.sub(r"\s+", "", s).removesuffix(".")
-    if _THOUSANDS_RE.fullmatch(s):
+    if thousands:
         s = s.replace(",", "")
     if kind == "choice":
         return s.upper()
+    if kind == "numeric":
+        s = s.rsplit("=", 1)[-1].removeprefix("+")
+        unit = _UNIT_RE.fullmatch(s)
+        return unit.group(1) if unit else s
     if s.count("=") == 1 and _PREFIX_RE.match(s):
         s = s.split("=", 1)[1]
     return s
 
 
-_DECIMAL = r"-?(?:\d+(?:\.\d*)?|\.\d+)"
+_DECIMAL = r"-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d{1,3})?"  # 1e-05: how a JSON number prints
+#: A number and a unit in words after it (``18dollars`` once spaces are gone, ``5km``)
+_UNIT_RE = re.compile(rf"({_DECIMAL})([A-Za-z]+)")
 _FRACTION_RES = (
     re.compile(rf"({_DECIMAL})/({_DECIMAL})"),
     re.compile(rf"\\frac\{{({_DECIMAL})\}}\{{({_DECIMAL})\}}"),
@@ -182,8 +198,10 @@ def to_number(answer: str) -> Fraction | None:
 
 def choice_letter(answer: str) -> str | None:
     """The option letter (A-E, upper case) in answers like ``B``, ``(b)``, ``B.``, ``(B) 42``."""
-    m = re.match(r"\(?([A-Ea-e])(?:$|[).:\s])", _TEXT_RE.sub(r"\1", answer).strip().strip("$").strip())
-    return m.group(1).upper() if m else None
+    text = _TEXT_RE.sub(r"\1", answer).strip().strip("$").strip()
+    # a lower-case letter before more words is an article ("a mitochondrion"), not option A
+    m = re.match(r"\(([A-Ea-e])\)|([A-E])(?:$|[).:\s])|([a-e])(?:$|[).:]\s*$)", text)
+    return next(g for g in m.groups() if g).upper() if m else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,7 +209,10 @@ def choice_letter(answer: str) -> str | None:
 
 
 def _numbers_equal(x: Fraction, y: Fraction) -> bool:
-    """Equal within a relative tolerance of REL_TOL (absolute ABS_TOL), computed exactly."""
+    """Two integers: equal exactly (1000000 is not 1000001). Otherwise equal within a relative tolerance of
+    REL_TOL (absolute ABS_TOL), computed exactly."""
+    if x.denominator == 1 and y.denominator == 1:
+        return x == y
     return abs(x - y) <= max(REL_TOL * max(abs(x), abs(y)), ABS_TOL)
 
 

@@ -8,6 +8,7 @@ final number); an optional ``id`` is kept.
 from __future__ import annotations
 
 from maft.tasks.base import Problem
+from maft.tasks.grading import normalize, to_number
 from maft.tasks.loading import DatasetTask, Row, load_hub, require_fields, row_id
 
 
@@ -32,4 +33,9 @@ class GSM8KTask(DatasetTask):
         answer = gsm8k_answer(solution)
         if not answer:
             raise ValueError(f"{self.name}: {where} has an empty final answer: {solution!r}")
+        if "####" not in solution and to_number(normalize(answer, "numeric")) is None:
+            raise ValueError(
+                f"{self.name}: {where}: the answer {solution[:80]!r} is neither a GSM8K solution ending in "
+                "'#### <number>' nor a number; rewrite it so, or use task jsonl with its own grader"
+            )
         return Problem(id=row_id(row, default_id), question=row["question"], answer=answer, meta={"solution": solution})

@@ -67,6 +67,8 @@ class JsonlTask(DatasetTask):
             raise ValueError(f"jsonl: unknown grader {grader!r}; expected one of {', '.join(GRADERS)}")
         self.grader = grader
         self.answer_fallback = grader != "math"  # math answers must be boxed, as for the MATH task
+        if grader == "choice":  # also asked for in the critic messages of rounds > 1
+            self.answer_format = CHOICE_FORMAT
 
     def to_problem(self, row: Row, default_id: str, where: str) -> Problem:
         require_fields(row, ("question", "answer"), self.name, where)

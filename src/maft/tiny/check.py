@@ -29,8 +29,19 @@ class TinyCheck(BaseModel):
 
 def check(engine: Engine, task: Task, problems: list[Problem], seed: int = 0, progress: bool = False) -> TinyCheck:
     """Three agents answer (round 1); each then sees the others' answers digest and answers again (round 2)."""
-    turns = debate(engine, task, problems, agents=3, rounds=2, sampling=Sampling(), seed=seed, progress=progress)
-    metrics = debate_metrics(turns, task, problems, VoteRule(seed=seed))
+    rule = VoteRule(seed=seed)  # a run's default: a truncated response abstains, in the digest too
+    turns = debate(
+        engine,
+        task,
+        problems,
+        agents=3,
+        rounds=2,
+        sampling=Sampling(),
+        seed=seed,
+        progress=progress,
+        answer_of=rule.answer,
+    )
+    metrics = debate_metrics(turns, task, problems, rule)
     greedy = evaluate(engine, task, problems, samples=1, sampling=Sampling(temperature=0), seed=seed, progress=progress)
     return TinyCheck(
         n=len(problems),
