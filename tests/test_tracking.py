@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -81,12 +82,31 @@ def test_streams_are_grouped_per_run_and_role(tmp_path):
     run = tmp_path / "runs" / "r7"
     x = ExecutionConfig(report_to=["tensorboard"])
     role = Tracking.of(x, run, "gen_1/iter_2")
-    assert role is not None and role.run == "r7" and role.name == "r7/gen_1/iter_2"
+    assert role is not None and re.fullmatch(r"r7-[0-9a-f]{6}", role.run) and role.name == f"{role.run}/gen_1/iter_2"
     assert Path(role.logdir) == run / "tracking" / "gen_1" / "iter_2"
-    elsewhere = Tracking.of(x.model_copy(update={"tracking_dir": str(tmp_path / "tb")}), run, SOCIETY)
-    assert elsewhere is not None and Path(elsewhere.logdir) == tmp_path / "tb" / "society"
+    shared = x.model_copy(update={"tracking_dir": str(tmp_path / "tb")})
+    elsewhere = Tracking.of(shared, run, SOCIETY)
+    assert elsewhere is not None and Path(elsewhere.logdir) == tmp_path / "tb" / role.run / "society"
     args = trainer_arguments(role)
-    assert args["report_to"] == ["tensorboard"] and args["run_name"] == "r7/gen_1/iter_2"
+    assert args["report_to"] == ["tensorboard"] and args["run_name"] == f"{role.run}/gen_1/iter_2"
+
+
+def test_two_runs_never_share_a_name_or_a_tensorboard_folder(tmp_path):
+    """Every method of a comparison with seeds has a seed_0, two comparisons each a maft: distinct names in the
+    trackers, and in a shared tracking_dir a run clearing its role's folder leaves the other run's alone."""
+    x = ExecutionConfig(report_to=["tensorboard"], tracking_dir=str(tmp_path / "tb"))
+    roots = [tmp_path / "cmp" / "maft" / "seed_0", tmp_path / "cmp" / "star" / "seed_0", tmp_path / "cmp2" / "maft"]
+    streams = [Tracking.of(x, root, "gen_0/iter_1") for root in roots]
+    assert all(t is not None for t in streams)
+    names = [t.name for t in streams if t is not None]
+    assert len(set(names)) == 3 and names[0].startswith("maft/seed_0-") and names[1].startswith("star/seed_0-")
+    assert Tracking.of(x, tmp_path / "cmp3" / "maft", SOCIETY).run != Tracking.of(x, roots[2], SOCIETY).run
+    first, second = streams[0], streams[1]
+    assert first is not None and second is not None and first.logdir != second.logdir
+    Path(first.logdir).mkdir(parents=True)
+    (Path(first.logdir) / "events.out.tfevents.1").write_text("run A's losses")
+    second.fresh()
+    assert (Path(first.logdir) / "events.out.tfevents.1").is_file()
 
 
 def test_wandb_gets_the_trainers_losses_from_maft_not_from_transformers(tmp_path):

@@ -21,12 +21,13 @@ What is logged, and where:
   data sizes, losses, diversity, compute) at step = the iteration (0: the base model), once each: logged when
   the iteration's ``metrics`` stage finishes, so a resumed run logs only the iterations it computes.
 
-How it is grouped (the run's name is the run directory's name, e.g. ``20260101-120000``):
+How it is grouped (the run's name, :func:`run_name`, is the run directory's name and six hex digits of its path,
+e.g. ``20260101-120000-3fa2c1``, or ``maft/seed_0-9b01de`` for one seed of a comparison):
 
-- tensorboard: event files under ``<tracking_dir>/<stream>/`` (``execution.tracking_dir``, default
-  ``<run>/tracking``): ``tracking/society/``, ``tracking/gen_0/iter_1/``, ...; ``tensorboard --logdir
-  <run>/tracking`` shows each stream as a run. A role trained again (its stage redone after a crash) starts its
-  directory afresh.
+- tensorboard: event files under ``<run>/tracking/<stream>/``: ``tracking/society/``, ``tracking/gen_0/iter_1/``,
+  ...; ``tensorboard --logdir <run>/tracking`` shows each stream as a run. With ``execution.tracking_dir`` (a
+  folder several runs may share) under ``<tracking_dir>/<run's name>/<stream>/``. A role trained again (its stage
+  redone after a crash) starts its directory afresh.
 - trackio, wandb: project ``maft``, group = the run's name, run name = ``<run>/<stream>``. They keep their own
   stores (trackio: local, ``TRACKIO_DIR``; wandb: its server, or ``WANDB_MODE=offline``).
 - mlflow: experiment ``maft``, run name = ``<run>/<stream>``, tag ``maft.run`` = the run's name; the store is
@@ -43,6 +44,7 @@ the training process (:func:`set_trainer_environment`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -80,9 +82,9 @@ class Tracking:
     """Where one stream of metrics goes (module docstring): a role's training or the society's iterations."""
 
     report_to: tuple[str, ...]  # the backends (never empty)
-    run: str  # the run's name: the run directory's name
+    run: str  # the run's name (run_name)
     stream: str  # "society" or "<role>/iter_<l>"
-    logdir: str  # tensorboard's event files: <tracking_dir>/<stream>
+    logdir: str  # tensorboard's event files: <run>/tracking/<stream>, or <tracking_dir>/<run's name>/<stream>
 
     @classmethod
     def of(cls, execution: ExecutionConfig, root: Path, stream: str) -> Tracking | None:
@@ -90,8 +92,10 @@ class Tracking:
         chosen = backends(execution)
         if not chosen:
             return None
-        base = Path(execution.tracking_dir).expanduser() if execution.tracking_dir else root / "tracking"
-        return cls(chosen, root.absolute().name, stream, str((base / stream).absolute()))
+        run = run_name(root)
+        # a tracking_dir may be shared by several runs: each writes (and clears) only its own folder there
+        base = Path(execution.tracking_dir).expanduser() / run if execution.tracking_dir else root / "tracking"
+        return cls(chosen, run, stream, str((base / stream).absolute()))
 
     @property
     def name(self) -> str:
@@ -103,6 +107,15 @@ class Tracking:
         if "tensorboard" in self.report_to:
             shutil.rmtree(self.logdir, ignore_errors=True)
         return self
+
+
+def run_name(root: Path) -> str:
+    """A run's name in the trackers: its directory's name (with the method's, for one seed of a comparison:
+    ``maft/seed_0``) and six hex digits of its absolute path, so that two runs never share one (every method of a
+    comparison with seeds has a ``seed_0``; two comparisons each have a ``maft``)."""
+    root = Path(root).absolute()
+    readable = f"{root.parent.name}/{root.name}" if root.name.startswith("seed_") else root.name
+    return f"{readable}-{hashlib.sha256(str(root).encode()).hexdigest()[:6]}"
 
 
 def role_stream(role: str, iteration: int) -> str:
