@@ -130,5 +130,6 @@ def test_openai_path_needs_a_url():
 def test_gpu_bandwidth_by_name():
     assert gpu_bandwidth_gbs("NVIDIA H100 80GB HBM3") == 3350
     assert gpu_bandwidth_gbs("NVIDIA H200") == 4800
+    assert gpu_bandwidth_gbs("NVIDIA L40") == 864 and gpu_bandwidth_gbs("NVIDIA L4") == 300
     assert gpu_bandwidth_gbs("NVIDIA A100-SXM4-80GB") == 2039
     assert gpu_bandwidth_gbs("a mystery card") is None

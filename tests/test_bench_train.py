@@ -154,6 +154,9 @@ def test_peak_flops_by_name():
     assert peak_flops("NVIDIA H200") == 989e12
     assert peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
     assert peak_flops("a mystery card") is None
+    assert peak_flops("NVIDIA L40") == 181e12 and peak_flops("NVIDIA L4") == 121e12  # whole names: L4 is not L40
+    # a path that trains in fp32 (full finetuning under --bf16 auto) is measured against the fp32 peak
+    assert peak_flops("NVIDIA H100 80GB HBM3", bf16=False) == 67e12 and peak_flops("NVIDIA L40", bf16=False) == 90.5e12
 
 
 def test_full_finetuning_that_cannot_fit_is_skipped():

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 import platform
+import re
 import resource
 import shutil
 import sys
@@ -78,6 +79,7 @@ BANDWIDTH_GBS: tuple[tuple[str, float], ...] = (
     ("A100-SXM4-80GB", 2039.0),
     ("A100", 1555.0),  # 40 GB
     ("L40S", 864.0),
+    ("L40", 864.0),
     ("L4", 300.0),
     ("A10G", 600.0),
     ("RTX 4090", 1008.0),
@@ -527,9 +529,14 @@ def _run_isolated(path: str, setup: Setup, cfg: BenchConfig) -> dict[str, Any]:
 
 
 # -- the benchmark ----------------------------------------------------------------------------------------
+def by_gpu_name(table: Sequence[tuple[str, float]], name: str) -> float | None:
+    """The first entry of ``table`` whose key is in the GPU's name as whole words (``L4`` is not ``NVIDIA L40``)."""
+    return next((v for key, v in table if re.search(rf"(?<!\w){re.escape(key)}(?!\w)", name, re.IGNORECASE)), None)
+
+
 def gpu_bandwidth_gbs(name: str) -> float | None:
     """Memory bandwidth of a GPU by its name (``torch.cuda.get_device_name()``), or None when unknown."""
-    return next((bw for key, bw in BANDWIDTH_GBS if key.lower() in name.lower()), None)
+    return by_gpu_name(BANDWIDTH_GBS, name)
 
 
 def machine(device: str) -> dict[str, Any]:

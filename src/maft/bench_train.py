@@ -35,12 +35,13 @@ s in one timing on a 2-core CPU). Rates: examples/s and tokens/s over ``train`` 
 the tokens that go through the forward pass and are not padding: the ``input_ids`` TRL prepares for each example,
 summed (padding added to batch rows is not counted).
 
-On a GPU (or with ``peak_tflops``) each path gets its model FLOPs utilization: achieved FLOPs / peak dense bf16
-FLOPs. Achieved FLOPs count the matrix products of the parameters only (no attention score FLOPs, no recompute of
-gradient checkpointing): P is every parameter but an untied input embedding (a lookup, not a product), T the
-trainable LoRA parameters of one role. Full finetuning: 6 P per token (forward 2 P, backward 4 P). LoRA, counted
-honestly: forward 2 P, backward through the frozen base for the input gradients only 2 P, and the adapters
-6 T (their forward, input and weight gradients): (4 P + 6 T) per token.
+On a GPU (or with ``peak_tflops``) each path gets its model FLOPs utilization: achieved FLOPs / peak dense FLOPs of
+the precision it trained in (bf16; fp32 without TF32 for a path in fp32, e.g. full finetuning under ``--bf16 auto``;
+``peak_tflops`` for all). Achieved FLOPs count the matrix products of the parameters only (no attention score FLOPs,
+no recompute of gradient checkpointing): P is every parameter but an untied input embedding (a lookup, not a
+product), T the trainable LoRA parameters of one role. Full finetuning: 6 P per token (forward 2 P, backward 4 P).
+LoRA, counted honestly: forward 2 P, backward through the frozen base for the input gradients only 2 P, and the
+adapters 6 T (their forward, input and weight gradients): (4 P + 6 T) per token.
 
 Each path runs in a fresh process by default (``isolate``), so that its peak memory is its own (the peak
 resident set on a CPU, ``torch.cuda.max_memory_allocated`` on a GPU).
@@ -90,7 +91,20 @@ PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
     ("H100", 989e12),  # SXM
     ("A100", 312e12),
     ("L40S", 362e12),
+    ("L40", 181e12),
     ("L4", 121e12),
+)
+#: Peak fp32 FLOP/s (no TF32: torch's default matmul precision) of the same GPUs, for paths that train in fp32
+#: (full finetuning under ``--bf16 auto``); same datasheets.
+PEAK_FP32_FLOPS: tuple[tuple[str, float], ...] = (
+    ("H200", 67e12),
+    ("H100 NVL", 60e12),
+    ("H100 PCIe", 51e12),
+    ("H100", 67e12),
+    ("A100", 19.5e12),
+    ("L40S", 91.6e12),
+    ("L40", 90.5e12),
+    ("L4", 30.3e12),
 )
 
 
@@ -238,9 +252,9 @@ def utilization(flops: float, seconds: float, peak: float | None) -> float | Non
     return flops / seconds / peak if peak else None
 
 
-def peak_flops(gpu_name: str) -> float | None:
-    """Peak dense bf16 FLOP/s of a GPU by its name, or None when unknown."""
-    return next((f for key, f in PEAK_BF16_FLOPS if key.lower() in gpu_name.lower()), None)
+def peak_flops(gpu_name: str, bf16: bool = True) -> float | None:
+    """Peak dense bf16 (or, ``bf16=False``, fp32) FLOP/s of a GPU by its name, or None when unknown."""
+    return bench.by_gpu_name(PEAK_BF16_FLOPS if bf16 else PEAK_FP32_FLOPS, gpu_name)
 
 
 # -- the paths -------------------------------------------------------------------------------------------
@@ -452,7 +466,12 @@ def bench_train(cfg: TrainBenchConfig, workdir: str | Path | None = None, *, ech
         tokens = {role: role_tokens(work.model_dir, ex, lora_cfg, device) for role, ex in work.roles.items()}
         total_tokens = sum(tokens.values())
         info = machine(device)
-        peak = cfg.peak_tflops * 1e12 if cfg.peak_tflops else peak_flops(info["gpu"]) if "gpu" in info else None
+
+        def peak(bf16: bool) -> float | None:  # each path against the peak of the precision it trained in
+            if cfg.peak_tflops:
+                return cfg.peak_tflops * 1e12
+            return peak_flops(info["gpu"], bf16) if "gpu" in info else None
+
         examples = sum(len(ex) for ex in work.roles.values())
         rows: list[dict[str, Any]] = []
         omitted: dict[str, str] = {}
@@ -503,7 +522,7 @@ def bench_train(cfg: TrainBenchConfig, workdir: str | Path | None = None, *, ech
                     "tokens_per_s_total": total_tokens / total,
                     "flops": flops,
                     "tflops_per_s": flops / result["train"] / 1e12,
-                    "mfu": utilization(flops, result["train"], peak),
+                    "mfu": utilization(flops, result["train"], peak(result["bf16"])),
                     "peak_memory_mib": max(r["peak_memory_mib"] for r in runs[path]),
                     "memory_scope": result["memory_scope"],
                     "bf16": result["bf16"],
@@ -533,7 +552,8 @@ def bench_train(cfg: TrainBenchConfig, workdir: str | Path | None = None, *, ech
         return {
             "config": asdict(cfg),
             "machine": info,
-            "peak_flops": peak,
+            "peak_flops": peak(True),  # bf16's; a path that trained in fp32 (its row's bf16) used peak_flops_fp32
+            "peak_flops_fp32": peak(False),
             "model": {
                 "name": cfg.shape,
                 "dtype": "bfloat16" if element_bytes == 2 else "float32",  # the LoRA paths'; each row says its own
