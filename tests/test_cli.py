@@ -258,3 +258,33 @@ def test_transfer_debates_another_task_and_evaluate_run_is_its_deprecated_alias(
     assert res.exit_code == 0, res.output
     assert f"maft evaluate --run is deprecated: use maft transfer {root}" in res.output
     assert "finished earlier, kept" in res.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["evaluate", "--n", "2", "--model", "/no/such/model"], "/no/such/model"),
+        (["evaluate", "--n", "2", "--device", "cuda:7"], "execution.device 'cuda:7'"),
+        (["tiny", "check", "--n", "2", "--model", "/no/such/model"], "/no/such/model"),
+        (["tiny", "train", "--out", "{tmp}/t", "--config", "{tmp}/missing.yaml"], "missing.yaml"),
+        (["tiny", "train", "--out", "{tmp}/t", "--config", "{tmp}/typo.yaml"], "step"),  # "step: 5", not steps
+        (["tiny", "train", "--out", "{tmp}/t", "--lr", "0"], "lr"),
+        (["bench", "train", "--out", "{tmp}"], "is a folder"),  # refused before the benchmark runs
+        (["bench", "generate", "--out", "{tmp}"], "is a folder"),
+        (["bench", "generate", "--top-p", "0"], "--top-p must be in (0, 1]"),
+        (["run", "--out", "{tmp}/r", "--set", "train.lora_target_modules=q_proj("], "not a regular expression"),
+    ],
+)
+def test_bad_input_is_one_error_line_before_compute(tmp_path, args, message):
+    (tmp_path / "typo.yaml").write_text("step: 5\n")
+    result = CliRunner().invoke(app, [a.format(tmp=tmp_path) for a in args])
+    output = " ".join(result.output.split())
+    assert result.exit_code == 2, result.output
+    assert "error:" in output and message in output and "Traceback" not in output
+    assert not (tmp_path / "t").exists() and not (tmp_path / "r").exists()
+
+
+def test_compare_methods_may_have_spaces_after_commas(tmp_path):
+    """ "maft, star" names maft and star (the unknown one below is the only method refused; before, " star" was)."""
+    result = CliRunner().invoke(app, ["compare", "--out", str(tmp_path / "c"), "--methods", "maft, star,  nosuch"])
+    assert result.exit_code == 2 and "unknown method(s) nosuch;" in " ".join(result.output.split())

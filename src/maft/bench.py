@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import re
 import resource
@@ -131,6 +132,8 @@ class BenchConfig:
             raise BenchError("agents, prompts, new_tokens, batch_size and concurrency must be >= 1")
         if self.server_kind not in SERVER_KINDS:
             raise BenchError(f"unknown server kind {self.server_kind!r}; accepted: {', '.join(SERVER_KINDS)}")
+        if not 0 < self.top_p <= 1 or self.temperature < 0:
+            raise BenchError(f"--top-p must be in (0, 1] and --temperature >= 0 (got {self.top_p}, {self.temperature})")
         if "openai" in self.paths and not self.url:
             raise BenchError("the openai path needs --url (the server's base URL, e.g. http://127.0.0.1:8000/v1)")
         if self.model not in SHAPES and self.model != "tiny" and not (Path(self.model) / "config.json").is_file():
@@ -693,6 +696,16 @@ def markdown(result: dict[str, Any]) -> str:
             f"{r['seconds_per_round']:.2f} | {ratio} | {r['peak_memory_mib']:.0f} | {r['note']} |"
         )
     return "\n".join(lines)
+
+
+def check_out(out: str | Path) -> None:
+    """Refuse, before a benchmark runs, a result path that cannot be written (a folder, an unwritable place)."""
+    out = Path(out)
+    if out.is_dir():
+        raise BenchError(f"--out {out} is a folder; name the JSON file to write, e.g. {out / 'bench.json'}")
+    parent = next((p for p in [out.parent, *out.parent.parents] if p.exists()), Path("."))
+    if not os.access(parent, os.W_OK):
+        raise BenchError(f"--out {out}: {parent} is not writable here")
 
 
 def write(result: dict[str, Any], out: str | Path) -> Path:

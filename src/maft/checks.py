@@ -112,9 +112,17 @@ def check_lora_targets(targets: Sequence[str] | str, names: Sequence[str]) -> No
     if targets == "all-linear":
         return
     if isinstance(targets, str):
-        if not any(re.fullmatch(targets, n) for n in names):
+        try:
+            pattern = re.compile(targets)
+        except re.error as e:
             raise SetupError(
-                f"train.lora_target_modules {targets!r} (a regular expression) matches no module of the model"
+                f"train.lora_target_modules {targets!r} is not a regular expression ({e}); for module names give a "
+                "list, e.g. [q_proj, v_proj]"
+            ) from None
+        if not any(pattern.fullmatch(n) for n in names):
+            raise SetupError(
+                f"train.lora_target_modules {targets!r} (a regular expression: the whole module name must match) "
+                f"matches no module of the model; for module names give a list, e.g. [{targets}], or use all-linear"
             )
         return
     leaves = sorted({n.rsplit(".", 1)[-1] for n in names})

@@ -15,7 +15,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console, ConsoleDimensions
@@ -27,6 +27,9 @@ from maft.baselines import DEFAULT_METHODS, METHODS
 from maft.engines.openai import EngineError
 from maft.servers import ServerError
 from maft.tasks import task_names
+
+if TYPE_CHECKING:
+    from maft.engines.hf import HFEngine
 
 app = typer.Typer(help="maft: multiagent finetuning of language models.", no_args_is_help=True, add_completion=False)
 tiny_app = typer.Typer(help="The embedded default model: pretrain it, check it.", no_args_is_help=True)
@@ -126,7 +129,6 @@ def evaluate(
         _transfer(run, task, n, _task_options(option), iteration, quiet=False)
         return
     from maft.engines import Engine, Sampling
-    from maft.engines.hf import HFEngine
     from maft.evaluation.single_agent import evaluate as run_evaluation
     from maft.tasks import DatasetUnavailableError, get_task
     from maft.tiny import default_checkpoint
@@ -142,7 +144,7 @@ def evaluate(
         _fail(str(e))
     start = time.perf_counter()
     if url:
-        from maft.config import load_config
+        from maft.config import ConfigError, load_config
         from maft.engines.openai import OpenAIEngine
         from maft.serving import check_serving
 
@@ -160,14 +162,19 @@ def evaluate(
                     ],
                 )
             )
-        except ServerError as e:
+        except (ServerError, ConfigError) as e:
             _fail(str(e))
         engine: Engine = OpenAIEngine(url, served, concurrency=concurrency)
         model_name = served
     else:
-        engine = hf = HFEngine(model, device=device, batch_size=batch_size)
+        engine = hf = _hf_engine(model, device=device, batch_size=batch_size)
         model_name = hf.model_name
-    result = run_evaluation(engine, the_task, problems, samples=samples, sampling=sampling, seed=seed, progress=True)
+    try:
+        result = run_evaluation(
+            engine, the_task, problems, samples=samples, sampling=sampling, seed=seed, progress=True
+        )
+    except EngineError as e:  # a server that failed mid-way (after its retries)
+        _fail(str(e))
     seconds = time.perf_counter() - start
     table = Table(title=f"{task}: {n} test problems, {samples} sample(s) each, T={temperature}, top_p={top_p}")
     table.add_column("metric")
@@ -275,9 +282,24 @@ def _write_report(source: Path) -> Path | None:
         return None
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     console.print(f"[red]error:[/red] {escape(message)}")
     raise typer.Exit(code=2)
+
+
+def _hf_engine(model: str | None, **kwargs: Any) -> HFEngine:
+    """The in-process engine, or one error line: a model that is not there, has no chat template, or a device this
+    machine lacks."""
+    from maft.checks import SetupError, check_device
+    from maft.engines.hf import HFEngine
+
+    try:
+        check_device(kwargs.get("device", "auto"))
+        return HFEngine(model, **kwargs)
+    except OSError as e:
+        _fail(_os_message(e) if e.filename else f"cannot load model {model}: {e}")
+    except (ValueError, SetupError) as e:
+        _fail(str(e))
 
 
 #: OSErrors about files, not about maft: a full disk or quota, no permission, a read-only or failing filesystem.
@@ -470,7 +492,8 @@ def compare(
 
     start = time.perf_counter()
     try:
-        cfg = load_compare_config(config, set_, methods.split(",") if methods else None, _seeds(seeds))
+        names = [m.strip() for m in methods.split(",") if m.strip()] if methods else None  # "maft, star" too
+        cfg = load_compare_config(config, set_, names, _seeds(seeds))
         results = run_compare(cfg, out, console=console, progress=not quiet)
     except OSError as e:
         _fail(_os_message(e))
@@ -528,10 +551,10 @@ def tiny_train(
 ) -> None:
     """Pretrain the tiny model with maft's recipe (from scratch, or continuing a checkpoint)."""
     import yaml
+    from pydantic import ValidationError
 
     from maft.tiny.recipe import RecipeConfig, pretrain
 
-    base = yaml.safe_load(config.read_text()) if config else {}
     given = {
         "steps": steps,
         "seed": seed,
@@ -539,7 +562,13 @@ def tiny_train(
         "lr": lr,
         "init_from": str(init_from) if init_from else None,
     }
-    cfg = RecipeConfig(**{**base, **{k: v for k, v in given.items() if v is not None}})
+    try:
+        base = yaml.safe_load(config.read_text()) if config else {}
+        cfg = RecipeConfig(**{**(base or {}), **{k: v for k, v in given.items() if v is not None}})
+    except OSError as e:
+        _fail(_os_message(e))
+    except (yaml.YAMLError, TypeError, ValidationError) as e:
+        _fail(f"recipe config {config or '(options)'}: {e}")
     start = time.perf_counter()
     pretrain(cfg, out)
     console.print(f"saved {out} after {cfg.steps} steps in {time.perf_counter() - start:.0f} s", markup=False)
@@ -552,13 +581,12 @@ def tiny_check(
     seed: int = 0,
 ) -> None:
     """Sampled, greedy, majority-of-3 and round-2 debate accuracy on held-out arithmetic problems."""
-    from maft.engines.hf import HFEngine
     from maft.tasks import get_task
     from maft.tiny.check import check
 
     task = get_task("arithmetic")
     start = time.perf_counter()
-    result = check(HFEngine(model), task, task.splits(0, n, seed=seed).test, seed=seed, progress=True)
+    result = check(_hf_engine(model), task, task.splits(0, n, seed=seed).test, seed=seed, progress=True)
     table = Table(title=f"tiny model on {n} held-out arithmetic problems")
     table.add_column("metric")
     table.add_column("accuracy % ± SE", justify="right")
@@ -620,6 +648,7 @@ def bench_generate_command(
         BenchConfig,
         BenchError,
         bench_generate,
+        check_out,
         parse_paths,
         table,
         write,
@@ -646,6 +675,7 @@ def bench_generate_command(
             threads=threads,
         )
         cfg.check()
+        check_out(out)
     except BenchError as e:
         _fail(str(e))
     start = time.perf_counter()
@@ -689,7 +719,7 @@ def bench_train_command(
 ) -> None:
     """One iteration's finetuning (R roles x E examples, one epoch) on each path: examples/s, tokens/s,
     set-up and training seconds, concurrent over sequential speedup, MFU on a GPU, peak memory."""
-    from maft.bench import BenchError, write
+    from maft.bench import BenchError, check_out, write
     from maft.bench_train import TrainBenchConfig, bench_train, markdown, parse_paths, table
 
     try:
@@ -711,6 +741,7 @@ def bench_train_command(
             bf16=bf16,
         )
         cfg.check()
+        check_out(out)
         start = time.perf_counter()
         result = bench_train(cfg, echo=console.print)
     except BenchError as e:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import (
     AutoModelForCausalLM,
@@ -42,6 +42,8 @@ class ModelShape(BaseModel):
 
 class RecipeConfig(BaseModel):
     """Everything that determines the pretrained checkpoint."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt key ("step: 5") is refused, not trained past
 
     steps: int = Field(7000, ge=1)
     batch_size: int = Field(32, ge=1)
