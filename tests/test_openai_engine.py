@@ -212,6 +212,15 @@ def test_merged_agents_served_by_path_and_checked_by_the_canary(server, tmp_path
     assert engine.names["gen_0"] != str(first) and not first.exists()  # the old copy is gone
     retrained = texts(engine, [Request(request.messages, adapter="gen_0", sampling=GREEDY)])[0]
     assert retrained != agent
+    # a fully finetuned agent is served from its own folder, through a link named for its weights
+    import shutil
+    from pathlib import Path
+
+    shutil.copytree(TINY, root / "iter_1" / "agents" / "gen_1")  # a full checkpoint (here: the base model's weights)
+    engine.serve(Agents(1, {"gen_1": root / "iter_1/agents/gen_1"}))
+    link = Path(engine.names["gen_1"])
+    assert link.is_symlink() and link.resolve() == (root / "iter_1/agents/gen_1").resolve()
+    assert texts(engine, [Request(request.messages, adapter="gen_1", sampling=GREEDY)])[0] == base
     # transformers serve gives text only: an agent that answers as the base model is reported, not refused
     engine.serve(Agents(1, {"critic_0": root / "iter_1/agents/critic_0"}))
     assert "critic_0 answer the canary as the base model" in capsys.readouterr().out
