@@ -268,15 +268,18 @@ def test_transfer_debates_another_task_and_evaluate_run_is_its_deprecated_alias(
         (["tiny", "check", "--n", "2", "--model", "/no/such/model"], "/no/such/model"),
         (["tiny", "train", "--out", "{tmp}/t", "--config", "{tmp}/missing.yaml"], "missing.yaml"),
         (["tiny", "train", "--out", "{tmp}/t", "--config", "{tmp}/typo.yaml"], "step"),  # "step: 5", not steps
+        (["tiny", "train", "--out", "{tmp}/t", "--config", "{tmp}/nested.yaml"], "hiden_size"),
         (["tiny", "train", "--out", "{tmp}/t", "--lr", "0"], "lr"),
         (["bench", "train", "--out", "{tmp}"], "is a folder"),  # refused before the benchmark runs
         (["bench", "generate", "--out", "{tmp}"], "is a folder"),
+        (["bench", "train", "--out", "{tmp}/typo.yaml/b.json"], "is a file, not a folder"),
         (["bench", "generate", "--top-p", "0"], "--top-p must be in (0, 1]"),
         (["run", "--out", "{tmp}/r", "--set", "train.lora_target_modules=q_proj("], "not a regular expression"),
     ],
 )
 def test_bad_input_is_one_error_line_before_compute(tmp_path, args, message):
     (tmp_path / "typo.yaml").write_text("step: 5\n")
+    (tmp_path / "nested.yaml").write_text("model: {hiden_size: 64}\n")
     result = CliRunner().invoke(app, [a.format(tmp=tmp_path) for a in args])
     output = " ".join(result.output.split())
     assert result.exit_code == 2, result.output

@@ -250,12 +250,39 @@ def test_extraction_is_linear_in_unclosed_boxes():
         (r"\boxed{1{,}000}", "1000"),
         (r"\boxed{+18}", "18"),
         ("#### $1,000", "1000"),
+        (r"\boxed{1,000 \text{ dollars}}", "1000"),
+        ("#### 1,200 dollars", "1200"),
+        ("#### x = 18\nCheck: 18 - 3 = 15.", "18"),
+        (r"\boxed{\frac{1}{2} \text{ cup}}", "0.5"),
+        ("#### -18 km", "-18"),
     ],
 )
 def test_a_numeric_answer_is_the_number_stated_whatever_surrounds_it(response, gold):
     """Units, an equation before the number, LaTeX's {,} and a plus sign (GSM8K answers from instruction models);
     before, each compared as text and graded wrong, and split the vote from a bare "18"."""
     assert equivalent(extract_answer(response), gold, "numeric")
+
+
+@pytest.mark.parametrize(
+    "answer, gold",
+    [
+        (r"2 \text{ million}", "2"),
+        ("1.5 billion", "1.5"),
+        ("2 dozen", "2"),
+        ("2 thirds", "2"),
+        ("3 pi", "3"),
+        ("2x", "2"),
+        ("5k", "5"),
+        ("x != 5", "5"),
+        ("x <= 5", "5"),
+        ("x=5, y=3", "3"),
+        ("x^2=4", "4"),
+    ],
+)
+def test_words_and_relations_that_change_the_number_are_not_dropped(answer, gold):
+    """A scale (million, dozen), a one-letter factor (2x, 5k), an inequality, a list of equations or a power's
+    equation do not state the bare number: graded as written, not as it."""
+    assert not equivalent(answer, gold, "numeric")
 
 
 @pytest.mark.parametrize("kind", ["numeric", "math"])
@@ -266,6 +293,7 @@ def test_a_list_is_not_one_number_with_thousands_separators(kind):
 
 def test_integers_compare_exactly_and_json_numbers_in_exponent_form_are_numbers():
     assert not equivalent("1000000", "1000001", "numeric")  # within 1e-6 relative, but other integers
+    assert equivalent("2.9999999", "3", "numeric")  # one integer: the relative tolerance
     assert equivalent("0.1000000001", "0.1", "numeric")  # decimals keep the tolerance
     assert equivalent("1e-05", "0.00001", "numeric") and equivalent("2.5E3", "2500", "math")  # str(0.00001)
 
@@ -280,3 +308,4 @@ def test_an_article_is_not_an_option_letter_and_bold_letters_are():
     assert choice_letter("a mitochondrion") is None and choice_letter("A. a mitochondrion") == "A"
     assert choice_letter(r"\mathbf{B}") == "B" and choice_letter(r"\textit{(c)}") == "C"
     assert choice_letter("(b) 42") == "B" and choice_letter("b.") == "B" and choice_letter("d") == "D"
+    assert choice_letter("b) 42") == "B" and choice_letter("c. seven") == "C" and choice_letter("c: 7") == "C"

@@ -220,6 +220,7 @@ def test_merged_agents_served_by_path_and_checked_by_the_canary(server, tmp_path
     engine.serve(Agents(1, {"gen_1": root / "iter_1/agents/gen_1"}))
     link = Path(engine.names["gen_1"])
     assert link.is_symlink() and link.resolve() == (root / "iter_1/agents/gen_1").resolve()
+    assert not Path(os.readlink(link)).is_absolute()  # it still reaches the checkpoint when the run folder moves
     assert texts(engine, [Request(request.messages, adapter="gen_1", sampling=GREEDY)])[0] == base
     # transformers serve gives text only: an agent that answers as the base model is reported, not refused
     engine.serve(Agents(1, {"critic_0": root / "iter_1/agents/critic_0"}))

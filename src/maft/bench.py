@@ -703,7 +703,11 @@ def check_out(out: str | Path) -> None:
     out = Path(out)
     if out.is_dir():
         raise BenchError(f"--out {out} is a folder; name the JSON file to write, e.g. {out / 'bench.json'}")
+    if out.exists() and not os.access(out, os.W_OK):
+        raise BenchError(f"--out {out} exists and is not writable here")
     parent = next((p for p in [out.parent, *out.parent.parents] if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise BenchError(f"--out {out}: {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK):
         raise BenchError(f"--out {out}: {parent} is not writable here")
 

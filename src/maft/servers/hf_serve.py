@@ -10,6 +10,7 @@ path too (``model.name`` must be a local checkpoint the server can read, or a hu
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -38,13 +39,14 @@ class TransformersServer(ServerKind):
         """The checkpoint that serves the agent saved at ``path`` (merging a LoRA adapter once per version of it)."""
         served = path.parent.parent / "served"
         target = served / f"{path.name}-{fingerprint(path)}"
-        if target.is_symlink() or (target / "config.json").is_file():
+        if (target / "config.json").is_file():  # a merged copy, or a link that still reaches its checkpoint
             return target
         for old in served.glob(f"{path.name}-*"):  # the role's earlier weights (retrained since)
             old.unlink() if old.is_symlink() else shutil.rmtree(old, ignore_errors=True)
         if saved_kind(path) == "checkpoint":  # served from its own folder, under a name for these weights
             served.mkdir(parents=True, exist_ok=True)
-            target.symlink_to(path.resolve(), target_is_directory=True)
+            # relative: the run directory may move (same files, same fingerprint) and the link still reaches it
+            target.symlink_to(os.path.relpath(path.resolve(), served.resolve()), target_is_directory=True)
             return target
         from peft import PeftModel
         from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -31,6 +31,12 @@ class SGLangServer(ServerKind):
         super().__init__(**kwargs)
         self.loaded: dict[str, set[str]] = {}  # endpoint -> adapter names this run loaded there
 
+    def ensure(self, engine: OpenAIEngine) -> bool:
+        started = super().ensure(engine)
+        if started:  # a (re)started server holds none of the adapters, even on a port it had before
+            self.loaded.clear()
+        return started
+
     def publish(self, engine: OpenAIEngine, agents: Agents) -> Mapping[str, str]:
         import httpx
 

@@ -3,9 +3,9 @@
 Three grader kinds:
 
 - ``numeric``: both answers parsed as exact numbers (fractions allowed; no float overflow), equal
-  exactly where both are integers, else within a relative tolerance of 1e-6 (absolute 1e-9); answers that
-  are not numbers compare as normalised strings. A stated number's unit, sign or equation around it is
-  dropped first (:func:`normalize`).
+  exactly where both are integers, else within a relative tolerance of 1e-6 (absolute 1e-9); answers
+  that are not numbers compare as normalised strings. A stated number's unit, sign or equation around it
+  is dropped first (:func:`normalize`).
 - ``math``: normalised string equality, then numbers as above, then symbolic equivalence with
   ``math_verify``, run in a worker process under a hard timeout (:data:`MATH_VERIFY_TIMEOUT`) that
   also works off the main thread. A check that times out counts as "not equivalent", and so does an
@@ -50,8 +50,9 @@ REL_TOL, ABS_TOL = Fraction(1, 10**6), Fraction(1, 10**9)
 # Extraction
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)")
-#: How a stated final answer starts (after GSM8K's ``####``): a number, maybe signed or in dollars, or a lone option
-_STATED_RE = re.compile(r"[-+]?\\?\$?\s*\.?\d|\(?[A-Ea-e]\)?\.?$")
+#: How a stated final answer starts (after GSM8K's ``####``): a number, maybe signed or in dollars, an equation's
+#: short name (``x = 18``), or a lone option letter
+_STATED_RE = re.compile(r"[-+]?\\?\$?\s*\.?\d|[A-Za-z]\w{0,2}\s*=\s*[-+]?\\?\$?\s*\.?\d|\(?[A-Ea-e]\)?\.?$")
 _NUMBER_RE = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|-?\.\d+")
 
 
@@ -139,12 +140,13 @@ def normalize(answer: str, kind: GraderKind = "math") -> str:
 
     Thousands separators (``1,000``, LaTeX's ``1{,}000``) go, but not the comma of a list (``3, 125``). For
     ``numeric`` (GSM8K, arithmetic, numeric files: the answer is one number), also what surrounds the number a
-    response states: a leading ``+``, what comes before the last ``=`` (``3 \\times 6 = 18``) and a unit after it
-    (``18 \\text{ dollars}``, ``18 km``)."""
+    response states (:func:`_stated_number`)."""
     s = _TEXT_RE.sub(r"\1", answer).replace("{,}", ",")
     for token in _REMOVE:
         s = s.replace(token, "")
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    if kind == "numeric":
+        s = _stated_number(s)
     thousands = _THOUSANDS_RE.fullmatch(s.strip().removesuffix("."))  # before spaces go: "3, 125" is a list
     s = re.sub(r"\s+", "", s).removesuffix(".")
     if thousands:
@@ -152,17 +154,41 @@ def normalize(answer: str, kind: GraderKind = "math") -> str:
     if kind == "choice":
         return s.upper()
     if kind == "numeric":
-        s = s.rsplit("=", 1)[-1].removeprefix("+")
-        unit = _UNIT_RE.fullmatch(s)
-        return unit.group(1) if unit else s
+        return s
     if s.count("=") == 1 and _PREFIX_RE.match(s):
         s = s.split("=", 1)[1]
     return s
 
 
+#: The left side of an equation whose right side is the answer: arithmetic on numbers (``3 \\times 6``) or a short
+#: name (``x``, ``ans``); not ``x^2`` (whose answer is x) nor inequalities or lists (``x<=5``, ``x=5, y=3``)
+_EQUATION_LHS_RE = re.compile(r"\s*(?:[A-Za-z]\w{0,2}|(?:[\d.,+\-*/()\s=]|\\times|\\cdot|\\div)+)\s*")
+#: A number, then one word: its unit (``18 dollars``, ``1,000 km``, ``1/2 cup``, ``\\frac{1}{2} cup``)
+_UNIT_RE = re.compile(r"\s*([-+]?(?:\d[\d,]*(?:\.\d+)?(?:/\d+)?|\.\d+|\\frac\{\d+\}\{\d+\}))\s*([A-Za-z]{2,})\s*")
+#: Words after a number that change its value: not units
+_SCALES = {
+    "hundred", "thousand", "million", "billion", "trillion", "dozen", "score", "half", "halve", "third", "quarter",
+    "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth", "pi", "percent", "squared", "cubed",
+}  # fmt: skip
+
+
+def _stated_number(s: str) -> str:
+    """The number a numeric answer states, where words or an equation surround it: a leading ``+``, the right side
+    of an equation whose left side is arithmetic or a name (``3 \\times 6 = 18``, ``x = 18``) and a unit after the
+    number (``18 dollars``, ``18 km``; not a scale such as ``2 million`` or ``2 dozen``, nor one letter: ``2x``).
+    Anything else is left as it is (compared as text)."""
+    if "=" in s and not re.search(r"[<>!]|\\(?:neq?|leq?|geq?)(?![A-Za-z])", s):
+        lhs, rhs = s.rsplit("=", 1)
+        if _EQUATION_LHS_RE.fullmatch(lhs):
+            s = rhs
+    s = s.strip().removeprefix("+")
+    unit = _UNIT_RE.fullmatch(s)
+    if unit and unit.group(2).lower().removesuffix("s") not in _SCALES:
+        return unit.group(1)
+    return s
+
+
 _DECIMAL = r"-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d{1,3})?"  # 1e-05: how a JSON number prints
-#: A number and a unit in words after it (``18dollars`` once spaces are gone, ``5km``)
-_UNIT_RE = re.compile(rf"({_DECIMAL})([A-Za-z]+)")
 _FRACTION_RES = (
     re.compile(rf"({_DECIMAL})/({_DECIMAL})"),
     re.compile(rf"\\frac\{{({_DECIMAL})\}}\{{({_DECIMAL})\}}"),
@@ -200,7 +226,7 @@ def choice_letter(answer: str) -> str | None:
     """The option letter (A-E, upper case) in answers like ``B``, ``(b)``, ``B.``, ``(B) 42``."""
     text = _TEXT_RE.sub(r"\1", answer).strip().strip("$").strip()
     # a lower-case letter before more words is an article ("a mitochondrion"), not option A
-    m = re.match(r"\(([A-Ea-e])\)|([A-E])(?:$|[).:\s])|([a-e])(?:$|[).:]\s*$)", text)
+    m = re.match(r"\(([A-Ea-e])\)|([A-E])(?:$|[).:\s])|([a-e])(?:$|[).:])", text)
     return next(g for g in m.groups() if g).upper() if m else None
 
 
@@ -210,7 +236,7 @@ def choice_letter(answer: str) -> str | None:
 
 def _numbers_equal(x: Fraction, y: Fraction) -> bool:
     """Two integers: equal exactly (1000000 is not 1000001). Otherwise equal within a relative tolerance of
-    REL_TOL (absolute ABS_TOL), computed exactly."""
+    REL_TOL (absolute ABS_TOL), computed exactly (so 1000000.0001, a rounding's leftover, is 1000000)."""
     if x.denominator == 1 and y.denominator == 1:
         return x == y
     return abs(x - y) <= max(REL_TOL * max(abs(x), abs(y)), ABS_TOL)

@@ -33,6 +33,8 @@ from maft.tiny.tokenizer import SPECIAL_TOKENS, train_tokenizer
 
 
 class ModelShape(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # "hiden_size" is refused, not trained past at the default
+
     hidden_size: int = 96
     num_hidden_layers: int = 4
     num_attention_heads: int = 4

@@ -32,7 +32,7 @@ import random
 from dataclasses import dataclass
 from typing import Literal, cast
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from maft import prompts
 from maft.tasks.arithmetic import Expression, arithmetic_prompt
@@ -45,6 +45,8 @@ MIN_DEBATE_SHARE = 0.25  # with less, the critic round made the feasibility mode
 
 class SynthConfig(BaseModel):
     """How the synthetic society behaves, and the mix of conversation kinds."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt key is refused, not ignored
 
     slip_rate: float = Field(0.2, ge=0, le=1, description="per-step slip probability in round 1")
     critic_slip_rate: float = Field(

@@ -465,9 +465,8 @@ def finetune(
             _tokenizer(base_model).save_pretrained(str(out_dir))
         else:
             model, lora = _load_trainable(base_model, init_from, cfg, _dtype(cfg))
-            if (
-                lora is not None
-            ):  # seeded as a trainer seeds a role's fresh adapter: a later iteration trains on from it
+            if lora is not None:
+                # seeded as a trainer seeds a role's fresh adapter: a later iteration trains on from it
                 from transformers import set_seed
 
                 set_seed(seed)
