@@ -12,6 +12,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
@@ -23,6 +24,10 @@ from maft.evaluation.metrics import DebateMetrics, debate_metrics
 from maft.serving import check_serving, make_engine
 from maft.store import RunStore, atomic_dir, write_json, write_jsonl
 from maft.tasks import get_task
+
+if TYPE_CHECKING:
+    from maft.config import RunConfig
+    from maft.tasks import Problem
 
 
 def transfer(
@@ -102,7 +107,7 @@ def transfer(
     return out
 
 
-def _trained_on(cfg, task_name: str, problems: Sequence) -> int:
+def _trained_on(cfg: RunConfig, task_name: str, problems: Sequence[Problem]) -> int:
     """How many of ``problems`` the run trained on (their questions among its training problems' questions): a
     transfer to the run's own task must not grade agents on what they were finetuned on."""
     if task_name != cfg.task.name or cfg.iterations == 0:

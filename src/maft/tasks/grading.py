@@ -163,6 +163,8 @@ def normalize(answer: str, kind: GraderKind = "math") -> str:
 #: The left side of an equation whose right side is the answer: arithmetic on numbers (``3 \\times 6``) or a short
 #: name (``x``, ``ans``); not ``x^2`` (whose answer is x) nor inequalities or lists (``x<=5``, ``x=5, y=3``)
 _EQUATION_LHS_RE = re.compile(r"\s*(?:[A-Za-z]\w{0,2}|(?:[\d.,+\-*/()\s=]|\\times|\\cdot|\\div)+)\s*")
+#: An inequality: its "=" (``x<=5``, ``x != 5``, ``\\leq``) does not state a value
+_RELATION_RE = re.compile(r"[<>!]|\\(?:neq?|leq?|geq?)(?![A-Za-z])")
 #: A number, then one word: its unit (``18 dollars``, ``1,000 km``, ``1/2 cup``, ``\\frac{1}{2} cup``)
 _UNIT_RE = re.compile(r"\s*([-+]?(?:\d[\d,]*(?:\.\d+)?(?:/\d+)?|\.\d+|\\frac\{\d+\}\{\d+\}))\s*([A-Za-z]{2,})\s*")
 #: Words after a number that change its value: not units
@@ -177,7 +179,7 @@ def _stated_number(s: str) -> str:
     of an equation whose left side is arithmetic or a name (``3 \\times 6 = 18``, ``x = 18``) and a unit after the
     number (``18 dollars``, ``18 km``; not a scale such as ``2 million`` or ``2 dozen``, nor one letter: ``2x``).
     Anything else is left as it is (compared as text)."""
-    if "=" in s and not re.search(r"[<>!]|\\(?:neq?|leq?|geq?)(?![A-Za-z])", s):
+    if "=" in s and not _RELATION_RE.search(s):
         lhs, rhs = s.rsplit("=", 1)
         if _EQUATION_LHS_RE.fullmatch(lhs):
             s = rhs

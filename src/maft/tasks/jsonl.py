@@ -88,6 +88,4 @@ class JsonlTask(DatasetTask):
         return Problem(id=row_id(row, default_id), question=question, answer=answer)
 
     def prompt(self, problem: Problem) -> str:
-        if self.grader == "choice":
-            return step_by_step_prompt(problem.question, CHOICE_FORMAT)
-        return step_by_step_prompt(problem.question)
+        return step_by_step_prompt(problem.question, self.answer_format)

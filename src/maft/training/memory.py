@@ -378,9 +378,9 @@ def cannot_train_together(config: RunConfig, counts: ModelCounts | None = None) 
     return next((why for why, applies in reasons.items() if applies), None)
 
 
-def can_train_together(config: RunConfig) -> bool:
+def can_train_together(config: RunConfig, counts: ModelCounts | None = None) -> bool:
     """Whether ``execution.concurrent_training`` left at None may train the roles together (memory aside)."""
-    return cannot_train_together(config) is None
+    return cannot_train_together(config, counts) is None
 
 
 def trains_together(
@@ -398,7 +398,7 @@ def trains_together(
     chosen = config.execution.concurrent_training
     if chosen is not None:
         return chosen
-    if cannot_train_together(config, counts) is not None or memory is None:
+    if not can_train_together(config, counts) or memory is None:
         return False
     together = len(trained_roles(config)) if roles is None else roles
     if together < 2:  # one role left (a resume): nothing to train together
