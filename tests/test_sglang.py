@@ -1,82 +1,30 @@
 """The sglang server kind against a stand-in for SGLang's HTTP surface (SGLang does not run on these CPU-only
 machines): runtime LoRA loading at the server root, ``model="<base>:<adapter>"``, and SGLang's refusal to load a
-name it already holds ("already exists", as ``LoRARegistry`` answers)."""
+name it already holds ("already exists", as ``LoRARegistry`` answers); as a managed server, a crash and a restart that
+holds none of the adapters (the stand-in in a process of its own: tests/sglang_standin.py)."""
 
 from __future__ import annotations
 
-import http.server
-import json
-import threading
+import sys
 from pathlib import Path
 
 import pytest
 from peft import LoraConfig, get_peft_model
+from sglang_standin import BASE, StandIn
 from transformers import AutoModelForCausalLM
 
 from maft.agents import Agents
 from maft.engines import Request, Sampling
 from maft.engines.openai import OpenAIEngine
 from maft.servers import ServerError
+from maft.servers.managed import ManagedServers, free_port
 from maft.servers.sglang import SGLangServer
 from maft.tiny import default_checkpoint
-
-BASE = "base"
-
-
-class StandIn:
-    """Loads adapter names (refusing a name it holds), and answers a chat completion with the model's name."""
-
-    def __init__(self) -> None:
-        self.adapters: dict[str, str] = {}
-        self.loads: list[str] = []
-        stand_in = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-                status, answer = 200, {}
-                if self.path == "/load_lora_adapter":
-                    stand_in.loads.append(body["lora_name"])
-                    if body["lora_name"] in stand_in.adapters:
-                        status, answer = 400, {"error": f"LoRA with name {body['lora_name']} already exists"}
-                    else:
-                        stand_in.adapters[body["lora_name"]] = body["lora_path"]
-                elif self.path == "/unload_lora_adapter":
-                    stand_in.adapters.pop(body["lora_name"], None)
-                elif self.path == "/v1/chat/completions":
-                    base, _, adapter = body["model"].partition(":")
-                    if base != BASE or (adapter and adapter not in stand_in.adapters):
-                        status, answer = 400, {"error": f"no model {body['model']}"}
-                    else:
-                        text = f"answer of {adapter or 'the base model'}"
-                        answer = {
-                            "id": "x",
-                            "object": "chat.completion",
-                            "created": 0,
-                            "model": body["model"],
-                            "choices": [
-                                {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}
-                            ],
-                            "usage": {"prompt_tokens": 1, "completion_tokens": 3, "total_tokens": 4},
-                        }
-                payload = json.dumps(answer).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
 @pytest.fixture
 def stand_in():
-    server = StandIn()
+    server = StandIn().start()
     yield server
     server.server.shutdown()
 
@@ -118,3 +66,26 @@ def test_any_other_refusal_still_stops_the_run(stand_in, tmp_path):
     stand_in.server.RequestHandlerClass.do_POST = refuse
     with pytest.raises(ServerError, match="could not load the adapter of gen_0.*--enable-lora"):
         engine.serve(Agents(1, {"gen_0": path}))
+
+
+def test_a_managed_server_restarted_after_a_crash_gets_the_adapters_again(tmp_path, monkeypatch):
+    """A managed SGLang server that died is started again, empty, here on the port it had (the system may hand
+    out a port again): the adapters this run loaded on the old process are loaded again before the next request,
+    which is answered by the agent, not refused."""
+    port = free_port()
+    monkeypatch.setattr("maft.servers.managed.free_port", lambda: port)
+    standin = Path(__file__).with_name("sglang_standin.py")
+    managed = ManagedServers(
+        command=lambda port: [sys.executable, str(standin), str(port)], log_dir=tmp_path, say=lambda _: None
+    )
+    engine = OpenAIEngine([], BASE, server=SGLangServer(tag="maft-run", managed=managed), max_retries=0)
+    try:
+        engine.serve(Agents(1, {"gen_0": adapter(tmp_path / "iter_1" / "gen_0")}))
+        request = Request([{"role": "user", "content": "1+1?"}], adapter="gen_0", sampling=Sampling(max_new_tokens=8))
+        assert engine.generate([request])[0].text.startswith("answer of maft-run-i1-gen_0-")
+        managed.processes[0].kill()  # the crash
+        managed.processes[0].wait()
+        assert engine.generate([request])[0].text.startswith("answer of maft-run-i1-gen_0-")
+        assert managed.starts == 2 and managed.urls == [f"http://127.0.0.1:{port}/v1"]
+    finally:
+        managed.stop()

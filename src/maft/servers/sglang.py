@@ -8,7 +8,8 @@ adapters, so this strategy remembers what it loaded on each endpoint (a managed 
 starts empty); a name the server already holds (it refuses to load it again: "already exists"), from before
 a resume or from ``maft transfer``, is the same run's same weights (names carry the weights' fingerprint) and
 is used as it is, after the canary. SGLang does not run on this project's CPU-only machines: this kind is
-tested against a stand-in of that HTTP surface only (tests/test_sglang.py), never a real server.
+tested against a stand-in of that HTTP surface only (tests/test_sglang.py: in the test process, and as a
+managed server that crashes and restarts), never a real server.
 """
 
 from __future__ import annotations
