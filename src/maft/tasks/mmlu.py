@@ -220,7 +220,7 @@ class MMLUTask(DatasetTask):
         return Problem(id=row_id(row, default_id), question=question_text, answer=letter, meta=meta)
 
     def prompt(self, problem: Problem) -> str:
-        return step_by_step_prompt(problem.question, CHOICE_FORMAT)
+        return step_by_step_prompt(problem.question, self.answer_format)
 
     def extract(self, response: str) -> str | None:
         """The letter A-D of the last ``\\boxed{}`` in ``response``, or None (an abstention)."""
