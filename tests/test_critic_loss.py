@@ -17,7 +17,8 @@ from maft.config import TrainConfig
 from maft.data.agent_data import Example
 from maft.tiny import default_checkpoint
 from maft.tiny.tokenizer import CHAT_TEMPLATE
-from maft.training.sft import check_critic_loss, finetune, sft_trainer
+from maft.training.concurrent import prepared_rows
+from maft.training.sft import check_critic_loss, finetune, sft_config, sft_trainer
 
 FINAL = TrainConfig(epochs=1, batch_size=4)
 ALL_TURNS = FINAL.model_copy(update={"critic_loss": "all_turns"})
@@ -154,31 +155,79 @@ def test_all_turns_training_saves_a_trained_adapter(tmp_path):
     assert lora_b and any(v.abs().sum() > 0 for v in lora_b.values())  # B starts at zero; training moved it
 
 
-def stripped_checkpoint(tmp_path):
-    """The tiny checkpoint's tokenizer with the generation markers taken out of its chat template (no weights)."""
-    copy = tmp_path / "no_markers"
-    copy.mkdir()
-    for name in ("tokenizer.json", "tokenizer_config.json", "config.json"):
-        shutil.copy(default_checkpoint() / name, copy / name)
+#: Mistral-7B-Instruct-v0.2's chat template: no generation markers, and no training version in TRL.
+MISTRAL_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token}}"
+    "{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}"
+)
+
+
+def checkpoint_with(tmp_path, template: str, name: str) -> str:
+    """The tiny checkpoint (weights and tokenizer) with another chat template."""
+    copy = tmp_path / name
+    shutil.copytree(default_checkpoint(), copy)
+    (copy / "chat_template.jinja").write_text(template)
+    assert not has_generation_markers(AutoTokenizer.from_pretrained(copy).chat_template)
+    return str(copy)
+
+
+def stripped_template() -> str:
+    """The tiny chat template with its generation markers taken out: it renders every conversation the same."""
     template = re.sub(r"\{%-?\s*(end)?generation\s*-?%\}", "", CHAT_TEMPLATE)
     assert template != CHAT_TEMPLATE and not has_generation_markers(template)
-    (copy / "chat_template.jinja").write_text(template)
-    return copy
+    return template
 
 
-def test_a_template_without_markers_is_refused_before_any_compute(tmp_path):
-    copy = stripped_checkpoint(tmp_path)
-    assert not has_generation_markers(AutoTokenizer.from_pretrained(copy).chat_template)
+@pytest.mark.slow
+def test_a_template_without_markers_masks_the_same_tokens_by_rendering(tok, tmp_path):
+    """Without markers (and no TRL training template), each assistant turn is what its message adds to the
+    rendering: for the tiny template, the very tokens its markers enclose, in both training paths."""
+    base = checkpoint_with(tmp_path, stripped_template(), "no_markers")
+    check_critic_loss(base, ALL_TURNS)
+    marked = prepared([generation(), critic()], ALL_TURNS, tmp_path / "marked")
+    trainer = sft_trainer(base, [generation(), critic()], tmp_path / "scratch", ALL_TURNS, device="cpu")
+    assert [(row["input_ids"], row["labels"]) for row in trainer.train_dataset] == marked
+    args = sft_config(tmp_path / "c", ALL_TURNS, seed=0, device="cpu", all_turns=True, rendered_turns=True)
+    rows = prepared_rows(AutoTokenizer.from_pretrained(base), [generation(), critic()], args, all_turns=True)
+    assert [(row["input_ids"], row["labels"]) for row in rows] == marked  # concurrent training's preparation
+
+
+@pytest.mark.slow
+def test_a_mistral_template_trains_on_every_assistant_turn(tmp_path):
+    """configs/paper.yaml's setting: Mistral's template (no markers) with critic_loss=all_turns. The loss is on
+    each assistant turn's content and the end-of-sequence token that closes it."""
+    base = checkpoint_with(tmp_path, MISTRAL_TEMPLATE, "mistral")
+    check_critic_loss(base, ALL_TURNS)
+    tok = AutoTokenizer.from_pretrained(base)
+    trainer = sft_trainer(base, [critic()], tmp_path / "scratch", ALL_TURNS, device="cpu")
+    [row] = trainer.train_dataset
+    runs = loss_runs(row["input_ids"], row["labels"], tok)
+    assert [text for _, text in runs] == [A1 + tok.eos_token, A2 + tok.eos_token]
+    assert all(before.endswith("]") for before, _ in runs)  # right after "[/INST]"
+    result = finetune(base, [critic(pid=f"p{i}") for i in range(4)], tmp_path / "out", ALL_TURNS, device="cpu")
+    assert result.steps == 1 and result.train_loss is not None and result.train_loss > 0
+
+
+def test_a_template_that_rewrites_earlier_turns_is_refused_before_any_compute(tmp_path):
+    """A template whose rendering of a conversation's beginning depends on what follows (here: it opens with the
+    number of messages) gives no stable assistant spans: refused, as a template with no chat template at all."""
+    copy = tmp_path / "rewrites"
+    copy.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "config.json"):  # no weights: nothing may load them
+        shutil.copy(default_checkpoint() / name, copy / name)
+    (copy / "chat_template.jinja").write_text("{{ messages | length }}" + stripped_template())
     with pytest.raises(
         ValueError,
-        match=r"critic_loss=all_turns .* without \{% generation %\} markers.*"
-        r"use train\.critic_loss=final",
+        match=r"critic_loss=all_turns .* renders a conversation's beginning differently.*use train\.critic_loss=final",
     ):
         check_critic_loss(str(copy), ALL_TURNS)
     for fine in (FINAL, ALL_TURNS.model_copy(update={"roles": "generation"})):
         check_critic_loss(str(copy), fine)  # no critic trains on every turn: nothing to refuse
     check_critic_loss(str(copy), ALL_TURNS, rounds=1)  # a single round has no critic data
-    check_critic_loss(str(default_checkpoint()), ALL_TURNS)  # the tiny model has the markers
     # finetune refuses it too, before loading any weights (the copy has none)
     with pytest.raises(ValueError, match="critic_loss=all_turns"):
         finetune(str(copy), [critic()], tmp_path / "out", ALL_TURNS, device="cpu")

@@ -71,6 +71,7 @@ from maft.training.sft import (
     sft_config,
     sft_rows,
     template_problem,
+    turns_by_rendering,
 )
 
 if TYPE_CHECKING:
@@ -136,10 +137,14 @@ def check_concurrent(cfg: TrainConfig) -> None:
 
 
 def prepared_rows(
-    tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example], args: SFTConfig, all_turns: bool
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[Example],
+    args: SFTConfig,
+    all_turns: bool,
 ) -> list[dict]:
     """The rows (``input_ids``, ``labels``) :func:`~maft.training.sft.sft_trainer` trains ``examples`` on: TRL's own
-    preparation, run without building a trainer (which would load a model)."""
+    preparation, run without building a trainer (which would load a model). Whole conversations without TRL's
+    assistant-only loss come tokenized with their assistant masks (``sft_config``'s ``rendered_turns``)."""
     from datasets import Dataset
     from trl import SFTTrainer
     from trl.chat_template_utils import get_training_chat_template, has_generation_markers
@@ -150,7 +155,14 @@ def prepared_rows(
     markers = has_generation_markers(tokenizer.chat_template)
     shell.chat_template = get_training_chat_template(tokenizer) if args.assistant_only_loss and not markers else None
     data = shell._prepare_dataset(
-        Dataset.from_list(sft_rows(examples, all_turns)), tokenizer, args, args.packing, None, "train"
+        Dataset.from_list(
+            sft_rows(examples, all_turns, tokenizer if all_turns and not args.assistant_only_loss else None)
+        ),
+        tokenizer,
+        args,
+        args.packing,
+        None,
+        "train",
     )
     return [{"input_ids": row["input_ids"], "labels": row["labels"]} for row in data]
 
@@ -467,6 +479,7 @@ def finetune_together(
             seed=run.seed,
             device=device,
             all_turns=all_turns,
+            rendered_turns=all_turns and turns_by_rendering(tokenizer),
             activation_checkpointing=activation_checkpointing,
         )
         rows = prepared_rows(tokenizer, run.examples, args, all_turns)

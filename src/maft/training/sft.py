@@ -17,8 +17,10 @@ Which tokens carry loss (``train.critic_loss``):
   carries loss on the same tokens either way, and a role with single-turn data only (the generation
   agents) trains as with ``final``. TRL puts in the mask whatever the markers enclose, the
   end-of-turn token included when it sits inside them (it only warns when it does not). A base model
-  whose chat template has no markers, and that TRL has no training template for, is refused
-  (:func:`check_critic_loss`) before anything is loaded; a conversation cut at ``train.max_length``
+  whose chat template has no markers, and that TRL has no training template for (Mistral's), has its
+  assistant turns found by rendering instead (:mod:`maft.training.turns`: each turn's content and the
+  token that closes it); one whose template cannot be read that way is refused
+  (:func:`check_critic_loss`) before anything is loaded. A conversation cut at ``train.max_length``
   keeps its start (``keep_start``), so later turns are the ones lost.
 
 With ``train.quantization=4bit`` (QLoRA) the frozen base under the adapters is loaded in 4-bit NF4 with
@@ -98,33 +100,44 @@ def loss_on_all_turns(examples: Sequence[Example], cfg: TrainConfig) -> bool:
     return cfg.critic_loss == "all_turns" and any(multi_turn(e) for e in examples)
 
 
-def template_problem(tokenizer: PreTrainedTokenizerBase) -> str | None:
-    """Why TRL's assistant-only loss cannot mask this tokenizer's assistant turns, or None when it can: its chat
-    template has ``{% generation %}`` markers, or TRL ships a training version of it (Qwen, Llama 3, ...)."""
-    from trl.chat_template_utils import (
-        get_training_chat_template,
-        has_generation_markers,
-    )
-
+def _chat_template(tokenizer: PreTrainedTokenizerBase) -> str | None:
     template = tokenizer.chat_template
-    if isinstance(template, dict):
-        template = template.get("default")
-    if not template:
-        return "has no chat template"
-    if has_generation_markers(template):
-        return None
+    return template.get("default") if isinstance(template, dict) else template
+
+
+def turns_by_rendering(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether ``all_turns`` finds the assistant turns by rendering (:mod:`maft.training.turns`): the chat template
+    has no ``{% generation %}`` markers and TRL has no training version of it. Otherwise TRL's assistant-only loss
+    masks them."""
+    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+
+    template = _chat_template(tokenizer)
+    if not template or has_generation_markers(template):
+        return False
     try:
         get_training_chat_template(tokenizer)
     except ValueError:
-        return "has a chat template without {% generation %} markers (and TRL has no training version of it)"
-    return None
+        return True
+    return False
+
+
+def template_problem(tokenizer: PreTrainedTokenizerBase) -> str | None:
+    """Why this tokenizer's conversations cannot have their assistant turns masked, or None when they can: its chat
+    template has ``{% generation %}`` markers, or TRL ships a training version of it (Qwen, Llama 3, Phi-3, ...), or
+    the turns can be found by rendering (:func:`turns_by_rendering`, :func:`maft.training.turns.rendering_problem`:
+    Mistral, Llama 2, ...)."""
+    from maft.training.turns import rendering_problem
+
+    if not _chat_template(tokenizer):
+        return "has no chat template"
+    return rendering_problem(tokenizer) if turns_by_rendering(tokenizer) else None
 
 
 def _refusal(base_model: str, problem: str) -> ValueError:
     return ValueError(
-        f"train.critic_loss=all_turns needs TRL's assistant-only loss, but {base_model} {problem}; use "
-        "train.critic_loss=final, or a chat template with {% generation %}...{% endgeneration %} around each "
-        "assistant turn"
+        f"train.critic_loss=all_turns puts the loss on every assistant turn of a conversation, but {base_model} "
+        f"{problem}; use train.critic_loss=final, or a chat template with {{% generation %}}...{{% endgeneration %}} "
+        "around each assistant turn"
     )
 
 
@@ -283,6 +296,8 @@ def sft_trainer(
     all_turns = loss_on_all_turns(examples, cfg)
     if all_turns and (problem := template_problem(tokenizer)):
         raise _refusal(base_model, problem)
+    rendered = all_turns and turns_by_rendering(tokenizer)
+    rows = sft_rows(examples, all_turns, tokenizer if rendered else None)
     model, lora = _load_trainable(
         base_model, init_from, cfg, _dtype(cfg), checkpointing=activation_checkpointing, device=device
     )
@@ -299,11 +314,12 @@ def sft_trainer(
             seed=seed,
             device=device,
             all_turns=all_turns,
+            rendered_turns=rendered,
             processes=processes,
             activation_checkpointing=activation_checkpointing,
             tracking=tracking,
         ),
-        train_dataset=Dataset.from_list(sft_rows(examples, all_turns)),
+        train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
         peft_config=lora,
         callbacks=[*callbacks, *trainer_callbacks(tracking)],
@@ -367,13 +383,15 @@ def sft_config(
     seed: int,
     device: str,
     all_turns: bool,
+    rendered_turns: bool = False,
     processes: int = 1,
     activation_checkpointing: bool = True,
     tracking: Tracking | None = None,
 ) -> SFTConfig:
     """TRL's settings for one role: ``train:``'s optimization, the role's seed for its LoRA init and data order,
-    which tokens carry loss (``all_turns``: :func:`loss_on_all_turns`), and how the role's ``processes`` share the
-    work (:func:`parallelism`)."""
+    which tokens carry loss (``all_turns``: :func:`loss_on_all_turns`; ``rendered_turns``: its rows come tokenized
+    with their assistant masks, :func:`turns_by_rendering`), and how the role's ``processes`` share the work
+    (:func:`parallelism`)."""
     from trl import SFTConfig
 
     cpu = _on_cpu(device)
@@ -388,7 +406,7 @@ def sft_config(
         weight_decay=cfg.weight_decay,
         max_length=cfg.max_length,
         completion_only_loss=not all_turns,
-        assistant_only_loss=all_turns,
+        assistant_only_loss=all_turns and not rendered_turns,
         bf16=bf16_for(cfg, device),
         use_cpu=cpu,
         **parallelism(processes, cpu=cpu, activation_checkpointing=activation_checkpointing),
@@ -421,11 +439,28 @@ def parallelism(processes: int, *, cpu: bool, activation_checkpointing: bool) ->
     } | ({"ddp_backend": "gloo"} if cpu else {})
 
 
-def sft_rows(examples: Sequence[Example], all_turns: bool) -> list[dict]:
-    """The rows TRL gets: whole conversations (``messages``) with ``all_turns``, else prompt-completion pairs."""
-    if all_turns:
+def sft_rows(
+    examples: Sequence[Example], all_turns: bool, tokenizer: PreTrainedTokenizerBase | None = None
+) -> list[dict]:
+    """The rows TRL gets: whole conversations (``messages``) with ``all_turns``, else prompt-completion pairs. With
+    a ``tokenizer`` (``all_turns`` under a template without markers, :func:`turns_by_rendering`), each conversation
+    tokenized with its assistant masks (:mod:`maft.training.turns`)."""
+    from maft.training.turns import NotPrefixPreserving, masked_conversation
+
+    if not all_turns:
+        return [{"prompt": e.prompt, "completion": e.completion} for e in examples]
+    if tokenizer is None:
         return [{"messages": [*e.prompt, *e.completion]} for e in examples]
-    return [{"prompt": e.prompt, "completion": e.completion} for e in examples]
+    rows = []
+    for e in examples:
+        try:
+            rows.append(masked_conversation(tokenizer, [*e.prompt, *e.completion]))
+        except NotPrefixPreserving as error:
+            raise ValueError(
+                f"train.critic_loss=all_turns: in the example of problem {e.problem_id} (agent {e.agent}), {error}, "
+                "so its assistant turns cannot be found; use train.critic_loss=final"
+            ) from None
+    return rows
 
 
 def finetune(
