@@ -299,6 +299,11 @@ def test_shipped_configs_validate_and_default_yaml_is_the_default():
     for path in runs:
         load_config(path)
     assert load_config(configs / "default.yaml") == RunConfig()
+    written = yaml.safe_load((configs / "default.yaml").read_text())  # the README: it lists every key
+    for section, fields in RunConfig().model_dump().items():
+        assert section in written, section
+        if isinstance(fields, dict):
+            assert set(fields) <= set(written[section]), (section, set(fields) - set(written[section]))
 
 
 def test_the_paper_preset_holds_the_papers_choices():

@@ -285,3 +285,29 @@ def test_a_table_refuses_unserved_requests_and_cells_that_do_not_mean_what_they_
     engine = ScriptedEngine(table(TASK, problems, {"p": [[""]]}))  # an empty box is no answer
     with pytest.raises(ValueError, match="extracts to"):
         debate(engine, TASK, problems, agents=1, rounds=1, adapter_for=engine.serve(Agents(0)))
+
+
+def test_model_summaries_are_counted_as_generated_tokens():
+    """With ``summarizer: model`` the base model writes one summary per (problem, critic): its tokens are recorded
+    on the critic turn whose conversation ends with it, so a debate's compute counts them (loop: generated_tokens)."""
+    grid = {"p": [["2", "3", "2"], ["2", "2", "2"]], "q": [["4", "4", "4"], ["4", "4", "4"]]}
+    problems = problems_for(grid)
+    summaries = iter(["one two three", "four five", "six", "seven eight nine ten", "a b", "c d e"])
+    engine = ScriptedEngine(table(TASK, problems, grid, other=lambda call: next(summaries)))
+    turns = debate(engine, TASK, problems, agents=3, rounds=2, summarizer="model", adapter_for=engine.serve(Agents(0)))
+    assert [t.summary_tokens for t in turns if t.round == 1] == [0] * 6
+    assert [t.summary_tokens for t in turns if t.round == 2] == [3, 2, 1, 4, 2, 3]
+    assert [t.messages[-1]["content"].count("seven eight nine ten") for t in turns if t.round == 2] == [
+        0,
+        0,
+        0,
+        1,
+        0,
+        0,
+    ]
+    for summarizer in ("answers", "concat"):
+        engine = ScriptedEngine(table(TASK, problems, grid))
+        plain = debate(
+            engine, TASK, problems, agents=3, rounds=2, summarizer=summarizer, adapter_for=engine.serve(Agents(0))
+        )
+        assert all(t.summary_tokens == 0 for t in plain)

@@ -55,9 +55,10 @@ def debate(
     ]
     turns: list[Turn] = []
     previous: list[list[Turn]] = []  # [problem][agent] turns of round m-1
+    summary_tokens: list[list[int]] = []  # [problem][agent] tokens generated for round m's summaries
     for m in range(1, rounds + 1):
         if m > 1:
-            critiques = _critic_messages(
+            critiques, summary_tokens = _critic_messages(
                 engine,
                 task,
                 previous,
@@ -103,6 +104,7 @@ def debate(
                         correct=task.is_correct(answer, p),
                         completion_tokens=g.completion_tokens,
                         truncated=g.truncated,
+                        summary_tokens=summary_tokens[i][n] if summary_tokens else 0,
                     )
                 )
             current.append(row)
@@ -127,11 +129,13 @@ def _critic_messages(
     seed: int,
     progress: bool | str,
     answer_of: Callable[[Turn], str | None],
-) -> list[list[str]]:
+) -> tuple[list[list[str]], list[list[int]]]:
     """[problem][agent] -> the message that shows agent n the others' round m-1 responses: their raw
-    responses (concat), their answers (answers), or the base model's summary of their responses (model)."""
+    responses (concat), their answers (answers), or the base model's summary of their responses (model); and
+    [problem][agent] -> the tokens generated for that summary (0 without a model)."""
+    nothing = [[0] * agents for _ in previous]
     if summarizer == "concat":
-        return [
+        shown = [
             [
                 prompts.critic_message(
                     responses=[t.response for t in _others(row, n)], answer_format=task.answer_format
@@ -140,10 +144,12 @@ def _critic_messages(
             ]
             for row in previous
         ]
+        return shown, nothing
     if summarizer == "answers":
         summaries = [
             [prompts.answers_digest([answer_of(t) for t in _others(row, n)]) for n in range(agents)] for row in previous
         ]
+        tokens = nothing
     else:  # model: one summary request per (problem, agent), all in one engine call
         requests = [
             Request(
@@ -156,9 +162,12 @@ def _critic_messages(
             for row in previous
             for n in range(agents)
         ]
-        texts = [g.text for g in engine.generate(requests, seed=seed, progress=progress)]
-        summaries = [texts[i * agents : (i + 1) * agents] for i in range(len(previous))]
-    return [[prompts.critic_message(summary=s, answer_format=task.answer_format) for s in row] for row in summaries]
+        generated = engine.generate(requests, seed=seed, progress=progress)
+        rows = [generated[i * agents : (i + 1) * agents] for i in range(len(previous))]
+        summaries = [[g.text for g in row] for row in rows]
+        tokens = [[g.completion_tokens for g in row] for row in rows]
+    shown = [[prompts.critic_message(summary=s, answer_format=task.answer_format) for s in row] for row in summaries]
+    return shown, tokens
 
 
 def sampling(config: RunConfig) -> Sampling:

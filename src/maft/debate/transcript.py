@@ -26,6 +26,9 @@ class Turn(BaseModel):
     correct: bool  # graded against the gold answer: for evaluation only, never for training data
     completion_tokens: int
     truncated: bool = False  # the response stopped at max_new_tokens
+    # tokens the base model generated for the summary of the others' answers that ``messages`` ends with
+    # (debate.summarizer: model; 0 otherwise): compute spent on this turn besides the response
+    summary_tokens: int = 0
 
 
 def rounds_of(turns: Sequence[Turn]) -> int:
