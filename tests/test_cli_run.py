@@ -92,6 +92,10 @@ def test_resume_refuses_a_changed_config_and_new_run_refuses_an_existing_dir(tmp
     assert "refusing to resume" in changed.stdout and "debate.agents: 2 -> 3" in changed.stdout
     again = maft("run", "--out", str(root))
     assert again.returncode == 2 and "--resume" in again.stdout
+    saved = (root / "config.yaml").read_text()
+    refused = maft("run", "--resume", str(root), "--set", "execution.device=cuda")  # this machine has no CUDA
+    assert refused.returncode == 2 and "execution.device" in refused.stdout, refused.stdout
+    assert (root / "config.yaml").read_text() == saved  # a refused value is not saved over the working one
     smaller = maft(
         "run", "--resume", str(root), "--set", "execution.generation_batch_size=8"
     )  # execution settings may change

@@ -111,6 +111,7 @@ class Society:
         self.progress = progress
         self.task, self.splits = prepare(self.config)
         self._check_problems()
+        store.save_config()  # execution settings changed on resume: accepted now
         self._engine = engine
         self.shared_debates = shared_debates
         self._embedder = None

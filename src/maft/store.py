@@ -356,7 +356,7 @@ class RunStore:
     def open(cls, root: Path, config: RunConfig | None = None, *, say: Callable[[str], None] = _say) -> RunStore:
         """An existing run. ``config`` (if given) must compute the same as the run's own: resuming never
         changes results. The ``execution`` section (e.g. the generation batch size) may change;
-        the new values are saved to config.yaml and listed in ``store.changed``. Stages whose recorded
+        the new values are listed in ``store.changed`` (and saved by :meth:`save_config`). Stages whose recorded
         outputs are missing or changed are marked to be redone, each said in one line through ``say``."""
         root = Path(root)
         if not (root / "manifest.json").is_file():
@@ -393,9 +393,14 @@ class RunStore:
         store = cls(root, config if config is not None else saved, say=say)
         store.manifest = manifest
         store.changed = config_diff(saved, store.config)
-        if store.changed:
-            write_text(store.root / "config.yaml", store.config.to_yaml())
         return store
+
+    def save_config(self) -> None:
+        """Write the execution settings changed on resume (``changed``) to config.yaml, once the run has accepted
+        them (:class:`~maft.loop.Society`, after its checks): a value refused there (a device this machine lacks,
+        a server that does not answer) is never saved over the run's working one."""
+        if self.changed:
+            write_text(self.root / "config.yaml", self.config.to_yaml())
 
     def _clean_temporaries(self) -> None:
         for tmp in self.root.rglob(TMP + "*"):
