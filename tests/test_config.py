@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from maft.config import ConfigError, RunConfig, apply_overrides, config_diff, load_config, parse_override
 
@@ -406,3 +407,20 @@ def test_every_setting_has_a_description():
     assert len(sections) == 8
     missing = [f"{s.__name__}.{name}" for s in sections for name, f in s.model_fields.items() if not f.description]
     assert missing == []
+
+
+def test_any_run_seed_gives_finetuning_seeds_the_trainers_take():
+    """A large run seed (a date) once passed the checks and then crashed the first finetune, after a whole
+    debate: the role seeds are folded into 32 bits (unchanged for the seeds runs used before), and a negative
+    run seed is refused up front."""
+    from transformers import set_seed
+
+    from maft.loop import role_seed
+
+    assert role_seed(0, 1, 2) == 1009 + 2 and role_seed(7, 3, 5) == 7 * 100_003 + 3 * 1009 + 5
+    big = role_seed(20250101, 3, 5)
+    assert 0 <= big < 2**32
+    set_seed(big)
+    assert len({role_seed(20250101, it, r) for it in (1, 2, 3) for r in range(6)}) == 18
+    with pytest.raises(ValidationError, match="seed"):
+        RunConfig(seed=-1)

@@ -415,7 +415,7 @@ class RunConfig(Strict):
     """A multiagent finetuning run. ``iterations`` is L; iteration 0 is the base model's debate."""
 
     method: str = Field("maft", description="a label for reports: maft, or the baseline this config runs")
-    seed: int = Field(0, description="the run seed: every random choice of a run follows it")
+    seed: int = Field(0, ge=0, description="the run seed: every random choice of a run follows it")
     iterations: int = Field(3, ge=0, description="L, finetuning iterations (0: only the base model's debate)")
     model: ModelConfig = Field(default_factory=ModelConfig, description="the base model and the engine kind")
     task: TaskConfig = Field(default_factory=TaskConfig, description="the problems and their splits")

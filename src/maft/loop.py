@@ -89,6 +89,13 @@ def prepare(config: RunConfig) -> tuple[Task, Splits]:
     return task, splits
 
 
+def role_seed(run_seed: int, iteration: int, role_index: int) -> int:
+    """The seed of a role's finetuning (its LoRA init and data order): each role its own, not depending on which
+    roles train, folded into the 32 bits the trainers' ``set_seed`` takes (numpy's; this changes no seed of a run
+    seed below 42,949)."""
+    return (run_seed * 100_003 + iteration * 1009 + role_index) % 2**32
+
+
 class Society:
     """Runs (or resumes) the loop for the run in ``store``."""
 
@@ -420,8 +427,7 @@ class Society:
                 init_from=self.store.iter_dir(it - 1) / "agents" / role
                 if cfg.train.init == "previous" and it > 1
                 else None,
-                # each role its own LoRA init; a role's seed does not depend on which roles train
-                seed=cfg.seed * 100_003 + it * 1009 + (every.index(role) if role in every else 0),
+                seed=role_seed(cfg.seed, it, every.index(role) if role in every else 0),
                 device=cfg.execution.device,
                 config=cfg.train,
                 tracking=self._role_tracking(role, it),
