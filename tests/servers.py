@@ -118,8 +118,9 @@ class FaultProxy:
     """A loopback HTTP proxy in front of ``target`` (a base URL without /v1). ``fail(status, n)`` answers the
     next n requests with that status (and a Retry-After when given); ``drop(n)`` closes n connections unanswered;
     ``delay`` holds every request that long; ``as_model`` sends chat completions for a model name to another (an
-    endpoint where an adapter never arrived answers as the base model). ``seen`` counts requests; ``in_flight_max``
-    the most at once."""
+    endpoint where an adapter never arrived answers as the base model); ``key``: answer 401 to a request without
+    ``Authorization: Bearer <key>``, as vLLM started with ``--api-key`` does. ``seen`` counts requests;
+    ``in_flight_max`` the most at once; ``unauthorized`` the requests refused for want of the key."""
 
     def __init__(self, target: str) -> None:
         self.target = target.rstrip("/")
@@ -129,6 +130,8 @@ class FaultProxy:
         self.completions = 0  # chat completions seen
         self.down_from: int | None = None  # drop every chat completion after this many (a server that died)
         self.as_model: dict[str, str] = {}  # model name -> the name the server is asked for instead
+        self.key: str | None = None
+        self.unauthorized = 0
         self.in_flight = 0
         self.in_flight_max = 0
         self.lock = threading.Lock()
@@ -147,6 +150,9 @@ class FaultProxy:
                     proxy.in_flight += 1
                     proxy.in_flight_max = max(proxy.in_flight_max, proxy.in_flight)
                     fault = proxy.faults.pop(0) if proxy.faults else None
+                    if proxy.key is not None and self.headers.get("authorization") != f"Bearer {proxy.key}":
+                        proxy.unauthorized += 1
+                        fault = ("status", 401, None)
                     if self.path.endswith("/chat/completions"):
                         proxy.completions += 1
                         request = json.loads(body or b"{}")

@@ -476,3 +476,40 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def test_a_server_that_wants_an_api_key_is_sent_it(proxy, server, tmp_path, arithmetic, monkeypatch):
+    """A server started with an API key (vLLM's --api-key) answers 401 without it, to the OpenAI client and to
+    maft's own requests (model lists, adapter serving, the canary) alike: with the key in execution.api_key_env,
+    every request carries it; without, the run is refused up front, naming the setting."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from maft.serving import make_engine
+
+    proxy.key = "sk-maft-test"
+    settings = [
+        "model.engine=openai",
+        "model.server_kind=transformers",
+        f"model.name={TINY}",
+        f"execution.urls={json.dumps([proxy.url])}",
+        "execution.api_key_env=MAFT_TEST_KEY",
+    ]
+    config = load_config(None, settings)
+    monkeypatch.delenv("MAFT_TEST_KEY", raising=False)
+    with pytest.raises(ServerError, match="wants an API key.*execution.api_key_env"):
+        check_serving(config)
+    monkeypatch.setenv("MAFT_TEST_KEY", "sk-maft-test")
+    check_serving(config)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(TINY), LoraConfig(r=4, target_modules="all-linear"))
+    torch.manual_seed(1)
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            p.data.normal_(0, 0.3)
+    model.save_pretrained(tmp_path / "iter_1" / "agents" / "gen_0")
+    engine = make_engine(config, tmp_path)
+    engine.serve(Agents(1, {"gen_0": tmp_path / "iter_1/agents/gen_0"}))  # the canary asks through the proxy
+    request = ask(arithmetic, 1, GREEDY)[0]
+    base, agent = texts(engine, [request, Request(request.messages, adapter="gen_0", sampling=GREEDY)])
+    assert base != agent and proxy.unauthorized == 1  # only the up-front check without the key was refused

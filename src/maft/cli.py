@@ -146,25 +146,24 @@ def evaluate(
     if url:
         from maft.config import ConfigError, load_config
         from maft.engines.openai import OpenAIEngine
-        from maft.serving import check_serving
+        from maft.serving import api_key, check_serving
 
         served = model or str(default_checkpoint())
         try:  # the server answers and serves the model, before any request
-            check_serving(
-                load_config(
-                    None,
-                    [
-                        "model.engine=openai",
-                        "model.server_kind=api",
-                        "iterations=0",
-                        f"execution.served_name={served}",
-                        f"execution.urls={json.dumps(url)}",
-                    ],
-                )
+            checked = load_config(
+                None,
+                [
+                    "model.engine=openai",
+                    "model.server_kind=api",
+                    "iterations=0",
+                    f"execution.served_name={served}",
+                    f"execution.urls={json.dumps(url)}",
+                ],
             )
+            check_serving(checked)
         except (ServerError, ConfigError) as e:
             _fail(str(e))
-        engine: Engine = OpenAIEngine(url, served, concurrency=concurrency)
+        engine: Engine = OpenAIEngine(url, served, api_key=api_key(checked), concurrency=concurrency)
         model_name = served
     else:
         engine = hf = _hf_engine(model, device=device, batch_size=batch_size)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from maft.config import RunConfig
+from maft.engines.openai import auth_headers
 from maft.servers import KINDS, ServerError, run_tag
 from maft.servers.managed import ManagedServers
 from maft.servers.vllm import lora_rank_flag, served_models
@@ -148,6 +149,7 @@ def make_engine(config: RunConfig, root: Path, *, say: Callable[[str], None] = p
             devices=x.server_devices or [None],
             stop_for_training=stop,
             parent_death_signal=signal.SIGKILL if m.server_kind == "transformers" else signal.SIGTERM,
+            api_key=api_key(config),
             say=say,
         )
     kwargs: dict[str, Any] = {"tag": run_tag(root), "managed": managed, "say": say}
@@ -156,13 +158,18 @@ def make_engine(config: RunConfig, root: Path, *, say: Callable[[str], None] = p
     return OpenAIEngine(
         x.urls,
         served_name(config),
-        api_key=os.environ.get(x.api_key_env) or "EMPTY",
+        api_key=api_key(config),
         concurrency=x.concurrency,
         timeout=x.request_timeout,
         max_retries=x.max_retries,
         server=KINDS[m.server_kind](**kwargs),
         tokenizer=base_model(config),
     )
+
+
+def api_key(config: RunConfig) -> str:
+    """The servers' API key: the environment variable ``execution.api_key_env`` names (unset: ``EMPTY``)."""
+    return os.environ.get(config.execution.api_key_env) or "EMPTY"
 
 
 def check_serving(config: RunConfig) -> None:
@@ -197,7 +204,7 @@ def check_serving(config: RunConfig) -> None:
         return
     name = served_name(config)
     for url in x.urls:
-        served = served_models(url.rstrip("/"), timeout=10)
+        served = served_models(url.rstrip("/"), timeout=10, headers=auth_headers(api_key(config)))
         if name not in served and m.server_kind in ("vllm", "api"):  # transformers serve loads paths on demand
             raise ServerError(
                 f"{url} does not serve {name!r} (it serves {', '.join(served) or 'nothing'}); "
@@ -223,10 +230,16 @@ def _check_runtime_lora(config: RunConfig) -> None:
         for url in config.execution.urls:
             url = url.rstrip("/")
             name = f"maft-probe-{uuid.uuid4().hex[:8]}"
-            r = httpx.post(f"{url}/load_lora_adapter", json={"lora_name": name, "lora_path": folder}, timeout=60)
+            headers = auth_headers(api_key(config))
+            r = httpx.post(
+                f"{url}/load_lora_adapter",
+                json={"lora_name": name, "lora_path": folder},
+                timeout=60,
+                headers=headers,
+            )
             if r.status_code != 200:
                 raise ServerError(f"{url} cannot serve the run's LoRA adapters: {_explain(r)}")
-            httpx.post(f"{url}/unload_lora_adapter", json={"lora_name": name}, timeout=60)
+            httpx.post(f"{url}/unload_lora_adapter", json={"lora_name": name}, timeout=60, headers=headers)
 
 
 def probe_adapter(config: RunConfig, out: Path) -> Path:

@@ -71,6 +71,12 @@ class ServerStrategy(Protocol):
     def publish(self, engine: OpenAIEngine, agents: Agents) -> Mapping[str, str]: ...
 
 
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    """The header that carries an API key (vLLM's ``--api-key``, SGLang's, a hosted API's) on the requests maft
+    sends beside the OpenAI client's: model lists, adapter loading, the canary. None or ``EMPTY``: no key."""
+    return {"Authorization": f"Bearer {api_key}"} if api_key and api_key != "EMPTY" else {}
+
+
 class EngineError(RuntimeError):
     """A server refused a request (a 4xx other than 429), or kept failing after every retry."""
 
@@ -127,6 +133,7 @@ class OpenAIEngine:
         self.server = server
         self.extra_body = dict(extra_body or {})
         self._tokenizer = tokenizer
+        self.headers = auth_headers(api_key)  # for the requests outside the OpenAI client
         self.names: dict[str, str] = {}  # role -> the server's model name for it
         self._agents: Agents | None = None  # the agents served last (published again on a restarted server)
         self.retries: Counter[str] = Counter()  # why requests were retried, over the engine's life
@@ -362,7 +369,9 @@ def _message(error: Exception) -> str:
     return str(error)
 
 
-def wait_until_ready(url: str, *, timeout: float = 300.0, alive: Callable[[], bool] | None = None) -> list[str]:
+def wait_until_ready(
+    url: str, *, timeout: float = 300.0, alive: Callable[[], bool] | None = None, api_key: str | None = None
+) -> list[str]:
     """Poll ``<url>/models`` until the server answers; returns the model names it serves.
     ``alive`` (optional) says whether the server's process still runs (stop waiting when it died)."""
     import httpx
@@ -373,7 +382,7 @@ def wait_until_ready(url: str, *, timeout: float = 300.0, alive: Callable[[], bo
         if alive is not None and not alive():
             raise EngineError(f"the server for {url} exited before it answered ({last or 'no answer'})")
         try:
-            r = httpx.get(f"{url.rstrip('/')}/models", timeout=5)
+            r = httpx.get(f"{url.rstrip('/')}/models", timeout=5, headers=auth_headers(api_key))
             if r.status_code == 200:
                 return [m["id"] for m in r.json().get("data", [])]
             last = f"HTTP {r.status_code}"

@@ -117,6 +117,7 @@ class ServerKind:
             f"{url}/chat/completions",
             json={"model": name, "messages": CANARY, "max_tokens": 16, "temperature": 0, "logprobs": True},
             timeout=engine.timeout,
+            headers=engine.headers,
         )
         if r.status_code != 200:
             raise ServerError(f"canary request for {name!r} failed (HTTP {r.status_code}): {r.text[:300]}")

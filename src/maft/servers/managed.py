@@ -72,6 +72,7 @@ class ManagedServers:
     #: serve``: uvicorn's graceful shutdown has no time limit) is better killed
     parent_death_signal: int = signal.SIGTERM
     startup_timeout: float = 600.0
+    api_key: str | None = None  # the key a server started with --api-key wants (execution.api_key_env)
     say: Callable[[str], None] = print
     processes: list[subprocess.Popen] = field(default_factory=list)
     urls: list[str] = field(default_factory=list)
@@ -123,7 +124,7 @@ class ManagedServers:
             _RUNNING.append(self)
         for i, (url, process) in enumerate(zip(self.urls, self.processes)):
             try:
-                wait_until_ready(url, timeout=self.startup_timeout, alive=_alive(process))
+                wait_until_ready(url, timeout=self.startup_timeout, alive=_alive(process), api_key=self.api_key)
             except EngineError as e:
                 tail = self.log_tail(i)
                 self.stop()

@@ -57,6 +57,7 @@ class SGLangServer(ServerKind):
                     f"{root}/load_lora_adapter",
                     json={"lora_name": name, "lora_path": str(agents.models[role].resolve())},
                     timeout=engine.timeout,
+                    headers=engine.headers,
                 )
                 if r.status_code != 200 and "already exists" not in r.text:
                     raise ServerError(
@@ -66,7 +67,12 @@ class SGLangServer(ServerKind):
                 loaded.add(name)
                 new[role] = f"{engine.model_name}:{name}"
             for name in sorted(loaded - set(adapters.values())):
-                httpx.post(f"{root}/unload_lora_adapter", json={"lora_name": name}, timeout=engine.timeout)
+                httpx.post(
+                    f"{root}/unload_lora_adapter",
+                    json={"lora_name": name},
+                    timeout=engine.timeout,
+                    headers=engine.headers,
+                )
                 loaded.discard(name)
         if new:
             self.canary(engine, agents, new)

@@ -50,7 +50,7 @@ class VLLMServer(ServerKind):
                 )
         new: dict[str, str] = {}
         for endpoint in engine.endpoints:
-            served = set(served_models(endpoint.url, engine.timeout))
+            served = set(served_models(endpoint.url, engine.timeout, engine.headers))
             if engine.model_name not in served:
                 raise ServerError(
                     f"{endpoint.url} does not serve {engine.model_name!r} (it serves {', '.join(sorted(served))}); "
@@ -63,6 +63,7 @@ class VLLMServer(ServerKind):
                     f"{endpoint.url}/load_lora_adapter",
                     json={"lora_name": name, "lora_path": str(agents.models[role].resolve())},
                     timeout=engine.timeout,
+                    headers=engine.headers,
                 )
                 if r.status_code != 200:
                     raise ServerError(f"{endpoint.url} could not load the adapter of {role}: {_explain(r)}")
@@ -74,24 +75,38 @@ class VLLMServer(ServerKind):
                 for endpoint in engine.endpoints:
                     for name in new.values():
                         httpx.post(
-                            f"{endpoint.url}/unload_lora_adapter", json={"lora_name": name}, timeout=engine.timeout
+                            f"{endpoint.url}/unload_lora_adapter",
+                            json={"lora_name": name},
+                            timeout=engine.timeout,
+                            headers=engine.headers,
                         )
                 raise
         for endpoint in engine.endpoints:  # the run's adapters of other iterations are no longer needed
-            for name in served_models(endpoint.url, engine.timeout):
+            for name in served_models(endpoint.url, engine.timeout, engine.headers):
                 if name.startswith(f"{self.tag}-i") and name not in names.values():
-                    httpx.post(f"{endpoint.url}/unload_lora_adapter", json={"lora_name": name}, timeout=engine.timeout)
+                    httpx.post(
+                        f"{endpoint.url}/unload_lora_adapter",
+                        json={"lora_name": name},
+                        timeout=engine.timeout,
+                        headers=engine.headers,
+                    )
         return names
 
 
-def served_models(url: str, timeout: float = 30.0) -> list[str]:
-    """The model names a server lists at ``<url>/models`` (base models and loaded adapters)."""
+def served_models(url: str, timeout: float = 30.0, headers: Mapping[str, str] | None = None) -> list[str]:
+    """The model names a server lists at ``<url>/models`` (base models and loaded adapters); ``headers``: its API
+    key's (:func:`~maft.engines.openai.auth_headers`)."""
     import httpx
 
     try:
-        r = httpx.get(f"{url}/models", timeout=timeout)
+        r = httpx.get(f"{url}/models", timeout=timeout, headers=headers)
     except httpx.HTTPError as e:
         raise ServerError(f"no answer from {url}/models ({type(e).__name__}); is the server running?") from None
+    if r.status_code in (401, 403):
+        raise ServerError(
+            f"{url}/models answered HTTP {r.status_code} ({r.text[:200]}): the server wants an API key; put it in "
+            "the environment variable execution.api_key_env names (OPENAI_API_KEY by default)"
+        )
     if r.status_code != 200:
         raise ServerError(f"{url}/models answered HTTP {r.status_code}: {r.text[:200]}")
     return [m["id"] for m in r.json().get("data", [])]
