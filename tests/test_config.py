@@ -6,7 +6,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from maft.config import ConfigError, RunConfig, apply_overrides, config_diff, load_config, parse_override
+from maft.config import ConfigError, RunConfig, TrainConfig, apply_overrides, config_diff, load_config, parse_override
 
 
 def test_defaults_validate():
@@ -424,3 +424,12 @@ def test_any_run_seed_gives_finetuning_seeds_the_trainers_take():
     assert len({role_seed(20250101, it, r) for it in (1, 2, 3) for r in range(6)}) == 18
     with pytest.raises(ValidationError, match="seed"):
         RunConfig(seed=-1)
+
+
+def test_a_warmup_the_schedule_would_ignore_is_refused():
+    """transformers' constant schedule takes no warmup: a warmup_ratio with it would silently do nothing."""
+    with pytest.raises(ValidationError, match="warmup_ratio=0.1 would do nothing.*constant_with_warmup"):
+        TrainConfig(warmup_ratio=0.1)
+    for schedule in ("constant_with_warmup", "linear", "cosine"):
+        TrainConfig(warmup_ratio=0.1, lr_scheduler=schedule)
+    TrainConfig(lr_scheduler="constant")  # no warmup asked for

@@ -339,6 +339,15 @@ class TrainConfig(Strict):
             )
         return self
 
+    @model_validator(mode="after")
+    def _warmup_needs_a_schedule_with_warmup(self) -> TrainConfig:
+        if self.warmup_ratio > 0 and self.lr_scheduler == "constant":
+            raise ValueError(
+                f"train.warmup_ratio={self.warmup_ratio} would do nothing: transformers' constant schedule has no "
+                "warmup; use train.lr_scheduler=constant_with_warmup (or linear, cosine, ...)"
+            )
+        return self
+
 
 #: transformers' schedulers that step on evaluation metrics: a finetuning job has no evaluation set
 _NEED_EVALUATION = ("reduce_lr_on_plateau", "greedy")
