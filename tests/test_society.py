@@ -223,6 +223,35 @@ def test_transfer_debates_another_task_with_the_finetuned_agents(finished_run):
         transfer(root, "arithmetic", n=9)
 
 
+def test_transfer_grades_again_after_the_answers_change_and_refuses_agents_the_run_must_redo(finished_run, tmp_path):
+    """A task file corrected since a transfer (the same path, problem ids by row) is graded again, not reused; and
+    an iteration whose saved agents changed since training (its training stages marked to be redone) is refused
+    until the run is resumed, instead of debating weights the run no longer vouches for."""
+    import shutil
+    from pathlib import Path
+
+    from maft.evaluation.transfer import transfer, transfer_dir
+
+    root = tmp_path / "run"
+    shutil.copytree(finished_run[0], root, ignore=shutil.ignore_patterns(".lock", "transfer"))
+    files = tmp_path / "gsm8k"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "gsm8k_dir", files)
+    options = {"path": str(files)}
+    first = transfer(root, "gsm8k", options=options, n=3, iterations=[0], progress=False)[0]
+    debate = transfer_dir(root, "gsm8k", options) / "iter_0/debate_test.jsonl"
+    mtime = debate.stat().st_mtime_ns
+    rows = [json.loads(line) for line in (files / "test.jsonl").read_text().splitlines()]
+    rows[0]["answer"] = rows[0]["answer"].rsplit("####", 1)[0] + "#### 123456"  # a corrected (here: wrong) key
+    (files / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    again = transfer(root, "gsm8k", options=options, n=3, iterations=[0], progress=False)[0]
+    assert debate.stat().st_mtime_ns != mtime  # debated and graded again
+    assert again.problems == first.problems == 3
+    (root / "iter_1/agents/gen_0/adapter_model.safetensors").unlink()
+    with pytest.raises(ValueError, match=r"iteration\(s\) \[1\].*resume the run first"):
+        transfer(root, "gsm8k", options=options, n=3, progress=False)
+    assert transfer(root, "gsm8k", options=options, n=3, iterations=[0], progress=False)[0] == again  # iteration 0
+
+
 def test_a_finished_run_resumes_without_redoing_anything(finished_run):
     root, store, metrics = finished_run
     before = json.loads((root / "manifest.json").read_text())

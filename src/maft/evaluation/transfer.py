@@ -1,9 +1,11 @@
 """Zero-shot transfer (SPEC section 5): a finished run's agents debate the held-out problems of another task.
 
 Results land in ``<run>/transfer/<task>[-<options hash>]/iter_<l>/`` (debate_test.jsonl, metrics.json,
-spec.json: task, options, problem ids and the agents' weights' fingerprints), one folder per evaluated iteration;
-iteration 0 (the base model) is the reference. A folder is reused only for the same task, options, problems and
-agents.
+spec.json: task, options, problem ids, a digest of the problems (questions, gold answers, graders) and the
+agents' weights' fingerprints), one folder per evaluated iteration; iteration 0 (the base model) is the reference.
+A folder is reused only for the same task, options, problems and agents: a task file whose answers were corrected
+since is graded again. Only iterations whose agents the run still vouches for are debated: one whose training
+stages the run must redo (their saved agents changed or went missing) is refused until the run is resumed.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.markup import escape
 
-from maft.agents import agents_at, fingerprint
+from maft.agents import agents_at, fingerprint, trained_roles
 from maft.debate.protocol import run_debate
 from maft.debate.voting import VoteRule
 from maft.evaluation.metrics import DebateMetrics, debate_metrics
@@ -50,6 +52,12 @@ def transfer(
     store = RunStore.open(run, say=say)
     cfg = store.config
     finished = [it for it in range(cfg.iterations + 1) if store.done(f"iter_{it}/metrics")]
+    stale = [it for it in finished if it and not all(store.done(f"iter_{it}/train/{r}") for r in trained_roles(cfg))]
+    if stale and (not iterations or set(stale) & set(iterations)):
+        raise ValueError(
+            f"the agents of iteration(s) {stale} of {store.root} changed or went missing since they were trained "
+            f"(their training stages are marked to be redone): resume the run first (maft run --resume {store.root})"
+        )
     if not finished:
         raise ValueError(f"{store.root} has no finished iteration yet; run or resume it first")
     wanted = list(iterations) if iterations else sorted({0, finished[-1]})
@@ -70,7 +78,13 @@ def transfer(
     check_serving(cfg)
     engine = None
     where = transfer_dir(store.root, task_name, options or {})
-    spec = {"task": task_name, "options": options or {}, "n": n, "problems": [p.id for p in problems]}
+    spec = {
+        "task": task_name,
+        "options": options or {},
+        "n": n,
+        "problems": [p.id for p in problems],
+        "problems_digest": _digest(problems),
+    }
     out: dict[int, DebateMetrics] = {}
     try:
         for it in wanted:
@@ -115,6 +129,12 @@ def _trained_on(cfg: RunConfig, task_name: str, problems: Sequence[Problem]) -> 
     own = get_task(cfg.task.name, **cfg.task.options)
     train = {p.question for p in own.splits(cfg.task.n_train, cfg.task.n_test, seed=cfg.split_seed).train}
     return sum(p.question in train for p in problems)
+
+
+def _digest(problems: Sequence[Problem]) -> str:
+    """What grading reads of the problems: their questions, gold answers and metadata (a row's grader)."""
+    blob = json.dumps([[p.id, p.question, p.answer, p.meta] for p in problems], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def transfer_dir(run: Path, task_name: str, options: dict) -> Path:
