@@ -275,6 +275,11 @@ def test_transfer_debates_another_task_and_evaluate_run_is_its_deprecated_alias(
         (["bench", "train", "--out", "{tmp}/typo.yaml/b.json"], "is a file, not a folder"),
         (["bench", "generate", "--top-p", "0"], "--top-p must be in (0, 1]"),
         (["run", "--out", "{tmp}/r", "--set", "train.lora_target_modules=q_proj("], "not a regular expression"),
+        (["run", "--out", "{tmp}/r", "--set", "train.lora_target_modules=[]"], "names no module"),
+        (["run", "--out", "{tmp}/r", "--set", "seed=-1"], "seed"),
+        (["run", "--out", "{tmp}/r", "--set", "train.warmup_ratio=0.1"], "constant_with_warmup"),
+        (["evaluate", "--n", "2", "--out", "{tmp}"], "is a folder"),  # refused before the evaluation runs
+        (["evaluate", "--n", "2", "--out", "{tmp}/typo.yaml/e.json"], "is a file, not a folder"),
     ],
 )
 def test_bad_input_is_one_error_line_before_compute(tmp_path, args, message):

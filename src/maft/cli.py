@@ -134,6 +134,13 @@ def evaluate(
     from maft.tiny import default_checkpoint
 
     options = _task_options(option)
+    if out:  # the results are written at the end: a path that cannot take them is refused before any compute
+        from maft.bench import BenchError, check_out
+
+        try:
+            check_out(out)
+        except BenchError as e:
+            _fail(str(e))
     try:
         the_task = get_task(task, **options)
         sampling = Sampling(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens)

@@ -330,6 +330,13 @@ class TrainConfig(Strict):
     def _known_scheduler(cls, name: str) -> str:
         return _check_scheduler(name)
 
+    @field_validator("lora_target_modules")
+    @classmethod
+    def _some_targets(cls, targets: list[str] | str) -> list[str] | str:
+        if not targets or (isinstance(targets, list) and not all(t.strip() for t in targets)):
+            raise ValueError("names no module: use all-linear, or names such as [q_proj, v_proj]")
+        return targets
+
     @model_validator(mode="after")
     def _quantized_base_needs_lora(self) -> TrainConfig:
         if self.quantization != "none" and self.method != "lora":
