@@ -296,3 +296,17 @@ def test_compare_methods_may_have_spaces_after_commas(tmp_path):
     """ "maft, star" names maft and star (the unknown one below is the only method refused; before, " star" was)."""
     result = CliRunner().invoke(app, ["compare", "--out", str(tmp_path / "c"), "--methods", "maft, star,  nosuch"])
     assert result.exit_code == 2 and "unknown method(s) nosuch;" in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("command", [["run"], ["compare", "--methods", "debate"]])
+def test_a_hub_task_without_the_hub_is_one_error_line(tmp_path, monkeypatch, command):
+    """configs/mistral-gsm8k.yaml and paper.yaml name hub data sets: where the hub cannot be reached, the run is
+    refused in one line that says to pass path=, before a run folder exists (it was a long traceback)."""
+    monkeypatch.setattr("maft.tasks.loading._hub_reachable", lambda: False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    result = CliRunner().invoke(app, [*command, "--out", str(tmp_path / "r"), "--set", "task.name=gsm8k"])
+    output = " ".join(result.output.split())
+    assert result.exit_code == 2, result.output
+    assert "error: gsm8k: cannot load" in output and "Pass path=" in output and "Traceback" not in output
+    assert not (tmp_path / "r").exists()

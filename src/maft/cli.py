@@ -375,6 +375,7 @@ def run(
     from maft.loop import Society
     from maft.report.summary import iteration_table, title
     from maft.store import RunDirError, RunStore, discard_temporaries
+    from maft.tasks import DatasetUnavailableError
 
     try:
         preset = method_overrides(method) if method else []
@@ -401,7 +402,7 @@ def run(
         society = Society(store, console=console, progress=not quiet)
     except OSError as e:
         _fail(_os_message(e))
-    except (ConfigError, RunDirError, ValueError, ServerError, EngineError) as e:
+    except (ConfigError, RunDirError, ValueError, ServerError, EngineError, DatasetUnavailableError) as e:
         _fail(str(e))
     console.print(f"run directory [bold]{escape(str(store.root))}[/bold] (config hash {store.config.hash()})")
     start = time.perf_counter()
@@ -495,6 +496,7 @@ def compare(
     from maft.config import ConfigError
     from maft.evaluation.diversity import EmbeddingsUnavailable
     from maft.store import RunDirError, discard_temporaries
+    from maft.tasks import DatasetUnavailableError
 
     start = time.perf_counter()
     try:
@@ -503,7 +505,15 @@ def compare(
         results = run_compare(cfg, out, console=console, progress=not quiet)
     except OSError as e:
         _fail(_os_message(e))
-    except (ConfigError, RunDirError, ValueError, ServerError, EngineError, EmbeddingsUnavailable) as e:
+    except (
+        ConfigError,
+        RunDirError,
+        ValueError,
+        ServerError,
+        EngineError,
+        EmbeddingsUnavailable,
+        DatasetUnavailableError,
+    ) as e:
         _fail(str(e))
     except KeyboardInterrupt:
         discard_temporaries()
