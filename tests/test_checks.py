@@ -39,6 +39,43 @@ def test_a_truncated_weights_file_is_refused(copy_of_tiny):
         check_model_files(str(copy_of_tiny))
 
 
+def test_missing_weights_and_shards_are_refused(copy_of_tiny):
+    """A checkpoint folder with no weights, or a sharded one missing a shard its index lists, is refused up front
+    (it failed at load time, after the run folder existed)."""
+    (copy_of_tiny / "model.safetensors").rename(copy_of_tiny / "model-00001-of-00002.safetensors")
+    index = {
+        "metadata": {},
+        "weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"},
+    }
+    (copy_of_tiny / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(SetupError, match="lists model-00002-of-00002.safetensors, missing from"):
+        check_model_files(str(copy_of_tiny))
+    for f in copy_of_tiny.glob("model*.safetensors*"):
+        f.unlink()
+    with pytest.raises(SetupError, match="holds no weights"):
+        check_model_files(str(copy_of_tiny))
+
+
+def test_a_model_without_a_chat_template_is_refused_before_a_run_directory_exists(copy_of_tiny, tmp_path):
+    (copy_of_tiny / "chat_template.jinja").unlink()
+    root = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "maft.cli", "run", "--out", str(root), "--set", f"model.name={copy_of_tiny}"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "has no chat template" in result.stdout and "Traceback" not in result.stdout + result.stderr
+    assert not root.exists()
+
+
+def test_a_home_relative_model_name_is_the_path_it_names(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    config = load_config(None, ["model.name=~/models/tiny"])
+    assert config.model.name == str(tmp_path / "models" / "tiny")
+
+
 def test_a_garbage_config_is_refused_through_the_cli_before_a_run_directory_exists(copy_of_tiny, tmp_path):
     (copy_of_tiny / "config.json").write_text("{not json")
     root = tmp_path / "run"

@@ -1,9 +1,11 @@
 """Up-front checks of a run's model and settings: everything that would otherwise fail only after compute
 has started (a debate or a finetune in), checked before a run directory is created or a model loads.
 
-- ``model.name``: a local directory must hold a readable ``config.json`` and complete safetensors
-  weights (their headers are read, not the weights); a name that is no local path must be a hub id
-  found in the Hugging Face cache or, with a network, on the hub (asked once, without retries).
+- ``model.name``: a local directory must hold a readable ``config.json`` and complete weights (the
+  safetensors headers are read, not the weights; every shard a sharded checkpoint's index lists); a name that
+  is no local path must be a hub id found in the Hugging Face cache or, with a network, on the hub (asked
+  once, without retries). Where this process loads the model, its tokenizer must have a chat template (maft's
+  debates and finetuning data are conversations). ``~/...`` is the path it names (``ModelConfig``).
 - ``execution.device``: ``auto``, or a device torch knows and this machine has (``cuda`` without a GPU is
   refused).
 - ``train.lora_target_modules``: every listed name must match a module of the base model (PEFT's rule: the
@@ -71,9 +73,24 @@ def check_model_files(name: str) -> None:
 
 
 def _check_weights(path: Path) -> None:
+    import json
+
     from safetensors import safe_open
 
     files = sorted(path.glob("*.safetensors"))
+    if not files and not list(path.glob("*.bin")) and not list(path.glob("*.pt")):
+        raise SetupError(f"model.name {str(path)!r} holds no weights (no *.safetensors or *.bin): copy them there")
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise SetupError(f"{index} is unreadable ({_first_line(e)}): copy the model again") from None
+        missing = sorted(s for s in shards if not (path / s).is_file())
+        if missing:
+            raise SetupError(
+                f"model weights incomplete: {index.name} lists {', '.join(missing)}, missing from {path}; copy them"
+            )
     for f in files:
         try:
             with safe_open(str(f), "pt") as opened:
@@ -218,12 +235,29 @@ def check_model(config: RunConfig, base_model: str) -> None:
     check_device(config.execution.device)
     if config.model.engine == "hf" or config.iterations > 0:
         check_model_files(base_model)
+        check_chat_template(base_model)
     if config.iterations > 0:
         check_quantization(config)
         built = meta_model(base_model)
         if config.train.method == "lora":
             check_lora_targets(config.train.lora_target_modules, [n for n, _ in built.named_modules() if n])
         check_memory(config, ModelCounts.of(built))
+
+
+def check_chat_template(base_model: str) -> None:
+    """maft talks to a model in conversations (its debates and its finetuning data): the tokenizer needs a chat
+    template. Loads the tokenizer only."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(base_model)
+    except Exception as e:
+        raise SetupError(f"model.name {base_model!r}: its tokenizer cannot be loaded ({_first_line(e)})") from None
+    if not tokenizer.chat_template:
+        raise SetupError(
+            f"model.name {base_model!r} has no chat template, and maft's debates and finetuning data are "
+            "conversations: use an instruct/chat model, or add a chat_template to its tokenizer"
+        )
 
 
 def _first_line(error: BaseException) -> str:

@@ -42,6 +42,12 @@ class ModelConfig(Strict):
         "transformers (transformers serve) loads merged checkpoints by path, api has no adapters (debate only)",
     )
 
+    @field_validator("name")
+    @classmethod
+    def _home_expanded(cls, name: str | None) -> str | None:
+        """``~/models/x`` as the path it names (transformers would take it for a malformed hub id)."""
+        return str(Path(name).expanduser()) if name and name.startswith("~") else name
+
 
 class ExecutionConfig(Strict):
     """How to run, not what to compute: where generation and finetuning happen and how fast. Left out of
