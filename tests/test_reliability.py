@@ -384,12 +384,13 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, config):
         pytest.skip("no /dev/full")
     store = RunStore.create(tmp_path / "run", config)
     before = store.manifest_path.read_text()
-    (store.root / ".tmp-manifest.json").symlink_to("/dev/full")
+    temporary = store.root / f".tmp-{os.getpid()}-manifest.json"  # this process's temporary of the manifest
+    temporary.symlink_to("/dev/full")
     with pytest.raises(OSError) as info:
         store.finish("iter_0/debate_test", 1.0)
     assert info.value.errno == 28 and info.value.filename == str(store.manifest_path)
     assert store.manifest_path.read_text() == before
-    assert not (store.root / ".tmp-manifest.json").is_symlink()
+    assert not temporary.is_symlink()
 
 
 def test_maft_report_on_unreadable_unwritable_or_malformed_files_is_one_line(run_copy, restore_permissions):

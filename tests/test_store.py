@@ -301,3 +301,41 @@ def test_a_run_in_use_by_another_process_is_refused(tmp_path):
         holder.wait()
     time.sleep(0.1)
     RunStore.open(root)  # free again once the other process is gone
+
+
+def test_two_processes_writing_one_file_each_publish_theirs_whole(tmp_path):
+    """Two comparisons sharing a folder (.shared/) may write the same base debate at once: each process writes its
+    own temporary, so neither fails nor mixes its bytes into the other's file; the file is one of the two whole."""
+    import subprocess
+    import sys
+    import textwrap
+
+    path = tmp_path / "debate.jsonl"
+    started, release = tmp_path / "started", tmp_path / "release"
+    other = textwrap.dedent(
+        f"""
+        import time
+        from pathlib import Path
+        from maft.store import atomic_file
+        with atomic_file(Path({str(path)!r})) as tmp:
+            with open(tmp, "w") as f:
+                f.write("other " * 1000)
+                f.flush()
+                Path({str(started)!r}).touch()
+                while not Path({str(release)!r}).exists():
+                    time.sleep(0.01)
+                f.write("end\\n")
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", other])
+    try:
+        while not started.exists():
+            assert proc.poll() is None, "the other writer ended early"
+        write_text(path, "mine\n")  # while the other process is halfway through its own temporary
+        assert path.read_text() == "mine\n"
+        release.touch()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
+    assert path.read_text() == "other " * 1000 + "end\n"  # the last rename wins, whole
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]

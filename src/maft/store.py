@@ -68,9 +68,11 @@ def _name_the_file(error: OSError, tmp: Path, path: Path) -> OSError:
 @contextlib.contextmanager
 def atomic_file(path: Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path`` that replaces ``path`` when the block succeeds; on failure
-    (a full disk, Ctrl-C) the temporary is removed and ``path`` is left as it was."""
+    (a full disk, Ctrl-C) the temporary is removed and ``path`` is left as it was. The temporary is this
+    process's own (its pid in the name): two processes writing one file (the base debates two comparisons
+    share in ``.shared/``) never write into each other's temporary, and the last rename wins whole."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(TMP + path.name)
+    tmp = path.with_name(f"{TMP}{os.getpid()}-{path.name}")
     try:
         yield tmp
         _fsync_replace(tmp, path)
