@@ -276,6 +276,14 @@ def test_transfer_debates_another_task_and_evaluate_run_is_its_deprecated_alias(
         (["bench", "generate", "--top-p", "0"], "--top-p must be in (0, 1]"),
         (["run", "--out", "{tmp}/r", "--set", "train.lora_target_modules=q_proj("], "not a regular expression"),
         (["run", "--out", "{tmp}/r", "--set", "train.lora_target_modules=[]"], "names no module"),
+        (
+            ["run", "--out", "{tmp}/r", "--method", "debate", "--iterations", "3"],
+            "--method debate contradicts iterations=3",
+        ),
+        (
+            ["run", "--out", "{tmp}/r", "--method", "star", "--set", "debate.agents=3"],
+            "debate.agents=3 (the method sets 1)",
+        ),
         (["run", "--out", "{tmp}/r", "--set", "seed=-1"], "seed"),
         (["run", "--out", "{tmp}/r", "--set", "train.warmup_ratio=0.1"], "constant_with_warmup"),
         (["evaluate", "--n", "2", "--out", "{tmp}"], "is a folder"),  # refused before the evaluation runs

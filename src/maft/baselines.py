@@ -105,5 +105,18 @@ def method_overrides(name: str) -> list[str]:
     return [f"{k}={_yaml(v)}" for k, v in items.items()]
 
 
+def method_conflicts(name: str, config: Any) -> list[str]:
+    """The settings of ``config`` (a RunConfig) that contradict method ``name``'s preset, each as
+    ``key=<given> (the method sets <preset>)``: a run labelled with a method must be that method."""
+    conflicts = []
+    for key, preset in METHODS[name].overrides.items():
+        given = config
+        for part in key.split("."):
+            given = getattr(given, part)
+        if given != preset:
+            conflicts.append(f"{key}={_yaml(given)} (the method sets {_yaml(preset)})")
+    return conflicts
+
+
 def _yaml(value: Any) -> str:
     return {True: "true", False: "false"}.get(value, str(value)) if isinstance(value, bool) else str(value)

@@ -369,7 +369,7 @@ def run(
     quiet: Annotated[bool, typer.Option(help="no progress bars")] = False,
 ) -> None:
     """Multiagent finetuning: debate -> vote -> per-agent data -> finetune 2N agents, for L iterations."""
-    from maft.baselines import method_overrides
+    from maft.baselines import method_conflicts, method_overrides
     from maft.config import ConfigError, load_config
     from maft.evaluation.diversity import EmbeddingsUnavailable
     from maft.loop import Society
@@ -395,6 +395,11 @@ def run(
                 console.print(f"[yellow]changed on resume:[/yellow] {escape(change)}")
         else:
             cfg = load_config(config, overrides)
+            if method and (conflicts := method_conflicts(method, cfg)):
+                _fail(
+                    f"--method {method} contradicts {', '.join(conflicts)}: drop that setting, or run another "
+                    "method (e.g. --method maft)"
+                )
             from maft.loop import prepare
 
             prepare(cfg)  # bad task options or sizes fail here, before a run directory or model exists
