@@ -276,6 +276,13 @@ def test_transfer_debates_another_task_and_evaluate_run_is_its_deprecated_alias(
         (["bench", "generate", "--top-p", "0"], "--top-p must be in (0, 1]"),
         (["run", "--out", "{tmp}/r", "--set", "train.lora_target_modules=q_proj("], "not a regular expression"),
         (["run", "--out", "{tmp}/r", "--set", "train.lora_target_modules=[]"], "names no module"),
+        (["run", "--out", "{tmp}/r", "--set", "execution.urls=[http://127.0.0.1:1/v1]"], "set model.engine=openai"),
+        (["run", "--out", "{tmp}/r", "--set", "execution.ray_address=auto"], "for execution.scheduler=ray"),
+        (
+            ["run", "--out", "{tmp}/r", "--method", "single_agent_ft", "--set", "data.rationalize=true"]
+            + ["--set", "data.label=gold"],
+            "generated and dropped",
+        ),
         (
             ["run", "--out", "{tmp}/r", "--method", "debate", "--iterations", "3"],
             "--method debate contradicts iterations=3",

@@ -9,11 +9,13 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 
 import pytest
 import torch
+from safetensors.torch import save_file
 from transformers import LlamaConfig
 
 from maft.bench import SHAPES
@@ -331,9 +333,12 @@ def test_a_huge_batch_is_refused_through_the_cli_before_a_run_directory_exists(t
 
 
 def test_prepare_refuses_full_finetuning_of_a_70b_shape(tmp_path):
-    model = tmp_path / "llama-70b"  # a config and no weights: the memory check is what refuses it
+    model = tmp_path / "llama-70b"  # a config, a tokenizer and an empty weights file: the memory check refuses it
     model.mkdir()
     (model / "config.json").write_text(json.dumps(LLAMA_70B))
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(default_checkpoint() / name, model / name)
+    save_file({}, str(model / "model.safetensors"))
     with pytest.raises(SetupError, match=r"train.method=full on a model of 70.6B parameters needs about 1.\d TB"):
         prepare(load_config(None, [f"model.name={model}", "train.method=full", "train.bf16=false"]))
 

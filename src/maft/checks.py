@@ -18,6 +18,8 @@ has started (a debate or a finetune in), checked before a run directory is creat
   changes that would fit.
 - ``execution.report_to``: every tracking backend's library installed, and for mlflow a tracking store that
   MLflow opens (:mod:`maft.tracking`).
+- settings that would be silently ignored: a server's with ``model.engine=hf``, a Ray address with the local
+  scheduler.
 - problems: a question longer than :data:`MAX_QUESTION_CHARS` characters is refused (it would abort the
   tokenizer in the middle of a debate).
 """
@@ -233,6 +235,7 @@ def check_model(config: RunConfig, base_model: str) -> None:
     finetuning); for a run that finetunes, the quantization's needs, the LoRA targets and the memory a job
     needs (the model built once on the meta device)."""
     check_device(config.execution.device)
+    check_unused_settings(config)
     if config.model.engine == "hf" or config.iterations > 0:
         check_model_files(base_model)
         check_chat_template(base_model)
@@ -242,6 +245,35 @@ def check_model(config: RunConfig, base_model: str) -> None:
         if config.train.method == "lora":
             check_lora_targets(config.train.lora_target_modules, [n for n, _ in built.named_modules() if n])
         check_memory(config, ModelCounts.of(built))
+
+
+def check_unused_settings(config: RunConfig) -> None:
+    """Settings that would be silently ignored: a server's (``execution.urls``, ``server``, ...) with the in-process
+    engine, a Ray cluster's address with the local scheduler. Checked when a run starts or resumes (not when a
+    config loads: a run saved with them still opens, to be resumed with them dropped)."""
+    x = config.execution
+    if config.model.engine == "hf":
+        server_only = [
+            key
+            for key, given in (
+                ("urls", bool(x.urls)),
+                ("server", x.server != "external"),
+                ("server_python", x.server_python is not None),
+                ("server_args", bool(x.server_args)),
+                ("server_devices", bool(x.server_devices)),
+            )
+            if given
+        ]
+        if server_only:
+            raise SetupError(
+                f"execution.{', execution.'.join(server_only)} set, but model.engine=hf generates in this process "
+                "and uses no server: set model.engine=openai (and model.server_kind) to use one, or drop it"
+            )
+    if x.ray_address is not None and x.scheduler != "ray":
+        raise SetupError(
+            "execution.ray_address joins a Ray cluster for execution.scheduler=ray: set that too, or drop the "
+            "address (the local scheduler would ignore it)"
+        )
 
 
 def check_chat_template(base_model: str) -> None:

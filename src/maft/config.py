@@ -484,6 +484,12 @@ class RunConfig(Strict):
             raise ValueError(
                 "data.shared_from=majority_responses is the data of one shared model: it needs train.shared=true"
             )
+        if self.data.rationalize and self.data.shared_from == "majority_responses":
+            raise ValueError(
+                "data.rationalize adds the hinted right answers to each agent's own data, but "
+                "data.shared_from=majority_responses trains on the majority's responses instead: it would be "
+                "generated and dropped; use one or the other"
+            )
         agents, rounds = self.debate.shape(held_out=True)
         shaped = self.debate.test_agents is not None or self.debate.test_rounds is not None
         if shaped and rounds > 1 and agents < 2:
