@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -126,6 +127,10 @@ def test_a_missing_backend_is_refused_before_anything_runs(tmp_path):
     with pytest.raises(SetupError, match=r"report_to=mlflow needs mlflow.*pip install mlflow"):
         check_tracking(ExecutionConfig(report_to="mlflow"))
     check_tracking(ExecutionConfig(report_to="tensorboard"))  # installed: no complaint
+    (tmp_path / "a-file").write_text("")
+    for where in ("a-file", "a-file/tb"):  # a tracking_dir that cannot be made: refused, not at the first log
+        with pytest.raises(SetupError, match="execution.tracking_dir .*is a file, not a folder"):
+            check_tracking(ExecutionConfig(report_to="tensorboard", tracking_dir=str(tmp_path / where)))
     out = tmp_path / "run"
     res = CliRunner().invoke(app, ["run", "--out", str(out), "--set", "execution.report_to=mlflow"])
     assert res.exit_code == 2, res.output  # a usage error, as a bad config
@@ -216,3 +221,15 @@ def test_the_society_logs_each_iteration_once(tmp_path):
     finally:
         again.close()
     assert {p: p.stat().st_size for p in events(root / "tracking")} == before
+    # a run stopped between iteration 1's metrics stage and its logging: the resume logs it, and only it
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["stages"]["iter_0/metrics"]["tracked"] and manifest["stages"]["iter_1/metrics"].pop("tracked")
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    shutil.rmtree(root / "tracking" / SOCIETY)
+    resumed = Society(RunStore.open(root, store.config), progress=False)
+    try:
+        resumed.run()
+    finally:
+        resumed.close()
+    assert set(read_scalars(root / "tracking" / SOCIETY)["test/majority"]) == {1}
+    assert json.loads((root / "manifest.json").read_text())["stages"]["iter_1/metrics"]["tracked"]

@@ -192,12 +192,26 @@ def check_tracking(execution: ExecutionConfig) -> None:
 
     from maft.tracking import PACKAGES, backends
 
-    for backend in backends(execution):
+    chosen = backends(execution)
+    for backend in chosen:
         module, install = PACKAGES[backend]
         if importlib.util.find_spec(module) is None:
             raise SetupError(f"execution.report_to={backend} needs {module}, which is not installed: {install}")
         if backend == "mlflow":
             _check_mlflow_store()
+    if chosen and execution.tracking_dir:
+        _check_writable_folder(Path(execution.tracking_dir).expanduser(), "execution.tracking_dir")
+
+
+def _check_writable_folder(folder: Path, setting: str) -> None:
+    """``folder`` is, or can be made, a folder this process writes in."""
+    if folder.exists() and not folder.is_dir():
+        raise SetupError(f"{setting} {folder} is a file, not a folder")
+    parent = next((p for p in [folder, *folder.parents] if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise SetupError(f"{setting} {folder}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK):
+        raise SetupError(f"{setting} {folder}: {parent} is not writable here")
 
 
 def _check_mlflow_store() -> None:

@@ -227,8 +227,8 @@ class Society:
         cfg = self.config
         self._stage("iter_0/debate_test", lambda: self._debate_stage(0, "test"))
         self._diversity(0)
-        if self._stage("iter_0/metrics", lambda: self._write_metrics(0)):
-            self._track(0)
+        self._stage("iter_0/metrics", lambda: self._write_metrics(0))
+        self._track(0)
         for it in range(1, cfg.iterations + 1):
             self._iteration(it)
         self._close_tracker()
@@ -248,18 +248,22 @@ class Society:
         self._train(it)
         self._stage(f"iter_{it}/debate_test", lambda: self._debate_stage(it, "test"))
         self._diversity(it)
-        if self._stage(f"iter_{it}/metrics", lambda: self._write_metrics(it)):
-            self._track(it)
+        self._stage(f"iter_{it}/metrics", lambda: self._write_metrics(it))
+        self._track(it)
 
     def _track(self, it: int) -> None:
         """Log iteration ``it``'s metrics, as recorded, to the society's stream (``execution.report_to``;
-        :mod:`maft.tracking`), at step ``it``: once, when its metrics stage has just run."""
+        :mod:`maft.tracking`), at step ``it``: once per metrics stage (its manifest entry records ``tracked``), so a
+        run stopped between the stage and its logging (or resumed with tracking newly on) logs it on resume."""
         tracking = Tracking.of(self.config.execution, self.store.root, SOCIETY)
-        if tracking is None:
+        entry = self.store.manifest["stages"].get(f"iter_{it}/metrics")
+        if tracking is None or entry is None or "redo" in entry or entry.get("tracked"):
             return
         if self._tracker is None:
             self._tracker = MetricsLogger(tracking)
         self._tracker.log(iteration_scalars(self.load_metrics(it)), step=it)
+        entry["tracked"] = True
+        self.store.save_manifest()
 
     def _close_tracker(self) -> None:
         if self._tracker is not None:

@@ -18,8 +18,9 @@ What is logged, and where:
   steps from 0.)
 - **the society** (one stream, named ``society``): every scalar of an iteration's metrics
   (:func:`iteration_scalars`: held-out majority and per-agent accuracy by round, agreement, label precision,
-  data sizes, losses, diversity, compute) at step = the iteration (0: the base model), once each: logged when
-  the iteration's ``metrics`` stage finishes, so a resumed run logs only the iterations it computes.
+  data sizes, losses, diversity, compute) at step = the iteration (0: the base model), once each: logged after
+  the iteration's ``metrics`` stage finishes and recorded in its manifest entry (``tracked``), so a resumed run
+  logs only the iterations not logged yet (one stopped between the two included).
 
 How it is grouped (the run's name, :func:`run_name`, is the run directory's name and six hex digits of its path,
 e.g. ``20260101-120000-3fa2c1``, or ``maft/seed_0-9b01de`` for one seed of a comparison):
