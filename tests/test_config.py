@@ -433,3 +433,10 @@ def test_a_warmup_the_schedule_would_ignore_is_refused():
     for schedule in ("constant_with_warmup", "linear", "cosine"):
         TrainConfig(warmup_ratio=0.1, lr_scheduler=schedule)
     TrainConfig(lr_scheduler="constant")  # no warmup asked for
+
+
+def test_server_devices_may_be_written_as_numbers():
+    """YAML reads [0, 1] as integers: they are the GPU names CUDA_VISIBLE_DEVICES takes (it was a type error)."""
+    assert load_config(None, ["execution.server_devices=[0,1]"]).execution.server_devices == ["0", "1"]
+    assert load_config(None, ["execution.server_devices=3"]).execution.server_devices == ["3"]
+    assert load_config(None, ["execution.server_devices=[GPU-5e1f]"]).execution.server_devices == ["GPU-5e1f"]

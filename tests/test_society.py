@@ -6,6 +6,8 @@ import json
 import os
 
 import pytest
+import torch
+import yaml
 from safetensors.torch import load_file
 
 from maft.agents import roles
@@ -250,6 +252,13 @@ def test_transfer_grades_again_after_the_answers_change_and_refuses_agents_the_r
     with pytest.raises(ValueError, match=r"iteration\(s\) \[1\].*resume the run first"):
         transfer(root, "gsm8k", options=options, n=3, progress=False)
     assert transfer(root, "gsm8k", options=options, n=3, iterations=[0], progress=False)[0] == again  # iteration 0
+    # a run made on a GPU machine, transferred here: its device is refused in one line, before any model loads
+    saved = yaml.safe_load((root / "config.yaml").read_text())
+    saved["execution"]["device"] = "cuda"
+    (root / "config.yaml").write_text(yaml.safe_dump(saved))
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="execution.device 'cuda', but this machine has no CUDA GPU"):
+            transfer(root, "gsm8k", options=options, n=3, iterations=[0], progress=False)
 
 
 def test_a_finished_run_resumes_without_redoing_anything(finished_run):

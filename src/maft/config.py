@@ -154,6 +154,18 @@ class ExecutionConfig(Strict):
         gpus = self.gpus_per_job
         return int(gpus) if gpus is not None and gpus > 1 and gpus == int(gpus) else 1
 
+    @field_validator("server_devices", mode="before")
+    @classmethod
+    def _device_names(cls, value: Any) -> Any:
+        """GPU indices as YAML reads them (``[0, 1]``) are the names CUDA_VISIBLE_DEVICES takes."""
+        if isinstance(value, int | str):
+            value = [value]
+        return (
+            [str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
+            if isinstance(value, list)
+            else value
+        )
+
     @field_validator("report_to", mode="before")
     @classmethod
     def _one_or_more(cls, value: Any) -> Any:

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from maft.agents import agents_at, fingerprint, trained_roles
+from maft.checks import check_device
 from maft.debate.protocol import run_debate
 from maft.debate.voting import VoteRule
 from maft.evaluation.metrics import DebateMetrics, debate_metrics
@@ -75,6 +76,7 @@ def transfer(
             f"{cfg.task.n_train} problems of this task and held out {cfg.task.n_test}): use --n {cfg.task.n_test} or "
             "fewer, or another task"
         )
+    check_device(cfg.execution.device)  # the run's device may be missing here (another machine): one line, not a crash
     check_serving(cfg)
     engine = None
     where = transfer_dir(store.root, task_name, options or {})
