@@ -274,6 +274,8 @@ def test_transfer_debates_another_task_and_evaluate_run_is_its_deprecated_alias(
         (["bench", "generate", "--out", "{tmp}"], "is a folder"),
         (["bench", "train", "--out", "{tmp}/typo.yaml/b.json"], "is a file, not a folder"),
         (["bench", "generate", "--top-p", "0"], "--top-p must be in (0, 1]"),
+        (["bench", "generate", "--device", "cuda:7"], "--device: execution.device 'cuda:7'"),
+        (["tiny", "train", "--out", "{tmp}/t", "--init-from", "{tmp}/nope"], "--init-from: model.name"),
         (["run", "--out", "{tmp}/r", "--set", "train.lora_target_modules=q_proj("], "not a regular expression"),
         (["run", "--out", "{tmp}/r", "--set", "train.lora_target_modules=[]"], "names no module"),
         (["run", "--out", "{tmp}/r", "--set", "execution.urls=[http://127.0.0.1:1/v1]"], "set model.engine=openai"),

@@ -136,6 +136,12 @@ class BenchConfig:
             raise BenchError(f"--top-p must be in (0, 1] and --temperature >= 0 (got {self.top_p}, {self.temperature})")
         if "openai" in self.paths and not self.url:
             raise BenchError("the openai path needs --url (the server's base URL, e.g. http://127.0.0.1:8000/v1)")
+        from maft.checks import SetupError, check_device
+
+        try:
+            check_device(self.device)
+        except SetupError as e:
+            raise BenchError(f"--device: {e}") from None
         if self.model not in SHAPES and self.model != "tiny" and not (Path(self.model) / "config.json").is_file():
             raise BenchError(
                 f"--model {self.model!r} is not 'tiny', a local checkpoint (config.json) "

@@ -590,6 +590,13 @@ def tiny_train(
         _fail(_os_message(e))
     except (yaml.YAMLError, TypeError, ValidationError) as e:
         _fail(f"recipe config {config or '(options)'}: {e}")
+    if cfg.init_from:  # before anything is written under --out
+        from maft.checks import SetupError, check_model_files
+
+        try:
+            check_model_files(cfg.init_from)
+        except SetupError as e:
+            _fail(f"--init-from: {e}")
     start = time.perf_counter()
     pretrain(cfg, out)
     console.print(f"saved {out} after {cfg.steps} steps in {time.perf_counter() - start:.0f} s", markup=False)
