@@ -281,6 +281,18 @@ def test_transfer_debates_another_task_and_evaluate_run_is_its_deprecated_alias(
         (["run", "--out", "{tmp}/r", "--set", "execution.urls=[http://127.0.0.1:1/v1]"], "set model.engine=openai"),
         (["run", "--out", "{tmp}/r", "--set", "execution.ray_address=auto"], "for execution.scheduler=ray"),
         (
+            [
+                "run",
+                "--out",
+                "{tmp}/r",
+                "--set",
+                "execution.scheduler=ray",
+                "--set",
+                "execution.ray_address=127.0.0.1:9",
+            ],
+            "execution.ray_address '127.0.0.1:9' does not answer",
+        ),
+        (
             ["run", "--out", "{tmp}/r", "--method", "single_agent_ft", "--set", "data.rationalize=true"]
             + ["--set", "data.label=gold"],
             "generated and dropped",

@@ -18,6 +18,8 @@ has started (a debate or a finetune in), checked before a run directory is creat
   changes that would fit.
 - ``execution.report_to``: every tracking backend's library installed, and for mlflow a tracking store that
   MLflow opens (:mod:`maft.tracking`).
+- the finetuning jobs' place: Ray installed and a ``host:port`` cluster address answering
+  (``execution.scheduler=ray``); no more processes per job than this machine has GPUs (local scheduler).
 - settings that would be silently ignored: a server's with ``model.engine=hf``, a Ray address with the local
   scheduler.
 - problems: a question longer than :data:`MAX_QUESTION_CHARS` characters is refused (it would abort the
@@ -250,6 +252,7 @@ def check_model(config: RunConfig, base_model: str) -> None:
     needs (the model built once on the meta device)."""
     check_device(config.execution.device)
     check_unused_settings(config)
+    check_jobs(config)
     if config.model.engine == "hf" or config.iterations > 0:
         check_model_files(base_model)
         check_chat_template(base_model)
@@ -287,6 +290,40 @@ def check_unused_settings(config: RunConfig) -> None:
         raise SetupError(
             "execution.ray_address joins a Ray cluster for execution.scheduler=ray: set that too, or drop the "
             "address (the local scheduler would ignore it)"
+        )
+
+
+def check_jobs(config: RunConfig) -> None:
+    """Where the finetuning jobs run can run them: Ray installed and its cluster's address answering
+    (``execution.scheduler=ray``), and no more processes per job than this machine has GPUs (local scheduler, on
+    GPUs; on a CPU the processes share it)."""
+    import importlib.util
+    import socket
+
+    x = config.execution
+    if config.iterations == 0:
+        return
+    if x.scheduler == "ray":
+        if importlib.util.find_spec("ray") is None:
+            raise SetupError("execution.scheduler=ray needs Ray, which is not installed: pip install 'maft[ray]'")
+        address = (x.ray_address or "").removeprefix("ray://")
+        host, _, port = address.rpartition(":")
+        if host and port.isdigit():
+            try:
+                socket.create_connection((host, int(port)), timeout=5).close()
+            except OSError as e:
+                raise SetupError(
+                    f"execution.ray_address {x.ray_address!r} does not answer ({e.strerror or type(e).__name__}): "
+                    "start the cluster (ray start --head) or fix the address"
+                ) from None
+        return
+    import torch
+
+    if x.job_processes > 1 and torch.cuda.is_available() and x.job_processes > torch.cuda.device_count():
+        raise SetupError(
+            f"each role would train in {x.job_processes} processes, one per GPU (execution.processes_per_job / "
+            f"gpus_per_job), but this machine has {torch.cuda.device_count()} GPU(s): use at most that many, or "
+            "execution.scheduler=ray on a cluster"
         )
 
 
