@@ -430,8 +430,10 @@ def test_a_deleted_output_is_redone_on_resume(run_copy):
     result = maft("run", "--resume", run_copy, "--quiet")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "iter_0/metrics: its output iter_0/metrics.json is missing; the stage will be redone" in result.stdout
+    assert "metrics.json, summary.md, report withdrawn until the run finishes again" in result.stdout
     assert "iter_0/debate_test: finished earlier" in result.stdout
     assert (run_copy / "iter_0" / "metrics.json").is_file()
+    assert all((run_copy / name).exists() for name in ("metrics.json", "summary.md", "report/index.html"))  # again
     entry = stages(run_copy)["iter_0/metrics"]
     assert "redo" not in entry and entry["outputs"]["iter_0/metrics.json"]["size"] > 0
 
@@ -451,6 +453,16 @@ def test_a_truncated_output_is_redone_on_resume(run_copy):
     assert "iter_0/debate_test: redone with" in result.stdout  # and what that means for iter_0/metrics
     assert len(path.read_text().splitlines()) == len(whole.decode().splitlines())
     assert not any("redo" in entry for entry in stages(run_copy).values())
+
+
+def test_a_run_with_stages_to_redo_shows_no_final_results(run_copy):
+    """Opening a finished run whose outputs changed (a deleted file) withdraws its whole-run results: a report of
+    it would show the old numbers as final, and the resume is then interrupted before it writes new ones."""
+    (run_copy / "iter_0" / "debate_test.jsonl").unlink()
+    RunStore.open(run_copy, say=lambda _: None)
+    assert not any((run_copy / name).exists() for name in ("metrics.json", "summary.md", "report"))
+    result = maft("report", run_copy)
+    assert result.returncode != 0 and "expected a finished run directory" in result.stdout + result.stderr
 
 
 def test_store_marks_changed_and_missing_outputs_and_cascades_only_on_other_outputs(tmp_path, config):

@@ -43,6 +43,8 @@ from maft.config import ConfigError, RunConfig, config_diff, read_yaml
 
 M = TypeVar("M", bound=BaseModel)
 TMP = ".tmp-"
+#: What a run writes when it finishes, from its stages' outputs (withdrawn when a stage must be redone).
+FINAL_RESULTS = ("metrics.json", "summary.md", "report")
 HASH_LIMIT = 64 << 20  # larger outputs (full checkpoints) are checked by size only
 HELD_OUT = ("debate_test", "diversity", "metrics")  # no later iteration reads these (society.py)
 
@@ -412,7 +414,9 @@ class RunStore:
                 tmp.unlink(missing_ok=True)
 
     def _check_outputs(self) -> None:
-        """Mark the finished stages whose recorded outputs are missing or changed to be redone."""
+        """Mark the finished stages whose recorded outputs are missing or changed to be redone. The run is then
+        not finished: its whole-run results (``metrics.json``, ``summary.md``, ``report/``), written when it
+        last finished, are withdrawn, so that no report shows them as final; the resumed run writes them again."""
         marked = False
         for name, entry in self.manifest["stages"].items():
             if "redo" in entry or not entry.get("outputs"):
@@ -424,6 +428,12 @@ class RunStore:
                 self.say(f"{name}: {problem}; the stage will be redone")
         if marked:
             self.save_manifest()
+            withdrawn = [p for p in FINAL_RESULTS if (self.root / p).exists()]
+            for name in withdrawn:
+                path = self.root / name
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+            if withdrawn:
+                self.say(f"{', '.join(withdrawn)} withdrawn until the run finishes again")
 
     # -- stages -----------------------------------------------------------------------------------
     def done(self, stage: str) -> bool:
