@@ -339,3 +339,37 @@ def test_two_processes_writing_one_file_each_publish_theirs_whole(tmp_path):
         proc.kill()
     assert path.read_text() == "other " * 1000 + "end\n"  # the last rename wins, whole
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_a_run_another_process_is_creating_is_left_to_it(tmp_path):
+    """Two maft run --out X at once: the second finds the first's temporary folder locked and is refused, leaving
+    it untouched (it used to remove it and take a lock of its own, so both went on); a leftover of a killed
+    creation, locked by nobody, is replaced."""
+    import subprocess
+    import sys
+
+    root = tmp_path / "run"
+    creating = tmp_path / ".tmp-run"
+    creating.mkdir()
+    (creating / "config.yaml").write_text("being written\n")
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys, time; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
+            "print('locked', flush=True); time.sleep(60)",
+            str(creating / ".lock"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunDirError, match="another maft process is creating"):
+            RunStore.create(root, RunConfig())
+        assert (creating / "config.yaml").read_text() == "being written\n" and not root.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    RunStore.create(root, RunConfig())
+    assert (root / "manifest.json").is_file() and not creating.exists()

@@ -318,6 +318,11 @@ class RunStore:
             _LOCKS[store.root] = lock
             return store
         tmp, lock = store.root.with_name(TMP + store.root.name), None
+        if (tmp / ".lock").is_file():  # another process creating this run right now holds it: refuse, untouched
+            try:
+                _lock(tmp).close()  # a leftover of a killed creation: nobody holds it, temporary_dir replaces it
+            except RunDirError:
+                raise RunDirError(f"another maft process is creating {root}; wait for it or stop it first") from None
         try:
             temporary_dir(store.root)
             lock = _lock(tmp)  # the lock is on the file, and moves with the folder
