@@ -14,7 +14,7 @@ from maft.data.agent_data import Example
 from maft.debate.transcript import Turn
 from maft.debate.voting import ProblemVote, VoteRule
 from maft.evaluation.metrics import majority_scores
-from maft.store import read_jsonl
+from maft.store import RunDirError, read_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -238,6 +238,23 @@ def test_running_the_comparison_again_resumes_and_redoes_nothing(comparison):
     again = compare(load_compare_config(None, SMALL, METHODS_RUN), out, progress=False)
     assert {m: json.loads((out / m / "manifest.json").read_text()) for m in METHODS_RUN} == before
     assert [r.accuracy for r in again] == [results[m].accuracy for m in METHODS_RUN]
+
+
+def test_a_method_run_of_other_settings_is_refused_before_any_method_runs(comparison, tmp_path):
+    """Another comparison's runs in --out: refused before the first method runs (it was refused only when the
+    loop reached that method, after the methods before it had run), and compare.yaml is left as it was."""
+    import shutil
+
+    out = tmp_path / "c"
+    shutil.copytree(comparison[0] / "star", out / "star", ignore=shutil.ignore_patterns(".lock"))
+    (out / "compare.yaml").write_text("kept\n")
+    changed = load_compare_config(None, [*SMALL, "train.learning_rate=0.001"], ["debate", "star"])
+    with pytest.raises(
+        RunDirError, match=r"(?s)c/star holds a run of other settings .*train.learning_rate: 0.002 -> 0.001"
+    ):
+        compare(changed, out, progress=False)
+    assert sorted(p.name for p in out.iterdir()) == ["compare.yaml", "star"]
+    assert (out / "compare.yaml").read_text() == "kept\n"
 
 
 def test_the_shipped_compare_config_is_the_default_methods_on_the_embedded_default():

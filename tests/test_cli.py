@@ -339,3 +339,13 @@ def test_a_hub_task_without_the_hub_is_one_error_line(tmp_path, monkeypatch, com
     assert result.exit_code == 2, result.output
     assert "error: gsm8k: cannot load" in output and "Pass path=" in output and "Traceback" not in output
     assert not (tmp_path / "r").exists()
+
+
+def test_compare_refuses_a_run_directory_as_its_out(tmp_path):
+    """A comparison written into a run's folder made that run's report the comparison's."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "manifest.json").write_text("{}")
+    result = CliRunner().invoke(app, ["compare", "--out", str(run), "--methods", "debate"])
+    assert result.exit_code == 2 and "is the directory of one run" in " ".join(result.output.split()), result.output
+    assert sorted(p.name for p in run.iterdir()) == ["manifest.json"]  # nothing written there

@@ -40,7 +40,15 @@ from rich.console import Console
 from rich.markup import escape
 
 from maft.baselines import DEFAULT_METHODS, METHODS, method_overrides
-from maft.config import ConfigError, RunConfig, apply_overrides, load_config, read_yaml, validation_errors
+from maft.config import (
+    ConfigError,
+    RunConfig,
+    apply_overrides,
+    config_diff,
+    load_config,
+    read_yaml,
+    validation_errors,
+)
 from maft.debate.transcript import Turn
 from maft.debate.voting import VoteRule
 from maft.evaluation.metrics import Accuracy, Compute, Diversity, IterationMetrics, majority_scores
@@ -217,7 +225,12 @@ def _run_dir(name: str, seed: int, several: bool) -> str:
 
 
 def _check_layout(out: Path, methods: list[str], several: bool) -> None:
-    """Refuse a comparison directory laid out for the other number of seeds (before anything runs)."""
+    """Refuse a comparison directory that is a run's (``maft run --out``), or laid out for the other number of
+    seeds (before anything runs)."""
+    if (out / "manifest.json").is_file():
+        raise RunDirError(
+            f"{out} is the directory of one run (maft run), not of a comparison: give maft compare its own --out"
+        )
     for name in methods:
         d = out / name
         if several and (d / "manifest.json").is_file():
@@ -257,6 +270,16 @@ def compare(
     for name in cfg.methods:
         prepare(configs[name, seeds[0]])  # bad task options or sizes fail here, before any run starts
     _check_layout(out, cfg.methods, several)
+    for (name, seed), run_config in configs.items():  # a run there from another config: refused now, not after
+        root = out / _run_dir(name, seed, several)  # the methods before it have run
+        if (root / "manifest.json").is_file():
+            saved = RunStore.saved_config(root)
+            if saved.hash() != run_config.hash():
+                changes = "\n  ".join(config_diff(saved, run_config))
+                raise RunDirError(
+                    f"{root} holds a run of other settings than this comparison's {name}:\n  {changes}\n"
+                    "Use another --out, or the settings that run was started with."
+                )
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "compare.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     engine: Any = None
