@@ -247,3 +247,13 @@ def test_jsonl_errors(tmp_path):
 
 def test_all_tasks_are_task_subclasses():
     assert all(issubclass(cls, Task) for cls in TASKS.values())
+
+
+def test_task_options_are_checked_against_their_types_and_named():
+    """A wrong option type names the option (it was the task code's own error: 'non-integer arg 1 for
+    randrange()'); a value that converts exactly is taken converted."""
+    with pytest.raises(ValueError, match=r"task 'arithmetic': option low=1.5: Input should be a valid integer"):
+        get_task("arithmetic", low=1.5)
+    with pytest.raises(ValueError, match=r"task 'math': option levels\[0\]=\['a'\]: Input should be a valid integer"):
+        get_task("math", levels=["a"])
+    assert get_task("arithmetic", low="3", high=9).low == 3

@@ -71,10 +71,38 @@ def get_task(name: str, **options: Any) -> Task:
         raise ValueError(
             f"task {name!r}: bad options {sorted(options)} ({e}); it accepts: {', '.join(accepted) or 'none'}"
         ) from None
+    options = _typed_options(name, cls, options)
     try:
         return cls(**options)
     except TypeError as e:
         raise ValueError(f"task {name!r}: {e}") from None
+
+
+def _typed_options(name: str, cls: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """Each option checked against the type its task's constructor declares (``low=1.5`` for an integer,
+    ``levels=[a]``), so that the error names the option rather than whatever the task's code trips over; a value
+    of another type that converts exactly (``"3"`` for an integer) is passed converted."""
+    import typing
+    from collections.abc import Iterator
+
+    from pydantic import TypeAdapter, ValidationError
+
+    hints = typing.get_type_hints(cls.__init__)
+    typed = dict(options)
+    for key, value in options.items():
+        if key not in hints:
+            continue
+        try:
+            checked = TypeAdapter(hints[key]).validate_python(value)
+            if isinstance(checked, Iterator):  # an Iterable[...] is checked item by item as it is read
+                list(checked)
+            else:
+                typed[key] = checked
+        except ValidationError as e:
+            problem = e.errors()[0]
+            where = "".join(f"[{p}]" for p in problem["loc"] if isinstance(p, int))
+            raise ValueError(f"task {name!r}: option {key}{where}={value!r}: {problem['msg']}") from None
+    return typed
 
 
 for _cls in (ArithmeticTask, GSM8KTask, MathTask, MMLUTask, JsonlTask):
