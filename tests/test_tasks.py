@@ -257,3 +257,20 @@ def test_task_options_are_checked_against_their_types_and_named():
     with pytest.raises(ValueError, match=r"task 'math': option levels\[0\]=\['a'\]: Input should be a valid integer"):
         get_task("math", levels=["a"])
     assert get_task("arithmetic", low="3", high=9).low == 3
+
+
+def test_a_run_that_never_trains_needs_no_training_problems():
+    """The debate baseline on a small task file: task.n_train (300 by default) asked for problems it never uses.
+    Without enough of them it gets none, and the same held-out problems as a run that trains."""
+    from pathlib import Path
+
+    from maft.config import load_config
+    from maft.loop import task_splits
+
+    path = Path(__file__).parent / "fixtures" / "gsm8k_dir" / "test.jsonl"
+    base = ["task.name=jsonl", f"task.options.path={path}", "task.n_test=3"]
+    _, debate = task_splits(load_config(None, [*base, "iterations=0"]))  # n_train 300 of 5 problems
+    _, trains = task_splits(load_config(None, [*base, "iterations=1", "task.n_train=2"]))
+    assert debate.train == [] and [p.id for p in debate.test] == [p.id for p in trains.test]
+    with pytest.raises(ValueError, match="300 train \\+ 3 test problems asked, only 5 exist"):
+        task_splits(load_config(None, [*base, "iterations=1"]))

@@ -66,9 +66,16 @@ from maft.training.sft import TrainResult, check_critic_loss
 
 
 def task_splits(config: RunConfig) -> tuple[Task, Splits]:
-    """The run's task and its training and held-out problems (drawn by ``config.split_seed``)."""
+    """The run's task and its training and held-out problems (drawn by ``config.split_seed``). A run that never
+    trains (``iterations=0``: the single, majority and debate baselines) needs no training problems: where the task
+    has too few for ``task.n_train``, it gets none, and the same held-out problems (they are drawn first)."""
     task = get_task(config.task.name, **config.task.options)
-    return task, task.splits(config.task.n_train, config.task.n_test, seed=config.split_seed)
+    try:
+        return task, task.splits(config.task.n_train, config.task.n_test, seed=config.split_seed)
+    except ValueError:
+        if config.iterations:
+            raise
+        return task, task.splits(0, config.task.n_test, seed=config.split_seed)
 
 
 def prepare(config: RunConfig) -> tuple[Task, Splits]:
