@@ -6,6 +6,7 @@ import json
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from maft.config import RunConfig, load_config
 from maft.data.agent_data import Example
@@ -373,3 +374,27 @@ def test_a_run_another_process_is_creating_is_left_to_it(tmp_path):
         holder.wait()
     RunStore.create(root, RunConfig())
     assert (root / "manifest.json").is_file() and not creating.exists()
+
+
+def test_a_run_saved_before_a_rule_for_new_runs_still_opens(tmp_path):
+    """Rules added for new runs (a negative seed, a warmup the constant schedule ignores, rationalizations that
+    would be dropped, no LoRA targets) refuse a new config, but a run saved with such settings before the rule
+    existed still opens, resumes and reports: its config is read back as saved."""
+    old = {
+        "seed": -3,
+        "train": {"warmup_ratio": 0.05, "lr_scheduler": "constant", "lora_target_modules": []},
+        "data": {"rationalize": True, "label": "gold", "shared_from": "majority_responses"},
+        "debate": {"agents": 1, "rounds": 1},
+    }
+    old["train"]["shared"] = True
+    with pytest.raises(ValidationError) as refused:
+        RunConfig.model_validate(old)
+    assert "names no module" in str(refused.value)  # the first rule it meets
+    root = tmp_path / "run"
+    RunStore.create(root, RunConfig.saved(old))
+    from maft import store as store_module
+
+    store_module._LOCKS.pop(root.resolve()).close()  # as if this process had exited
+    reopened = RunStore.open(root)
+    assert reopened.config.seed == -3 and reopened.config.train.warmup_ratio == 0.05
+    assert load_config(None, ["execution.generation_batch_size=8"], base=reopened.config).seed == -3  # a resume's --set

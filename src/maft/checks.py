@@ -5,7 +5,7 @@ has started (a debate or a finetune in), checked before a run directory is creat
   safetensors headers are read, not the weights; every shard a sharded checkpoint's index lists); a name that
   is no local path must be a hub id found in the Hugging Face cache or, with a network, on the hub (asked
   once, without retries). Where this process loads the model, its tokenizer must have a chat template (maft's
-  debates and finetuning data are conversations). ``~/...`` is the path it names (``ModelConfig``).
+  debates and finetuning data are conversations). ``~/...`` is the path it names (``serving.base_model``).
 - ``execution.device``: ``auto``, or a device torch knows and this machine has (``cuda`` without a GPU is
   refused).
 - ``train.lora_target_modules``: every listed name must match a module of the base model (PEFT's rule: the

@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from maft.types import CriticMix, Summarizer, TieBreak, Truncated
 
@@ -41,12 +49,6 @@ class ModelConfig(Strict):
         description="with engine=openai, how agents reach the server: vllm/sglang load LoRA adapters at run time, "
         "transformers (transformers serve) loads merged checkpoints by path, api has no adapters (debate only)",
     )
-
-    @field_validator("name")
-    @classmethod
-    def _home_expanded(cls, name: str | None) -> str | None:
-        """``~/models/x`` as the path it names (transformers would take it for a malformed hub id)."""
-        return str(Path(name).expanduser()) if name and name.startswith("~") else name
 
 
 class ExecutionConfig(Strict):
@@ -350,8 +352,8 @@ class TrainConfig(Strict):
 
     @field_validator("lora_target_modules")
     @classmethod
-    def _some_targets(cls, targets: list[str] | str) -> list[str] | str:
-        if not targets or (isinstance(targets, list) and not all(t.strip() for t in targets)):
+    def _some_targets(cls, targets: list[str] | str, info: ValidationInfo) -> list[str] | str:
+        if not _saved(info) and (not targets or (isinstance(targets, list) and not all(t.strip() for t in targets))):
             raise ValueError("names no module: use all-linear, or names such as [q_proj, v_proj]")
         return targets
 
@@ -365,13 +367,19 @@ class TrainConfig(Strict):
         return self
 
     @model_validator(mode="after")
-    def _warmup_needs_a_schedule_with_warmup(self) -> TrainConfig:
-        if self.warmup_ratio > 0 and self.lr_scheduler == "constant":
+    def _warmup_needs_a_schedule_with_warmup(self, info: ValidationInfo) -> TrainConfig:
+        if self.warmup_ratio > 0 and self.lr_scheduler == "constant" and not _saved(info):
             raise ValueError(
                 f"train.warmup_ratio={self.warmup_ratio} would do nothing: transformers' constant schedule has no "
                 "warmup; use train.lr_scheduler=constant_with_warmup (or linear, cosine, ...)"
             )
         return self
+
+
+def _saved(info: ValidationInfo) -> bool:
+    """Whether this is a saved run's config being read back (:meth:`RunConfig.saved`): the rules marked so refuse
+    what a new run may not start with, but a run saved before they existed must still open, resume and report."""
+    return bool((info.context or {}).get("saved"))
 
 
 #: transformers' schedulers that step on evaluation metrics: a finetuning job has no evaluation set
@@ -449,7 +457,7 @@ class RunConfig(Strict):
     """A multiagent finetuning run. ``iterations`` is L; iteration 0 is the base model's debate."""
 
     method: str = Field("maft", description="a label for reports: maft, or the baseline this config runs")
-    seed: int = Field(0, ge=0, description="the run seed: every random choice of a run follows it")
+    seed: int = Field(0, description="the run seed, >= 0: every random choice of a run follows it")
     iterations: int = Field(3, ge=0, description="L, finetuning iterations (0: only the base model's debate)")
     model: ModelConfig = Field(default_factory=ModelConfig, description="the base model and the engine kind")
     task: TaskConfig = Field(default_factory=TaskConfig, description="the problems and their splits")
@@ -480,6 +488,25 @@ class RunConfig(Strict):
                 data = {**data, "execution": {**moved, **execution}}
         return data
 
+    @classmethod
+    def saved(cls, data: Any) -> RunConfig:
+        """A saved run's config read back: validated, except by the rules for new runs only (:func:`_saved`)."""
+        return cls.model_validate(data, context={"saved": True})
+
+    @model_validator(mode="after")
+    def _new_runs_only(self, info: ValidationInfo) -> RunConfig:
+        if _saved(info):
+            return self
+        if self.seed < 0:
+            raise ValueError(f"seed={self.seed}: the run seed must be >= 0")
+        if self.data.rationalize and self.data.shared_from == "majority_responses":
+            raise ValueError(
+                "data.rationalize adds the hinted right answers to each agent's own data, but "
+                "data.shared_from=majority_responses trains on the majority's responses instead: it would be "
+                "generated and dropped; use one or the other"
+            )
+        return self
+
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
         if self.debate.agents < 2 and self.debate.rounds > 1:  # a lone critic would see no other answers
@@ -495,12 +522,6 @@ class RunConfig(Strict):
         if self.data.shared_from == "majority_responses" and not self.train.shared:
             raise ValueError(
                 "data.shared_from=majority_responses is the data of one shared model: it needs train.shared=true"
-            )
-        if self.data.rationalize and self.data.shared_from == "majority_responses":
-            raise ValueError(
-                "data.rationalize adds the hinted right answers to each agent's own data, but "
-                "data.shared_from=majority_responses trains on the majority's responses instead: it would be "
-                "generated and dropped; use one or the other"
             )
         agents, rounds = self.debate.shape(held_out=True)
         shaped = self.debate.test_agents is not None or self.debate.test_rounds is not None
@@ -654,8 +675,8 @@ def load_config(
             raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(loaded).__name__}")
         data = loaded or {}
     apply_overrides(data, overrides or [])
-    try:
-        return RunConfig.model_validate(data)
+    try:  # on top of a saved run's config (a resume's --set): read back as saved
+        return RunConfig.saved(data) if base is not None else RunConfig.model_validate(data)
     except ValidationError as e:
         source = f" in {path}" if path else ""
         raise ConfigError(f"invalid run config{source}:\n" + validation_errors(e)) from None

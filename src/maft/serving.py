@@ -33,9 +33,10 @@ SERVER_MODULES = {
 
 
 def base_model(config: RunConfig) -> str:
-    """The base model's name or path (the embedded tiny model's folder when none is named)."""
+    """The base model's name or path (the embedded tiny model's folder when none is named); ``~/models/x`` as the
+    path it names (transformers would take it for a malformed hub id; the config keeps it as written)."""
     if config.model.name:
-        return config.model.name
+        return str(Path(config.model.name).expanduser()) if config.model.name.startswith("~") else config.model.name
     from maft.tiny import default_checkpoint
 
     return str(default_checkpoint())

@@ -270,7 +270,7 @@ def interrupted_creation(root: Path) -> bool:
         return False
     if "config.yaml" in names:
         try:
-            RunConfig.model_validate(read_yaml(root / "config.yaml"))
+            RunConfig.saved(read_yaml(root / "config.yaml"))
         except (ConfigError, ValidationError):
             return False
     return True
@@ -355,7 +355,7 @@ class RunStore:
         if not (root / "config.yaml").is_file():
             raise RunDirError(f"{root} has a manifest but no config.yaml; it cannot be resumed")
         try:
-            return RunConfig.model_validate(read_yaml(root / "config.yaml", "run config"))
+            return RunConfig.saved(read_yaml(root / "config.yaml", "run config"))
         except ConfigError as e:
             raise RunDirError(f"{e}; the run cannot be resumed") from None
         except ValidationError as e:
