@@ -223,7 +223,8 @@ def test_the_society_logs_each_iteration_once(tmp_path):
     assert {p: p.stat().st_size for p in events(root / "tracking")} == before
     # a run stopped between iteration 1's metrics stage and its logging: the resume logs it, and only it
     manifest = json.loads((root / "manifest.json").read_text())
-    assert manifest["stages"]["iter_0/metrics"]["tracked"] and manifest["stages"]["iter_1/metrics"].pop("tracked")
+    assert manifest["stages"]["iter_0/metrics"]["tracked"] and manifest["stages"]["iter_1/metrics"]["tracked"]
+    manifest["stages"]["iter_1/metrics"]["tracked"] = False
     (root / "manifest.json").write_text(json.dumps(manifest))
     shutil.rmtree(root / "tracking" / SOCIETY)
     resumed = Society(RunStore.open(root, store.config), progress=False)
@@ -233,3 +234,14 @@ def test_the_society_logs_each_iteration_once(tmp_path):
         resumed.close()
     assert set(read_scalars(root / "tracking" / SOCIETY)["test/majority"]) == {1}
     assert json.loads((root / "manifest.json").read_text())["stages"]["iter_1/metrics"]["tracked"]
+    # a stage recorded before the record existed (a run of an older maft) was logged when it ran: not again
+    manifest = json.loads((root / "manifest.json").read_text())
+    del manifest["stages"]["iter_0/metrics"]["tracked"]
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    logged = {p: p.stat().st_size for p in events(root / "tracking")}
+    old = Society(RunStore.open(root, store.config), progress=False)
+    try:
+        old.run()
+    finally:
+        old.close()
+    assert {p: p.stat().st_size for p in events(root / "tracking")} == logged

@@ -260,11 +260,12 @@ class Society:
 
     def _track(self, it: int) -> None:
         """Log iteration ``it``'s metrics, as recorded, to the society's stream (``execution.report_to``;
-        :mod:`maft.tracking`), at step ``it``: once per metrics stage (its manifest entry records ``tracked``), so a
-        run stopped between the stage and its logging (or resumed with tracking newly on) logs it on resume."""
+        :mod:`maft.tracking`), at step ``it``: once per metrics stage, which records ``tracked: false`` until then,
+        so a run stopped between the stage and its logging logs it on resume. (A stage recorded before this record
+        existed was logged when it ran, if at all: it is not logged again.)"""
         tracking = Tracking.of(self.config.execution, self.store.root, SOCIETY)
         entry = self.store.manifest["stages"].get(f"iter_{it}/metrics")
-        if tracking is None or entry is None or "redo" in entry or entry.get("tracked"):
+        if tracking is None or entry is None or "redo" in entry or entry.get("tracked") is not False:
             return
         if self._tracker is None:
             self._tracker = MetricsLogger(tracking)
@@ -499,7 +500,7 @@ class Society:
         tracking = Tracking.of(self.config.execution, self.store.root, role_stream(role, it))
         return tracking.fresh() if tracking else None
 
-    def _write_metrics(self, it: int) -> None:
+    def _write_metrics(self, it: int) -> dict:
         d = self.store.iter_dir(it)
         test = debate_metrics(
             read_jsonl(d / "debate_test.jsonl", Turn), self.task, self.splits.test, VoteRule.of(self.config)
@@ -535,6 +536,7 @@ class Society:
             diversity=diversity,
         )
         write_json(d / "metrics.json", metrics.model_dump(mode="json"))
+        return {"tracked": False}  # not yet in the trackers (_track)
 
     def _compute(self, it: int) -> Compute:
         """Iteration ``it``'s tokens, training examples and times, from the manifest."""
