@@ -242,6 +242,12 @@ def test_transfer_grades_again_after_the_answers_change_and_refuses_agents_the_r
     first = transfer(root, "gsm8k", options=options, n=3, iterations=[0], progress=False)[0]
     debate = transfer_dir(root, "gsm8k", options) / "iter_0/debate_test.jsonl"
     mtime = debate.stat().st_mtime_ns
+    # a transfer of an older maft (no digest in its spec): graded again, it gives what it recorded, so it is kept
+    spec_file = debate.with_name("spec.json")
+    spec = json.loads(spec_file.read_text())
+    spec_file.write_text(json.dumps({k: v for k, v in spec.items() if k != "problems_digest"}))
+    assert transfer(root, "gsm8k", options=options, n=3, iterations=[0], progress=False)[0] == first
+    assert debate.stat().st_mtime_ns == mtime and json.loads(spec_file.read_text()) == spec
     rows = [json.loads(line) for line in (files / "test.jsonl").read_text().splitlines()]
     rows[0]["answer"] = rows[0]["answer"].rsplit("####", 1)[0] + "#### 123456"  # a corrected (here: wrong) key
     (files / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -251,6 +257,8 @@ def test_transfer_grades_again_after_the_answers_change_and_refuses_agents_the_r
     (root / "iter_1/agents/gen_0/adapter_model.safetensors").unlink()
     with pytest.raises(ValueError, match=r"iteration\(s\) \[1\].*resume the run first"):
         transfer(root, "gsm8k", options=options, n=3, progress=False)
+    with pytest.raises(ValueError, match=r"iteration\(s\) \[1\].*resume the run first"):
+        transfer(root, "gsm8k", options=options, n=3, iterations=[0, 1], progress=False)
     assert transfer(root, "gsm8k", options=options, n=3, iterations=[0], progress=False)[0] == again  # iteration 0
     # a run made on a GPU machine, transferred here: its device is refused in one line, before any model loads
     saved = yaml.safe_load((root / "config.yaml").read_text())

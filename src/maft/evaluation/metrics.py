@@ -116,7 +116,7 @@ def debate_metrics(
         unanimous=unanimous,
         pairwise_agreement=pairwise,
         abstention_rate=sum(rule.answer(t) is None for t in turns) / len(turns),
-        generated_tokens=sum(t.completion_tokens for t in turns),
+        generated_tokens=sum(t.completion_tokens + t.summary_tokens for t in turns),
         truncated=truncation_shares(turns),
     )
 

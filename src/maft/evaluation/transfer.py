@@ -22,11 +22,12 @@ from rich.markup import escape
 from maft.agents import agents_at, fingerprint, trained_roles
 from maft.checks import check_device
 from maft.debate.protocol import run_debate
+from maft.debate.transcript import Turn
 from maft.debate.voting import VoteRule
 from maft.evaluation.metrics import DebateMetrics, debate_metrics
 from maft.serving import check_serving, make_engine
-from maft.store import RunStore, atomic_dir, write_json, write_jsonl
-from maft.tasks import get_task
+from maft.store import RunStore, atomic_dir, read_jsonl, write_json, write_jsonl
+from maft.tasks import Task, get_task
 
 if TYPE_CHECKING:
     from maft.config import RunConfig
@@ -53,18 +54,18 @@ def transfer(
     store = RunStore.open(run, say=say)
     cfg = store.config
     finished = [it for it in range(cfg.iterations + 1) if store.done(f"iter_{it}/metrics")]
-    stale = [it for it in finished if it and not all(store.done(f"iter_{it}/train/{r}") for r in trained_roles(cfg))]
-    if stale and (not iterations or set(stale) & set(iterations)):
-        raise ValueError(
-            f"the agents of iteration(s) {stale} of {store.root} changed or went missing since they were trained "
-            f"(their training stages are marked to be redone): resume the run first (maft run --resume {store.root})"
-        )
     if not finished:
         raise ValueError(f"{store.root} has no finished iteration yet; run or resume it first")
     wanted = list(iterations) if iterations else sorted({0, finished[-1]})
     missing = [it for it in wanted if it not in finished]
     if missing:
         raise ValueError(f"iteration(s) {missing} of {store.root} are not finished (finished: {finished})")
+    stale = [it for it in wanted if it and not all(store.done(f"iter_{it}/train/{r}") for r in trained_roles(cfg))]
+    if stale:
+        raise ValueError(
+            f"the agents of iteration(s) {stale} of {store.root} changed or went missing since they were trained "
+            f"(their training stages are marked to be redone): resume the run first (maft run --resume {store.root})"
+        )
     task = get_task(task_name, **(options or {}))
     problems = task.splits(0, n, seed=cfg.split_seed).test  # the same problems for every seed of a comparison
     if len(problems) < n:
@@ -76,7 +77,8 @@ def transfer(
             f"{cfg.task.n_train} problems of this task and held out {cfg.task.n_test}): use --n {cfg.task.n_test} or "
             "fewer, or another task"
         )
-    check_device(cfg.execution.device)  # the run's device may be missing here (another machine): one line, not a crash
+    if cfg.model.engine == "hf":  # the run's device may be missing here (another machine): one line, not a crash
+        check_device(cfg.execution.device)
     check_serving(cfg)
     engine = None
     where = transfer_dir(store.root, task_name, options or {})
@@ -94,11 +96,7 @@ def transfer(
             agents = agents_at(cfg, store.root, it)
             # the agents' weights too: a role retrained since (a resumed run) makes the folder stale
             spec_it = {**spec, "agents": {role: fingerprint(path) for role, path in sorted(agents.models.items())}}
-            if (
-                (d / "metrics.json").is_file()
-                and (d / "spec.json").is_file()
-                and json.loads((d / "spec.json").read_text()) == spec_it
-            ):
+            if _finished(d, spec_it, task, problems, VoteRule.of(cfg)):
                 console.print(f"[dim]transfer to {escape(where.name)}, iteration {it}: finished earlier, kept[/dim]")
                 out[it] = DebateMetrics.model_validate_json((d / "metrics.json").read_text())
                 continue
@@ -121,6 +119,31 @@ def transfer(
         if engine is not None:  # a managed server stops with the transfer
             engine.close()
     return out
+
+
+def _finished(d: Path, spec: dict, task: Task, problems: Sequence[Problem], rule: VoteRule) -> bool:
+    """Whether ``d`` holds this transfer, finished. A folder of an older maft has no problems digest in its
+    spec.json: it counts when the rest matches and its debate, graded again against today's answers, gives the
+    metrics it recorded (its spec is then brought up to date)."""
+    if not ((d / "metrics.json").is_file() and (d / "spec.json").is_file()):
+        return False
+    recorded = json.loads((d / "spec.json").read_text())
+    if recorded == spec:
+        return True
+    if "problems_digest" in recorded or recorded != {k: v for k, v in spec.items() if k != "problems_digest"}:
+        return False
+    gold = {p.id: p for p in problems}
+    try:
+        turns = read_jsonl(d / "debate_test.jsonl", Turn)
+        regraded = [t.model_copy(update={"correct": task.is_correct(t.answer, gold[t.problem_id])}) for t in turns]
+        same = debate_metrics(regraded, task, problems, rule) == DebateMetrics.model_validate_json(
+            (d / "metrics.json").read_text()
+        )
+    except (OSError, ValueError, KeyError):
+        return False
+    if same:
+        write_json(d / "spec.json", spec)
+    return same
 
 
 def _trained_on(cfg: RunConfig, task_name: str, problems: Sequence[Problem]) -> int:
