@@ -222,7 +222,8 @@ def test_a_template_that_rewrites_earlier_turns_is_refused_before_any_compute(tm
     (copy / "chat_template.jinja").write_text("{{ messages | length }}" + stripped_template())
     with pytest.raises(
         ValueError,
-        match=r"critic_loss=all_turns .* renders a conversation's beginning differently.*use train\.critic_loss=final",
+        match=r"critic_loss=all_turns .* renders the conversation before assistant turn 1 differently.*"
+        r"use train\.critic_loss=final",
     ):
         check_critic_loss(str(copy), ALL_TURNS)
     for fine in (FINAL, ALL_TURNS.model_copy(update={"roles": "generation"})):
@@ -233,3 +234,20 @@ def test_a_template_that_rewrites_earlier_turns_is_refused_before_any_compute(tm
         finetune(str(copy), [critic()], tmp_path / "out", ALL_TURNS, device="cpu")
     with pytest.raises(ValueError, match="critic_loss=all_turns"):  # a shared model's mix of single and multi turn
         check_critic_loss(str(copy), ALL_TURNS.model_copy(update={"shared": True}))
+
+
+def test_a_template_whose_generation_prompt_differs_from_its_assistant_turns_is_refused_with_that_reason(tmp_path):
+    """An R1-style template prompts an answer with '<|assistant|><think>' but renders an assistant turn without the
+    tag: refused (a model trained on the rendered turns would be prompted otherwise), and the message says so."""
+    copy = tmp_path / "think"
+    copy.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "config.json"):
+        shutil.copy(default_checkpoint() / name, copy / name)
+    template = stripped_template().replace(
+        "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}",
+        "{% if add_generation_prompt %}{{ '<|assistant|>\n<think>' }}",
+    )
+    assert template != stripped_template()
+    (copy / "chat_template.jinja").write_text(template)
+    with pytest.raises(ValueError, match="generation prompt is not how it opens assistant turn 1"):
+        check_critic_loss(str(copy), ALL_TURNS)

@@ -311,3 +311,27 @@ def test_model_summaries_are_counted_as_generated_tokens():
             engine, TASK, problems, agents=3, rounds=2, summarizer=summarizer, adapter_for=engine.serve(Agents(0))
         )
         assert all(t.summary_tokens == 0 for t in plain)
+
+
+def test_a_transcript_without_model_summaries_is_written_as_before():
+    """A turn with no summary tokens is written without the field, byte for byte as before it existed: an older
+    run whose debate is generated again on resume is recognized as the same outputs (later stages kept)."""
+    from maft.debate.transcript import Turn
+
+    turn = Turn(
+        problem_id="p",
+        agent=0,
+        round=1,
+        adapter=None,
+        messages=[],
+        response="r",
+        answer=None,
+        correct=False,
+        completion_tokens=3,
+    )
+    assert turn.model_dump_json() == (
+        '{"problem_id":"p","agent":0,"round":1,"adapter":null,"messages":[],"response":"r","answer":null,'
+        '"correct":false,"completion_tokens":3,"truncated":false}'
+    )
+    summarized = turn.model_copy(update={"summary_tokens": 5})
+    assert Turn.model_validate_json(summarized.model_dump_json()) == summarized

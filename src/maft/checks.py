@@ -201,7 +201,7 @@ def check_tracking(execution: ExecutionConfig) -> None:
             raise SetupError(f"execution.report_to={backend} needs {module}, which is not installed: {install}")
         if backend == "mlflow":
             _check_mlflow_store()
-    if chosen and execution.tracking_dir:
+    if "tensorboard" in chosen and execution.tracking_dir:  # the one backend that writes there
         _check_writable_folder(Path(execution.tracking_dir).expanduser(), "execution.tracking_dir")
 
 
@@ -308,6 +308,7 @@ def check_jobs(config: RunConfig) -> None:
             raise SetupError("execution.scheduler=ray needs Ray, which is not installed: pip install 'maft[ray]'")
         address = (x.ray_address or "").removeprefix("ray://")
         host, _, port = address.rpartition(":")
+        host = host.removeprefix("[").removesuffix("]")  # [::1]:6379
         if host and port.isdigit():
             try:
                 socket.create_connection((host, int(port)), timeout=5).close()
@@ -319,7 +320,8 @@ def check_jobs(config: RunConfig) -> None:
         return
     import torch
 
-    if x.job_processes > 1 and torch.cuda.is_available() and x.job_processes > torch.cuda.device_count():
+    on_gpus = x.device not in ("cpu", "mps") and torch.cuda.is_available()  # device=cpu: processes share the CPU
+    if x.job_processes > 1 and on_gpus and x.job_processes > torch.cuda.device_count():
         raise SetupError(
             f"each role would train in {x.job_processes} processes, one per GPU (execution.processes_per_job / "
             f"gpus_per_job), but this machine has {torch.cuda.device_count()} GPU(s): use at most that many, or "

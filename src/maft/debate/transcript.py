@@ -7,8 +7,9 @@ records, so they sit below all of them.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, SerializerFunctionWrapHandler, model_serializer
 
 from maft.engines.base import Message
 
@@ -27,8 +28,17 @@ class Turn(BaseModel):
     completion_tokens: int
     truncated: bool = False  # the response stopped at max_new_tokens
     # tokens the base model generated for the summary of the others' answers that ``messages`` ends with
-    # (debate.summarizer: model; 0 otherwise): compute spent on this turn besides the response
+    # (debate.summarizer: model; 0 otherwise): compute spent on this turn besides the response. Written only when
+    # there are some, so a transcript without model summaries is byte for byte what maft wrote before the field
+    # existed (a regenerated debate of an older run is then recognized as the same outputs)
     summary_tokens: int = 0
+
+    @model_serializer(mode="wrap")
+    def _without_zero_summary(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if isinstance(data, dict) and not data.get("summary_tokens"):
+            data.pop("summary_tokens", None)
+        return data
 
 
 def rounds_of(turns: Sequence[Turn]) -> int:

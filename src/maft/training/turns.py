@@ -35,7 +35,8 @@ PROBE = [
 
 
 class NotPrefixPreserving(ValueError):
-    """The chat template renders a conversation's beginning differently once more turns follow."""
+    """The chat template renders a conversation's beginning differently once more turns follow, or prompts an
+    answer otherwise than it opens an assistant turn."""
 
 
 def _render(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict], generation_prompt: bool = False) -> str:
@@ -53,9 +54,14 @@ def assistant_spans(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict]
             _render(tokenizer, messages[:i], generation_prompt=True),
             _render(tokenizer, messages[: i + 1]),
         )
-        if not (through.startswith(before) and text.startswith(through)):
+        if not (text.startswith(_render(tokenizer, messages[:i])) and text.startswith(through)):
             raise NotPrefixPreserving(
                 f"the chat template renders the conversation before assistant turn {i} differently once it goes on"
+            )
+        if not through.startswith(before):
+            raise NotPrefixPreserving(
+                f"the chat template's generation prompt is not how it opens assistant turn {i} (a model trained on "
+                "that turn would be prompted differently when it answers)"
             )
         spans.append((len(before), len(through)))
     return text, spans
@@ -78,8 +84,8 @@ def rendering_problem(tokenizer: PreTrainedTokenizerBase) -> str | None:
         return "has a slow tokenizer (no token offsets to find the assistant turns by)"
     try:
         row = masked_conversation(tokenizer, PROBE)
-    except NotPrefixPreserving:
-        return "has a chat template that renders a conversation's beginning differently once it goes on"
+    except NotPrefixPreserving as e:
+        return f"has a chat template that cannot be read turn by turn: {e}"
     except Exception as e:  # a template that raises on a plain user/assistant conversation
         return f"has a chat template that cannot render a user/assistant conversation ({type(e).__name__}: {e})"
     if not any(row["assistant_masks"]):
