@@ -439,4 +439,5 @@ def test_server_devices_may_be_written_as_numbers():
     """YAML reads [0, 1] as integers: they are the GPU names CUDA_VISIBLE_DEVICES takes (it was a type error)."""
     assert load_config(None, ["execution.server_devices=[0,1]"]).execution.server_devices == ["0", "1"]
     assert load_config(None, ["execution.server_devices=3"]).execution.server_devices == ["3"]
+    assert load_config(None, ["execution.server_devices='0,1'"]).execution.server_devices == ["0", "1"]
     assert load_config(None, ["execution.server_devices=[GPU-5e1f]"]).execution.server_devices == ["GPU-5e1f"]

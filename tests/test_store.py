@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import yaml
@@ -398,3 +399,21 @@ def test_a_run_saved_before_a_rule_for_new_runs_still_opens(tmp_path):
     reopened = RunStore.open(root)
     assert reopened.config.seed == -3 and reopened.config.train.warmup_ratio == 0.05
     assert load_config(None, ["execution.generation_batch_size=8"], base=reopened.config).seed == -3  # a resume's --set
+
+
+def test_temporaries_of_dead_processes_are_discarded_from_a_shared_folder(tmp_path):
+    """.shared/ is written by several comparisons outside any run's lock: a temporary left by a killed process is
+    removed; one of a live process (this one, another) is left to it."""
+    import subprocess
+    import sys
+
+    from maft.store import discard_dead_temporaries
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    left = tmp_path / f".tmp-{dead.stdout.strip()}-debate.jsonl"
+    mine = tmp_path / f".tmp-{os.getpid()}-other.jsonl"
+    alive = tmp_path / ".tmp-1-init.jsonl"  # pid 1 is always running
+    for path in (left, mine, alive):
+        path.write_text("half")
+    discard_dead_temporaries(tmp_path)
+    assert not left.exists() and mine.exists() and alive.exists()

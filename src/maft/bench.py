@@ -461,7 +461,8 @@ def _openai(setup: Setup, cfg: BenchConfig) -> dict[str, Any]:
             )
         )
     assert cfg.url is not None  # checked by BenchConfig.check for the openai path
-    engine = OpenAIEngine(cfg.url, name, server=server, concurrency=cfg.concurrency, extra_body=extra)
+    key = os.environ.get("OPENAI_API_KEY") or "EMPTY"  # a server started with an API key (vLLM's --api-key)
+    engine = OpenAIEngine(cfg.url, name, api_key=key, server=server, concurrency=cfg.concurrency, extra_body=extra)
     if server is not None:
         roles = {f"gen_{i}": Path(p) for i, p in enumerate(setup.adapters.values())}
         engine.serve(Agents(1, roles))
@@ -704,11 +705,12 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def check_out(out: str | Path) -> None:
-    """Refuse, before a benchmark runs, a result path that cannot be written (a folder, an unwritable place)."""
+def check_out(out: str | Path, example: str = "bench.json") -> None:
+    """Refuse, before a benchmark (or an evaluation) runs, a result path that cannot be written (a folder, an
+    unwritable place); ``example``: a file name to suggest."""
     out = Path(out)
     if out.is_dir():
-        raise BenchError(f"--out {out} is a folder; name the JSON file to write, e.g. {out / 'bench.json'}")
+        raise BenchError(f"--out {out} is a folder; name the JSON file to write, e.g. {out / example}")
     if out.exists() and not os.access(out, os.W_OK):
         raise BenchError(f"--out {out} exists and is not writable here")
     parent = next((p for p in [out.parent, *out.parent.parents] if p.exists()), Path("."))

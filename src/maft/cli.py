@@ -138,7 +138,7 @@ def evaluate(
         from maft.bench import BenchError, check_out
 
         try:
-            check_out(out)
+            check_out(out, example="evaluation.json")
         except BenchError as e:
             _fail(str(e))
     try:

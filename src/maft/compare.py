@@ -78,7 +78,7 @@ from maft.report.tables import (
     rich_table,
     secs,
 )
-from maft.store import RunDirError, RunStore, read_jsonl, write_json, write_text
+from maft.store import RunDirError, RunStore, discard_dead_temporaries, read_jsonl, write_json, write_text
 
 if TYPE_CHECKING:
     import rich.table
@@ -281,6 +281,8 @@ def compare(
                     "Use another --out, or the settings that run was started with."
                 )
     out.mkdir(parents=True, exist_ok=True)
+    if (out / SHARED).is_dir():
+        discard_dead_temporaries(out / SHARED)  # what a killed comparison left there
     write_text(out / "compare.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     engine: Any = None
     engine_model: Any = None

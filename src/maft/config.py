@@ -160,7 +160,9 @@ class ExecutionConfig(Strict):
     @classmethod
     def _device_names(cls, value: Any) -> Any:
         """GPU indices as YAML reads them (``[0, 1]``) are the names CUDA_VISIBLE_DEVICES takes."""
-        if isinstance(value, int | str):
+        if isinstance(value, str):  # "0,1": two servers, as report_to reads a comma list
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        elif isinstance(value, int):
             value = [value]
         return (
             [str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]

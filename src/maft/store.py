@@ -86,6 +86,21 @@ def atomic_file(path: Path) -> Iterator[Path]:
         raise
 
 
+def discard_dead_temporaries(folder: Path) -> None:
+    """Remove the temporary files in ``folder`` that :func:`atomic_file` left in processes no longer running (a
+    folder several processes write, outside any run's lock: a comparison's ``.shared/``)."""
+    for tmp in folder.glob(TMP + "*"):
+        pid = tmp.name.removeprefix(TMP).split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except PermissionError:  # alive, another user's
+            pass
+
+
 def write_text(path: Path, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically (temporary file + rename)."""
     with atomic_file(path) as tmp:
@@ -318,22 +333,30 @@ class RunStore:
             _LOCKS[store.root] = lock
             return store
         tmp, lock = store.root.with_name(TMP + store.root.name), None
-        if (tmp / ".lock").is_file():  # another process creating this run right now holds it: refuse, untouched
+        busy = RunDirError(f"another maft process is creating {root}; wait for it or stop it first")
+        if tmp.exists():  # a creation under way (its lock held: refused, left untouched), or a killed one's leftover
             try:
-                _lock(tmp).close()  # a leftover of a killed creation: nobody holds it, temporary_dir replaces it
+                _lock(tmp).close()
             except RunDirError:
-                raise RunDirError(f"another maft process is creating {root}; wait for it or stop it first") from None
+                raise busy from None
+            shutil.rmtree(tmp, ignore_errors=True)
         try:
-            temporary_dir(store.root)
+            tmp.mkdir(parents=True)  # atomic: of two processes here at once, one makes it, the other is refused
+        except FileExistsError:
+            raise busy from None
+        except OSError as e:
+            raise RunDirError(f"cannot create the run directory {root}: {e.strerror} ({e.filename})") from None
+        _PENDING.add(tmp.absolute())
+        try:
             lock = _lock(tmp)  # the lock is on the file, and moves with the folder
             store._write_new(tmp)
             os.replace(tmp, store.root)
-            _PENDING.discard(tmp)
+            _PENDING.discard(tmp.absolute())
         except BaseException as e:
             if lock is not None:
                 lock.close()
             shutil.rmtree(tmp, ignore_errors=True)
-            _PENDING.discard(tmp)
+            _PENDING.discard(tmp.absolute())
             if isinstance(e, OSError):
                 raise RunDirError(f"cannot create the run directory {root}: {e.strerror} ({e.filename})") from None
             raise
