@@ -73,11 +73,15 @@ def test_a_model_without_a_chat_template_is_refused_before_a_run_directory_exist
 def test_a_home_relative_model_name_is_the_path_it_names(monkeypatch, tmp_path):
     """~/models/x is loaded from that path (transformers took it for a malformed hub id), and the config keeps it as
     written (its hash too: a run saved with it still resumes)."""
-    from maft.serving import base_model
+    from maft.serving import base_model, make_engine
 
     monkeypatch.setenv("HOME", str(tmp_path))
-    config = load_config(None, ["model.name=~/models/tiny"])
+    shutil.copytree(default_checkpoint(), tmp_path / "models" / "tiny")
+    config = load_config(None, ["model.name=~/models/tiny", "execution.device=cpu"])
     assert config.model.name == "~/models/tiny" and base_model(config) == str(tmp_path / "models" / "tiny")
+    prepare(config)
+    engine = make_engine(config, tmp_path)  # the in-process engine loads it from there
+    assert engine.model_name == str(tmp_path / "models" / "tiny")
 
 
 def test_a_garbage_config_is_refused_through_the_cli_before_a_run_directory_exists(copy_of_tiny, tmp_path):

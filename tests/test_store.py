@@ -9,7 +9,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from maft.config import RunConfig, load_config
+from maft.config import ConfigError, RunConfig, load_config
 from maft.data.agent_data import Example
 from maft.debate.transcript import Turn
 from maft.debate.voting import ProblemVote
@@ -398,7 +398,10 @@ def test_a_run_saved_before_a_rule_for_new_runs_still_opens(tmp_path):
     store_module._LOCKS.pop(root.resolve()).close()  # as if this process had exited
     reopened = RunStore.open(root)
     assert reopened.config.seed == -3 and reopened.config.train.warmup_ratio == 0.05
-    assert load_config(None, ["execution.generation_batch_size=8"], base=reopened.config).seed == -3  # a resume's --set
+    resumed = load_config(None, ["execution.generation_batch_size=8"], base=reopened.config, saved=True)  # --set
+    assert resumed.seed == -3
+    with pytest.raises(ConfigError, match="warmup_ratio=0.05 would do nothing"):  # a new config on top of it (a
+        load_config(None, ["train.lora_target_modules=all-linear"], base=reopened.config)  # comparison's method)
 
 
 def test_temporaries_of_dead_processes_are_discarded_from_a_shared_folder(tmp_path):

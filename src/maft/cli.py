@@ -389,7 +389,7 @@ def run(
             given = None
             if config or overrides:  # overrides apply on top of the run's own config
                 base = None if config else RunStore.saved_config(resume)
-                given = load_config(config, overrides, base=base)
+                given = load_config(config, overrides, base=base, saved=True)  # a saved run's config
             store = RunStore.open(resume, given, say=_note)
             for change in store.changed:
                 console.print(f"[yellow]changed on resume:[/yellow] {escape(change)}")

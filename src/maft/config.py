@@ -665,9 +665,14 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def load_config(
-    path: Path | None = None, overrides: list[str] | None = None, base: RunConfig | None = None
+    path: Path | None = None,
+    overrides: list[str] | None = None,
+    base: RunConfig | None = None,
+    *,
+    saved: bool = False,
 ) -> RunConfig:
-    """The run config from a YAML file (or ``base``, or the defaults) plus ``key=value`` overrides, validated."""
+    """The run config from a YAML file (or ``base``, or the defaults) plus ``key=value`` overrides, validated;
+    ``saved``: it is a saved run's (a resume's), read back without the rules for new runs (:meth:`RunConfig.saved`)."""
     data: dict[str, Any] = base.model_dump(mode="json") if base is not None else {}
     if path is not None:
         if not path.is_file():
@@ -677,8 +682,8 @@ def load_config(
             raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(loaded).__name__}")
         data = loaded or {}
     apply_overrides(data, overrides or [])
-    try:  # on top of a saved run's config (a resume's --set): read back as saved
-        return RunConfig.saved(data) if base is not None else RunConfig.model_validate(data)
+    try:
+        return RunConfig.saved(data) if saved else RunConfig.model_validate(data)
     except ValidationError as e:
         source = f" in {path}" if path else ""
         raise ConfigError(f"invalid run config{source}:\n" + validation_errors(e)) from None

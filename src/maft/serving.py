@@ -129,7 +129,7 @@ def make_engine(config: RunConfig, root: Path, *, say: Callable[[str], None] = p
         from maft.engines.hf import HFEngine
 
         return HFEngine(
-            m.name,
+            base_model(config),  # ~/ expanded
             device=x.device,
             dtype=m.dtype,
             batch_size=x.generation_batch_size,

@@ -267,8 +267,12 @@ def _lock(root: Path) -> Any:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         lock.close()
-        raise RunDirError(f"another maft process is using {root}; wait for it or stop it first") from None
+        raise LockHeld(f"another maft process is using {root}; wait for it or stop it first") from None
     return lock
+
+
+class LockHeld(RunDirError):
+    """Another process holds the run directory's lock."""
 
 
 def _say(message: str) -> None:
@@ -337,7 +341,7 @@ class RunStore:
         if tmp.exists():  # a creation under way (its lock held: refused, left untouched), or a killed one's leftover
             try:
                 _lock(tmp).close()
-            except RunDirError:
+            except LockHeld:
                 raise busy from None
             shutil.rmtree(tmp, ignore_errors=True)
         try:
@@ -353,10 +357,13 @@ class RunStore:
             os.replace(tmp, store.root)
             _PENDING.discard(tmp.absolute())
         except BaseException as e:
-            if lock is not None:
-                lock.close()
-            shutil.rmtree(tmp, ignore_errors=True)
             _PENDING.discard(tmp.absolute())
+            if lock is None:  # never ours to remove: another process may have taken it over before our lock
+                if isinstance(e, LockHeld) or not tmp.is_dir():
+                    raise busy from None
+                raise
+            lock.close()
+            shutil.rmtree(tmp, ignore_errors=True)
             if isinstance(e, OSError):
                 raise RunDirError(f"cannot create the run directory {root}: {e.strerror} ({e.filename})") from None
             raise

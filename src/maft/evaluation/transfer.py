@@ -123,8 +123,8 @@ def transfer(
 
 def _finished(d: Path, spec: dict, task: Task, problems: Sequence[Problem], rule: VoteRule) -> bool:
     """Whether ``d`` holds this transfer, finished. A folder of an older maft has no problems digest in its
-    spec.json: it counts when the rest matches and its debate, graded again against today's answers, gives the
-    metrics it recorded (its spec is then brought up to date)."""
+    spec.json: it counts when the rest matches, its debate asked today's questions, and graded again against
+    today's answers it gives the metrics it recorded (its spec is then brought up to date)."""
     if not ((d / "metrics.json").is_file() and (d / "spec.json").is_file()):
         return False
     recorded = json.loads((d / "spec.json").read_text())
@@ -135,6 +135,8 @@ def _finished(d: Path, spec: dict, task: Task, problems: Sequence[Problem], rule
     gold = {p.id: p for p in problems}
     try:
         turns = read_jsonl(d / "debate_test.jsonl", Turn)
+        if any(t.messages[0]["content"] != task.prompt(gold[t.problem_id]) for t in turns):
+            return False  # a question edited since, under the same id
         regraded = [t.model_copy(update={"correct": task.is_correct(t.answer, gold[t.problem_id])}) for t in turns]
         same = debate_metrics(regraded, task, problems, rule) == DebateMetrics.model_validate_json(
             (d / "metrics.json").read_text()
