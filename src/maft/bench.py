@@ -713,11 +713,10 @@ def check_out(out: str | Path, example: str = "bench.json") -> None:
         raise BenchError(f"--out {out} is a folder; name the JSON file to write, e.g. {out / example}")
     if out.exists() and not os.access(out, os.W_OK):
         raise BenchError(f"--out {out} exists and is not writable here")
-    parent = next((p for p in [out.parent, *out.parent.parents] if p.exists()), Path("."))
-    if not parent.is_dir():
-        raise BenchError(f"--out {out}: {parent} is a file, not a folder")
-    if not os.access(parent, os.W_OK):
-        raise BenchError(f"--out {out}: {parent} is not writable here")
+    from maft.checks import unwritable
+
+    if problem := unwritable(out.parent):
+        raise BenchError(f"--out {out}: {problem}")
 
 
 def write(result: dict[str, Any], out: str | Path) -> Path:

@@ -202,18 +202,22 @@ def check_tracking(execution: ExecutionConfig) -> None:
         if backend == "mlflow":
             _check_mlflow_store()
     if "tensorboard" in chosen and execution.tracking_dir:  # the one backend that writes there
-        _check_writable_folder(Path(execution.tracking_dir).expanduser(), "execution.tracking_dir")
+        folder = Path(execution.tracking_dir).expanduser()
+        if folder.exists() and not folder.is_dir():
+            raise SetupError(f"execution.tracking_dir {folder} is a file, not a folder")
+        if problem := unwritable(folder):
+            raise SetupError(f"execution.tracking_dir {folder}: {problem}")
 
 
-def _check_writable_folder(folder: Path, setting: str) -> None:
-    """``folder`` is, or can be made, a folder this process writes in."""
-    if folder.exists() and not folder.is_dir():
-        raise SetupError(f"{setting} {folder} is a file, not a folder")
-    parent = next((p for p in [folder, *folder.parents] if p.exists()), Path("."))
-    if not parent.is_dir():
-        raise SetupError(f"{setting} {folder}: {parent} is a file, not a folder")
-    if not os.access(parent, os.W_OK):
-        raise SetupError(f"{setting} {folder}: {parent} is not writable here")
+def unwritable(folder: Path) -> str | None:
+    """Why ``folder`` is not, and cannot be made, a folder this process writes in (its nearest existing ancestor,
+    itself included, is a file or not writable here), or None."""
+    nearest = next((p for p in [folder, *folder.parents] if p.exists()), Path("."))
+    if not nearest.is_dir():
+        return f"{nearest} is a file, not a folder"
+    if not os.access(nearest, os.W_OK):
+        return f"{nearest} is not writable here"
+    return None
 
 
 def _check_mlflow_store() -> None:
