@@ -96,9 +96,9 @@ def transfer(
             agents = agents_at(cfg, store.root, it)
             # the agents' weights too: a role retrained since (a resumed run) makes the folder stale
             spec_it = {**spec, "agents": {role: fingerprint(path) for role, path in sorted(agents.models.items())}}
-            if _finished(d, spec_it, task, problems, VoteRule.of(cfg)):
+            if (kept := _finished(d, spec_it, task, problems, VoteRule.of(cfg))) is not None:
                 console.print(f"[dim]transfer to {escape(where.name)}, iteration {it}: finished earlier, kept[/dim]")
-                out[it] = DebateMetrics.model_validate_json((d / "metrics.json").read_text())
+                out[it] = kept
                 continue
             engine = engine or make_engine(cfg, store.root, say=say)
             turns = run_debate(
@@ -121,31 +121,30 @@ def transfer(
     return out
 
 
-def _finished(d: Path, spec: dict, task: Task, problems: Sequence[Problem], rule: VoteRule) -> bool:
-    """Whether ``d`` holds this transfer, finished. A folder of an older maft has no problems digest in its
-    spec.json: it counts when the rest matches, its debate asked today's questions, and graded again against
-    today's answers it gives the metrics it recorded (its spec is then brought up to date)."""
+def _finished(d: Path, spec: dict, task: Task, problems: Sequence[Problem], rule: VoteRule) -> DebateMetrics | None:
+    """The metrics ``d`` recorded when it holds this transfer, finished; else None. A folder of an older maft has no
+    problems digest in its spec.json: it counts when the rest matches, its debate asked today's questions, and
+    graded again against today's answers it gives the metrics it recorded (its spec is then brought up to date)."""
     if not ((d / "metrics.json").is_file() and (d / "spec.json").is_file()):
-        return False
+        return None
     recorded = json.loads((d / "spec.json").read_text())
     if recorded == spec:
-        return True
+        return DebateMetrics.model_validate_json((d / "metrics.json").read_text())
     if "problems_digest" in recorded or recorded != {k: v for k, v in spec.items() if k != "problems_digest"}:
-        return False
+        return None
     gold = {p.id: p for p in problems}
     try:
+        metrics = DebateMetrics.model_validate_json((d / "metrics.json").read_text())
         turns = read_jsonl(d / "debate_test.jsonl", Turn)
         if any(t.messages[0]["content"] != task.prompt(gold[t.problem_id]) for t in turns):
-            return False  # a question edited since, under the same id
+            return None  # a question edited since, under the same id
         regraded = [t.model_copy(update={"correct": task.is_correct(t.answer, gold[t.problem_id])}) for t in turns]
-        same = debate_metrics(regraded, task, problems, rule) == DebateMetrics.model_validate_json(
-            (d / "metrics.json").read_text()
-        )
+        if debate_metrics(regraded, task, problems, rule) != metrics:
+            return None
     except (OSError, ValueError, KeyError):
-        return False
-    if same:
-        write_json(d / "spec.json", spec)
-    return same
+        return None
+    write_json(d / "spec.json", spec)
+    return metrics
 
 
 def _trained_on(cfg: RunConfig, task_name: str, problems: Sequence[Problem]) -> int:
