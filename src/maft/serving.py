@@ -21,6 +21,7 @@ from typing import Any
 from maft.config import RunConfig
 from maft.engines.openai import auth_headers
 from maft.servers import KINDS, ServerError, run_tag
+from maft.servers.base import unload_adapter
 from maft.servers.managed import ManagedServers
 from maft.servers.vllm import lora_rank_flag, served_models
 
@@ -226,12 +227,12 @@ def _check_runtime_lora(config: RunConfig) -> None:
 
     from maft.servers.vllm import _explain
 
+    headers = auth_headers(api_key(config))
     with tempfile.TemporaryDirectory(prefix="maft-probe-") as folder:
         probe_adapter(config, Path(folder))
         for url in config.execution.urls:
             url = url.rstrip("/")
             name = f"maft-probe-{uuid.uuid4().hex[:8]}"
-            headers = auth_headers(api_key(config))
             r = httpx.post(
                 f"{url}/load_lora_adapter",
                 json={"lora_name": name, "lora_path": folder},
@@ -240,7 +241,7 @@ def _check_runtime_lora(config: RunConfig) -> None:
             )
             if r.status_code != 200:
                 raise ServerError(f"{url} cannot serve the run's LoRA adapters: {_explain(r)}")
-            httpx.post(f"{url}/unload_lora_adapter", json={"lora_name": name}, timeout=60, headers=headers)
+            unload_adapter(url, name, timeout=60, headers=headers)
 
 
 def probe_adapter(config: RunConfig, out: Path) -> Path:

@@ -41,6 +41,14 @@ def _steps(path: Path) -> int | None:
         return None
 
 
+def unload_adapter(base: str, name: str, *, timeout: float, headers: Mapping[str, str]) -> None:
+    """Ask the server at ``base`` (vLLM: its ``/v1`` URL; SGLang: its root) to drop the adapter ``name``. The answer
+    is not checked: a name the server no longer holds costs nothing."""
+    import httpx
+
+    httpx.post(f"{base}/unload_lora_adapter", json={"lora_name": name}, timeout=timeout, headers=headers)
+
+
 def run_tag(root: Path) -> str:
     """A short tag that names one run directory in server model names."""
     return "maft-" + hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:8]

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, ClassVar
 
 from maft.agents import Agents, saved_kind
-from maft.servers.base import ServerKind
+from maft.servers.base import ServerKind, unload_adapter
 from maft.servers.errors import ServerError
 
 if TYPE_CHECKING:
@@ -67,12 +67,7 @@ class SGLangServer(ServerKind):
                 loaded.add(name)
                 new[role] = f"{engine.model_name}:{name}"
             for name in sorted(loaded - set(adapters.values())):
-                httpx.post(
-                    f"{root}/unload_lora_adapter",
-                    json={"lora_name": name},
-                    timeout=engine.timeout,
-                    headers=engine.headers,
-                )
+                unload_adapter(root, name, timeout=engine.timeout, headers=engine.headers)
                 loaded.discard(name)
         if new:
             self.canary(engine, agents, new)

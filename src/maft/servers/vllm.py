@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, ClassVar
 
 from maft.agents import Agents, saved_kind
-from maft.servers.base import ServerKind
+from maft.servers.base import ServerKind, unload_adapter
 from maft.servers.errors import ServerError
 
 if TYPE_CHECKING:
@@ -74,22 +74,12 @@ class VLLMServer(ServerKind):
             except ServerError:  # never leave refused weights loaded under a name a resume would trust
                 for endpoint in engine.endpoints:
                     for name in new.values():
-                        httpx.post(
-                            f"{endpoint.url}/unload_lora_adapter",
-                            json={"lora_name": name},
-                            timeout=engine.timeout,
-                            headers=engine.headers,
-                        )
+                        unload_adapter(endpoint.url, name, timeout=engine.timeout, headers=engine.headers)
                 raise
         for endpoint in engine.endpoints:  # the run's adapters of other iterations are no longer needed
             for name in served_models(endpoint.url, engine.timeout, engine.headers):
                 if name.startswith(f"{self.tag}-i") and name not in names.values():
-                    httpx.post(
-                        f"{endpoint.url}/unload_lora_adapter",
-                        json={"lora_name": name},
-                        timeout=engine.timeout,
-                        headers=engine.headers,
-                    )
+                    unload_adapter(endpoint.url, name, timeout=engine.timeout, headers=engine.headers)
         return names
 
 
