@@ -56,15 +56,20 @@ def test_missing_weights_and_shards_are_refused(copy_of_tiny):
         check_model_files(str(copy_of_tiny))
 
 
-def test_a_model_without_a_chat_template_is_refused_before_a_run_directory_exists(copy_of_tiny, tmp_path):
-    (copy_of_tiny / "chat_template.jinja").unlink()
-    root = tmp_path / "run"
-    result = subprocess.run(
-        [sys.executable, "-m", "maft.cli", "run", "--out", str(root), "--set", f"model.name={copy_of_tiny}"],
+def maft_run_on(model, root):
+    """``maft run --out root`` with ``model`` as the base model, in a process of its own."""
+    return subprocess.run(
+        [sys.executable, "-m", "maft.cli", "run", "--out", str(root), "--set", f"model.name={model}"],
         capture_output=True,
         text=True,
         env={**os.environ, "COLUMNS": "200"},
     )
+
+
+def test_a_model_without_a_chat_template_is_refused_before_a_run_directory_exists(copy_of_tiny, tmp_path):
+    (copy_of_tiny / "chat_template.jinja").unlink()
+    root = tmp_path / "run"
+    result = maft_run_on(copy_of_tiny, root)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "has no chat template" in result.stdout and "Traceback" not in result.stdout + result.stderr
     assert not root.exists()
@@ -87,12 +92,7 @@ def test_a_home_relative_model_name_is_the_path_it_names(monkeypatch, tmp_path):
 def test_a_garbage_config_is_refused_through_the_cli_before_a_run_directory_exists(copy_of_tiny, tmp_path):
     (copy_of_tiny / "config.json").write_text("{not json")
     root = tmp_path / "run"
-    result = subprocess.run(
-        [sys.executable, "-m", "maft.cli", "run", "--out", str(root), "--set", f"model.name={copy_of_tiny}"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "COLUMNS": "200"},
-    )
+    result = maft_run_on(copy_of_tiny, root)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "config.json cannot be read" in result.stdout and "Traceback" not in result.stdout + result.stderr
     assert not root.exists()

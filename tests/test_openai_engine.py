@@ -178,19 +178,26 @@ def test_server_killed_and_restarted_mid_round(tmp_path, arithmetic):
     assert engine.retries["APIConnectionError"] >= 1
 
 
-def test_merged_agents_served_by_path_and_checked_by_the_canary(server, tmp_path, arithmetic, capsys):
+def lora_agent(out, *, seed, scale):
+    """A rank-4 LoRA adapter of the tiny model saved at ``out``, its B weights drawn from N(0, scale) after seeding
+    with ``seed`` (scale 0: all zero, an adapter that answers as the base model)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(TINY), LoraConfig(r=4, target_modules="all-linear"))
+    torch.manual_seed(seed)
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            p.data.normal_(0, scale) if scale else p.data.zero_()
+    model.save_pretrained(out)
+    return out
+
+
+def test_merged_agents_served_by_path_and_checked_by_the_canary(server, tmp_path, arithmetic, capsys):
     root = tmp_path / "run"
     for role, scale in [("gen_0", 0.3), ("critic_0", 0.0)]:  # critic_0's adapter equals the base model
-        model = get_peft_model(AutoModelForCausalLM.from_pretrained(TINY), LoraConfig(r=4, target_modules="all-linear"))
-        torch.manual_seed(1)
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.data.normal_(0, scale) if scale else p.data.zero_()
-        model.save_pretrained(root / "iter_1" / "agents" / role)
+        lora_agent(root / "iter_1" / "agents" / role, seed=1, scale=scale)
     kind = TransformersServer(base_model=TINY)
     engine = OpenAIEngine(server.url, TINY, server=kind)
     agents = Agents(1, {"gen_0": root / "iter_1/agents/gen_0"})
@@ -202,12 +209,7 @@ def test_merged_agents_served_by_path_and_checked_by_the_canary(server, tmp_path
     base, agent = texts(engine, [request, Request(request.messages, adapter="gen_0", sampling=GREEDY)])
     assert base != agent
     # the role retrained (a resume redoing its stage): served from a new path, never the server's copy of the old
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(TINY), LoraConfig(r=4, target_modules="all-linear"))
-    torch.manual_seed(2)
-    for n, p in model.named_parameters():
-        if "lora_B" in n:
-            p.data.normal_(0, 0.6)
-    model.save_pretrained(root / "iter_1" / "agents" / "gen_0")
+    lora_agent(root / "iter_1" / "agents" / "gen_0", seed=2, scale=0.6)
     engine.serve(agents)
     assert engine.names["gen_0"] != str(first) and not first.exists()  # the old copy is gone
     retrained = texts(engine, [Request(request.messages, adapter="gen_0", sampling=GREEDY)])[0]
@@ -482,10 +484,6 @@ def test_a_server_that_wants_an_api_key_is_sent_it(proxy, server, tmp_path, arit
     """A server started with an API key (vLLM's --api-key) answers 401 without it, to the OpenAI client and to
     maft's own requests (model lists, adapter serving, the canary) alike: with the key in execution.api_key_env,
     every request carries it; without, the run is refused up front, naming the setting."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
     from maft.serving import make_engine
 
     proxy.key = "sk-maft-test"
@@ -502,12 +500,7 @@ def test_a_server_that_wants_an_api_key_is_sent_it(proxy, server, tmp_path, arit
         check_serving(config)
     monkeypatch.setenv("MAFT_TEST_KEY", "sk-maft-test")
     check_serving(config)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(TINY), LoraConfig(r=4, target_modules="all-linear"))
-    torch.manual_seed(1)
-    for n, p in model.named_parameters():
-        if "lora_B" in n:
-            p.data.normal_(0, 0.3)
-    model.save_pretrained(tmp_path / "iter_1" / "agents" / "gen_0")
+    lora_agent(tmp_path / "iter_1" / "agents" / "gen_0", seed=1, scale=0.3)
     engine = make_engine(config, tmp_path)
     engine.serve(Agents(1, {"gen_0": tmp_path / "iter_1/agents/gen_0"}))  # the canary asks through the proxy
     request = ask(arithmetic, 1, GREEDY)[0]
